@@ -1,0 +1,24 @@
+"""Exceptions raised by initdoctor.
+
+Every failure a user can cause (a missing, truncated or untrusted file, a bad option) is an
+:class:`InitDoctorError`. The CLI catches this one type at the top and prints its message as a
+single line with exit code 2; library users catch it the same way.
+"""
+
+from __future__ import annotations
+
+
+class InitDoctorError(Exception):
+    """Base class: a problem with the user's input or settings (CLI exit code 2)."""
+
+
+class InputError(InitDoctorError):
+    """A model file or source that cannot be read: unknown, truncated, corrupt, or inconsistent."""
+
+
+class UntrustedFormatError(InputError):
+    """The file's format executes code when loaded and ``trust`` was not given."""
+
+
+class SettingsError(InitDoctorError):
+    """An invalid option value (thresholds, nonlinearity, mode...)."""

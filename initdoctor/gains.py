@@ -1,0 +1,132 @@
+"""The math: gains, fans and the expected Kaiming standard deviation.
+
+He et al. (2015), "Delving Deep into Rectifiers", eq. 10: a layer ``y = W x`` followed by a
+ReLU keeps the forward signal's variance when
+
+    ½ · fan_in · Var[w] = 1,   i.e.   std(w) = gain / sqrt(fan_in),  gain = sqrt(2).
+
+For other nonlinearities the gain changes (``torch.nn.init.calculate_gain``); with
+``mode="fan_out"`` the backward condition (eq. 14) uses ``fan_out`` instead. Everything here is
+plain Python so that it can be imported without torch; ``tests/test_gains.py`` checks each value
+against ``torch.nn.init``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .errors import SettingsError
+
+#: Nonlinearities with a closed-form gain (the ``torch.nn.init.calculate_gain`` table) plus
+#: GELU and SiLU, whose gains follow He et al. eq. 7 numerically (see :func:`calculate_gain`).
+NONLINEARITIES = (
+    "linear",
+    "identity",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+    "gelu",
+    "silu",
+)
+
+# gain = 1 / sqrt(E[f(z)^2]) for z ~ N(0, 1): the factor that makes Var[f(W x)] match the input's
+# second moment (He et al. eq. 7 generalised). Computed once with 200-point Gauss-Hermite quadrature:
+#   python -c "import numpy as np; from math import erf; ..."  (see tests/test_gains.py)
+_NUMERIC_GAINS = {
+    "gelu": 1.5335,  # E[gelu(z)^2] = 0.4252
+    "silu": 1.6765,  # E[silu(z)^2] = 0.3558
+}
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """Return the recommended gain for a nonlinearity.
+
+    ================= ====================================================
+    nonlinearity      gain
+    ================= ====================================================
+    linear / identity :math:`1`
+    conv{1,2,3}d      :math:`1`
+    sigmoid           :math:`1`
+    tanh              :math:`5/3`
+    relu              :math:`\\sqrt{2}`
+    leaky_relu        :math:`\\sqrt{2 / (1 + a^2)}`, ``a = param`` (default 0.01)
+    selu              :math:`3/4`
+    gelu              :math:`1/\\sqrt{E[\\mathrm{gelu}(z)^2]} \\approx 1.5335`
+    silu              :math:`1/\\sqrt{E[\\mathrm{silu}(z)^2]} \\approx 1.6765`
+    ================= ====================================================
+
+    The first seven rows are ``torch.nn.init.calculate_gain``'s table, value for value.
+
+    Args:
+        nonlinearity: one of :data:`NONLINEARITIES`.
+        param: the negative slope for ``leaky_relu``.
+
+    >>> round(calculate_gain("relu"), 6)
+    1.414214
+    """
+    if nonlinearity in ("linear", "identity", "conv1d", "conv2d", "conv3d", "sigmoid"):
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        slope = 0.01 if param is None else float(param)
+        return math.sqrt(2.0 / (1 + slope**2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    if nonlinearity in _NUMERIC_GAINS:
+        return _NUMERIC_GAINS[nonlinearity]
+    raise SettingsError(
+        f"unknown nonlinearity {nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
+    )
+
+
+#: Kinds of weighted layer whose weight is stored ``[out, in/groups, *kernel]`` (torch layout).
+CONV_KINDS = ("conv1d", "conv2d", "conv3d")
+#: Transposed convolutions store ``[in, out/groups, *kernel]``.
+CONV_TRANSPOSE_KINDS = ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+
+
+def fans(kind: str, shape: Sequence[int], groups: int = 1) -> tuple[int, int]:
+    """Return ``(fan_in, fan_out)`` of a weight in torch layout.
+
+    For ``linear`` (``[out, in]``), ``matmul`` (already turned into ``[out, in]`` by the loader),
+    ``embedding`` and ``conv*`` (``[out, in/groups, *k]``) this is exactly
+    ``torch.nn.init._calculate_fan_in_and_fan_out``::
+
+        fan_in  = shape[1] * prod(k)      # inputs feeding one output unit (in/groups · k for groups)
+        fan_out = shape[0] * prod(k)
+
+    With ``groups > 1`` (depthwise included) ``fan_in`` is exact: each output sees ``in/groups``
+    channels. ``fan_out`` keeps torch's convention ``out · k`` so that
+    ``kaiming_normal_(mode="fan_out")`` reads as exact; each input actually feeds ``out/groups · k``
+    outputs, which the report states for grouped convolutions.
+
+    Transposed convolutions store ``[in, out/groups, *k]``: torch's helper would swap the roles, so
+    here ``fan_in = in/groups · k`` and ``fan_out = out/groups · k · groups`` (stride 1: with stride
+    ``s`` an output sees on average ``fan_in / prod(s)`` inputs; the probe measures the real effect).
+    """
+    if len(shape) < 2:
+        raise SettingsError(f"fans need a weight with at least 2 dimensions, got shape {tuple(shape)}")
+    receptive = 1
+    for k in shape[2:]:
+        receptive *= int(k)
+    if kind in CONV_TRANSPOSE_KINDS:
+        fan_in = int(shape[0]) // max(groups, 1) * receptive
+        fan_out = int(shape[1]) * max(groups, 1) * receptive
+        return fan_in, fan_out
+    return int(shape[1]) * receptive, int(shape[0]) * receptive
+
+
+def expected_std(gain: float, fan: int) -> float:
+    """Kaiming std: ``gain / sqrt(fan)`` (He et al. eq. 10 for ``fan_in``, eq. 14 for ``fan_out``)."""
+    if fan <= 0:
+        raise SettingsError(f"fan must be positive, got {fan}")
+    return gain / math.sqrt(fan)

@@ -1,0 +1,295 @@
+"""Static inspection: judge each weighted layer's std against Kaiming, without running the model.
+
+For a layer with weight std ``s``, fan ``n`` (``fan_in`` or ``fan_out`` by ``mode``) followed by a
+nonlinearity with gain ``g`` (:func:`initdoctor.gains.calculate_gain`)::
+
+    expected_std    = g / sqrt(n)                      (He et al. 2015, eq. 10 / eq. 14)
+    std_ratio       = s / expected_std
+    variance_ratio  = std_ratio²                       (1.0 is Kaiming-exact: the layer keeps
+                                                        the signal's variance)
+    suggested_scale = 1 / std_ratio                    (multiply W by it to make it Kaiming)
+
+Status rules (thresholds are variance factors, symmetric in log space, all configurable):
+
+* **hidden layers** — ``warn`` when ``variance_ratio`` is outside ``[1/T_warn, T_warn]``
+  (default ``T_warn = 1.25``, std off by ±12%), ``error`` outside ``[1/T_err, T_err]``
+  (default ``T_err = 4``, std off by 2×). Each band is widened by 4 standard errors of the
+  std estimate, ``exp(8 / sqrt(2(numel − 1)))``, so a tiny layer is not flagged for sampling
+  noise (a 64×64 Linear: ×1.09; a 4-weight layer is effectively never flagged).
+* **compounding** — the hidden layers form a chain whose variances multiply: when
+  ``prod(variance_ratio)`` over the chain leaves ``[1/T_chain, T_chain]`` (default 16) the summary
+  is ``error`` and every ``warn`` layer drifting the same way becomes ``error``: 30 layers that
+  each halve the variance (xavier on a square ReLU layer) shrink the signal by 2⁻²⁹.
+* **output (logit) layer** — judged against gain 1 (no nonlinearity after it); small is fine
+  (zero init included, a common choice for logits), only too large is flagged: ``warn`` above
+  ``2·T_warn``, ``error`` above ``2·T_err`` (the 2 lets a ReLU-gain Kaiming logit layer pass).
+  It is the layer the graph shows feeding a model output, or without a graph the last weighted
+  layer in order. It is not part of the chain.
+* **embeddings** — a lookup table has no fan-in: reported, ``skip``.
+* NaN/Inf values, all-zero and constant hidden weights are ``error``; a mean larger than half the
+  std is ``warn`` (Kaiming assumes zero-mean weights); integer (quantized) or empty weights ``skip``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .errors import SettingsError
+from .gains import NONLINEARITIES, calculate_gain, expected_std
+from .model import Layer, ModelDescription, NormLayer
+from .report import LayerFinding, NormFinding, Report, Summary, worse
+from .stats import is_float_dtype
+
+MODES = ("fan_in", "fan_out")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Inspection settings (the CLI's options, the config keys of a later release)."""
+
+    nonlinearity: str = "relu"
+    negative_slope: float = 0.01
+    mode: str = "fan_in"
+    warn_threshold: float = 1.25
+    error_threshold: float = 4.0
+    compound_threshold: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.nonlinearity not in NONLINEARITIES:
+            raise SettingsError(
+                f"unknown nonlinearity {self.nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
+            )
+        if self.mode not in MODES:
+            raise SettingsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if not 1 < self.warn_threshold < self.error_threshold:
+            raise SettingsError(
+                "thresholds must satisfy 1 < warn_threshold < error_threshold, got "
+                f"{self.warn_threshold} and {self.error_threshold}"
+            )
+        if not self.compound_threshold > 1:
+            raise SettingsError(f"compound_threshold must be > 1, got {self.compound_threshold}")
+
+
+def sampling_allowance(numel: int) -> float:
+    """Log-space widening of a band: 4 standard errors of ``ln(variance)`` from ``numel`` samples.
+
+    The relative standard error of a sample std is ``1 / sqrt(2(n − 1))`` (normal weights), so that
+    of the variance in log space is twice that: 4 of them = ``8 / sqrt(2(n − 1))``.
+    """
+    if numel < 2:
+        return math.inf
+    return 8.0 / math.sqrt(2.0 * (numel - 1))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _judge_weights(layer: Layer) -> tuple[str, str] | None:
+    """Findings that come before any ratio: dtype, empty, NaN/Inf, zero, constant."""
+    st = layer.stats
+    if not is_float_dtype(st.dtype):
+        return "skip", f"{st.dtype} weights (quantized or integer): not judged"
+    if st.numel == 0:
+        return "skip", "empty weight (0 elements)"
+    if st.nan_count or st.inf_count:
+        return "error", f"{st.nan_count} NaN and {st.inf_count} Inf values in the weight"
+    return None
+
+
+def inspect_description(desc: ModelDescription, settings: Settings | None = None) -> Report:
+    """Judge every layer of ``desc``; see the module docstring for the rules."""
+    s = settings or Settings()
+    judged = [layer for layer in desc.layers if layer.kind != "embedding"]
+    last_name = judged[-1].name if judged else None
+    findings: list[LayerFinding] = []
+    chain: list[tuple[LayerFinding, float]] = []  # (finding, ln variance_ratio)
+
+    for layer in desc.layers:
+        role, nonlin, param, source = _resolve_role(layer, desc, s, last_name)
+        gain = calculate_gain(nonlin, param)
+        fan = layer.fan_in if s.mode == "fan_in" else layer.fan_out
+        st = layer.stats
+        finding = LayerFinding(
+            name=layer.name,
+            kind=layer.kind,
+            role=role,
+            shape=list(layer.shape),
+            fan_in=layer.fan_in,
+            fan_out=layer.fan_out,
+            groups=layer.groups,
+            nonlinearity=nonlin if param is None else f"{nonlin}({param:g})",
+            nonlinearity_source=source,
+            gain=gain,
+            dtype=st.dtype,
+            numel=st.numel,
+            weight_mean=st.mean,
+            weight_std=st.std,
+            expected_std=None,
+            std_ratio=None,
+            variance_ratio=None,
+            suggested_scale=None,
+            nan_count=st.nan_count,
+            inf_count=st.inf_count,
+            status="ok",
+            message="",
+            weight_key=layer.weight_key,
+        )
+        findings.append(finding)
+        pre = _judge_weights(layer)
+        if role == "embedding":
+            finding.status, finding.message = pre or (
+                "skip",
+                "embedding: a lookup table has no fan-in; std reported, not judged",
+            )
+            continue
+        if pre is not None:
+            finding.status, finding.message = pre
+            continue
+        exp = expected_std(gain, max(fan, 1))
+        finding.expected_std = exp
+        zero = st.zero_count == st.finite_count
+        if zero:
+            finding.std_ratio = finding.variance_ratio = 0.0
+            if role == "output":
+                finding.message = "all-zero output layer: a common choice for logits"
+            else:
+                finding.status = "error"
+                finding.message = "all weights are zero: no signal passes, no gradient reaches earlier layers"
+            continue
+        if st.std == 0.0:
+            finding.std_ratio = finding.variance_ratio = 0.0
+            finding.status = "error"
+            finding.message = f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+            continue
+        ratio = st.std / exp
+        finding.std_ratio = ratio
+        finding.variance_ratio = ratio * ratio
+        finding.suggested_scale = 1.0 / ratio
+        ln_r = math.log(finding.variance_ratio)
+        allow = sampling_allowance(st.finite_count)
+        what = f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming ({_fmt(exp)} = {gain:.3g}/√{fan} for {finding.nonlinearity}, {s.mode})"
+        if role == "output":
+            if ln_r > math.log(2 * s.error_threshold) + allow:
+                finding.status = "error"
+            elif ln_r > math.log(2 * s.warn_threshold) + allow:
+                finding.status = "warn"
+            finding.message = (
+                f"output layer, judged against gain {gain:.3g}: {what}"
+                + ("; too large: logits start saturated" if finding.status != "ok" else "; fine")
+            )
+            continue
+        if abs(ln_r) > math.log(s.error_threshold) + allow:
+            finding.status = "error"
+        elif abs(ln_r) > math.log(s.warn_threshold) + allow:
+            finding.status = "warn"
+        if finding.status == "ok":
+            finding.message = f"{what}: ok"
+        else:
+            change = "shrinks" if ln_r < 0 else "grows"
+            finding.message = (
+                f"{what}: the signal's variance {change} ×{finding.variance_ratio:.3g} here; "
+                f"rescale W by {finding.suggested_scale:.3g}"
+            )
+        if st.mean is not None and abs(st.mean) > 0.5 * st.std and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count):
+            finding.status = worse(finding.status, "warn")
+            finding.message += f"; mean {_fmt(st.mean)} is {abs(st.mean) / st.std:.2f}× the std (Kaiming assumes zero mean)"
+        chain.append((finding, ln_r))
+
+    compound = _compound(chain, s)
+    norms = [_judge_norm(n) for n in desc.norms]
+    summary = _summarize(findings, norms, compound, s)
+    model = {
+        "path": desc.path,
+        "format": desc.format,
+        "parameters": desc.parameters,
+        "layer_order": desc.order,
+        "has_graph": desc.has_graph,
+    }
+    return Report(model, asdict(s), findings, norms, summary, list(desc.notes))
+
+
+def _resolve_role(
+    layer: Layer, desc: ModelDescription, s: Settings, last_name: str | None
+) -> tuple[str, str, float | None, str]:
+    """(role, nonlinearity, param, source) for one layer."""
+    if layer.kind == "embedding":
+        return "embedding", "linear", None, "rule"
+    if layer.nonlinearity is not None:
+        role = "output" if layer.is_output else "hidden"
+        return role, layer.nonlinearity, layer.nonlinearity_param, "graph"
+    if not desc.has_graph and layer.name == last_name:
+        return "output", "linear", None, "rule"
+    param = s.negative_slope if s.nonlinearity == "leaky_relu" else None
+    return "hidden", s.nonlinearity, param, "flag"
+
+
+def _compound(chain: list[tuple[LayerFinding, float]], s: Settings) -> float | None:
+    """ln of the product of the chain's variance ratios; promotes same-direction ``warn`` layers
+    to ``error`` when it is beyond the compound threshold."""
+    if not chain:
+        return None
+    total = sum(ln_r for _, ln_r in chain)
+    if abs(total) > math.log(s.compound_threshold):
+        drifting = [f for f, ln_r in chain if f.status == "warn" and ln_r * total > 0]
+        for f in drifting:
+            f.status = "error"
+            f.message += (
+                f"; compounds over {len(chain)} layers to variance ×{math.exp(total):.3g} "
+                f"(beyond ×{s.compound_threshold:g})"
+            )
+    return total
+
+
+def _judge_norm(norm: NormLayer) -> NormFinding:
+    st = norm.stats
+    bias = norm.bias_stats
+    status, message = "ok", "affine scale reported; not judged against Kaiming"
+    if st.nan_count or st.inf_count or (bias and (bias.nan_count or bias.inf_count)):
+        status, message = "error", "NaN or Inf in the affine parameters"
+    elif st.numel and st.zero_count == st.numel:
+        status, message = "ok", "all-zero scale (zero-init of a residual branch's last norm)"
+    return NormFinding(
+        norm.name, norm.kind, list(norm.shape), st.mean, st.std,
+        bias.mean if bias else None, bias.std if bias else None, status, message,
+    )  # fmt: skip
+
+
+def _summarize(
+    findings: list[LayerFinding], norms: list[NormFinding], ln_compound: float | None, s: Settings
+) -> Summary:
+    counts = {"ok": 0, "warn": 0, "error": 0, "skip": 0}
+    status = "ok"
+    for f in findings:
+        counts[f.status] += 1
+        status = worse(status, f.status)
+    for n in norms:
+        status = worse(status, n.status)
+    compound = math.exp(ln_compound) if ln_compound is not None else None
+    chain_broken = ln_compound is not None and abs(ln_compound) > math.log(s.compound_threshold)
+    if chain_broken:
+        status = "error"
+    scored = [f for f in findings if f.status != "skip"]
+    worst = None
+    if scored:
+        def badness(f: LayerFinding) -> tuple[int, float]:
+            dev = abs(math.log(f.variance_ratio)) if f.variance_ratio else math.inf
+            if f.role == "output" and f.status == "ok":
+                dev = 0.0
+            return ({"ok": 1, "warn": 2, "error": 3}[f.status], dev)
+
+        worst = max(scored, key=badness).name
+    n = len(findings)
+    if not n:
+        message = "no weighted layers found"
+    elif chain_broken:
+        message = (
+            f"the signal's variance changes ×{compound:.3g} over the chain of hidden layers "
+            f"(beyond ×{s.compound_threshold:g}): it will vanish or explode"
+        )
+    elif status == "ok":
+        message = f"{counts['ok']} of {n} layers within Kaiming bands"
+    else:
+        message = f"{counts['error']} error, {counts['warn']} warn of {n} layers; worst: {worst}"
+    return Summary(status, counts["ok"], counts["warn"], counts["error"], counts["skip"], worst, compound, message)

@@ -1,0 +1,113 @@
+"""Loaders: turn a model file or factory into a :class:`~initdoctor.model.ModelDescription`.
+
+:func:`detect_format` looks at the file's content (magic bytes, zip members), not its extension,
+except for ONNX, whose protobuf has no magic number. :func:`describe` dispatches to the reader.
+Formats that execute code when loaded (full pickles, TorchScript, torch.export) need ``trust``.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from ..errors import InputError
+from ..model import ModelDescription
+
+#: Format names as reported in ``model.format`` of the JSON report.
+FORMATS = (
+    "state_dict",
+    "torch-module",
+    "torchscript",
+    "torch.export",
+    "safetensors",
+    "safetensors-sharded",
+    "onnx",
+    "factory",
+)
+
+
+def detect_format(path: Path) -> str:
+    """One of ``torch-zip``, ``torch-legacy``, ``torchscript``, ``torch.export``, ``safetensors``,
+    ``safetensors-index``, ``onnx``; raises :class:`InputError` for anything else."""
+    from .torch_file import zip_kind
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        index = sorted(path.glob("*.safetensors.index.json"))
+        if len(index) == 1:
+            return "safetensors-index"
+        raise InputError(f"{path}: is a directory; point at a model file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not head:
+        raise InputError(f"{path}: empty file")
+    if path.name.endswith(".json"):
+        return "safetensors-index"
+    if head.startswith(b"PK\x03\x04"):
+        return zip_kind(path)
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len < 100_000_000:
+            return "safetensors"
+    if head[0] == 0x80 and path.suffix.lower() != ".onnx":  # pickle protocol 2+ (legacy torch.save)
+        return "torch-legacy"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() in (".pt", ".pth", ".bin", ".ckpt", ".pt2"):
+        raise InputError(f"{path}: not a PyTorch checkpoint (no zip or pickle header): truncated or corrupt")
+    raise InputError(
+        f"{path}: unknown model format; expected a PyTorch checkpoint, TorchScript, torch.export "
+        ".pt2, .safetensors (or its index .json), .onnx, or a factory package.module:function"
+    )
+
+
+def describe(
+    source: str | Path, *, trust: bool = False, weights: str | Path | None = None
+) -> ModelDescription:
+    """Read ``source`` (a file path or ``package.module:callable``) into a description."""
+    from .factory import build_from_factory, is_factory_spec
+
+    text = str(source)
+    if is_factory_spec(text):
+        from .torch_module import describe_module
+
+        model = build_from_factory(text, str(weights) if weights else None, trust=trust)
+        desc = describe_module(model, path=text, fmt="factory")
+        return desc
+    if weights:
+        raise InputError("--weights goes with a factory source (package.module:function)")
+    path = Path(text)
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        from .safetensors_file import describe_safetensors
+
+        return describe_safetensors(path)
+    if fmt == "safetensors-index":
+        from .safetensors_file import describe_safetensors
+
+        if path.is_dir():
+            path = sorted(path.glob("*.safetensors.index.json"))[0]
+        return describe_safetensors(path, index=True)
+    if fmt == "onnx":
+        from .onnx_file import describe_onnx
+
+        return describe_onnx(path)
+    if fmt in ("torch-zip", "torch-legacy"):
+        from .torch_file import describe_torch_object, load_torch_object
+
+        return describe_torch_object(load_torch_object(path, trust=trust), path, "state_dict")
+    if fmt == "torchscript":
+        from .torch_file import load_torchscript
+        from .torch_module import describe_module
+
+        return describe_module(load_torchscript(path, trust=trust), path=str(path), fmt="torchscript")
+    if fmt == "torch.export":
+        from .torch_file import load_exported
+        from .torch_module import describe_exported
+
+        return describe_exported(load_exported(path, trust=trust), path=str(path))
+    raise InputError(f"{path}: unsupported format {fmt}")  # pragma: no cover

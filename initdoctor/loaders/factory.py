@@ -1,0 +1,77 @@
+"""Build a model from a Python factory ``package.module:callable`` (the CI pre-flight case).
+
+The module is imported (the current directory is on ``sys.path``, as with ``python -m``) and the
+callable is called with no arguments; it must return an ``nn.Module``. ``weights`` optionally
+loads a state_dict file into it (``torch.load(weights_only=True)`` or safetensors), strictly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_factory_spec(source: str) -> bool:
+    return bool(FACTORY_SPEC.match(source)) and not Path(source).exists()
+
+
+def build_from_factory(spec: str, weights: str | None = None, *, trust: bool = False) -> Any:
+    import torch
+
+    module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"{spec}: cannot import module {module_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"{spec}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"{spec}: {attr!r} is not callable")
+    try:
+        model = obj() if not isinstance(obj, torch.nn.Module) else obj
+    except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
+        raise InputError(f"{spec}: the factory raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"{spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        _load_weights(model, Path(weights), trust=trust)
+    return model
+
+
+def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
+    from . import detect_format
+    from .torch_file import find_state_dict, load_torch_object
+
+    fmt = detect_format(path)
+    if fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
+    elif fmt == "torch-zip" or fmt == "torch-legacy":
+        state = find_state_dict(load_torch_object(path, trust=trust), path)
+    else:
+        raise InputError(f"{path}: --weights takes a state_dict (.pt/.pth/.bin) or .safetensors file, not {fmt}")
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:3])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
+    if problems:
+        raise InputError(f"{path}: weights do not match the model ({'; '.join(problems)})")

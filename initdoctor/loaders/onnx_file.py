@@ -1,0 +1,226 @@
+"""ONNX graphs, with weights inline or in external data files. torch is never imported here.
+
+Weighted layers are read from the graph, in node (execution) order:
+
+=============  ===============================  ======================================
+op             weight                           stored layout → torch layout
+=============  ===============================  ======================================
+Conv           input 1 (initializer)            ``[out, in/groups, *k]`` (same)
+ConvTranspose  input 1                          ``[in, out/groups, *k]`` (same as torch)
+Gemm           input 1                          ``[out, in]`` if ``transB=1`` else ``[in, out]``
+MatMul         input 1, or Transpose(input 1)   ``[in, out]`` (or ``[out, in]`` behind Transpose)
+Gather         input 0 (the table)              embedding ``[num, dim]``
+=============  ===============================  ======================================
+
+A layer's name is its weight initializer's name without a ``.weight`` suffix. External data is
+read per initializer by offset and length (memory-mapped), and a location that resolves outside
+the model's folder (``..``, an absolute path, a symlink) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..gains import fans
+from ..graph import OpNode, following_nonlinearity
+from ..model import Layer, ModelDescription, NormLayer
+from ..stats import array_stats
+
+_ACTIVATIONS = {
+    "Relu": "relu", "LeakyRelu": "leaky_relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
+    "Selu": "selu", "Gelu": "gelu",
+}  # fmt: skip
+_PASS = {
+    "Reshape", "Flatten", "Transpose", "Identity", "Dropout", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "Squeeze", "Unsqueeze", "Cast",
+}  # fmt: skip
+_NORMS = {
+    "BatchNormalization": "batchnorm", "LayerNormalization": "layernorm",
+    "GroupNormalization": "groupnorm", "InstanceNormalization": "instancenorm",
+    "RMSNormalization": "rmsnorm", "SimplifiedLayerNormalization": "rmsnorm",
+}  # fmt: skip
+
+
+def load_onnx_proto(path: Path) -> Any:
+    """Parse the graph without pulling external data into memory."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises a variety of types on garbage
+        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise InputError(f"{path}: not a readable ONNX model (the graph has no nodes)")
+    return model
+
+
+def _external_location(tensor: Any, base: Path) -> tuple[Path, int, int | None]:
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    root = base.resolve()
+    target = (root / location).resolve()
+    if not location or os.path.isabs(location) or root not in target.parents:
+        raise InputError(
+            f"{base}: external data of {tensor.name!r} points outside the model folder ({location!r})"
+        )
+    offset = int(info.get("offset", 0) or 0)
+    length = int(info["length"]) if info.get("length") else None
+    return target, offset, length
+
+
+def initializer_array(tensor: Any, base: Path) -> np.ndarray:
+    """The initializer's values as numpy (memory-mapped for external data)."""
+    import onnx
+    from onnx import numpy_helper
+
+    shape = tuple(int(d) for d in tensor.dims)
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        try:
+            return numpy_helper.to_array(tensor)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{base}: initializer {tensor.name!r} is corrupt ({exc})") from None
+    target, offset, length = _external_location(tensor, base)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    needed = count * dtype.itemsize
+    try:
+        size = target.stat().st_size
+    except OSError:
+        raise InputError(f"{base}: external data file {target.name!r} of {tensor.name!r} is missing") from None
+    if offset < 0 or (length is not None and length < needed) or offset + needed > size:
+        raise InputError(
+            f"{base}: external data of {tensor.name!r} is truncated ({size} bytes in "
+            f"{target.name!r}, needs {offset + needed})"
+        )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
+def describe_onnx(path: Path) -> ModelDescription:
+    import onnx
+
+    model = load_onnx_proto(path)
+    graph = model.graph
+    base = path.parent
+    inits = {t.name: t for t in graph.initializer}
+    constants = set(inits)
+    producers: dict[str, Any] = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+        for out in node.output:
+            producers[out] = node
+
+    def weight_of(name: str) -> tuple[str, bool] | None:
+        """(initializer, transposed) for an input that is an initializer or Transpose(initializer)."""
+        if name in inits:
+            return name, False
+        prod = producers.get(name)
+        if prod is not None and prod.op_type == "Transpose" and prod.input and prod.input[0] in inits:
+            return prod.input[0], True
+        return None
+
+    # Build the op graph: node ids are indices; a tensor's users are the nodes reading it.
+    readers: dict[str, list[str]] = {}
+    for i, node in enumerate(graph.node):
+        for inp in node.input:
+            readers.setdefault(inp, []).append(str(i))
+    for out in graph.output:
+        readers.setdefault(out.name, []).append("output")
+    nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
+    found: list[tuple[str, str, str, tuple[int, ...], int]] = []  # (id, init, kind, torch shape, groups)
+    norm_found: list[tuple[str, str, str | None]] = []
+    for i, node in enumerate(graph.node):
+        nid = str(i)
+        users = [u for out in node.output for u in readers.get(out, [])]
+        op, param = "other", None
+        t = node.op_type
+        if t in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
+            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+            rank = len(dims) - 2
+            kind = f"conv{rank}d" if t == "Conv" else f"conv_transpose{rank}d"
+            found.append((nid, node.input[1], kind, dims, int(_attr(node, "group", 1))))
+            op = "weighted"
+        elif t == "Gemm" and len(node.input) > 1 and node.input[1] in inits and node.input[0] not in constants:
+            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+            torch_shape = dims if _attr(node, "transB", 0) else dims[::-1]
+            found.append((nid, node.input[1], "linear", torch_shape, 1))
+            op = "weighted"
+        elif t == "MatMul" and len(node.input) > 1 and node.input[0] not in constants:
+            hit = weight_of(node.input[1])
+            if hit is not None and len(inits[hit[0]].dims) == 2:
+                dims = tuple(int(d) for d in inits[hit[0]].dims)
+                torch_shape = dims if hit[1] else dims[::-1]
+                found.append((nid, hit[0], "matmul", torch_shape, 1))
+                op = "weighted"
+        elif t == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
+            found.append((nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1))
+            op = "weighted"
+        elif t in _NORMS and len(node.input) > 1 and node.input[1] in inits:
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+            norm_found.append((node.input[1], _NORMS[t], bias))
+        elif t in _ACTIVATIONS:
+            op = _ACTIVATIONS[t]
+            if op == "leaky_relu":
+                param = float(_attr(node, "alpha", 0.01))
+        elif t in _PASS:
+            op = "pass"
+        elif t in ("Add", "Sub"):
+            flowing = [x for x in node.input if x not in constants]
+            op = "pass" if len(flowing) <= 1 else "other"
+        nodes[nid] = OpNode(nid, op, users, param)
+
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    for nid, init_name, kind, torch_shape, groups in found:
+        if init_name in seen:
+            continue
+        seen.add(init_name)
+        tensor = inits[init_name]
+        fan_in, fan_out = fans(kind, torch_shape, groups)
+        name = init_name[: -len(".weight")] if init_name.endswith(".weight") else init_name
+        stored = tuple(int(d) for d in tensor.dims)
+        layer = Layer(name, kind, init_name, stored, fan_in, fan_out, _stats(tensor, base), groups)
+        hit = following_nonlinearity(nodes, nid)
+        if hit is not None:
+            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+        layers.append(layer)
+    norms = [
+        NormLayer(
+            w[: -len(".weight")] if w.endswith(".weight") else w, kind, w,
+            tuple(int(d) for d in inits[w].dims), _stats(inits[w], base),
+            _stats(inits[b], base) if b else None,
+        )
+        for w, kind, b in norm_found
+    ]
+    params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
+    notes = [] if model.opset_import else ["the model declares no opset"]
+    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes)
+
+
+def _stats(tensor: Any, base: Path):
+    import onnx
+
+    array = initializer_array(tensor, base)
+    dtype = onnx.helper.tensor_dtype_to_string(tensor.data_type).replace("TensorProto.", "").lower()
+    if array.dtype.kind == "V" or "bfloat16" in str(array.dtype):  # bfloat16 via ml_dtypes
+        array = array.astype(np.float32)
+    return array_stats(array, dtype=dtype)

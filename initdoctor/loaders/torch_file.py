@@ -1,0 +1,164 @@
+"""PyTorch files: state_dict checkpoints (data) and the formats that execute code when loaded.
+
+========================  =====================================  ==========================
+format                    how it is recognised (by content)      loaded with
+========================  =====================================  ==========================
+state_dict (zip, legacy)  zip with ``data.pkl`` / pickle header  ``torch.load(weights_only=True)``
+full pickled module       same, but needs globals beyond tensors ``torch.load`` — ``trust`` only
+TorchScript               zip with a ``code/`` folder            ``torch.jit.load`` — ``trust`` only
+torch.export (``.pt2``)   zip with ``archive_format``            ``torch.export.load`` — ``trust`` only
+========================  =====================================  ==========================
+
+``weights_only=True`` uses torch's restricted unpickler, which refuses any global outside a small
+allow-list of tensor types, so a malicious pickle is rejected before it runs anything.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, UntrustedFormatError
+from ..model import ModelDescription
+from .tensors import describe_tensors
+
+#: Keys under which checkpoints commonly wrap their state_dict (Lightning uses ``state_dict``).
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+
+TRUST_HINT = "re-run with --trust only if you trust where the file comes from"
+
+
+def zip_kind(path: Path) -> str:
+    """Classify a torch zip archive: ``torchscript``, ``torch.export`` or ``torch-zip``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
+    if any("/code/" in n or n.startswith("code/") for n in names):
+        return "torchscript"
+    if any(n.endswith("archive_format") or "/models/" in n for n in names):
+        return "torch.export"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch-zip"
+    raise InputError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def find_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
+    """The state_dict inside a checkpoint: the object itself, or one wrapped under a known key."""
+    if _is_tensor_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if _is_tensor_dict(inner):
+                return inner
+        candidates = [v for v in obj.values() if _is_tensor_dict(v)]
+        if len(candidates) == 1:
+            return candidates[0]
+        tensors = {k: v for k, v in obj.items() if _tensor_like(v)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise InputError(f"{path}: no state_dict found in the checkpoint (top-level keys: {keys})")
+    raise InputError(f"{path}: holds a {type(obj).__name__}, not a state_dict or module")
+
+
+def _tensor_like(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def load_torch_object(path: Path, *, trust: bool) -> Any:
+    """``torch.load`` a zip or legacy checkpoint: restricted unpickler unless ``trust``."""
+    import torch
+
+    if not trust:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        except pickle.UnpicklingError as exc:
+            detail = str(exc).splitlines()
+            culprit = next((line.strip() for line in detail if "Unsupported global" in line), "")
+            culprit = f" ({culprit.rstrip('.')})" if culprit else ""
+            raise UntrustedFormatError(
+                f"{path}: the checkpoint holds pickled Python objects beyond tensors{culprit}, "
+                f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
+            ) from None
+        except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
+        raise InputError(f"{path}: cannot unpickle the checkpoint ({_first_line(exc)})") from None
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def describe_torch_object(obj: Any, path: Path, fmt: str) -> ModelDescription:
+    """A loaded checkpoint object → description (an nn.Module keeps its graph)."""
+    import torch
+
+    from .torch_module import count_parameters, describe_module, tensor_stats
+
+    if isinstance(obj, torch.nn.Module):
+        return describe_module(obj, path=str(path), fmt="torch-module")
+    state = find_state_dict(obj, path)
+    keys_shapes = [(k, tuple(int(s) for s in v.shape)) for k, v in state.items()]
+    return describe_tensors(
+        keys_shapes,
+        lambda key: tensor_stats(state[key]),
+        path=str(path),
+        fmt=fmt,
+        order="checkpoint",
+        parameters=count_parameters(list(state.values())),
+    )
+
+
+def load_torchscript(path: Path, *, trust: bool) -> Any:
+    if not trust:
+        raise UntrustedFormatError(
+            f"{path}: a TorchScript archive; loading it runs the code stored inside; {TRUST_HINT}"
+        )
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot load the TorchScript archive ({_first_line(exc)})") from None
+
+
+def load_exported(path: Path, *, trust: bool) -> Any:
+    if not trust:
+        raise UntrustedFormatError(
+            f"{path}: a torch.export archive; its loader unpickles Python objects, which can run "
+            f"code; {TRUST_HINT}"
+        )
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: cannot load the torch.export archive ({_first_line(exc)})") from None

@@ -1,0 +1,82 @@
+"""The neutral model description every loader produces and every analysis consumes.
+
+A loader turns a file (or a Python factory) into a :class:`ModelDescription`: the weighted
+layers in execution order where a graph gives one, each with its fans, weight statistics and —
+where the graph shows it — the nonlinearity that follows. No tensor data is kept here, so a
+description of a multi-GB checkpoint is small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .stats import WeightStats
+
+#: Layer kinds the inspector judges against Kaiming.
+WEIGHTED_KINDS = (
+    "linear",
+    "matmul",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "embedding",
+)
+
+
+@dataclass
+class Layer:
+    """One weighted layer.
+
+    ``shape`` is the weight's shape as stored in the file (ONNX ``MatMul`` stores ``[in, out]``);
+    ``fan_in``/``fan_out`` follow :func:`initdoctor.gains.fans` on the torch layout.
+    ``nonlinearity`` is what the graph shows after this layer (``None`` when there is no graph or
+    it is not simple to tell); ``is_output`` is True when the layer feeds a model output with no
+    nonlinearity in between (the logit layer).
+    """
+
+    name: str
+    kind: str
+    weight_key: str
+    shape: tuple[int, ...]
+    fan_in: int
+    fan_out: int
+    stats: WeightStats
+    groups: int = 1
+    bias_key: str | None = None
+    nonlinearity: str | None = None
+    nonlinearity_param: float | None = None
+    is_output: bool | None = None
+
+
+@dataclass
+class NormLayer:
+    """A normalization layer's affine parameters (reported separately, not judged against Kaiming)."""
+
+    name: str
+    kind: str
+    weight_key: str
+    shape: tuple[int, ...]
+    stats: WeightStats
+    bias_stats: WeightStats | None = None
+
+
+@dataclass
+class ModelDescription:
+    """What a loader found: the model's weighted layers, its norm layers and some provenance.
+
+    ``order`` says where the layer order comes from: ``"execution"`` (a graph), ``"checkpoint"``
+    (the file's own key order, which is torch's module registration order) or ``"natural"``
+    (sorted module paths, ``blocks.2`` before ``blocks.10``: safetensors keeps no order).
+    """
+
+    path: str
+    format: str
+    parameters: int
+    layers: list[Layer] = field(default_factory=list)
+    norms: list[NormLayer] = field(default_factory=list)
+    has_graph: bool = False
+    order: str = "checkpoint"
+    notes: list[str] = field(default_factory=list)

@@ -1,0 +1,101 @@
+"""Rendering a :class:`~initdoctor.report.Report`: rich table, Markdown, JSON.
+
+The only module that imports rich. Rendering never computes anything the report does not hold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .report import LayerFinding, Report
+
+_STYLE = {"ok": "green", "warn": "yellow", "error": "bold red", "skip": "dim"}
+_ICON = {"ok": "ok", "warn": "WARN", "error": "ERROR", "skip": "skip"}
+
+
+def _num(x: float | None, spec: str = ".4g") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _columns(f: LayerFinding) -> list[str]:
+    return [
+        f.name,
+        f.kind,
+        "×".join(str(d) for d in f.shape),
+        str(f.fan_in),
+        f.nonlinearity + ("" if f.nonlinearity_source == "graph" else "*"),
+        _num(f.weight_std),
+        _num(f.expected_std),
+        _num(f.std_ratio, ".3f"),
+        _num(f.variance_ratio, ".3f"),
+        _num(f.suggested_scale, ".3f") if f.status in ("warn", "error") else "",
+    ]
+
+
+HEADERS = ["layer", "kind", "shape", "fan_in", "nonlin", "std", "kaiming std", "std ratio", "var ratio", "rescale"]
+
+
+def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
+    """Print the report as a rich table, the findings of drifting layers, and a summary line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    m = report.model
+    table = Table(
+        title=f"initdoctor · {m['path']} · {m['format']} · {m['parameters']:,} parameters",
+        title_justify="left",
+        caption="* nonlinearity from --nonlinearity or the output-layer rule, not read from a graph",
+        caption_justify="left",
+    )
+    for h in HEADERS:
+        table.add_column(h, justify="right" if h not in ("layer", "kind", "nonlin", "shape") else "left")
+    table.add_column("status")
+    for f in report.layers:
+        style = _STYLE[f.status]
+        row_style = None if f.status in ("ok", "skip") else style
+        table.add_row(*_columns(f), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
+    console.print(table)
+    flagged = [f for f in report.layers if f.status in ("warn", "error")]
+    for f in flagged[:max_findings]:
+        console.print(f"[{_STYLE[f.status]}]{_ICON[f.status]}[/] {f.name}: {f.message}", highlight=False)
+    if len(flagged) > max_findings:
+        console.print(f"… and {len(flagged) - max_findings} more (see --format json)")
+    bad_norms = [n for n in report.norm_layers if n.status != "ok"]
+    for n in bad_norms:
+        console.print(f"[{_STYLE[n.status]}]{_ICON[n.status]}[/] {n.name} ({n.kind}): {n.message}")
+    if report.norm_layers:
+        console.print(f"{len(report.norm_layers)} normalization layers reported separately (see --format json)")
+    for note in report.notes:
+        console.print(f"note: {note}", style="dim", highlight=False)
+    s = report.summary
+    console.print(
+        f"[{_STYLE[s.status]}]{s.status.upper()}[/]: {s.message} "
+        f"(ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip})",
+        highlight=False,
+    )
+
+
+def render_markdown(report: Report) -> str:
+    """A Markdown report suited to a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``)."""
+    m = report.model
+    s = report.summary
+    icon = {"ok": "✅", "warn": "⚠️", "error": "❌", "skip": "➖"}
+    lines = [
+        f"## initdoctor: {icon[s.status]} {s.status}",
+        "",
+        f"`{m['path']}` ({m['format']}, {m['parameters']:,} parameters): {s.message}.",
+        f"ok {s.ok} · warn {s.warn} · error {s.error} · skip {s.skip}",
+        "",
+        "| " + " | ".join(HEADERS + ["status"]) + " |",
+        "|" + "---|" * (len(HEADERS) + 1),
+    ]
+    for f in report.layers:
+        cells = [c.replace("|", "\\|") for c in _columns(f)]
+        lines.append("| " + " | ".join(cells + [f"{icon[f.status]} {f.status}"]) + " |")
+    flagged = [f for f in report.layers if f.status in ("warn", "error")]
+    if flagged:
+        lines += ["", "### Findings", ""]
+        lines += [f"- **{f.name}** ({f.status}): {f.message}" for f in flagged]
+    lines += ["", "\\* nonlinearity from the flag or the output-layer rule, not read from a graph", ""]
+    return "\n".join(lines)
