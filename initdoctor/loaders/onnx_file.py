@@ -12,7 +12,10 @@ MatMul         input 1, or Transpose(input 1)   ``[in, out]`` (or ``[out, in]`` 
 Gather         input 0 (the table)              embedding ``[num, dim]``
 =============  ===============================  ======================================
 
-A layer's name is its weight initializer's name without a ``.weight`` suffix. External data is
+A layer's name is its weight initializer's name without a ``.weight`` suffix; when the exporter
+made the initializer itself (a pre-transposed copy of ``fc1.weight`` named ``onnx::MatMul_14`` or
+``val_0``), the module path comes from the node: the dynamo exporter's ``pkg.torch.onnx.name_scopes``
+metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``). External data is
 read per initializer by offset and length (memory-mapped), and a location that resolves outside
 the model's folder (``..``, an absolute path, a symlink) is refused.
 """
@@ -147,6 +150,7 @@ def describe_onnx(path: Path) -> ModelDescription:
         readers.setdefault(out.name, []).append("output")
     nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
     found: list[tuple[str, str, str, tuple[int, ...], int]] = []  # (id, init, kind, torch shape, groups)
+    node_names: dict[str, str] = {}
     norm_found: list[tuple[str, str, str | None]] = []
     for i, node in enumerate(graph.node):
         nid = str(i)
@@ -187,6 +191,7 @@ def describe_onnx(path: Path) -> ModelDescription:
             flowing = [x for x in node.input if x not in constants]
             op = "pass" if len(flowing) <= 1 else "other"
         nodes[nid] = OpNode(nid, op, users, param)
+        node_names[nid] = _scope_name(node)
 
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -196,7 +201,7 @@ def describe_onnx(path: Path) -> ModelDescription:
         seen.add(init_name)
         tensor = inits[init_name]
         fan_in, fan_out = fans(kind, torch_shape, groups)
-        name = init_name[: -len(".weight")] if init_name.endswith(".weight") else init_name
+        name = layer_name(init_name, node_names[nid])
         stored = tuple(int(d) for d in tensor.dims)
         layer = Layer(name, kind, init_name, stored, fan_in, fan_out, _stats(tensor, base), groups)
         hit = following_nonlinearity(nodes, nid)
@@ -214,6 +219,32 @@ def describe_onnx(path: Path) -> ModelDescription:
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
     return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes)
+
+
+def _scope_name(node: Any) -> str:
+    """The module path of the torch module a node was exported from, or ``""``."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            return ".".join(str(part) for part in scopes[:-1] if part)
+    if node.name.startswith("/") and node.name.count("/") >= 2:
+        return ".".join(part for part in node.name.strip("/").split("/")[:-1] if part)
+    return ""
+
+
+def layer_name(initializer: str, scope: str) -> str:
+    """``fc1.weight`` → ``fc1``; an exporter-made initializer (``onnx::MatMul_14``, ``val_0``) takes
+    the module path of the node that reads it."""
+    if initializer.endswith(".weight"):
+        return initializer[: -len(".weight")]
+    if scope and (initializer.startswith("onnx::") or initializer.startswith("val_")):
+        return scope
+    return initializer
 
 
 def _stats(tensor: Any, base: Path):

@@ -1,0 +1,167 @@
+"""One model, every format: the same layers in the same order with the same statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import onnx
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import initdoctor
+from examples.models import plain_cnn, plain_mlp
+from tests.conftest import cli_json
+
+
+def _rows(report):
+    return [(f.name, f.kind, tuple(f.shape), f.fan_in, f.fan_out, f.weight_std) for f in report.layers]
+
+
+def _save_all(model: nn.Module, example: torch.Tensor, folder) -> dict[str, tuple[str, ...]]:
+    """Write ``model`` in every format; return {label: extra CLI args}."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, folder / "model.pt")
+    save_file(state, str(folder / "model.safetensors"))
+    torch.onnx.export(model, (example,), str(folder / "model.onnx"), dynamo=False)
+    torch.jit.save(torch.jit.trace(model, example), str(folder / "model_ts.bin"))  # no telling extension
+    torch.export.save(torch.export.export(model, (example,)), str(folder / "model.pt2"))
+    torch.save({"epoch": 3, "state_dict": state, "optimizer_states": []}, folder / "lightning.ckpt")
+    # sharded safetensors with an index, split in the middle
+    keys = list(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # fmt: skip
+    sharded = folder / "sharded"
+    sharded.mkdir()
+    weight_map = {}
+    for shard, shard_keys in shards.items():
+        save_file({k: state[k] for k in shard_keys}, str(sharded / shard))
+        weight_map.update({k: shard for k in shard_keys})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    # ONNX with its weights in an external data file
+    proto = onnx.load(str(folder / "model.onnx"))
+    onnx.save_model(proto, str(folder / "external.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="external.onnx.data", size_threshold=0)  # fmt: skip
+    return {
+        "model.pt": (),
+        "model.safetensors": (),
+        "model.onnx": (),
+        "model_ts.bin": ("--trust",),
+        "model.pt2": ("--trust",),
+        "lightning.ckpt": (),
+        "sharded/model.safetensors.index.json": (),
+        "external.onnx": (),
+    }
+
+
+@pytest.mark.parametrize(
+    "build,example",
+    [(lambda: plain_mlp(depth=12, width=64, init="xavier"), torch.randn(2, 64)),
+     (lambda: plain_cnn(depth=12, width=16, init="kaiming"), torch.randn(2, 3, 8, 8))],
+    ids=["mlp12", "cnn12"],
+)  # fmt: skip
+def test_every_format_gives_the_same_layers(tmp_path, build, example):
+    model = build().eval()
+    sources = _save_all(model, example, tmp_path)
+    reference = initdoctor.diagnose(model)
+    ref_rows = _rows(reference)
+    assert len(ref_rows) == 12
+    assert [r[0] for r in ref_rows[:3]] == ["0", "2", "4"]  # module paths, execution order
+    formats = {}
+    for rel, extra in sources.items():
+        code, data = cli_json(str(tmp_path / rel), *extra)
+        formats[rel] = data["model"]["format"]
+        rows = [(l["name"], l["kind"], tuple(l["shape"]), l["fan_in"], l["fan_out"], l["weight_std"])
+                for l in data["layers"]]  # fmt: skip
+        assert [r[:5] for r in rows] == [r[:5] for r in ref_rows], rel
+        for got, want in zip(rows, ref_rows):
+            assert got[5] == pytest.approx(want[5], rel=1e-6), (rel, got[0])
+        assert [l["status"] for l in data["layers"]] == [f.status for f in reference.layers], rel
+        assert data["summary"]["status"] == reference.summary.status, rel
+        if not rel.endswith(".onnx"):  # the ONNX exporter stores identical (all-zero) biases once
+            assert data["model"]["parameters"] == sum(p.numel() for p in model.parameters()), rel
+    assert formats == {
+        "model.pt": "state_dict", "model.safetensors": "safetensors", "model.onnx": "onnx",
+        "model_ts.bin": "torchscript", "model.pt2": "torch.export", "lightning.ckpt": "state_dict",
+        "sharded/model.safetensors.index.json": "safetensors-sharded", "external.onnx": "onnx",
+    }  # fmt: skip
+
+
+def test_graph_formats_read_the_nonlinearity(tmp_path):
+    """tanh hidden layers: ONNX, TorchScript and torch.export see Tanh; a state_dict cannot."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.LeakyReLU(0.2),
+                          nn.Dropout(0.1), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5)).eval()  # fmt: skip
+    x = torch.randn(2, 32)
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "m.ts"))
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    want = ["tanh", "leaky_relu(0.2)", "relu", "linear"]
+    for name, extra in [("m.onnx", ()), ("m.ts", ("--trust",)), ("m.pt2", ("--trust",))]:
+        _, data = cli_json(str(tmp_path / name), *extra)
+        assert [l["nonlinearity"] for l in data["layers"]] == want, name
+        assert {l["nonlinearity_source"] for l in data["layers"]} == {"graph"}, name
+        assert data["layers"][0]["gain"] == pytest.approx(5 / 3)
+        assert data["layers"][1]["gain"] == pytest.approx(math.sqrt(2 / (1 + 0.2**2)))
+        assert data["layers"][-1]["role"] == "output"
+    _, data = cli_json(str(tmp_path / "m.pt"))
+    assert [l["nonlinearity"] for l in data["layers"]] == ["relu", "relu", "relu", "linear"]
+    assert [l["nonlinearity_source"] for l in data["layers"]] == ["flag", "flag", "flag", "rule"]
+
+
+def test_onnx_matmul_gemm_layouts_and_dynamo_export(tmp_path):
+    """A 3-D input makes Linear a MatMul whose initializer is [in, out]; fans must still be right."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(100, 32)
+            self.fc1 = nn.Linear(32, 48)
+            self.fc2 = nn.Linear(48, 8)
+
+        def forward(self, ids):
+            return self.fc2(torch.relu(self.fc1(self.emb(ids))))
+
+    model = Tokens().eval()
+    ids = torch.randint(0, 100, (2, 7))
+    for dynamo in (False, True):
+        path = tmp_path / f"tok_{dynamo}.onnx"
+        torch.onnx.export(model, (ids,), str(path), dynamo=dynamo)
+        _, data = cli_json(str(path))
+        by = {l["name"]: l for l in data["layers"]}
+        assert set(by) >= {"fc1", "fc2"}, (dynamo, list(by))
+        assert (by["fc1"]["fan_in"], by["fc1"]["fan_out"]) == (32, 48), dynamo
+        assert (by["fc2"]["fan_in"], by["fc2"]["fan_out"]) == (48, 8), dynamo
+        assert by["fc1"]["weight_std"] == pytest.approx(model.fc1.weight.std(unbiased=False).item(), rel=1e-5)
+        assert by["fc1"]["nonlinearity"] == "relu" and by["fc2"]["role"] == "output"
+        emb = by.get("emb")
+        assert emb is not None and emb["kind"] == "embedding" and emb["status"] == "skip", dynamo
+
+
+def test_safetensors_order_is_natural_not_lexicographic(tmp_path):
+    model = plain_mlp(depth=12, width=16, init="kaiming")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    _, data = cli_json(str(tmp_path / "m.safetensors"))
+    assert [l["name"] for l in data["layers"]] == [str(i) for i in range(0, 24, 2)]
+    assert data["model"]["layer_order"] == "natural"
+
+
+def test_factory_with_weights(tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))\n"
+    )
+    torch.manual_seed(1)
+    trained = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        trained[0].weight.normal_(0, 0.5)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    _, plain = cli_json("mymodels:build", cwd=tmp_path)
+    assert plain["model"]["format"] == "factory" and [l["name"] for l in plain["layers"]] == ["0", "2"]
+    _, loaded = cli_json("mymodels:build", "--weights", "w.pt", cwd=tmp_path)
+    assert loaded["layers"][0]["weight_std"] == pytest.approx(trained[0].weight.std(unbiased=False).item(), rel=1e-6)
+    assert loaded["layers"][0]["std_ratio"] == pytest.approx(0.5 / math.sqrt(2 / 16), rel=0.1)

@@ -1,0 +1,69 @@
+"""The math against torch.nn.init: gains, fans, expected std, and the streaming statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from initdoctor.gains import calculate_gain, expected_std, fans
+from initdoctor.stats import CHUNK, array_stats
+
+
+@pytest.mark.parametrize(
+    "name,param",
+    [("linear", None), ("conv2d", None), ("sigmoid", None), ("tanh", None), ("relu", None),
+     ("leaky_relu", None), ("leaky_relu", 0.2), ("selu", None)],
+)  # fmt: skip
+def test_gain_matches_torch(name, param):
+    assert calculate_gain(name, param) == pytest.approx(torch.nn.init.calculate_gain(name, param), rel=1e-12)
+
+
+@pytest.mark.parametrize("name,fn", [("gelu", torch.nn.functional.gelu), ("silu", torch.nn.functional.silu)])
+def test_numeric_gain_is_one_over_rms_of_f_of_gaussian(name, fn):
+    # He et al. eq. 7 generalised: gain = 1 / sqrt(E[f(z)^2]), z ~ N(0,1); Monte Carlo with 4M samples
+    z = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert calculate_gain(name) == pytest.approx(1 / math.sqrt(fn(z).pow(2).mean().item()), rel=2e-3)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(256, 64), (10, 256), (32, 3, 3, 3), (64, 32, 5), (8, 4, 3, 3, 3), (32, 1, 3, 3)],
+)
+def test_fans_match_torch_for_linear_and_conv(shape):
+    kind = {2: "linear", 3: "conv1d", 4: "conv2d", 5: "conv3d"}[len(shape)]
+    assert fans(kind, shape) == torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))
+
+
+def test_fans_of_grouped_and_transposed_conv():
+    depthwise = torch.nn.Conv2d(32, 32, 3, groups=32)
+    assert tuple(depthwise.weight.shape) == (32, 1, 3, 3)
+    assert fans("conv2d", depthwise.weight.shape, groups=32) == (9, 288)  # fan_in = in/groups * k
+    grouped = torch.nn.Conv2d(16, 32, 3, groups=4)  # weight [32, 4, 3, 3]
+    assert fans("conv2d", grouped.weight.shape, groups=4) == (36, 288)
+    # ConvTranspose stores [in, out/groups, k]: fan_in = in/groups * k, fan_out = out * k
+    tconv = torch.nn.ConvTranspose2d(16, 8, 4, groups=2)  # weight [16, 4, 4, 4]
+    assert tuple(tconv.weight.shape) == (16, 4, 4, 4)
+    assert fans("conv_transpose2d", tconv.weight.shape, groups=2) == (8 * 16, 8 * 16)
+
+
+def test_expected_std_is_gain_over_sqrt_fan():
+    assert expected_std(math.sqrt(2), 256) == pytest.approx(0.0883883, rel=1e-6)
+    w = torch.empty(4096, 512)
+    torch.nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
+    assert w.std().item() == pytest.approx(expected_std(calculate_gain("relu"), 512), rel=0.01)
+
+
+def test_streaming_stats_match_numpy_and_count_bad_values():
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(CHUNK + 12345) * 0.05 + 3.0).astype(np.float32)  # crosses a chunk edge
+    st = array_stats(a)
+    ref = a.astype(np.float64)
+    assert st.mean == pytest.approx(ref.mean(), rel=1e-12)
+    assert st.std == pytest.approx(ref.std(), rel=1e-9)  # no E[x²]−E[x]² cancellation at mean/std=60
+    b = np.array([1.0, np.nan, np.inf, -1.0, 0.0], dtype=np.float32)
+    st = array_stats(b)
+    assert (st.nan_count, st.inf_count, st.zero_count) == (1, 1, 1)
+    assert st.mean == pytest.approx(0.0) and st.std == pytest.approx(math.sqrt(2 / 3))
