@@ -169,7 +169,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         finding.suggested_scale = 1.0 / ratio
         ln_r = math.log(finding.variance_ratio)
         allow = sampling_allowance(st.finite_count)
-        what = f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming ({_fmt(exp)} = {gain:.3g}/√{fan} for {finding.nonlinearity}, {s.mode})"
+        what = f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming {_fmt(exp)} ({finding.nonlinearity}, {s.mode} {fan})"
         if role == "output":
             if ln_r > math.log(2 * s.error_threshold) + allow:
                 finding.status = "error"
@@ -189,7 +189,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         else:
             change = "shrinks" if ln_r < 0 else "grows"
             finding.message = (
-                f"{what}: the signal's variance {change} ×{finding.variance_ratio:.3g} here; "
+                f"{what}: variance {change} ×{finding.variance_ratio:.3g} here; "
                 f"rescale W by {finding.suggested_scale:.3g}"
             )
         if st.mean is not None and abs(st.mean) > 0.5 * st.std and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count):
@@ -235,10 +235,7 @@ def _compound(chain: list[tuple[LayerFinding, float]], s: Settings) -> float | N
         drifting = [f for f, ln_r in chain if f.status == "warn" and ln_r * total > 0]
         for f in drifting:
             f.status = "error"
-            f.message += (
-                f"; compounds over {len(chain)} layers to variance ×{math.exp(total):.3g} "
-                f"(beyond ×{s.compound_threshold:g})"
-            )
+            f.message += f"; compounds over {len(chain)} layers to ×{math.exp(total):.3g}"
     return total
 
 

@@ -32,6 +32,7 @@ def _columns(f: LayerFinding) -> list[str]:
     ]
 
 
+_CAPTION = "* nonlinearity from --nonlinearity or the output-layer rule, not read from a graph"
 HEADERS = ["layer", "kind", "shape", "fan_in", "nonlin", "std", "kaiming std", "std ratio", "var ratio", "rescale"]
 
 
@@ -45,7 +46,7 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
     table = Table(
         title=f"initdoctor · {m['path']} · {m['format']} · {m['parameters']:,} parameters",
         title_justify="left",
-        caption="* nonlinearity from --nonlinearity or the output-layer rule, not read from a graph",
+        caption=_CAPTION if any(f.nonlinearity_source != "graph" for f in report.layers) else None,
         caption_justify="left",
     )
     for h in HEADERS:

@@ -92,6 +92,8 @@ def load_torch_object(path: Path, *, trust: bool) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
         except pickle.UnpicklingError as exc:
+            if _pickle_is_broken(path):
+                raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})") from None
             detail = str(exc).splitlines()
             culprit = next((line.strip() for line in detail if "Unsupported global" in line), "")
             culprit = f" ({culprit.rstrip('.')})" if culprit else ""
@@ -99,12 +101,34 @@ def load_torch_object(path: Path, *, trust: bool) -> Any:
                 f"{path}: the checkpoint holds pickled Python objects beyond tensors{culprit}, "
                 f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
             ) from None
-        except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        except Exception as exc:  # noqa: BLE001 - a garbled stream raises IndexError, struct.error...
             raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
         raise InputError(f"{path}: cannot unpickle the checkpoint ({_first_line(exc)})") from None
+
+
+def _pickle_is_broken(path: Path) -> bool:
+    """Whether the checkpoint's pickle ends early or holds non-opcodes: a truncated or corrupt file,
+    not an untrusted one. Read with ``pickletools.genops``, which only parses (builds nothing)."""
+    import pickletools
+
+    try:
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                with archive.open(name) as fh:
+                    for _ in pickletools.genops(fh):
+                        pass
+        else:
+            with open(path, "rb") as fh:
+                for _ in range(4):  # legacy: magic number, protocol, sys_info, the object
+                    for _ in pickletools.genops(fh):
+                        pass
+    except Exception:  # noqa: BLE001 - ValueError, BadZipFile, MemoryError on a garbled length...
+        return True
+    return False
 
 
 def _is_zip(path: Path) -> bool:
@@ -156,9 +180,30 @@ def load_exported(path: Path, *, trust: bool) -> Any:
             f"{path}: a torch.export archive; its loader unpickles Python objects, which can run "
             f"code; {TRUST_HINT}"
         )
+    import logging
+
     import torch
 
+    # torch.export.load logs a failed read with its traceback and then raises a vague error
+    # ("check the warnings above"): keep those records off stderr and report their exception.
+    logger, swallowed = logging.getLogger("torch.export"), _Swallow()
+    logger.addFilter(swallowed)
     try:
         return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: cannot load the torch.export archive ({_first_line(exc)})") from None
+        cause = swallowed.exception or exc
+        raise InputError(f"{path}: cannot load the torch.export archive ({_first_line(cause)})") from None
+    finally:
+        logger.removeFilter(swallowed)
+
+
+class _Swallow:
+    """A logging filter that drops every record, keeping the first exception attached to one."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
+
+    def filter(self, record: Any) -> bool:
+        if self.exception is None and record.exc_info and record.exc_info[1] is not None:
+            self.exception = record.exc_info[1]
+        return False
