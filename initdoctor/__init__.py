@@ -57,8 +57,14 @@ def diagnose(source: Any, *, trust: bool = False, weights: Any = None, **setting
     ``settings`` are :class:`Settings` fields: ``nonlinearity``, ``negative_slope``, ``mode``,
     ``warn_threshold``, ``error_threshold``, ``compound_threshold``.
     """
+    import dataclasses
+
     from .inspector import inspect_description
 
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {', '.join(sorted(known))}")
     return inspect_description(describe(source, trust=trust, weights=weights), Settings(**settings))
 
 
