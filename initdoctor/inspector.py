@@ -5,19 +5,19 @@ nonlinearity with gain ``g`` (:func:`initdoctor.gains.calculate_gain`)::
 
     expected_std    = g / sqrt(n)                      (He et al. 2015, eq. 10 / eq. 14)
     std_ratio       = s / expected_std
-    variance_ratio  = std_ratio²                       (1.0 is Kaiming-exact: the layer keeps
+    weight_variance_ratio = std_ratio²                 (1.0 is Kaiming-exact: the layer keeps
                                                         the signal's variance)
     suggested_scale = 1 / std_ratio                    (multiply W by it to make it Kaiming)
 
 Status rules (thresholds are variance factors, symmetric in log space, all configurable):
 
-* **hidden layers** — ``warn`` when ``variance_ratio`` is outside ``[1/T_warn, T_warn]``
+* **hidden layers** — ``warn`` when ``weight_variance_ratio`` is outside ``[1/T_warn, T_warn]``
   (default ``T_warn = 1.25``, std off by ±12%), ``error`` outside ``[1/T_err, T_err]``
   (default ``T_err = 4``, std off by 2×). Each band is widened by 4 standard errors of the
   std estimate, ``exp(8 / sqrt(2(numel − 1)))``, so a tiny layer is not flagged for sampling
   noise (a 64×64 Linear: ×1.09; a 4-weight layer is effectively never flagged).
 * **compounding** — the hidden layers form a chain whose variances multiply: when
-  ``prod(variance_ratio)`` over the chain leaves ``[1/T_chain, T_chain]`` (default 16) the summary
+  ``prod(weight_variance_ratio)`` over the chain leaves ``[1/T_chain, T_chain]`` (default 16) the summary
   is ``error`` and every ``warn`` layer drifting the same way becomes ``error``: 30 layers that
   each halve the variance (xavier on a square ReLU layer) shrink the signal by 2⁻²⁹.
 * **output (logit) layer** — judged against gain 1 (no nonlinearity after it); small is fine
@@ -104,7 +104,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
     judged = [layer for layer in desc.layers if layer.kind != "embedding"]
     last_name = judged[-1].name if judged else None
     findings: list[LayerFinding] = []
-    chain: list[tuple[LayerFinding, float]] = []  # (finding, ln variance_ratio)
+    chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
 
     for layer in desc.layers:
         role, nonlin, param, source = _resolve_role(layer, desc, s, last_name)
@@ -128,7 +128,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
             weight_std=st.std,
             expected_std=None,
             std_ratio=None,
-            variance_ratio=None,
+            weight_variance_ratio=None,
             suggested_scale=None,
             nan_count=st.nan_count,
             inf_count=st.inf_count,
@@ -151,7 +151,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         finding.expected_std = exp
         zero = st.zero_count == st.finite_count
         if zero:
-            finding.std_ratio = finding.variance_ratio = 0.0
+            finding.std_ratio = finding.weight_variance_ratio = 0.0
             if role == "output":
                 finding.message = "all-zero output layer: a common choice for logits"
             else:
@@ -159,15 +159,15 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
                 finding.message = "all weights are zero: no signal passes, no gradient reaches earlier layers"
             continue
         if st.std == 0.0:
-            finding.std_ratio = finding.variance_ratio = 0.0
+            finding.std_ratio = finding.weight_variance_ratio = 0.0
             finding.status = "error"
             finding.message = f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
             continue
         ratio = st.std / exp
         finding.std_ratio = ratio
-        finding.variance_ratio = ratio * ratio
+        finding.weight_variance_ratio = ratio * ratio
         finding.suggested_scale = 1.0 / ratio
-        ln_r = math.log(finding.variance_ratio)
+        ln_r = math.log(finding.weight_variance_ratio)
         allow = sampling_allowance(st.finite_count)
         what = f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming {_fmt(exp)} ({finding.nonlinearity}, {s.mode} {fan})"
         if role == "output":
@@ -189,7 +189,7 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         else:
             change = "shrinks" if ln_r < 0 else "grows"
             finding.message = (
-                f"{what}: variance {change} ×{finding.variance_ratio:.3g} here; "
+                f"{what}: variance {change} ×{finding.weight_variance_ratio:.3g} here; "
                 f"rescale W by {finding.suggested_scale:.3g}"
             )
         if st.mean is not None and abs(st.mean) > 0.5 * st.std and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count):
@@ -271,7 +271,7 @@ def _summarize(
     worst = None
     if scored:
         def badness(f: LayerFinding) -> tuple[int, float]:
-            dev = abs(math.log(f.variance_ratio)) if f.variance_ratio else math.inf
+            dev = abs(math.log(f.weight_variance_ratio)) if f.weight_variance_ratio else math.inf
             if f.role == "output" and f.status == "ok":
                 dev = 0.0
             return ({"ok": 1, "warn": 2, "error": 3}[f.status], dev)

@@ -27,7 +27,7 @@ def _columns(f: LayerFinding) -> list[str]:
         _num(f.weight_std),
         _num(f.expected_std),
         _num(f.std_ratio, ".3f"),
-        _num(f.variance_ratio, ".3f"),
+        _num(f.weight_variance_ratio, ".3f"),
         _num(f.suggested_scale, ".3f") if f.status in ("warn", "error") else "",
     ]
 

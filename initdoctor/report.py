@@ -9,7 +9,7 @@ and a CHANGELOG line)::
                   "compound_threshold"},
      "layers": [{"name", "kind", "role", "shape", "fan_in", "fan_out", "groups", "nonlinearity",
                  "nonlinearity_source", "gain", "dtype", "numel", "weight_mean", "weight_std",
-                 "expected_std", "std_ratio", "variance_ratio", "suggested_scale",
+                 "expected_std", "std_ratio", "weight_variance_ratio", "suggested_scale",
                  "nan_count", "inf_count", "status", "message"}],
      "norm_layers": [{"name", "kind", "shape", "weight_mean", "weight_std", "bias_mean",
                       "bias_std", "status", "message"}],
@@ -63,7 +63,7 @@ class LayerFinding:
     weight_std: float | None
     expected_std: float | None
     std_ratio: float | None
-    variance_ratio: float | None
+    weight_variance_ratio: float | None
     suggested_scale: float | None
     nan_count: int
     inf_count: int

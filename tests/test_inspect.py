@@ -51,7 +51,7 @@ def test_xavier_30_layers_flagged_and_error(build):
         for f in square:
             # xavier std sqrt(2/(256+256)) vs kaiming sqrt(2/256): rescale by sqrt(2)
             assert f.suggested_scale == pytest.approx(SQRT2, rel=0.03)
-            assert f.variance_ratio == pytest.approx(0.5, rel=0.06)
+            assert f.weight_variance_ratio == pytest.approx(0.5, rel=0.06)
 
 
 def test_pytorch_default_linear_init_flagged_with_sqrt6():
@@ -88,7 +88,7 @@ def test_compounding_turns_a_chain_of_warnings_into_errors():
     with torch.no_grad():
         single[10].weight.mul_(0.8)
     one = next(f for f in initdoctor.diagnose(single).layers if f.name == "10")
-    assert one.status == "warn" and one.variance_ratio == pytest.approx(0.64, rel=0.05)
+    assert one.status == "warn" and one.weight_variance_ratio == pytest.approx(0.64, rel=0.05)
     report = initdoctor.diagnose(model)
     assert report.summary.status == "error"
     assert report.summary.compound_variance_ratio == pytest.approx(0.64**29, rel=0.3)
