@@ -8,7 +8,9 @@ Formats that execute code when loaded (full pickles, TorchScript, torch.export) 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..model import ModelDescription
@@ -65,10 +67,29 @@ def detect_format(path: Path) -> str:
     )
 
 
+@dataclass
+class LoadedModel:
+    """A description plus, where the format has one, something that can run the model.
+
+    ``runnable`` is an ``nn.Module`` (factory, trusted pickle), a TorchScript module, a
+    ``torch.export.ExportedProgram``, or the path of an ONNX file; ``None`` for a bare state_dict
+    or safetensors file, which holds weights but no graph.
+    """
+
+    description: ModelDescription
+    runnable: Any = None
+    backend: str | None = None  # "torch" | "torchscript" | "torch.export" | "onnx" | None
+
+
 def describe(
     source: str | Path, *, trust: bool = False, weights: str | Path | None = None
 ) -> ModelDescription:
     """Read ``source`` (a file path or ``package.module:callable``) into a description."""
+    return load(source, trust=trust, weights=weights).description
+
+
+def load(source: str | Path, *, trust: bool = False, weights: str | Path | None = None) -> LoadedModel:
+    """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible)."""
     from .factory import build_from_factory, is_factory_spec
 
     text = str(source)
@@ -76,8 +97,7 @@ def describe(
         from .torch_module import describe_module
 
         model = build_from_factory(text, str(weights) if weights else None, trust=trust)
-        desc = describe_module(model, path=text, fmt="factory")
-        return desc
+        return LoadedModel(describe_module(model, path=text, fmt="factory"), model, "torch")
     if weights:
         raise InputError("--weights goes with a factory source (package.module:function)")
     path = Path(text)
@@ -85,29 +105,34 @@ def describe(
     if fmt == "safetensors":
         from .safetensors_file import describe_safetensors
 
-        return describe_safetensors(path)
+        return LoadedModel(describe_safetensors(path))
     if fmt == "safetensors-index":
         from .safetensors_file import describe_safetensors
 
         if path.is_dir():
             path = sorted(path.glob("*.safetensors.index.json"))[0]
-        return describe_safetensors(path, index=True)
+        return LoadedModel(describe_safetensors(path, index=True))
     if fmt == "onnx":
         from .onnx_file import describe_onnx
 
-        return describe_onnx(path)
+        return LoadedModel(describe_onnx(path), path, "onnx")
     if fmt in ("torch-zip", "torch-legacy"):
         from .torch_file import describe_torch_object, load_torch_object
 
-        return describe_torch_object(load_torch_object(path, trust=trust), path, "state_dict")
+        obj = load_torch_object(path, trust=trust)
+        desc = describe_torch_object(obj, path, "state_dict")
+        is_module = desc.format == "torch-module"
+        return LoadedModel(desc, obj if is_module else None, "torch" if is_module else None)
     if fmt == "torchscript":
         from .torch_file import load_torchscript
         from .torch_module import describe_module
 
-        return describe_module(load_torchscript(path, trust=trust), path=str(path), fmt="torchscript")
+        module = load_torchscript(path, trust=trust)
+        return LoadedModel(describe_module(module, path=str(path), fmt="torchscript"), module, "torchscript")
     if fmt == "torch.export":
         from .torch_file import load_exported
         from .torch_module import describe_exported
 
-        return describe_exported(load_exported(path, trust=trust), path=str(path))
+        program = load_exported(path, trust=trust)
+        return LoadedModel(describe_exported(program, path=str(path)), program, "torch.export")
     raise InputError(f"{path}: unsupported format {fmt}")  # pragma: no cover
