@@ -90,6 +90,18 @@ def initializer_array(tensor: Any, base: Path) -> np.ndarray:
             return numpy_helper.to_array(tensor)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{base}: initializer {tensor.name!r} is corrupt ({exc})") from None
+    target, offset, dtype, count = _external_extent(tensor, base)
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _external_extent(tensor: Any, base: Path) -> tuple[Path, int, np.dtype, int]:
+    """File, offset, dtype and element count of an external initializer, checked (inside the
+    model folder, present, long enough) without reading it."""
+    import onnx
+
+    shape = tuple(int(d) for d in tensor.dims)
     target, offset, length = _external_location(tensor, base)
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -103,9 +115,7 @@ def initializer_array(tensor: Any, base: Path) -> np.ndarray:
             f"{base}: external data of {tensor.name!r} is truncated ({size} bytes in "
             f"{target.name!r}, needs {offset + needed})"
         )
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return target, offset, dtype, count
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -124,6 +134,9 @@ def describe_onnx(path: Path) -> ModelDescription:
     graph = model.graph
     base = path.parent
     inits = {t.name: t for t in graph.initializer}
+    for tensor in graph.initializer:  # all external data, not only the weights read below
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _external_extent(tensor, base)
     constants = set(inits)
     producers: dict[str, Any] = {}
     for node in graph.node:

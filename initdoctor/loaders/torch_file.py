@@ -16,6 +16,7 @@ allow-list of tensor types, so a malicious pickle is rejected before it runs any
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,10 +91,13 @@ def load_torch_object(path: Path, *, trust: bool) -> Any:
 
     if not trust:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 127" on a garbled file
+                warnings.simplefilter("ignore")
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=_use_mmap(path))
         except pickle.UnpicklingError as exc:
-            if _pickle_is_broken(path):
-                raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})") from None
+            damage = _pickle_damage(path)
+            if damage:
+                raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({damage})") from None
             detail = str(exc).splitlines()
             culprit = next((line.strip() for line in detail if "Unsupported global" in line), "")
             culprit = f" ({culprit.rstrip('.')})" if culprit else ""
@@ -109,9 +113,9 @@ def load_torch_object(path: Path, *, trust: bool) -> Any:
         raise InputError(f"{path}: cannot unpickle the checkpoint ({_first_line(exc)})") from None
 
 
-def _pickle_is_broken(path: Path) -> bool:
-    """Whether the checkpoint's pickle ends early or holds non-opcodes: a truncated or corrupt file,
-    not an untrusted one. Read with ``pickletools.genops``, which only parses (builds nothing)."""
+def _pickle_damage(path: Path) -> str | None:
+    """Why the checkpoint's pickle is cut short or garbled (a corrupt file, not an untrusted one),
+    or None. Read with ``pickletools.genops``, which only parses opcodes and builds nothing."""
     import pickletools
 
     try:
@@ -126,9 +130,19 @@ def _pickle_is_broken(path: Path) -> bool:
                 for _ in range(4):  # legacy: magic number, protocol, sys_info, the object
                     for _ in pickletools.genops(fh):
                         pass
-    except Exception:  # noqa: BLE001 - ValueError, BadZipFile, MemoryError on a garbled length...
-        return True
-    return False
+    except Exception as exc:  # noqa: BLE001 - ValueError, BadZipFile, MemoryError on a garbled length...
+        return _first_line(exc)
+    return None
+
+
+#: Zip checkpoints above this size are memory-mapped instead of read. torch 2.13's mmap path does
+#: not check a tensor record's length against the tensor (a short record reads past its end), so
+#: files that fit comfortably in memory are read normally, where torch does check.
+MMAP_ABOVE_BYTES = 2 << 30
+
+
+def _use_mmap(path: Path) -> bool:
+    return _is_zip(path) and path.stat().st_size > MMAP_ABOVE_BYTES
 
 
 def _is_zip(path: Path) -> bool:
