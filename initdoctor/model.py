@@ -49,6 +49,9 @@ class Layer:
     nonlinearity: str | None = None
     nonlinearity_param: float | None = None
     is_output: bool | None = None
+    #: For graph formats that name their tensors (ONNX): (input tensor, pre-activation output
+    #: tensor, after the bias add) — what the probe exposes.
+    tensors: tuple[str, str] | None = None
 
 
 @dataclass

@@ -40,39 +40,77 @@ def is_float_dtype(dtype: str) -> bool:
     return any(tag in dtype for tag in ("float", "bfloat", "half", "double"))
 
 
-def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:
-    """Statistics of a numpy array (any shape); ``dtype`` overrides the reported dtype name."""
+@dataclass
+class Moments:
+    """Running count / mean / sum of squared deviations (float64), merged with Chan et al.'s formula."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def merge(self, count: int, mean: float, m2: float) -> None:
+        if count == 0:
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean += delta * count / total
+        self.m2 += m2 + delta * delta * self.count * count / total
+        self.count = total
+
+    def merge_moments(self, other: "Moments") -> None:
+        self.merge(other.count, other.mean, other.m2)
+
+    @property
+    def var(self) -> float:
+        return self.m2 / self.count if self.count else math.nan
+
+    @property
+    def second_moment(self) -> float:
+        """E[x²] = Var[x] + E[x]²."""
+        return self.var + self.mean**2 if self.count else math.nan
+
+
+@dataclass
+class Scan:
+    """One pass over an array: moments of the finite values, counts of the rest, min and max."""
+
+    moments: Moments
+    nan: int = 0
+    inf: int = 0
+    zeros: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+
+
+def scan(array: np.ndarray) -> Scan:
+    """Reduce any array in chunks of :data:`CHUNK` elements with float64 accumulation."""
     flat = np.asarray(array).reshape(-1)
-    name = dtype or str(flat.dtype)
-    n_total = int(flat.size)
-    count = 0
-    mean = 0.0
-    m2 = 0.0
-    lo, hi = math.inf, -math.inf
-    nans = infs = zeros = 0
-    for start in range(0, n_total, CHUNK):
+    out = Scan(Moments())
+    for start in range(0, int(flat.size), CHUNK):
         chunk = flat[start : start + CHUNK].astype(np.float64, copy=False)
         finite = np.isfinite(chunk)
         if not finite.all():
-            nans += int(np.isnan(chunk).sum())
-            infs += int(np.isinf(chunk).sum())
+            out.nan += int(np.isnan(chunk).sum())
+            out.inf += int(np.isinf(chunk).sum())
             chunk = chunk[finite]
         n = int(chunk.size)
         if n == 0:
             continue
-        zeros += int(n - np.count_nonzero(chunk))
+        out.zeros += int(n - np.count_nonzero(chunk))
         c_mean = float(chunk.mean())
-        c_m2 = float(np.square(chunk - c_mean).sum())
-        lo = min(lo, float(chunk.min()))
-        hi = max(hi, float(chunk.max()))
-        # Chan et al. (1979): merge (count, mean, m2) of two partitions.
-        delta = c_mean - mean
-        total = count + n
-        mean += delta * n / total
-        m2 += c_m2 + delta * delta * count * n / total
-        count = total
-    std = math.sqrt(m2 / count) if count else math.nan
-    if not count:
-        mean = math.nan
-        lo = hi = math.nan
-    return WeightStats(n_total, name, mean, std, lo, hi, nans, infs, zeros)
+        out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
+        out.min = min(out.min, float(chunk.min()))
+        out.max = max(out.max, float(chunk.max()))
+    return out
+
+
+def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:
+    """Statistics of a numpy array (any shape); ``dtype`` overrides the reported dtype name."""
+    flat = np.asarray(array).reshape(-1)
+    s = scan(flat)
+    m = s.moments
+    if not m.count:
+        return WeightStats(int(flat.size), dtype or str(flat.dtype), math.nan, math.nan, math.nan, math.nan, s.nan, s.inf, 0)
+    return WeightStats(
+        int(flat.size), dtype or str(flat.dtype), m.mean, math.sqrt(m.var), s.min, s.max, s.nan, s.inf, s.zeros
+    )

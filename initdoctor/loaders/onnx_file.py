@@ -22,6 +22,7 @@ the model's folder (``..``, an absolute path, a symlink) is refused.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ..errors import InputError
 from ..gains import fans
 from ..graph import OpNode, following_nonlinearity
 from ..model import Layer, ModelDescription, NormLayer
-from ..stats import array_stats
+from ..stats import WeightStats, array_stats
 
 _ACTIVATIONS = {
     "Relu": "relu", "LeakyRelu": "leaky_relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
@@ -128,11 +129,15 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 
 
 def describe_onnx(path: Path) -> ModelDescription:
+    return describe_onnx_model(load_onnx_proto(path), path, path.parent)
+
+
+def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats: bool = True) -> ModelDescription:
+    """Describe a parsed ONNX ``ModelProto``; ``base`` is the folder external data is relative to.
+    ``with_stats=False`` skips reading the weights (the probe only needs the tensor names)."""
     import onnx
 
-    model = load_onnx_proto(path)
     graph = model.graph
-    base = path.parent
     inits = {t.name: t for t in graph.initializer}
     for tensor in graph.initializer:  # all external data, not only the weights read below
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -164,12 +169,14 @@ def describe_onnx(path: Path) -> ModelDescription:
     nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
     found: list[tuple[str, str, str, tuple[int, ...], int]] = []  # (id, init, kind, torch shape, groups)
     node_names: dict[str, str] = {}
+    tensor_io: dict[str, tuple[str, str]] = {}
     norm_found: list[tuple[str, str, str | None]] = []
     for i, node in enumerate(graph.node):
         nid = str(i)
         users = [u for out in node.output for u in readers.get(out, [])]
         op, param = "other", None
         t = node.op_type
+        data_input = node.input[1] if t == "Gather" and len(node.input) > 1 else (node.input[0] if node.input else "")
         if t in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
             dims = tuple(int(d) for d in inits[node.input[1]].dims)
             rank = len(dims) - 2
@@ -205,6 +212,8 @@ def describe_onnx(path: Path) -> ModelDescription:
             op = "pass" if len(flowing) <= 1 else "other"
         nodes[nid] = OpNode(nid, op, users, param)
         node_names[nid] = _scope_name(node)
+        if op == "weighted":
+            tensor_io[nid] = (data_input, _after_bias(node.output[0], readers, graph.node, constants))
 
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -216,7 +225,8 @@ def describe_onnx(path: Path) -> ModelDescription:
         fan_in, fan_out = fans(kind, torch_shape, groups)
         name = layer_name(init_name, node_names[nid])
         stored = tuple(int(d) for d in tensor.dims)
-        layer = Layer(name, kind, init_name, stored, fan_in, fan_out, _stats(tensor, base), groups)
+        stats = _stats(tensor, base) if with_stats else _NO_STATS
+        layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
         hit = following_nonlinearity(nodes, nid)
         if hit is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
@@ -228,10 +238,23 @@ def describe_onnx(path: Path) -> ModelDescription:
             _stats(inits[b], base) if b else None,
         )
         for w, kind, b in norm_found
-    ]
+    ] if with_stats else []
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
     return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes)
+
+
+_NO_STATS = WeightStats(0, "float", math.nan, math.nan, math.nan, math.nan)
+
+
+def _after_bias(tensor: str, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> str:
+    """The tensor after a following bias ``Add`` (MatMul + Add is how exporters write Linear)."""
+    users = readers.get(tensor, [])
+    if len(users) == 1 and users[0] != "output":
+        node = nodes[int(users[0])]
+        if node.op_type == "Add" and sum(1 for x in node.input if x not in constants) == 1:
+            return node.output[0]
+    return tensor
 
 
 def _scope_name(node: Any) -> str:

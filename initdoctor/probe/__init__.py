@@ -1,0 +1,208 @@
+"""The probe: run a seeded random batch through the model and measure what the signal does.
+
+For weighted layer ``l`` with input ``x_l`` and pre-activation output ``y_l`` (bias included,
+before the nonlinearity), over the batch and all positions:
+
+    input_second_moment = E[x_l²]
+    activation_var      = Var[y_l]
+    variance_ratio      = Var[y_l] / (gain_l² · E[x_l²])   measured counterpart of std_ratio²:
+                                                           1.0 when the layer keeps the signal's
+                                                           scale given the input it receives
+    depth_ratio         = Var[y_l] / Var[y_first]          growth or decay along depth
+    dead_fraction       = share of units (features / channels) whose ReLU output is zero for
+                          every sample and position of the batch (ReLU layers only)
+
+Why ``gain² · E[x²]``: with zero-mean weights independent of the input,
+``Var[y] = fan_in · Var[w] · E[x²]`` (He et al. eq. 7), and Kaiming's ``Var[w] = gain²/fan_in``
+makes that ``gain² · E[x²]``.
+
+Backward (``backward=True``, torch backends): one backward pass of a seeded N(0, 1) gradient at the
+output; per layer ``grad_var = Var[∂L/∂y_l]``, and ``grad_ratio = E[(∂L/∂x_l)²] /
+(gain_l² · E[(∂L/∂y_l)²])`` (He et al. eq. 14, the ``fan_out`` condition: 1.0 when Kaiming in
+``fan_out`` mode). Parameters' ``.grad`` are left untouched.
+
+Backends: ``torch_backend`` (forward hooks, reductions on the fly, nothing kept), ``onnx_backend``
+(onnxruntime with intermediate tensors exposed as outputs, in bounded groups).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InitDoctorError, SettingsError
+from ..stats import Moments, scan
+
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+
+
+class ProbeError(InitDoctorError):
+    """The model could not be run: a forward that raises, inputs that do not fit."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probe feeds the model. ``input_shapes`` empty: inferred (see :func:`infer_input_shape`)."""
+
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtype: str = "float32"
+    batch_size: int = 32
+    seed: int = 0
+    vocab_size: int | None = None
+    backward: bool = False
+    #: ONNX: most bytes of intermediate tensors exposed per onnxruntime run.
+    group_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        if self.input_dtype not in INPUT_DTYPES:
+            raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
+        if self.batch_size < 1:
+            raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
+        for shape in self.input_shapes:
+            if not shape or any(d < 1 for d in shape):
+                raise SettingsError(f"input shape {shape} must be positive integers, e.g. 8,3,32,32")
+
+
+@dataclass
+class ActivationStats:
+    """What the probe measured for one weighted layer (see the module docstring)."""
+
+    name: str
+    input_second_moment: float
+    activation_var: float
+    activation_mean: float
+    dead_fraction: float | None = None
+    nan_count: int = 0
+    inf_count: int = 0
+    calls: int = 1
+    grad_var: float | None = None
+    input_grad_second_moment: float | None = None
+    output_grad_second_moment: float | None = None
+
+
+@dataclass
+class ProbeResult:
+    backend: str
+    layers: dict[str, ActivationStats]
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # [{"shape": [...], "dtype": ...}]
+    notes: list[str] = field(default_factory=list)
+    runs: int = 1
+
+
+class Collector:
+    """Running statistics of one layer's input and output over every call and run (numpy only,
+    shared by both backends so the definitions cannot drift apart)."""
+
+    def __init__(self, name: str, kind: str, relu: bool) -> None:
+        self.name = name
+        self.unit_axis = 1 if kind.startswith("conv") else -1
+        self.relu = relu
+        self.x = Moments()
+        self.y = Moments()
+        self.nan = 0
+        self.inf = 0
+        self.calls = 0
+        self.unit_max: np.ndarray | None = None
+        self.grad_y = Moments()
+        self.grad_x = Moments()
+
+    def forward(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
+        """One call: ``x`` the layer's input (None when not a float tensor), ``y`` its output."""
+        self.calls += 1
+        if x is not None and x.size and x.dtype.kind == "f":
+            self.x.merge_moments(scan(x).moments)
+        if y is None or not y.size or y.dtype.kind != "f":
+            return
+        s = scan(y)
+        self.y.merge_moments(s.moments)
+        self.nan += s.nan
+        self.inf += s.inf
+        if self.relu and y.ndim >= 2:
+            axis = self.unit_axis % y.ndim
+            peak = np.nanmax(np.moveaxis(y, axis, 0).reshape(y.shape[axis], -1), axis=1)
+            self.unit_max = peak if self.unit_max is None else np.maximum(self.unit_max, peak)
+
+    def grad_output(self, g: np.ndarray) -> None:
+        self.grad_y.merge_moments(scan(g).moments)
+
+    def grad_input(self, g: np.ndarray) -> None:
+        self.grad_x.merge_moments(scan(g).moments)
+
+    def result(self) -> ActivationStats:
+        dead = float((self.unit_max <= 0).mean()) if self.unit_max is not None else None
+        return ActivationStats(
+            name=self.name,
+            input_second_moment=self.x.second_moment,
+            activation_var=self.y.var,
+            activation_mean=self.y.mean if self.y.count else math.nan,
+            dead_fraction=dead,
+            nan_count=self.nan,
+            inf_count=self.inf,
+            calls=self.calls,
+            grad_var=self.grad_y.var if self.grad_y.count else None,
+            input_grad_second_moment=self.grad_x.second_moment if self.grad_x.count else None,
+            output_grad_second_moment=self.grad_y.second_moment if self.grad_y.count else None,
+        )
+
+
+def random_inputs(
+    specs: list[tuple[tuple[int, ...], str]], rng: np.random.Generator, vocab: int | None
+) -> list[np.ndarray]:
+    """Seeded inputs as numpy arrays (the same for every backend): N(0, 1) for float dtypes,
+    token ids uniform in ``[0, vocab)`` for integer ones."""
+    arrays = []
+    for shape, dtype in specs:
+        if dtype.startswith("int"):
+            if not vocab:
+                raise ProbeError("integer inputs need --vocab-size (no embedding layer to read it from)")
+            arrays.append(rng.integers(0, vocab, size=shape, dtype=np.dtype(dtype)))
+        else:
+            arrays.append(rng.standard_normal(size=shape, dtype=np.float32))
+    return arrays
+
+
+def default_vocab(desc: Any, settings: ProbeSettings) -> int | None:
+    """``--vocab-size``, else the smallest embedding table (ids valid for every table)."""
+    if settings.vocab_size:
+        return settings.vocab_size
+    tables = [layer.shape[0] for layer in desc.layers if layer.kind == "embedding"]
+    return min(tables) if tables else None
+
+
+def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int) -> tuple[int, ...]:
+    """An input shape for a model whose first weighted layer is ``first_kind``.
+
+    Linear/MatMul ``[out, in]`` → ``[B, in]``; ConvNd ``[out, in/g, *k]`` → ``[B, in, S…]`` with
+    ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` → ``[B, in, S…]``;
+    Embedding → token ids ``[B, 16]``.
+    """
+    if first_kind in ("linear", "matmul"):
+        return (batch, first_shape[-1] if first_kind == "linear" else first_shape[-1])
+    if first_kind == "embedding":
+        return (batch, 16)
+    rank = len(first_shape) - 2
+    side = {1: 64, 2: 32, 3: 16}.get(rank, 16)
+    channels = first_shape[1] * groups if first_kind.startswith("conv") and "transpose" not in first_kind else first_shape[0]
+    return (batch, channels) + (side,) * rank
+
+
+def run_probe(loaded: Any, settings: ProbeSettings, gains: dict[str, float]) -> ProbeResult:
+    """Probe a :class:`~initdoctor.loaders.LoadedModel`; ``gains`` maps layer name → gain used
+    for the backward ratio. Raises :class:`ProbeError` when the model has no graph to run."""
+    if loaded.runnable is None:
+        raise ProbeError(
+            f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
+            "to run; give the model's factory (--model pkg.mod:fn --weights FILE) to probe it"
+        )
+    if loaded.backend == "onnx":
+        from .onnx_backend import probe_onnx
+
+        if settings.backward:
+            raise ProbeError("--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)")
+        return probe_onnx(loaded.runnable, loaded.description, settings)
+    from .torch_backend import probe_torch
+
+    return probe_torch(loaded.runnable, loaded.description, settings, gains)

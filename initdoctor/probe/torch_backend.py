@@ -1,0 +1,229 @@
+"""Probe backend for torch models: forward hooks (``nn.Module``), an fx interpreter
+(``torch.export`` programs) or, for TorchScript (which takes no hooks), an in-memory ONNX export.
+
+Each hooked tensor is reduced to its statistics on the spot (a few floats and, for ReLU layers, a
+per-unit max) and dropped, so peak memory stays close to a plain forward pass. The model is left
+exactly as it was: hooks removed and ``training`` flags restored in ``finally``; BatchNorm layers
+run on batch statistics (as in training) with their running buffers put back afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from ..model import ModelDescription
+from . import Collector, ProbeError, ProbeResult, ProbeSettings, default_vocab, infer_input_shape, random_inputs
+
+# ATen op → (input arg index, weight arg index)
+_WEIGHTED_ATEN = {
+    "linear": (0, 1), "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "convolution": (0, 1),
+    "conv_transpose1d": (0, 1), "conv_transpose2d": (0, 1), "conv_transpose3d": (0, 1),
+    "embedding": (1, 0),
+}  # fmt: skip
+
+
+def _np(t: Any) -> np.ndarray | None:
+    """A detached CPU numpy view (float32 for half types) of a float tensor, else None."""
+    import torch
+
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return None
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.cpu().numpy()
+
+
+def input_specs(desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None) -> list[tuple[tuple[int, ...], str]]:
+    """Shapes and dtypes of the probe inputs: ``--input-shape``, a torch.export program's own
+    example inputs, or inferred from the first weighted layer."""
+    if settings.input_shapes:
+        embedding_first = bool(desc.layers) and desc.layers[0].kind == "embedding"
+        dtype = "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
+        return [(shape, dtype) for shape in settings.input_shapes]
+    if example:
+        return [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in example]
+    if not desc.layers:
+        raise ProbeError("no weighted layer to infer an input shape from; pass --input-shape")
+    first = desc.layers[0]
+    shape = infer_input_shape(first.kind, first.shape, first.groups, settings.batch_size)
+    return [(shape, "int64" if first.kind == "embedding" else settings.input_dtype)]
+
+
+def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None) -> list[Any]:
+    import torch
+
+    specs = input_specs(desc, settings, example)
+    arrays = random_inputs(specs, np.random.default_rng(settings.seed), default_vocab(desc, settings))
+    return [torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs)]
+
+
+def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings, gains: dict[str, float]) -> ProbeResult:
+    import torch
+
+    if isinstance(runnable, torch.jit.ScriptModule):
+        return _probe_torchscript(runnable, desc, settings)
+    exported = isinstance(runnable, torch.export.ExportedProgram)
+    example = None
+    if exported:
+        args = runnable.example_inputs[0] if runnable.example_inputs else ()
+        example = [t for t in args if isinstance(t, torch.Tensor)] or None
+        module = runnable.module()
+    else:
+        module = runnable
+    inputs = make_inputs(desc, settings, example)
+    if settings.backward:
+        inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+    collectors = {
+        layer.name: Collector(layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output)
+        for layer in desc.layers
+    }
+    state = _ModelState(module)
+    handles: list[Any] = []
+    try:
+        state.prepare()
+        if exported:
+            by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
+            runner = _interpreter(module, by_weight, settings.backward)
+            call = runner.run
+        else:
+            handles = [_hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers]
+            call = module
+        with torch.set_grad_enabled(settings.backward):
+            try:
+                output = call(*inputs)
+            except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
+                raise ProbeError(f"the model's forward raised {type(exc).__name__}: {_line(exc)}") from None
+            if settings.backward:
+                _backward(output, module, settings.seed)
+    finally:
+        for handle in handles:
+            handle.remove()
+        state.restore()
+    result = ProbeResult(
+        backend="torch.export" if exported else "torch",
+        layers={name: c.result() for name, c in collectors.items() if c.calls},
+        inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in inputs],
+    )
+    missed = [name for name, c in collectors.items() if not c.calls]
+    if missed:
+        result.notes.append(f"{len(missed)} layers not called by forward: {', '.join(missed[:5])}")
+    return result
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
+    import torch
+
+    collector.forward(_np(x), _np(y))
+    if backward and isinstance(y, torch.Tensor) and y.requires_grad:
+        y.register_hook(lambda g: collector.grad_output(_np(g)))
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            x.register_hook(lambda g: collector.grad_input(_np(g)))
+
+
+def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
+    target = module.get_submodule(name) if name != "(root)" else module
+
+    def hook(_mod: Any, args: tuple, output: Any) -> None:
+        _observe(collector, args[0] if args else None, output, backward)
+
+    return target.register_forward_hook(hook)
+
+
+def _interpreter(module: Any, by_weight: dict[str, Collector], backward: bool) -> Any:
+    import torch.fx
+
+    class StatsInterpreter(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            if n.op == "call_function":
+                spec = _WEIGHTED_ATEN.get(getattr(n.target, "__name__", "").split(".")[0])
+                if spec and len(n.args) > max(spec):
+                    w, x = n.args[spec[1]], n.args[spec[0]]
+                    if isinstance(w, torch.fx.Node) and w.op == "get_attr" and w.target in by_weight:
+                        x_val = self.env.get(x) if isinstance(x, torch.fx.Node) else None
+                        _observe(by_weight[w.target], x_val, result, backward)
+            return result
+
+    return StatsInterpreter(module)
+
+
+def _backward(output: Any, module: Any, seed: int) -> None:
+    """One backward pass of a seeded N(0, 1) gradient. ``torch.autograd.grad`` returns the weight
+    gradients instead of accumulating them, so parameters' ``.grad`` stay untouched."""
+    import torch
+
+    outs = [t for t in _tensors(output) if t.is_floating_point() and t.requires_grad]
+    if not outs:
+        raise ProbeError("--backward: the model's output does not depend on its weights")
+    rng = np.random.default_rng(seed + 1)
+    grads = [torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.dtype) for t in outs]
+    weights = [p for p in module.parameters() if p.requires_grad]
+    torch.autograd.grad(outs, weights, grads, allow_unused=True)
+
+
+def _tensors(obj: Any) -> list[Any]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+class _ModelState:
+    """Eval mode for the probe (dropout off), BatchNorm on batch statistics, all put back after."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.flags: list[tuple[Any, bool]] = []
+        self.buffers: list[tuple[Any, Any]] = []
+
+    def prepare(self) -> None:
+        import torch
+
+        self.flags = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        for m in self.module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                self.buffers += [(b, b.detach().clone()) for b in m.buffers()]
+                m.train()
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for buffer, saved in self.buffers:
+                buffer.copy_(saved)
+        for m, flag in self.flags:
+            m.training = flag
+
+
+def _probe_torchscript(module: Any, desc: ModelDescription, settings: ProbeSettings) -> ProbeResult:
+    """TorchScript takes no hooks: export it to ONNX in memory and probe that on the same inputs."""
+    import torch
+
+    from .onnx_backend import probe_onnx
+
+    if settings.backward:
+        raise ProbeError("--backward is not available for TorchScript (no hooks); use a factory or torch.export")
+    inputs = make_inputs(desc, settings)
+    buffer = io.BytesIO()
+    try:
+        torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ProbeError(f"cannot run the TorchScript model through ONNX for the probe: {_line(exc)}") from None
+    result = probe_onnx(buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs])
+    result.backend = "torchscript→onnx"
+    return result
