@@ -23,6 +23,7 @@ __all__ = [
     "__version__",
     "diagnose",
     "describe",
+    "load",
     "Settings",
     "Report",
     "InitDoctorError",
@@ -36,36 +37,66 @@ from .inspector import Settings
 from .report import Report
 
 
-def describe(source: Any, *, trust: bool = False, weights: Any = None):
-    """Read a model into a :class:`~initdoctor.model.ModelDescription`.
+def load(source: Any, *, trust: bool = False, weights: Any = None):
+    """Read a model into a :class:`~initdoctor.loaders.LoadedModel` (description + runnable).
 
     ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
     ``torch.nn.Module``.
     """
+    from .loaders import LoadedModel
+
     if _is_torch_module(source):
         from .loaders.torch_module import describe_module
 
-        return describe_module(source, path=type(source).__name__, fmt="torch-module")
-    from .loaders import describe as _describe
+        return LoadedModel(describe_module(source, path=type(source).__name__, fmt="torch-module"), source, "torch")
+    from .loaders import load as _load
 
-    return _describe(source, trust=trust, weights=weights)
+    return _load(source, trust=trust, weights=weights)
 
 
-def diagnose(source: Any, *, trust: bool = False, weights: Any = None, **settings: Any) -> Report:
-    """Statically inspect ``source`` and return a :class:`Report`.
+def describe(source: Any, *, trust: bool = False, weights: Any = None):
+    """Read a model into a :class:`~initdoctor.model.ModelDescription` (no tensors kept)."""
+    return load(source, trust=trust, weights=weights).description
 
-    ``settings`` are :class:`Settings` fields: ``nonlinearity``, ``negative_slope``, ``mode``,
-    ``warn_threshold``, ``error_threshold``, ``compound_threshold``.
+
+def diagnose(
+    source: Any, *, trust: bool = False, weights: Any = None, probe: bool = False, **settings: Any
+) -> Report:
+    """Inspect ``source`` and return a :class:`Report`.
+
+    ``probe=True`` also runs a seeded random batch through the model (see :mod:`initdoctor.probe`)
+    when it has a graph; a bare state_dict/safetensors file stays static-only, with a note.
+    ``settings`` are :class:`Settings` fields (``nonlinearity``, ``mode``, thresholds…) and
+    :class:`~initdoctor.probe.ProbeSettings` fields (``input_shapes``, ``batch_size``, ``seed``,
+    ``vocab_size``, ``backward``, ``input_dtype``).
     """
     import dataclasses
 
     from .inspector import inspect_description
+    from .probe import ProbeSettings, run_probe
 
-    known = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(settings) - known)
+    inspect_keys = {f.name for f in dataclasses.fields(Settings)}
+    probe_keys = {f.name for f in dataclasses.fields(ProbeSettings)}
+    unknown = sorted(set(settings) - inspect_keys - probe_keys)
     if unknown:
-        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {', '.join(sorted(known))}")
-    return inspect_description(describe(source, trust=trust, weights=weights), Settings(**settings))
+        valid = ", ".join(sorted(inspect_keys | probe_keys))
+        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {valid}")
+    inspect_settings = Settings(**{k: v for k, v in settings.items() if k in inspect_keys})
+    probe_settings = ProbeSettings(**{k: v for k, v in settings.items() if k in probe_keys})
+    loaded = load(source, trust=trust, weights=weights)
+    result = None
+    notes = []
+    if probe:
+        if loaded.runnable is None:
+            notes.append(
+                f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
+                "give the model's factory (--model pkg.mod:fn) to measure activations"
+            )
+        else:
+            result = run_probe(loaded, probe_settings)
+    report = inspect_description(loaded.description, inspect_settings, result)
+    report.notes.extend(notes)
+    return report
 
 
 def _is_torch_module(obj: Any) -> bool:

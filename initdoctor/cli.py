@@ -73,6 +73,15 @@ def inspect(
     warn_threshold: Annotated[float, typer.Option(help="Variance factor beyond which a layer warns (either way).")] = 1.25,
     error_threshold: Annotated[float, typer.Option(help="Variance factor beyond which a layer is an error.")] = 4.0,
     compound_threshold: Annotated[float, typer.Option(help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")] = 16.0,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance.")] = True,
+    model_factory: Annotated[Optional[str], typer.Option("--model", help="Factory package.module:function that builds the model whose weights MODEL holds (gives a state_dict a graph to probe).")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX graph's, else inferred from the first layer.")] = None,
+    input_dtype: Annotated[str, typer.Option(help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Probe batch size (fills a dynamic batch dimension).")] = 32,
+    seed: Annotated[int, typer.Option(help="Probe seed: the same seed gives the same report.")] = 0,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table.")] = None,
+    backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
     fail_on: Annotated[FailOn, typer.Option(help="Lowest status that makes the exit code 1.")] = FailOn.error,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
@@ -82,10 +91,18 @@ def inspect(
     from . import diagnose
 
     with _errors(debug):
+        source, weights_file = (model_factory, Path(model)) if model_factory else (model, weights)
         report = diagnose(
-            model,
+            source,
             trust=trust,
-            weights=weights,
+            weights=weights_file,
+            probe=probe,
+            input_shapes=tuple(_shape(text) for text in input_shape or ()),
+            input_dtype=input_dtype,
+            batch_size=batch_size,
+            seed=seed,
+            vocab_size=vocab_size,
+            backward=backward,
             nonlinearity=nonlinearity,
             negative_slope=negative_slope,
             mode=mode.value,
@@ -94,7 +111,23 @@ def inspect(
             compound_threshold=compound_threshold,
         )
         _emit(report, format, output)
+        if plot is not None:
+            from .plot import plot_report
+
+            plot_report(report, plot)
     raise typer.Exit(report.exit_code(fail_on.value))
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    from .errors import SettingsError
+
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 8,3,32,32") from None
+    if not shape:
+        raise SettingsError(f"--input-shape {text!r}: empty")
+    return shape
 
 
 def _emit(report, fmt: Format, output: Path | None) -> None:

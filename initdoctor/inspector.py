@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from .errors import SettingsError
 from .gains import NONLINEARITIES, calculate_gain, expected_std
 from .model import Layer, ModelDescription, NormLayer
+from .probe import ProbeResult
 from .report import LayerFinding, NormFinding, Report, Summary, worse
 from .stats import is_float_dtype
 
@@ -54,6 +55,8 @@ class Settings:
     warn_threshold: float = 1.25
     error_threshold: float = 4.0
     compound_threshold: float = 16.0
+    probe_warn_threshold: float = 2.0
+    dead_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         if self.nonlinearity not in NONLINEARITIES:
@@ -69,6 +72,10 @@ class Settings:
             )
         if not self.compound_threshold > 1:
             raise SettingsError(f"compound_threshold must be > 1, got {self.compound_threshold}")
+        if not self.probe_warn_threshold > 1:
+            raise SettingsError(f"probe_warn_threshold must be > 1, got {self.probe_warn_threshold}")
+        if not 0 < self.dead_threshold <= 1:
+            raise SettingsError(f"dead_threshold must be in (0, 1], got {self.dead_threshold}")
 
 
 def sampling_allowance(numel: int) -> float:
@@ -98,8 +105,11 @@ def _judge_weights(layer: Layer) -> tuple[str, str] | None:
     return None
 
 
-def inspect_description(desc: ModelDescription, settings: Settings | None = None) -> Report:
-    """Judge every layer of ``desc``; see the module docstring for the rules."""
+def inspect_description(
+    desc: ModelDescription, settings: Settings | None = None, probe: ProbeResult | None = None
+) -> Report:
+    """Judge every layer of ``desc`` (and, given a probe result, what the signal did); see the
+    module docstring for the rules."""
     s = settings or Settings()
     judged = [layer for layer in desc.layers if layer.kind != "embedding"]
     last_name = judged[-1].name if judged else None
@@ -198,8 +208,9 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         chain.append((finding, ln_r))
 
     compound = _compound(chain, s)
+    measured = _apply_probe(findings, probe, s) if probe is not None else None
     norms = [_judge_norm(n) for n in desc.norms]
-    summary = _summarize(findings, norms, compound, s)
+    summary = _summarize(findings, norms, compound, s, measured)
     model = {
         "path": desc.path,
         "format": desc.format,
@@ -207,7 +218,17 @@ def inspect_description(desc: ModelDescription, settings: Settings | None = None
         "layer_order": desc.order,
         "has_graph": desc.has_graph,
     }
-    return Report(model, asdict(s), findings, norms, summary, list(desc.notes))
+    probe_info = None
+    if probe is not None:
+        probe_info = {
+            "backend": probe.backend,
+            "inputs": probe.inputs,
+            "seed": probe.seed,
+            "runs": probe.runs,
+            "backward": probe.backward,
+            "notes": list(probe.notes),
+        }
+    return Report(model, asdict(s), findings, norms, summary, list(desc.notes), probe_info)
 
 
 def _resolve_role(
@@ -239,6 +260,92 @@ def _compound(chain: list[tuple[LayerFinding, float]], s: Settings) -> float | N
     return total
 
 
+@dataclass
+class Measured:
+    """Chain-level results of the probe (see :func:`_apply_probe`)."""
+
+    chain_ratio: float | None  # geometric mean of measured variance ratios over the hidden chain
+    systematic: bool
+    depth_ratio: float | None
+    grad_depth_ratio: float | None
+
+
+def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) -> Measured:
+    """Merge measured statistics into the findings and judge them.
+
+    * ``variance_ratio = Var[y] / (gain² · E[x²])`` per layer; ``measured_scale = 1/sqrt(it)``.
+    * **systematic** drift: the geometric mean of ``variance_ratio`` over the hidden chain, ``G``,
+      beyond ``[1/T_warn, T_warn]`` widened by 3 standard errors of that mean
+      (``3 · sd(ln r) / sqrt(L)``): an ``error``, as for the static check.
+    * **fluctuation**: one layer's measured ratio beyond ``[1/T_probe, T_probe]`` (default 2) while
+      its weights are within the Kaiming band: at most ``warn``, naming finite-width fluctuation
+      and the data-driven fix; likewise depth drift beyond the compound threshold (summary).
+    * NaN/Inf produced by the forward: ``error``. Dead units above ``dead_threshold``: ``warn``.
+    """
+    first_var: float | None = None
+    first_grad: float | None = None
+    last_hidden_grad: float | None = None
+    chain: list[tuple[LayerFinding, float]] = []
+    for f in findings:
+        a = probe.layers.get(f.name)
+        if a is None:
+            continue
+        f.input_second_moment = a.input_second_moment
+        f.activation_var = a.activation_var
+        f.dead_fraction = a.dead_fraction
+        f.grad_var = a.grad_var
+        if f.role == "embedding":
+            continue
+        if first_var is None and math.isfinite(a.activation_var) and a.activation_var > 0:
+            first_var = a.activation_var
+        if first_var and math.isfinite(a.activation_var):
+            f.depth_ratio = a.activation_var / first_var
+        if a.nan_count or a.inf_count:
+            f.status = "error"
+            f.message += f"; the forward produces {a.nan_count} NaN and {a.inf_count} Inf values here"
+            continue
+        ex2 = a.input_second_moment
+        if math.isfinite(ex2) and ex2 > 0 and math.isfinite(a.activation_var) and a.activation_var > 0:
+            f.variance_ratio = a.activation_var / (f.gain**2 * ex2)
+            f.measured_scale = 1.0 / math.sqrt(f.variance_ratio)
+            if f.role == "hidden" and f.status != "skip":
+                chain.append((f, math.log(f.variance_ratio)))
+        if a.input_grad_second_moment and a.output_grad_second_moment:
+            f.grad_ratio = a.input_grad_second_moment / (f.gain**2 * a.output_grad_second_moment)
+        if a.grad_var is not None and f.role == "hidden":
+            first_grad = a.grad_var if first_grad is None else first_grad
+            last_hidden_grad = a.grad_var
+        if f.dead_fraction is not None and f.dead_fraction >= s.dead_threshold and f.role == "hidden":
+            f.status = worse(f.status, "warn")
+            f.message += f"; {f.dead_fraction:.0%} of its ReLU units are zero for the whole probe batch (dead)"
+
+    chain_ratio, systematic = None, False
+    if chain:
+        logs = [ln for _, ln in chain]
+        mean_ln = sum(logs) / len(logs)
+        chain_ratio = math.exp(mean_ln)
+        if len(logs) >= 2:
+            sd = math.sqrt(sum((x - mean_ln) ** 2 for x in logs) / (len(logs) - 1))
+            systematic = abs(mean_ln) > math.log(s.warn_threshold) + 3 * sd / math.sqrt(len(logs))
+    for f, ln_r in chain:
+        if systematic and ln_r * math.log(chain_ratio) > 0 and abs(ln_r) > math.log(s.warn_threshold):
+            if f.status != "error":
+                f.status = "error"
+                f.message += (
+                    f"; measured ×{f.variance_ratio:.3g} here, part of a systematic drift "
+                    f"(geometric mean ×{chain_ratio:.3g} per layer)"
+                )
+        elif abs(ln_r) > math.log(s.probe_warn_threshold) and f.status == "ok":
+            f.status = "warn"
+            f.message += (
+                f"; measured variance ratio {f.variance_ratio:.3g} although the weights are Kaiming: "
+                f"finite-width fluctuation for this input; data-driven fix (LSUV): rescale by {f.measured_scale:.3g}"
+            )
+    last = next((f for f in reversed(findings) if f.depth_ratio is not None), None)
+    grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
+    return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)
+
+
 def _judge_norm(norm: NormLayer) -> NormFinding:
     st = norm.stats
     bias = norm.bias_stats
@@ -254,7 +361,11 @@ def _judge_norm(norm: NormLayer) -> NormFinding:
 
 
 def _summarize(
-    findings: list[LayerFinding], norms: list[NormFinding], ln_compound: float | None, s: Settings
+    findings: list[LayerFinding],
+    norms: list[NormFinding],
+    ln_compound: float | None,
+    s: Settings,
+    measured: Measured | None = None,
 ) -> Summary:
     counts = {"ok": 0, "warn": 0, "error": 0, "skip": 0}
     status = "ok"
@@ -285,8 +396,27 @@ def _summarize(
             f"the signal's variance changes ×{compound:.3g} over the chain of hidden layers "
             f"(beyond ×{s.compound_threshold:g}): it will vanish or explode"
         )
+    elif measured is not None and measured.systematic:
+        status = "error"
+        message = (
+            f"measured: the signal's variance changes ×{measured.chain_ratio:.3g} per layer on average "
+            f"(geometric mean over the chain): a systematic scale error"
+        )
+    elif measured is not None and measured.depth_ratio and abs(math.log(measured.depth_ratio)) > math.log(s.compound_threshold):
+        status = worse(status, "warn")
+        message = (
+            f"measured: the signal's variance drifts ×{measured.depth_ratio:.3g} from first to last layer "
+            f"although the weights are Kaiming: finite-width fluctuation; data-driven init (LSUV) fixes it"
+        )
     elif status == "ok":
         message = f"{counts['ok']} of {n} layers within Kaiming bands"
     else:
         message = f"{counts['error']} error, {counts['warn']} warn of {n} layers; worst: {worst}"
-    return Summary(status, counts["ok"], counts["warn"], counts["error"], counts["skip"], worst, compound, message)
+    # counts after the summary-level rules
+    counts = {k: sum(1 for f in findings if f.status == k) for k in ("ok", "warn", "error", "skip")}
+    summary = Summary(status, counts["ok"], counts["warn"], counts["error"], counts["skip"], worst, compound, message)
+    if measured is not None:
+        summary.depth_ratio = measured.depth_ratio
+        summary.measured_chain_ratio = measured.chain_ratio
+        summary.grad_depth_ratio = measured.grad_depth_ratio
+    return summary

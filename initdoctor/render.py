@@ -5,6 +5,7 @@ The only module that imports rich. Rendering never computes anything the report 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .report import LayerFinding, Report
@@ -17,8 +18,8 @@ def _num(x: float | None, spec: str = ".4g") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def _columns(f: LayerFinding) -> list[str]:
-    return [
+def _columns(f: LayerFinding, probed: bool) -> list[str]:
+    cells = [
         f.name,
         f.kind,
         "×".join(str(d) for d in f.shape),
@@ -27,13 +28,44 @@ def _columns(f: LayerFinding) -> list[str]:
         _num(f.weight_std),
         _num(f.expected_std),
         _num(f.std_ratio, ".3f"),
-        _num(f.weight_variance_ratio, ".3f"),
-        _num(f.suggested_scale, ".3f") if f.status in ("warn", "error") else "",
     ]
+    if probed:
+        cells += [
+            _num(f.variance_ratio, ".3f"),
+            _num(f.depth_ratio, ".3g"),
+            "" if f.dead_fraction is None else f"{f.dead_fraction:.0%}",
+        ]
+    cells.append(_num(f.suggested_scale, ".3f") if f.status in ("warn", "error") and f.suggested_scale else "")
+    return cells
 
 
 _CAPTION = "* nonlinearity from --nonlinearity or the output-layer rule, not read from a graph"
-HEADERS = ["layer", "kind", "shape", "fan_in", "nonlin", "std", "kaiming std", "std ratio", "var ratio", "rescale"]
+STATIC_HEADERS = ["layer", "kind", "shape", "fan_in", "nonlin", "std", "kaiming std", "std ratio"]
+PROBE_HEADERS = ["var ratio (meas.)", "depth", "dead"]
+
+
+def _headers(probed: bool) -> list[str]:
+    return STATIC_HEADERS + (PROBE_HEADERS if probed else []) + ["rescale"]
+
+
+def _probed(report: Report) -> bool:
+    return report.probe is not None
+
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    """One character per value on a log scale: the depth curve in a terminal line."""
+    logs = [math.log10(v) for v in values if v and v > 0 and math.isfinite(v)]
+    if not logs:
+        return ""
+    lo, hi = min(logs), max(logs)
+    if hi - lo < 1.0:  # at least one decade, so a healthy (flat) curve looks flat
+        mid = (hi + lo) / 2
+        lo, hi = mid - 0.5, mid + 0.5
+    span = hi - lo
+    return "".join(_BLOCKS[min(7, int((x - lo) / span * 7.999))] for x in logs)
 
 
 def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
@@ -49,14 +81,24 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
         caption=_CAPTION if any(f.nonlinearity_source != "graph" for f in report.layers) else None,
         caption_justify="left",
     )
-    for h in HEADERS:
+    probed = _probed(report)
+    for h in _headers(probed):
         table.add_column(h, justify="right" if h not in ("layer", "kind", "nonlin", "shape") else "left")
     table.add_column("status")
     for f in report.layers:
         style = _STYLE[f.status]
         row_style = None if f.status in ("ok", "skip") else style
-        table.add_row(*_columns(f), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
+        table.add_row(*_columns(f, probed), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
     console.print(table)
+    if probed:
+        variances = [f.activation_var for f in report.layers if f.activation_var is not None and f.role != "embedding"]
+        if variances:
+            console.print(
+                f"Var\\[y] across depth (log): {sparkline(variances)}  {variances[0]:.3g} → {variances[-1]:.3g}",
+                highlight=False,
+            )
+        for note in report.probe.get("notes", []):
+            console.print(f"probe: {note}", style="dim", highlight=False)
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     for f in flagged[:max_findings]:
         console.print(f"[{_STYLE[f.status]}]{_ICON[f.status]}[/] {f.name}: {f.message}", highlight=False)
@@ -70,9 +112,14 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
     for note in report.notes:
         console.print(f"note: {note}", style="dim", highlight=False)
     s = report.summary
+    extra = ""
+    if s.depth_ratio is not None:
+        extra = f"; depth ratio {s.depth_ratio:.3g}"
+    if s.grad_depth_ratio is not None:
+        extra += f", gradient depth ratio {s.grad_depth_ratio:.3g}"
     console.print(
         f"[{_STYLE[s.status]}]{s.status.upper()}[/]: {s.message} "
-        f"(ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip})",
+        f"(ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip}{extra})",
         highlight=False,
     )
 
@@ -88,11 +135,11 @@ def render_markdown(report: Report) -> str:
         f"`{m['path']}` ({m['format']}, {m['parameters']:,} parameters): {s.message}.",
         f"ok {s.ok} · warn {s.warn} · error {s.error} · skip {s.skip}",
         "",
-        "| " + " | ".join(HEADERS + ["status"]) + " |",
-        "|" + "---|" * (len(HEADERS) + 1),
+        "| " + " | ".join(_headers(_probed(report)) + ["status"]) + " |",
+        "|" + "---|" * (len(_headers(_probed(report))) + 1),
     ]
     for f in report.layers:
-        cells = [c.replace("|", "\\|") for c in _columns(f)]
+        cells = [c.replace("|", "\\|") for c in _columns(f, _probed(report))]
         lines.append("| " + " | ".join(cells + [f"{icon[f.status]} {f.status}"]) + " |")
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     if flagged:

@@ -10,11 +10,16 @@ and a CHANGELOG line)::
      "layers": [{"name", "kind", "role", "shape", "fan_in", "fan_out", "groups", "nonlinearity",
                  "nonlinearity_source", "gain", "dtype", "numel", "weight_mean", "weight_std",
                  "expected_std", "std_ratio", "weight_variance_ratio", "suggested_scale",
-                 "nan_count", "inf_count", "status", "message"}],
+                 "nan_count", "inf_count", "status", "message",
+                 # measured by the probe, null without one:
+                 "input_second_moment", "activation_var", "variance_ratio", "measured_scale",
+                 "depth_ratio", "dead_fraction", "grad_var", "grad_ratio"}],
      "norm_layers": [{"name", "kind", "shape", "weight_mean", "weight_std", "bias_mean",
                       "bias_std", "status", "message"}],
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
-                 "compound_variance_ratio", "message"},
+                 "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
+                 "grad_depth_ratio"},
+     "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
      "notes": [str]}
 
 Numbers that do not exist (a ratio of a skipped layer) are ``null``.
@@ -70,6 +75,15 @@ class LayerFinding:
     status: str
     message: str
     weight_key: str = ""
+    # measured by the probe (None without one); see initdoctor.probe
+    input_second_moment: float | None = None
+    activation_var: float | None = None
+    variance_ratio: float | None = None
+    measured_scale: float | None = None
+    depth_ratio: float | None = None
+    dead_fraction: float | None = None
+    grad_var: float | None = None
+    grad_ratio: float | None = None
 
 
 @dataclass
@@ -95,6 +109,9 @@ class Summary:
     worst_layer: str | None
     compound_variance_ratio: float | None
     message: str
+    depth_ratio: float | None = None
+    measured_chain_ratio: float | None = None
+    grad_depth_ratio: float | None = None
 
 
 @dataclass
@@ -105,6 +122,7 @@ class Report:
     norm_layers: list[NormFinding]
     summary: Summary
     notes: list[str] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +153,7 @@ class Report:
                 "layers": layers,
                 "norm_layers": [asdict(n) for n in self.norm_layers],
                 "summary": asdict(self.summary),
+                "probe": self.probe,
                 "notes": list(self.notes),
             }
         )

@@ -90,6 +90,8 @@ class ProbeResult:
     inputs: list[dict[str, Any]] = field(default_factory=list)  # [{"shape": [...], "dtype": ...}]
     notes: list[str] = field(default_factory=list)
     runs: int = 1
+    seed: int = 0
+    backward: bool = False
 
 
 class Collector:
@@ -189,9 +191,9 @@ def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int
     return (batch, channels) + (side,) * rank
 
 
-def run_probe(loaded: Any, settings: ProbeSettings, gains: dict[str, float]) -> ProbeResult:
-    """Probe a :class:`~initdoctor.loaders.LoadedModel`; ``gains`` maps layer name → gain used
-    for the backward ratio. Raises :class:`ProbeError` when the model has no graph to run."""
+def run_probe(loaded: Any, settings: ProbeSettings) -> ProbeResult:
+    """Probe a :class:`~initdoctor.loaders.LoadedModel`. Raises :class:`ProbeError` when the model
+    has no graph to run or its forward fails."""
     if loaded.runnable is None:
         raise ProbeError(
             f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
@@ -202,7 +204,10 @@ def run_probe(loaded: Any, settings: ProbeSettings, gains: dict[str, float]) -> 
 
         if settings.backward:
             raise ProbeError("--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)")
-        return probe_onnx(loaded.runnable, loaded.description, settings)
-    from .torch_backend import probe_torch
+        result = probe_onnx(loaded.runnable, loaded.description, settings)
+    else:
+        from .torch_backend import probe_torch
 
-    return probe_torch(loaded.runnable, loaded.description, settings, gains)
+        result = probe_torch(loaded.runnable, loaded.description, settings)
+    result.seed, result.backward = settings.seed, settings.backward
+    return result

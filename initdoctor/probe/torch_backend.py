@@ -61,7 +61,7 @@ def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[A
     return [torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs)]
 
 
-def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings, gains: dict[str, float]) -> ProbeResult:
+def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings) -> ProbeResult:
     import torch
 
     if isinstance(runnable, torch.jit.ScriptModule):
@@ -81,7 +81,8 @@ def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings, 
         layer.name: Collector(layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output)
         for layer in desc.layers
     }
-    state = _ModelState(module)
+    # an exported program runs as it was exported (its module refuses .eval()/.train())
+    state = _ModelState(module if not exported else None)
     handles: list[Any] = []
     try:
         state.prepare()
@@ -193,6 +194,8 @@ class _ModelState:
     def prepare(self) -> None:
         import torch
 
+        if self.module is None:
+            return
         self.flags = [(m, m.training) for m in self.module.modules()]
         self.module.eval()
         for m in self.module.modules():
