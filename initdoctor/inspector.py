@@ -300,6 +300,10 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
             first_var = a.activation_var
         if first_var and math.isfinite(a.activation_var):
             f.depth_ratio = a.activation_var / first_var
+        if a.input_nonfinite:
+            f.input_second_moment = f.activation_var = f.depth_ratio = None
+            f.message += "; not measured: its input already carries NaN/Inf from an earlier layer"
+            continue
         if a.nan_count or a.inf_count:
             f.status = "error"
             f.message += f"; the forward produces {a.nan_count} NaN and {a.inf_count} Inf values here"

@@ -77,6 +77,7 @@ class ActivationStats:
     dead_fraction: float | None = None
     nan_count: int = 0
     inf_count: int = 0
+    input_nonfinite: int = 0  # NaN/Inf values already in the layer's input (from upstream)
     calls: int = 1
     grad_var: float | None = None
     input_grad_second_moment: float | None = None
@@ -106,6 +107,7 @@ class Collector:
         self.y = Moments()
         self.nan = 0
         self.inf = 0
+        self.input_bad = 0
         self.calls = 0
         self.unit_max: np.ndarray | None = None
         self.grad_y = Moments()
@@ -115,7 +117,9 @@ class Collector:
         """One call: ``x`` the layer's input (None when not a float tensor), ``y`` its output."""
         self.calls += 1
         if x is not None and x.size and x.dtype.kind == "f":
-            self.x.merge_moments(scan(x).moments)
+            sx = scan(x)
+            self.x.merge_moments(sx.moments)
+            self.input_bad += sx.nan + sx.inf
         if y is None or not y.size or y.dtype.kind != "f":
             return
         s = scan(y)
@@ -143,6 +147,7 @@ class Collector:
             dead_fraction=dead,
             nan_count=self.nan,
             inf_count=self.inf,
+            input_nonfinite=self.input_bad,
             calls=self.calls,
             grad_var=self.grad_y.var if self.grad_y.count else None,
             input_grad_second_moment=self.grad_x.second_moment if self.grad_x.count else None,
