@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InitDoctorError, SettingsError
-from ..stats import Moments, scan
+from ..stats import Moments, fast_moments, scan
 
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 
@@ -117,25 +117,27 @@ class Collector:
         """One call: ``x`` the layer's input (None when not a float tensor), ``y`` its output."""
         self.calls += 1
         if x is not None and x.size and x.dtype.kind == "f":
-            sx = scan(x)
-            self.x.merge_moments(sx.moments)
-            self.input_bad += sx.nan + sx.inf
+            moments, bad = fast_moments(x)
+            self.x.merge_moments(moments)
+            self.input_bad += bad
         if y is None or not y.size or y.dtype.kind != "f":
             return
-        s = scan(y)
-        self.y.merge_moments(s.moments)
-        self.nan += s.nan
-        self.inf += s.inf
+        moments, bad = fast_moments(y)
+        self.y.merge_moments(moments)
+        if bad:
+            s = scan(y)
+            self.nan += s.nan
+            self.inf += s.inf
         if self.relu and y.ndim >= 2:
             axis = self.unit_axis % y.ndim
-            peak = np.nanmax(np.moveaxis(y, axis, 0).reshape(y.shape[axis], -1), axis=1)
+            peak = np.max(y, axis=tuple(d for d in range(y.ndim) if d != axis))
             self.unit_max = peak if self.unit_max is None else np.maximum(self.unit_max, peak)
 
     def grad_output(self, g: np.ndarray) -> None:
-        self.grad_y.merge_moments(scan(g).moments)
+        self.grad_y.merge_moments(fast_moments(g)[0])
 
     def grad_input(self, g: np.ndarray) -> None:
-        self.grad_x.merge_moments(scan(g).moments)
+        self.grad_x.merge_moments(fast_moments(g)[0])
 
     def result(self) -> ActivationStats:
         dead = float((self.unit_max <= 0).mean()) if self.unit_max is not None else None

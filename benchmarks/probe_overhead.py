@@ -1,0 +1,141 @@
+"""Probe overhead: wall time and peak memory of the probe as a ratio to a plain forward pass
+(torch) and to plain onnxruntime inference (ONNX), on a model of 20M+ parameters.
+
+    python benchmarks/probe_overhead.py [--repeats 5] [--batch 256]
+
+Each measurement runs in a fresh child process. Peak memory is the increase of the process's
+peak RSS (VmHWM, reset through /proc/self/clear_refs after the model is loaded) during the
+measured operation, so the model's own weights are not counted. Times are medians over
+``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build(width: int, depth: int):
+    from examples.models import plain_mlp
+
+    return plain_mlp(depth=depth, width=width, in_features=width, init="kaiming").eval()
+
+
+def _rss_kb(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> int:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _rss_kb("VmRSS:")
+
+
+def child(mode: str, args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    model = build(args.width, args.depth)
+    params = sum(p.numel() for p in model.parameters())
+    x = np.random.default_rng(0).standard_normal((args.batch, args.width), dtype=np.float32)
+    if mode.startswith("onnx"):
+        import onnxruntime as ort
+
+        from initdoctor.loaders.onnx_file import describe_onnx
+        from initdoctor.probe import ProbeSettings
+        from initdoctor.probe.onnx_backend import probe_onnx
+
+        path = Path(args.onnx)
+        del model
+        desc = describe_onnx(path) if mode == "onnx-probe" else None
+        if mode == "onnx-plain":
+            options = ort.SessionOptions()
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            op = lambda: session.run(None, {name: x})  # noqa: E731
+        else:
+            settings = ProbeSettings(input_shapes=((args.batch, args.width),))
+            op = lambda: probe_onnx(path, desc, settings)  # noqa: E731
+    else:
+        from initdoctor.loaders.torch_module import describe_module
+        from initdoctor.probe import ProbeSettings
+        from initdoctor.probe.torch_backend import probe_torch
+
+        xt = torch.from_numpy(x)
+        if mode == "torch-plain":
+            def op():
+                with torch.no_grad():
+                    return model(xt)
+        else:
+            desc = describe_module(model, path="bench", fmt="factory")
+            settings = ProbeSettings(input_shapes=((args.batch, args.width),))
+            op = lambda: probe_torch(model, desc, settings)  # noqa: E731
+    op()  # warm-up
+    times = []
+    base = _reset_peak()
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - start)
+    peak = _rss_kb("VmHWM:") - base
+    return {"mode": mode, "params": params, "median_s": statistics.median(times), "min_s": min(times),
+            "max_s": max(times), "peak_mib": peak / 1024}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--child")
+    parser.add_argument("--onnx")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "bench.onnx"
+        model = build(args.width, args.depth)
+        torch.onnx.export(model, (torch.randn(args.batch, args.width),), str(onnx_path), dynamo=False)
+        del model
+        results = {}
+        for mode in ("torch-plain", "torch-probe", "onnx-plain", "onnx-probe"):
+            cmd = [sys.executable, __file__, "--child", mode, "--onnx", str(onnx_path), "--repeats", str(args.repeats),
+                   "--batch", str(args.batch), "--width", str(args.width), "--depth", str(args.depth)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+            results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    params = results["torch-plain"]["params"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}")
+    print(f"model: plain ReLU MLP, depth {args.depth}, width {args.width}, {params / 1e6:.1f}M parameters; batch {args.batch}; "
+          f"median of {args.repeats} runs")  # fmt: skip
+    for mode, r in results.items():
+        print(f"  {mode:12s} {r['median_s'] * 1000:8.1f} ms (min {r['min_s'] * 1000:.1f}, max {r['max_s'] * 1000:.1f})"
+              f"   peak +{r['peak_mib']:.1f} MiB")  # fmt: skip
+    for backend, goal in (("torch", 1.3), ("onnx", 1.5)):
+        plain, probe = results[f"{backend}-plain"], results[f"{backend}-probe"]
+        t = probe["median_s"] / plain["median_s"]
+        m = probe["peak_mib"] / plain["peak_mib"] if plain["peak_mib"] > 0 else float("nan")
+        print(f"{backend}: probe / plain = {t:.2f}× time, {m:.2f}× peak memory (goal ≤ {goal}×): "
+              f"{'met' if t <= goal and m <= goal else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
