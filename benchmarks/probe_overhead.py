@@ -3,10 +3,13 @@
 
     python benchmarks/probe_overhead.py [--repeats 5] [--batch 256]
 
-Each measurement runs in a fresh child process. Peak memory is the increase of the process's
-peak RSS (VmHWM, reset through /proc/self/clear_refs after the model is loaded) during the
-measured operation, so the model's own weights are not counted. Times are medians over
-``--repeats`` runs after one warm-up.
+Each mode runs in a fresh child process. Memory: the increase of the process's peak RSS (VmHWM,
+reset through /proc/self/clear_refs once the model is built) during the first, cold run — so the
+torch model's own weights are not counted, while the ONNX modes count what loading the file costs.
+Times: median (min–max) of ``--repeats`` further runs. Each operation is end to end: the torch
+ones draw their seeded input and run; ``onnx-plain`` creates an onnxruntime session from the file
+and runs it once; the ONNX probes (``reduce`` = the default, ``expose`` in 32 MiB groups, and
+``expose`` of every tensor at once as Polygraphy's ``mark all`` does) read the file and probe it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = build(args.width, args.depth)
     params = sum(p.numel() for p in model.parameters())
-    x = np.random.default_rng(0).standard_normal((args.batch, args.width), dtype=np.float32)
+    shape = (args.batch, args.width)
+
+    def draw():
+        return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
     if mode.startswith("onnx"):
         import onnxruntime as ort
 
@@ -62,37 +69,40 @@ def child(mode: str, args: argparse.Namespace) -> dict:
 
         path = Path(args.onnx)
         del model
-        desc = describe_onnx(path) if mode == "onnx-probe" else None
-        if mode == "onnx-plain":
-            options = ort.SessionOptions()
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            name = session.get_inputs()[0].name
-            op = lambda: session.run(None, {name: x})  # noqa: E731
+        if mode == "onnx-plain":  # what inference costs from the file: session + one run
+            def op():
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                return session.run(None, {session.get_inputs()[0].name: draw()})
         else:
-            settings = ProbeSettings(input_shapes=((args.batch, args.width),))
+            desc = describe_onnx(path)
+            strategy, group = {
+                "onnx-probe": ("reduce", 256 << 20),
+                "onnx-expose-groups": ("expose", 32 << 20),
+                "onnx-expose-all": ("expose", 1 << 62),  # every tensor an output at once
+            }[mode]
+            settings = ProbeSettings(input_shapes=(shape,), onnx_strategy=strategy, group_bytes=group)
             op = lambda: probe_onnx(path, desc, settings)  # noqa: E731
     else:
         from initdoctor.loaders.torch_module import describe_module
         from initdoctor.probe import ProbeSettings
         from initdoctor.probe.torch_backend import probe_torch
 
-        xt = torch.from_numpy(x)
         if mode == "torch-plain":
             def op():
                 with torch.no_grad():
-                    return model(xt)
+                    return model(torch.from_numpy(draw()))
         else:
             desc = describe_module(model, path="bench", fmt="factory")
-            settings = ProbeSettings(input_shapes=((args.batch, args.width),))
+            settings = ProbeSettings(input_shapes=(shape,))
             op = lambda: probe_torch(model, desc, settings)  # noqa: E731
-    op()  # warm-up
-    times = []
     base = _reset_peak()
+    op()  # the first (cold) run sets the memory figure: peak RSS above the loaded model
+    peak = _rss_kb("VmHWM:") - base
+    times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         op()
         times.append(time.perf_counter() - start)
-    peak = _rss_kb("VmHWM:") - base
     return {"mode": mode, "params": params, "median_s": statistics.median(times), "min_s": min(times),
             "max_s": max(times), "peak_mib": peak / 1024}  # fmt: skip
 
@@ -100,7 +110,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--child")
@@ -117,7 +127,7 @@ def main() -> None:
         torch.onnx.export(model, (torch.randn(args.batch, args.width),), str(onnx_path), dynamo=False)
         del model
         results = {}
-        for mode in ("torch-plain", "torch-probe", "onnx-plain", "onnx-probe"):
+        for mode in ("torch-plain", "torch-probe", "onnx-plain", "onnx-probe", "onnx-expose-groups", "onnx-expose-all"):
             cmd = [sys.executable, __file__, "--child", mode, "--onnx", str(onnx_path), "--repeats", str(args.repeats),
                    "--batch", str(args.batch), "--width", str(args.width), "--depth", str(args.depth)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
@@ -127,7 +137,7 @@ def main() -> None:
     print(f"model: plain ReLU MLP, depth {args.depth}, width {args.width}, {params / 1e6:.1f}M parameters; batch {args.batch}; "
           f"median of {args.repeats} runs")  # fmt: skip
     for mode, r in results.items():
-        print(f"  {mode:12s} {r['median_s'] * 1000:8.1f} ms (min {r['min_s'] * 1000:.1f}, max {r['max_s'] * 1000:.1f})"
+        print(f"  {mode:20s} {r['median_s'] * 1000:8.1f} ms (min {r['min_s'] * 1000:.1f}, max {r['max_s'] * 1000:.1f})"
               f"   peak +{r['peak_mib']:.1f} MiB")  # fmt: skip
     for backend, goal in (("torch", 1.3), ("onnx", 1.5)):
         plain, probe = results[f"{backend}-plain"], results[f"{backend}-probe"]

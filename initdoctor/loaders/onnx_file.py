@@ -51,16 +51,11 @@ _NORMS = {
 
 
 def load_onnx_proto(path: Path) -> Any:
-    """Parse the graph without pulling external data into memory."""
-    import onnx
-    from google.protobuf.message import DecodeError
+    """Parse the graph without pulling weights into memory: external data stays external and large
+    inline initializers become external references into the file itself (:mod:`.onnx_lean`)."""
+    from .onnx_lean import load_lean
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # noqa: BLE001 - protobuf raises a variety of types on garbage
-        raise InputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    model = load_lean(path)
     if not model.graph.node:
         raise InputError(f"{path}: not a readable ONNX model (the graph has no nodes)")
     return model

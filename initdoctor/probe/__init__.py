@@ -53,12 +53,17 @@ class ProbeSettings:
     seed: int = 0
     vocab_size: int | None = None
     backward: bool = False
-    #: ONNX: most bytes of intermediate tensors exposed per onnxruntime run.
+    #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
+    #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
+    onnx_strategy: str = "reduce"
+    #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
     group_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.input_dtype not in INPUT_DTYPES:
             raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
+        if self.onnx_strategy not in ("reduce", "expose"):
+            raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
         if self.batch_size < 1:
             raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
         for shape in self.input_shapes:
@@ -115,23 +120,41 @@ class Collector:
 
     def forward(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
         """One call: ``x`` the layer's input (None when not a float tensor), ``y`` its output."""
-        self.calls += 1
-        if x is not None and x.size and x.dtype.kind == "f":
-            moments, bad = fast_moments(x)
-            self.x.merge_moments(moments)
-            self.input_bad += bad
+        x_moments, x_bad = fast_moments(x) if x is not None and x.size and x.dtype.kind == "f" else (None, 0)
         if y is None or not y.size or y.dtype.kind != "f":
+            self.add(x_moments, x_bad, None)
             return
-        moments, bad = fast_moments(y)
-        self.y.merge_moments(moments)
+        y_moments, bad = fast_moments(y)
+        nan = inf = 0
         if bad:
             s = scan(y)
-            self.nan += s.nan
-            self.inf += s.inf
+            nan, inf = s.nan, s.inf
+        peak = None
         if self.relu and y.ndim >= 2:
             axis = self.unit_axis % y.ndim
             peak = np.max(y, axis=tuple(d for d in range(y.ndim) if d != axis))
-            self.unit_max = peak if self.unit_max is None else np.maximum(self.unit_max, peak)
+        self.add(x_moments, x_bad, y_moments, nan, inf, peak)
+
+    def add(
+        self,
+        x: Moments | None,
+        x_bad: int,
+        y: Moments | None,
+        nan: int = 0,
+        inf: int = 0,
+        unit_max: np.ndarray | None = None,
+    ) -> None:
+        """One call, already reduced: input and output moments, NaN/Inf counts, per-unit max."""
+        self.calls += 1
+        if x is not None:
+            self.x.merge_moments(x)
+        self.input_bad += x_bad
+        if y is not None:
+            self.y.merge_moments(y)
+        self.nan += nan
+        self.inf += inf
+        if unit_max is not None:
+            self.unit_max = unit_max if self.unit_max is None else np.maximum(self.unit_max, unit_max)
 
     def grad_output(self, g: np.ndarray) -> None:
         self.grad_y.merge_moments(fast_moments(g)[0])

@@ -1,12 +1,24 @@
-"""Probe backend for ONNX: onnxruntime with each weighted layer's input and pre-activation
-output exposed as extra graph outputs. torch is not imported.
+"""Probe backend for ONNX, on onnxruntime. torch is not imported.
 
-Graph optimizations are off (``ORT_DISABLE_ALL``) so the exposed tensors keep their names and
-values. Memory stays bounded: the layers are split into groups whose exposed tensors total at most
-``ProbeSettings.group_bytes`` (sizes from ONNX shape inference), and onnxruntime is run once per
-group, fetching only that group — a smaller budget means less memory and more runs (each run
-recomputes the graph up to the group's last layer). A graph with a fixed batch dimension smaller
-than ``batch_size`` is run repeatedly on fresh seeded inputs until ``batch_size`` samples are seen.
+Two strategies (``ProbeSettings.onnx_strategy``):
+
+``reduce`` (default)
+    For each weighted layer's input and pre-activation output, reduction nodes are added to the
+    graph — ``Size``, ``ReduceSum``, ``ReduceSumSquare`` (and, for ReLU layers, ``ReduceMax`` over
+    every axis but the unit axis) — and only their scalar/vector results are fetched. onnxruntime
+    frees each intermediate tensor as usual, so memory stays that of plain inference, in one run.
+    The sums are float32 inside onnxruntime; ``Var = Σx²/n − mean²`` in float64 on the host. When a
+    sum is not finite (NaN/Inf in the tensor) or ``mean² > 10⁴·Var`` (the subtraction would lose
+    digits) the probe falls back to ``expose``.
+``expose``
+    The tensors themselves become graph outputs and are reduced in numpy exactly like the torch
+    backend. To bound memory the layers are split into groups whose exposed tensors total at most
+    ``group_bytes`` (sizes from ONNX shape inference) and onnxruntime runs once per group — a smaller
+    budget means less memory and more runs (each recomputes the graph up to the group's last layer).
+
+Graph optimizations are off (``ORT_DISABLE_ALL``) so every tensor keeps its name and value. A
+graph with a fixed batch dimension smaller than ``batch_size`` is run repeatedly on fresh seeded
+inputs until ``batch_size`` samples are seen.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..model import ModelDescription
+from ..stats import Moments, fast_moments
 from . import Collector, ProbeError, ProbeResult, ProbeSettings, default_vocab, random_inputs
 
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64"}
@@ -58,35 +71,43 @@ def _input_specs(graph: Any, init_names: set[str], settings: ProbeSettings) -> l
     return specs
 
 
-def _tensor_bytes(model: Any, specs: list[tuple[str, tuple[int, ...], str]]) -> dict[str, int]:
-    """Bytes of each value in the graph for the given input shapes (ONNX shape inference);
-    values whose shape cannot be inferred are missing."""
+def _infer(model: Any, specs: list[tuple[str, tuple[int, ...], str]]) -> dict[str, tuple[int, tuple[int, ...] | None]]:
+    """``{value: (elem_type, shape or None)}`` for the given input shapes (ONNX shape inference on a
+    weight-less copy of the graph); values inference cannot type are missing."""
     import onnx
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.initializer[:]  # shapes only; keep the copy small
+    probe = onnx.ModelProto(ir_version=model.ir_version)
+    probe.opset_import.extend(model.opset_import)
+    for field in ("node", "input", "output", "value_info"):
+        getattr(probe.graph, field).extend(getattr(model.graph, field))
     by_name = {name: shape for name, shape, _ in specs}
     for inp in probe.graph.input:
         if inp.name in by_name:
-            dims = inp.type.tensor_type.shape.dim
-            for dim, value in zip(dims, by_name[inp.name]):
+            for dim, value in zip(inp.type.tensor_type.shape.dim, by_name[inp.name]):
                 dim.Clear()
                 dim.dim_value = value
     for init in model.graph.initializer:  # initializers as typed inputs so inference sees their shapes
         probe.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     try:
         inferred = onnx.shape_inference.infer_shapes(probe)
-    except Exception:  # noqa: BLE001 - inference is an estimate only
+    except Exception:  # noqa: BLE001 - an estimate only
         return {}
-    sizes = {}
-    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+    out: dict[str, tuple[int, tuple[int, ...] | None]] = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         t = info.type.tensor_type
-        if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
-            continue
-        n = math.prod(d.dim_value for d in t.shape.dim)
-        itemsize = np.dtype(_ONNX_TO_NUMPY.get(t.elem_type, "float32").replace("bfloat16", "float16")).itemsize
-        sizes[info.name] = n * itemsize
+        shape = None
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shape = tuple(int(d.dim_value) for d in t.shape.dim)
+        out[info.name] = (int(t.elem_type), shape)
+    return out
+
+
+def _tensor_bytes(info: dict[str, tuple[int, tuple[int, ...] | None]]) -> dict[str, int]:
+    sizes = {}
+    for name, (elem, shape) in info.items():
+        if shape is not None:
+            dtype = _ONNX_TO_NUMPY.get(elem, "float32").replace("bfloat16", "float16")
+            sizes[name] = math.prod(shape) * np.dtype(dtype).itemsize
     return sizes
 
 
@@ -108,6 +129,87 @@ def _groups(layers: list[tuple[str, str, str]], sizes: dict[str, int], budget: i
     return groups
 
 
+class _Weights:
+    """The model's weights, handed to onnxruntime without a second copy.
+
+    Initializers stored inside the protobuf are turned into numpy arrays (shared zero-copy with
+    onnxruntime through ``add_external_initializers``) and stripped from the graph, which then
+    serialises in a few kilobytes; initializers already in external data files are read by
+    onnxruntime itself from the model's folder (``session.model_external_initializers_file_folder_path``).
+    So the probe holds the weights once, as plain inference does.
+    """
+
+    _MARK = "initdoctor-in-memory"
+
+    def __init__(self, model: Any, folder: Path | None) -> None:
+        import onnx
+        import onnxruntime as ort
+        from onnx import numpy_helper
+
+        self.folder = folder
+        self.names: list[str] = []
+        self.values: list[Any] = []
+        self.arrays: list[np.ndarray] = []  # keep alive while a session uses them
+        for tensor in model.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+            stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value=self._MARK)
+            tensor.CopyFrom(stub)
+            self.names.append(tensor.name)
+            self.arrays.append(array)
+            self.values.append(ort.OrtValue.ortvalue_from_numpy(array))
+
+    def session(self, model: Any) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        if self.folder is not None:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(self.folder.resolve())
+            )
+        if self.names:
+            options.add_external_initializers(self.names, self.values)
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ProbeError(f"onnxruntime cannot load the model: {_line(exc)}") from None
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _run(session: Any, fetch: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+    try:
+        return session.run(fetch, feed)
+    except Exception as exc:  # noqa: BLE001
+        raise ProbeError(f"onnxruntime failed to run the model: {_line(exc)}") from None
+
+
+class _Inputs:
+    """Seeded feeds, drawn from one stream so that repeated runs see fresh samples."""
+
+    def __init__(self, specs, desc, settings, fixed: list[np.ndarray] | None) -> None:
+        self.specs = specs
+        self.rng = np.random.default_rng(settings.seed)
+        self.vocab = default_vocab(desc, settings)
+        self.fixed = fixed
+        self.used: list[dict[str, Any]] = []
+
+    def next(self) -> dict[str, np.ndarray]:
+        arrays = self.fixed if self.fixed is not None else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab)
+        feed = {name: arr.astype(np.dtype(dtype), copy=False) for (name, _, dtype), arr in zip(self.specs, arrays)}
+        if not self.used:
+            self.used = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in feed.values()]
+        return feed
+
+
 def probe_onnx(
     source: Path | bytes,
     desc: ModelDescription,
@@ -115,65 +217,161 @@ def probe_onnx(
     inputs: list[np.ndarray] | None = None,
 ) -> ProbeResult:
     import onnx
-    import onnxruntime as ort
 
-    from ..loaders.onnx_file import describe_onnx_model
+    from ..loaders.onnx_file import describe_onnx_model, load_onnx_proto
 
     if isinstance(source, bytes):
-        model, base = onnx.load_from_string(source), Path(".")
+        model, base = onnx.load_from_string(source), None
     else:
-        model, base = onnx.load(str(source)), Path(source).parent  # external data loaded here
-    graph_desc = describe_onnx_model(model, str(source)[:80], base, with_stats=False)
+        model, base = load_onnx_proto(Path(source)), Path(source).parent
+    graph_desc = describe_onnx_model(model, str(source)[:80], base or Path("."), with_stats=False)
+    weights = _Weights(model, base)
     wanted = {layer.name: layer for layer in desc.layers}
     init_names = {t.name for t in model.graph.initializer}
     specs = _input_specs(model.graph, init_names, settings)
-    feed_names = {name for name, _, _ in specs}
     triples = [(layer.name, *layer.tensors) for layer in graph_desc.layers if layer.name in wanted and layer.tensors]
-    collectors = {
-        name: Collector(name, wanted[name].kind, (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output)
-        for name, _, _ in triples
-    }
+    info = _infer(model, specs)
+    batch = specs[0][1][0] if specs and specs[0][1] else 1
+    repeats = 1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
+
+    def collectors() -> dict[str, Collector]:
+        return {
+            name: Collector(
+                name, wanted[name].kind, (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output
+            )
+            for name, _, _ in triples
+        }
+
+    notes = []
+    strategy = settings.onnx_strategy
+    if strategy == "reduce":
+        feeds = _Inputs(specs, desc, settings, inputs)
+        result = _probe_reduce(model, weights, triples, info, feeds, collectors(), repeats)
+        if result is None:
+            notes.append("a reduced sum was not finite or lost precision: re-measured with exposed tensors")
+            strategy = "expose"
+    if strategy == "expose":
+        feeds = _Inputs(specs, desc, settings, inputs)
+        result = _probe_expose(model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes)
+    cols, runs = result
+    out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
+    if repeats > 1:
+        out.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
+    out.notes.extend(notes)
+    return out
+
+
+def _reduced_moments(n: Any, total: Any, squares: Any) -> Moments | None:
+    """Moments from (count, Σx, Σx²), or None when they cannot be trusted."""
+    n = int(np.asarray(n))
+    total, squares = float(np.asarray(total)), float(np.asarray(squares))
+    if n == 0:
+        return Moments()
+    if not (math.isfinite(total) and math.isfinite(squares)):
+        return None
+    mean = total / n
+    m2 = squares - n * mean * mean
+    if m2 <= 0 or mean * mean > 1e4 * (m2 / n):
+        return None
+    return Moments(n, mean, m2)
+
+
+def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
+    """Reduction nodes in the graph; returns None when a result cannot be trusted."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    feed_names = {name for name, _, _ in feeds.specs}
+    added_nodes, added_outputs = len(model.graph.node), len(model.graph.output)
+    fetch_of: dict[str, dict[str, str]] = {}
+
+    def reduce(tensor: str, unit_axis: int | None) -> None:
+        if tensor in fetch_of or tensor in feed_names or not tensor:
+            return
+        elem, shape = info.get(tensor, (TensorProto.FLOAT, None))
+        key = f"initdoctor::{len(fetch_of)}"
+        src = tensor
+        nodes = []
+        if elem != TensorProto.FLOAT:
+            src = f"{key}::f32"
+            nodes.append(helper.make_node("Cast", [tensor], [src], to=TensorProto.FLOAT, name=f"{key}::cast"))
+        outs = {"n": f"{key}::n", "sum": f"{key}::sum", "sq": f"{key}::sq"}
+        nodes += [
+            helper.make_node("Size", [src], [outs["n"]], name=f"{key}::size"),
+            helper.make_node("ReduceSum", [src], [outs["sum"]], keepdims=0, name=f"{key}::rsum"),
+            helper.make_node("ReduceSumSquare", [src], [outs["sq"]], keepdims=0, name=f"{key}::rsq"),
+        ]
+        if unit_axis is not None and shape is not None and len(shape) >= 2:
+            axes = [d for d in range(len(shape)) if d != unit_axis % len(shape)]
+            outs["max"] = f"{key}::max"
+            if opset >= 18:
+                const = f"{key}::axes"
+                nodes.append(helper.make_node("Constant", [], [const], name=f"{key}::axes_c",
+                                              value=helper.make_tensor(const, TensorProto.INT64, [len(axes)], axes)))  # fmt: skip
+                nodes.append(helper.make_node("ReduceMax", [src, const], [outs["max"]], keepdims=0, name=f"{key}::rmax"))
+            else:
+                nodes.append(helper.make_node("ReduceMax", [src], [outs["max"]], axes=axes, keepdims=0, name=f"{key}::rmax"))
+        model.graph.node.extend(nodes)
+        model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs.values())
+        fetch_of[tensor] = outs
+
+    for name, x, y in triples:
+        c = collectors[name]
+        reduce(x, None)
+        reduce(y, c.unit_axis if c.relu else None)
+    try:
+        session = weights.session(model)
+    finally:  # leave the caller's proto as it was
+        del model.graph.node[added_nodes:]
+        del model.graph.output[added_outputs:]
+    fetch = [o for outs in fetch_of.values() for o in outs.values()]
+    runs = 0
+    for _ in range(repeats):
+        feed = feeds.next()
+        values = dict(zip(fetch, _run(session, fetch, feed)))
+        runs += 1
+        for name, x, y in triples:
+            c = collectors[name]
+            x_m: Moments | None = None
+            if x in feed and feed[x].dtype.kind == "f":
+                x_m = fast_moments(feed[x])[0]
+            elif x in fetch_of:
+                x_m = _reduced_moments(*(values[fetch_of[x][k]] for k in ("n", "sum", "sq")))
+                if x_m is None:
+                    return None
+            y_m = _reduced_moments(*(values[fetch_of[y][k]] for k in ("n", "sum", "sq"))) if y in fetch_of else None
+            if y in fetch_of and y_m is None:
+                return None
+            peak = values.get(fetch_of[y]["max"]) if y in fetch_of and "max" in fetch_of[y] else None
+            c.add(x_m, 0, y_m, 0, 0, np.asarray(peak) if peak is not None else None)
+    return collectors, runs
+
+
+def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, group_bytes, notes):
+    """Intermediate tensors fetched as outputs, in groups of at most ``group_bytes``."""
+    import onnx
+
+    feed_names = {name for name, _, _ in feeds.specs}
     existing = {o.name for o in model.graph.output}
     for _, x, y in triples:
         for t in (x, y):
             if t and t not in existing and t not in feed_names:
                 model.graph.output.append(onnx.ValueInfoProto(name=t))
                 existing.add(t)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
-    groups = _groups(triples, _tensor_bytes(model, specs), settings.group_bytes)
-
-    rng = np.random.default_rng(settings.seed)
-    vocab = default_vocab(desc, settings)
-    batch = specs[0][1][0] if specs and specs[0][1] else 1
-    repeats = 1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
-    used_inputs: list[dict[str, Any]] = []
+    session = weights.session(model)
+    groups = _groups(triples, _tensor_bytes(info), group_bytes)
+    if len(groups) > 1:
+        notes.append(f"{len(groups)} output groups of ≤ {group_bytes >> 20} MiB each")
     runs = 0
-    for r in range(repeats):
-        arrays = inputs if inputs is not None else random_inputs([(s, d) for _, s, d in specs], rng, vocab)
-        feed = {name: arr.astype(np.dtype(dtype)) if arr.dtype != np.dtype(dtype) else arr
-                for (name, _, dtype), arr in zip(specs, arrays)}  # fmt: skip
-        if r == 0:
-            used_inputs = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in feed.values()]
+    for _ in range(repeats):
+        feed = feeds.next()
         for group in groups:
             fetch = sorted({t for _, x, y in group for t in (x, y) if t and t not in feed})
-            try:
-                values = dict(zip(fetch, session.run(fetch, feed)))
-            except Exception as exc:  # noqa: BLE001
-                raise ProbeError(f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}") from None
+            values = dict(zip(fetch, _run(session, fetch, feed)))
             runs += 1
             values.update(feed)
             for name, x, y in group:
                 collectors[name].forward(values.get(x), values.get(y))
             del values
-    result = ProbeResult("onnx", {n: c.result() for n, c in collectors.items() if c.calls}, used_inputs, runs=runs)
-    if repeats > 1:
-        result.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
-    if len(groups) > 1:
-        result.notes.append(f"{len(groups)} output groups of ≤ {settings.group_bytes >> 20} MiB each")
-    return result
+    return collectors, runs
