@@ -212,3 +212,21 @@ def test_plot_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (800, 600)
+
+
+def test_onnx_strategies_agree_and_groups_bound_what_is_fetched(tmp_path):
+    """In-graph reductions (default), every tensor exposed at once, and one tensor pair per group
+    measure the same numbers; the grouped run needs one session and run per group."""
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(plain_cnn(depth=6, width=8).eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=False)
+    reduce = initdoctor.diagnose(path, probe=True)
+    exposed = initdoctor.diagnose(path, probe=True, onnx_strategy="expose")
+    grouped = initdoctor.diagnose(path, probe=True, onnx_strategy="expose", group_bytes=1)
+    batches = reduce.probe["runs"]
+    assert batches == 16  # fixed batch 2 in the graph, --batch-size 32
+    assert exposed.probe["runs"] == batches and grouped.probe["runs"] == 6 * batches
+    assert "6 output groups" in grouped.probe["notes"][-1]
+    for a, b, c in zip(reduce.layers, exposed.layers, grouped.layers):
+        assert a.activation_var == pytest.approx(b.activation_var, rel=1e-5)
+        assert c.activation_var == b.activation_var and c.input_second_moment == b.input_second_moment
+        assert a.dead_fraction == b.dead_fraction == c.dead_fraction

@@ -167,6 +167,10 @@ class _Weights:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # run nodes in the order given, so each tensor's reductions (placed right after its
+        # producer) run at once and the tensor is freed: on a 21M-parameter MLP at batch 4096 the
+        # default order kept every activation alive (peak +465 MiB vs +200 MiB)
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         options.log_severity_level = 3
         if self.folder is not None:
             options.add_session_config_entry(
@@ -197,10 +201,15 @@ class _Inputs:
 
     def __init__(self, specs, desc, settings, fixed: list[np.ndarray] | None) -> None:
         self.specs = specs
+        self.seed = settings.seed
         self.rng = np.random.default_rng(settings.seed)
         self.vocab = default_vocab(desc, settings)
         self.fixed = fixed
         self.used: list[dict[str, Any]] = []
+
+    def restart(self) -> None:
+        """Draw the same sequence of batches again (for another output group)."""
+        self.rng = np.random.default_rng(self.seed)
 
     def next(self) -> dict[str, np.ndarray]:
         arrays = self.fixed if self.fixed is not None else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab)
@@ -283,8 +292,9 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     feed_names = {name for name, _, _ in feeds.specs}
-    added_nodes, added_outputs = len(model.graph.node), len(model.graph.output)
+    added_outputs = len(model.graph.output)
     fetch_of: dict[str, dict[str, str]] = {}
+    extra: dict[str, list[Any]] = {}  # tensor → its reduction nodes
 
     def reduce(tensor: str, unit_axis: int | None) -> None:
         if tensor in fetch_of or tensor in feed_names or not tensor:
@@ -312,7 +322,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
                 nodes.append(helper.make_node("ReduceMax", [src, const], [outs["max"]], keepdims=0, name=f"{key}::rmax"))
             else:
                 nodes.append(helper.make_node("ReduceMax", [src], [outs["max"]], axes=axes, keepdims=0, name=f"{key}::rmax"))
-        model.graph.node.extend(nodes)
+        extra[tensor] = nodes
         model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs.values())
         fetch_of[tensor] = outs
 
@@ -320,10 +330,21 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
         c = collectors[name]
         reduce(x, None)
         reduce(y, c.unit_axis if c.relu else None)
+    # Each tensor's reductions go right after the node that makes it: onnxruntime runs nodes in
+    # this order, so the tensor is reduced and freed at once instead of living to the end of the graph.
+    original = [onnx.NodeProto.FromString(n.SerializeToString()) for n in model.graph.node]
+    interleaved = []
+    for node in original:
+        interleaved.append(node)
+        for out in node.output:
+            interleaved.extend(extra.get(out, ()))
     try:
+        del model.graph.node[:]
+        model.graph.node.extend(interleaved)
         session = weights.session(model)
     finally:  # leave the caller's proto as it was
-        del model.graph.node[added_nodes:]
+        del model.graph.node[:]
+        model.graph.node.extend(original)
         del model.graph.output[added_outputs:]
     fetch = [o for outs in fetch_of.values() for o in outs.values()]
     runs = 0
@@ -349,29 +370,33 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
 
 
 def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, group_bytes, notes):
-    """Intermediate tensors fetched as outputs, in groups of at most ``group_bytes``."""
+    """Intermediate tensors fetched as outputs, in groups of at most ``group_bytes``: one session
+    per group with only that group's tensors marked as outputs (onnxruntime keeps every graph
+    output of a run alive, fetched or not), each fed the same seeded inputs."""
     import onnx
 
     feed_names = {name for name, _, _ in feeds.specs}
+    base_outputs = len(model.graph.output)
     existing = {o.name for o in model.graph.output}
-    for _, x, y in triples:
-        for t in (x, y):
-            if t and t not in existing and t not in feed_names:
-                model.graph.output.append(onnx.ValueInfoProto(name=t))
-                existing.add(t)
-    session = weights.session(model)
     groups = _groups(triples, _tensor_bytes(info), group_bytes)
     if len(groups) > 1:
-        notes.append(f"{len(groups)} output groups of ≤ {group_bytes >> 20} MiB each")
+        notes.append(f"{len(groups)} output groups of ≤ {group_bytes / 2**20:.3g} MiB each, one session each")
     runs = 0
-    for _ in range(repeats):
-        feed = feeds.next()
-        for group in groups:
-            fetch = sorted({t for _, x, y in group for t in (x, y) if t and t not in feed})
+    for group in groups:
+        fetch = sorted({t for _, x, y in group for t in (x, y) if t and t not in feed_names})
+        model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetch if t not in existing)
+        try:
+            session = weights.session(model)
+        finally:
+            del model.graph.output[base_outputs:]
+        feeds.restart()
+        for _ in range(repeats):
+            feed = feeds.next()
             values = dict(zip(fetch, _run(session, fetch, feed)))
             runs += 1
             values.update(feed)
             for name, x, y in group:
                 collectors[name].forward(values.get(x), values.get(y))
             del values
+        del session
     return collectors, runs
