@@ -60,7 +60,13 @@ def describe(source: Any, *, trust: bool = False, weights: Any = None):
 
 
 def diagnose(
-    source: Any, *, trust: bool = False, weights: Any = None, probe: bool = False, **settings: Any
+    source: Any,
+    *,
+    trust: bool = False,
+    weights: Any = None,
+    probe: bool = False,
+    progress: Any = None,
+    **settings: Any,
 ) -> Report:
     """Inspect ``source`` and return a :class:`Report`.
 
@@ -68,7 +74,8 @@ def diagnose(
     when it has a graph; a bare state_dict/safetensors file stays static-only, with a note.
     ``settings`` are :class:`Settings` fields (``nonlinearity``, ``mode``, thresholds…) and
     :class:`~initdoctor.probe.ProbeSettings` fields (``input_shapes``, ``batch_size``, ``seed``,
-    ``vocab_size``, ``backward``, ``input_dtype``).
+    ``vocab_size``, ``backward``, ``input_dtype``). ``progress(done, total)`` is told of the
+    probe's progress.
     """
     import dataclasses
 
@@ -93,7 +100,7 @@ def diagnose(
                 "give the model's factory (--model pkg.mod:fn) to measure activations"
             )
         else:
-            result = run_probe(loaded, probe_settings)
+            result = run_probe(loaded, probe_settings, progress)
     report = inspect_description(loaded.description, inspect_settings, result)
     report.notes.extend(notes)
     return report

@@ -90,26 +90,30 @@ def inspect(
     """Report, per weighted layer, how far its weights are from Kaiming initialization."""
     from . import diagnose
 
+    from .render import ProgressBar
+
     with _errors(debug):
         source, weights_file = (model_factory, Path(model)) if model_factory else (model, weights)
-        report = diagnose(
-            source,
-            trust=trust,
-            weights=weights_file,
-            probe=probe,
-            input_shapes=tuple(_shape(text) for text in input_shape or ()),
-            input_dtype=input_dtype,
-            batch_size=batch_size,
-            seed=seed,
-            vocab_size=vocab_size,
-            backward=backward,
-            nonlinearity=nonlinearity,
-            negative_slope=negative_slope,
-            mode=mode.value,
-            warn_threshold=warn_threshold,
-            error_threshold=error_threshold,
-            compound_threshold=compound_threshold,
-        )
+        with ProgressBar("probing layers") as bar:
+            report = diagnose(
+                source,
+                trust=trust,
+                weights=weights_file,
+                probe=probe,
+                progress=bar,
+                input_shapes=tuple(_shape(text) for text in input_shape or ()),
+                input_dtype=input_dtype,
+                batch_size=batch_size,
+                seed=seed,
+                vocab_size=vocab_size,
+                backward=backward,
+                nonlinearity=nonlinearity,
+                negative_slope=negative_slope,
+                mode=mode.value,
+                warn_threshold=warn_threshold,
+                error_threshold=error_threshold,
+                compound_threshold=compound_threshold,
+            )
         _emit(report, format, output)
         if plot is not None:
             from .plot import plot_report

@@ -147,3 +147,41 @@ def render_markdown(report: Report) -> str:
         lines += [f"- **{f.name}** ({f.status}): {f.message}" for f in flagged]
     lines += ["", "\\* nonlinearity from the flag or the output-layer rule, not read from a graph", ""]
     return "\n".join(lines)
+
+
+class ProgressBar:
+    """A transient rich progress bar on stderr for the probe, drawn only on a terminal.
+
+    Use as a context manager; the instance is the ``progress(done, total)`` callback.
+    """
+
+    def __init__(self, label: str = "probing") -> None:
+        import sys
+
+        self.label = label
+        self.bar: Any = None
+        self.task: Any = None
+        self.enabled = sys.stderr.isatty()
+
+    def __enter__(self) -> "ProgressBar":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=True,
+            )  # fmt: skip
+            self.bar.start()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -230,3 +230,14 @@ def test_onnx_strategies_agree_and_groups_bound_what_is_fetched(tmp_path):
         assert a.activation_var == pytest.approx(b.activation_var, rel=1e-5)
         assert c.activation_var == b.activation_var and c.input_second_moment == b.input_second_moment
         assert a.dead_fraction == b.dead_fraction == c.dead_fraction
+
+
+def test_progress_reaches_the_number_of_layer_calls(tmp_path):
+    seen = []
+    initdoctor.diagnose(plain_mlp(depth=5, width=16), probe=True, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 5) for i in range(1, 6)]
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(plain_mlp(depth=5, width=16), (torch.randn(1, 64),), str(path), dynamo=False)
+    seen.clear()
+    initdoctor.diagnose(path, probe=True, batch_size=4, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (20, 20) and len(seen) == 20  # 5 layers × 4 runs of the fixed batch of 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,12 +101,31 @@ class ProbeResult:
     backward: bool = False
 
 
+#: ``progress(done, total)``: called as the probe measures layers (the CLI draws a bar with it).
+Progress = Callable[[int, int], None]
+
+
+class Ticker:
+    """Counts measured layer calls against an expected total and reports them to ``progress``."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.progress = progress
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+
+
 class Collector:
     """Running statistics of one layer's input and output over every call and run (numpy only,
     shared by both backends so the definitions cannot drift apart)."""
 
-    def __init__(self, name: str, kind: str, relu: bool) -> None:
+    def __init__(self, name: str, kind: str, relu: bool, ticker: "Ticker | None" = None) -> None:
         self.name = name
+        self.ticker = ticker
         self.unit_axis = 1 if kind.startswith("conv") else -1
         self.relu = relu
         self.x = Moments()
@@ -146,6 +166,8 @@ class Collector:
     ) -> None:
         """One call, already reduced: input and output moments, NaN/Inf counts, per-unit max."""
         self.calls += 1
+        if self.ticker is not None:
+            self.ticker.tick()
         if x is not None:
             self.x.merge_moments(x)
         self.input_bad += x_bad
@@ -221,9 +243,10 @@ def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int
     return (batch, channels) + (side,) * rank
 
 
-def run_probe(loaded: Any, settings: ProbeSettings) -> ProbeResult:
+def run_probe(loaded: Any, settings: ProbeSettings, progress: Progress | None = None) -> ProbeResult:
     """Probe a :class:`~initdoctor.loaders.LoadedModel`. Raises :class:`ProbeError` when the model
-    has no graph to run or its forward fails."""
+    has no graph to run or its forward fails. ``progress(done, total)`` is told of each measured
+    layer call."""
     if loaded.runnable is None:
         raise ProbeError(
             f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
@@ -234,10 +257,10 @@ def run_probe(loaded: Any, settings: ProbeSettings) -> ProbeResult:
 
         if settings.backward:
             raise ProbeError("--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)")
-        result = probe_onnx(loaded.runnable, loaded.description, settings)
+        result = probe_onnx(loaded.runnable, loaded.description, settings, progress=progress)
     else:
         from .torch_backend import probe_torch
 
-        result = probe_torch(loaded.runnable, loaded.description, settings)
+        result = probe_torch(loaded.runnable, loaded.description, settings, progress=progress)
     result.seed, result.backward = settings.seed, settings.backward
     return result

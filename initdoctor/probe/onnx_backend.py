@@ -31,7 +31,7 @@ import numpy as np
 
 from ..model import ModelDescription
 from ..stats import Moments, fast_moments
-from . import Collector, ProbeError, ProbeResult, ProbeSettings, default_vocab, random_inputs
+from . import Collector, Progress, ProbeError, ProbeResult, ProbeSettings, Ticker, default_vocab, random_inputs
 
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64"}
 
@@ -224,6 +224,7 @@ def probe_onnx(
     desc: ModelDescription,
     settings: ProbeSettings,
     inputs: list[np.ndarray] | None = None,
+    progress: Progress | None = None,
 ) -> ProbeResult:
     import onnx
 
@@ -244,9 +245,11 @@ def probe_onnx(
     repeats = 1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
 
     def collectors() -> dict[str, Collector]:
+        ticker = Ticker(len(triples) * repeats, progress)
         return {
             name: Collector(
-                name, wanted[name].kind, (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output
+                name, wanted[name].kind, (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output,
+                ticker,
             )
             for name, _, _ in triples
         }

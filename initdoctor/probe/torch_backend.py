@@ -15,7 +15,17 @@ from typing import Any
 import numpy as np
 
 from ..model import ModelDescription
-from . import Collector, ProbeError, ProbeResult, ProbeSettings, default_vocab, infer_input_shape, random_inputs
+from . import (
+    Collector,
+    Progress,
+    ProbeError,
+    ProbeResult,
+    ProbeSettings,
+    Ticker,
+    default_vocab,
+    infer_input_shape,
+    random_inputs,
+)
 
 # ATen op → (input arg index, weight arg index)
 _WEIGHTED_ATEN = {
@@ -61,11 +71,13 @@ def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[A
     return [torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs)]
 
 
-def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings) -> ProbeResult:
+def probe_torch(
+    runnable: Any, desc: ModelDescription, settings: ProbeSettings, progress: Progress | None = None
+) -> ProbeResult:
     import torch
 
     if isinstance(runnable, torch.jit.ScriptModule):
-        return _probe_torchscript(runnable, desc, settings)
+        return _probe_torchscript(runnable, desc, settings, progress)
     exported = isinstance(runnable, torch.export.ExportedProgram)
     example = None
     if exported:
@@ -77,8 +89,11 @@ def probe_torch(runnable: Any, desc: ModelDescription, settings: ProbeSettings) 
     inputs = make_inputs(desc, settings, example)
     if settings.backward:
         inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+    ticker = Ticker(len(desc.layers), progress)
     collectors = {
-        layer.name: Collector(layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output)
+        layer.name: Collector(
+            layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output, ticker
+        )
         for layer in desc.layers
     }
     # an exported program runs as it was exported (its module refuses .eval()/.train())
@@ -213,7 +228,9 @@ class _ModelState:
             m.training = flag
 
 
-def _probe_torchscript(module: Any, desc: ModelDescription, settings: ProbeSettings) -> ProbeResult:
+def _probe_torchscript(
+    module: Any, desc: ModelDescription, settings: ProbeSettings, progress: Progress | None
+) -> ProbeResult:
     """TorchScript takes no hooks: export it to ONNX in memory and probe that on the same inputs."""
     import torch
 
@@ -227,6 +244,6 @@ def _probe_torchscript(module: Any, desc: ModelDescription, settings: ProbeSetti
         torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)
     except Exception as exc:  # noqa: BLE001
         raise ProbeError(f"cannot run the TorchScript model through ONNX for the probe: {_line(exc)}") from None
-    result = probe_onnx(buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs])
+    result = probe_onnx(buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs], progress=progress)
     result.backend = "torchscript→onnx"
     return result
