@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 __all__ = [
     "__version__",
     "diagnose",
+    "fix_model",
     "describe",
     "load",
     "Settings",
@@ -77,19 +78,10 @@ def diagnose(
     ``vocab_size``, ``backward``, ``input_dtype``). ``progress(done, total)`` is told of the
     probe's progress.
     """
-    import dataclasses
-
     from .inspector import inspect_description
-    from .probe import ProbeSettings, run_probe
+    from .probe import run_probe
 
-    inspect_keys = {f.name for f in dataclasses.fields(Settings)}
-    probe_keys = {f.name for f in dataclasses.fields(ProbeSettings)}
-    unknown = sorted(set(settings) - inspect_keys - probe_keys)
-    if unknown:
-        valid = ", ".join(sorted(inspect_keys | probe_keys))
-        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {valid}")
-    inspect_settings = Settings(**{k: v for k, v in settings.items() if k in inspect_keys})
-    probe_settings = ProbeSettings(**{k: v for k, v in settings.items() if k in probe_keys})
+    inspect_settings, probe_settings = _split_settings(settings)
     loaded = load(source, trust=trust, weights=weights)
     result = None
     notes = []
@@ -104,6 +96,32 @@ def diagnose(
     report = inspect_description(loaded.description, inspect_settings, result)
     report.notes.extend(notes)
     return report
+
+
+def _split_settings(settings: dict[str, Any]) -> tuple[Settings, Any]:
+    """Route keyword settings to :class:`Settings` and :class:`~initdoctor.probe.ProbeSettings`;
+    an unknown key is a :class:`SettingsError` naming it."""
+    import dataclasses
+
+    from .probe import ProbeSettings
+
+    inspect_keys = {f.name for f in dataclasses.fields(Settings)}
+    probe_keys = {f.name for f in dataclasses.fields(ProbeSettings)}
+    unknown = sorted(set(settings) - inspect_keys - probe_keys)
+    if unknown:
+        valid = ", ".join(sorted(inspect_keys | probe_keys))
+        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {valid}")
+    return (
+        Settings(**{k: v for k, v in settings.items() if k in inspect_keys}),
+        ProbeSettings(**{k: v for k, v in settings.items() if k in probe_keys}),
+    )
+
+
+def fix_model(source: Any, **kwargs: Any):
+    """Repair ``source``'s initialization; see :func:`initdoctor.fix.fix_model`."""
+    from .fix import fix_model as _fix_model
+
+    return _fix_model(source, **kwargs)
 
 
 def _is_torch_module(obj: Any) -> bool:

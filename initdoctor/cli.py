@@ -6,9 +6,8 @@ Results go to stdout (or ``--output``), messages to stderr.
 
 from __future__ import annotations
 
-import os
+import io
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -62,64 +61,23 @@ def _root(
     """Diagnose the weight initialization of a neural network (He et al. 2015, Kaiming)."""
 
 
-@app.command()
-def inspect(
-    model: Annotated[str, typer.Argument(help="Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or a factory package.module:function.")],
-    weights: Annotated[Optional[Path], typer.Option(help="State_dict or safetensors file to load into a factory's model.")] = None,
-    trust: Annotated[bool, typer.Option("--trust", help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")] = False,
-    nonlinearity: Annotated[str, typer.Option(help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")] = "relu",
-    negative_slope: Annotated[float, typer.Option(help="Slope for --nonlinearity leaky_relu.")] = 0.01,
-    mode: Annotated[Mode, typer.Option(help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).")] = Mode.fan_in,
-    warn_threshold: Annotated[float, typer.Option(help="Variance factor beyond which a layer warns (either way).")] = 1.25,
-    error_threshold: Annotated[float, typer.Option(help="Variance factor beyond which a layer is an error.")] = 4.0,
-    compound_threshold: Annotated[float, typer.Option(help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")] = 16.0,
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance.")] = True,
-    model_factory: Annotated[Optional[str], typer.Option("--model", help="Factory package.module:function that builds the model whose weights MODEL holds (gives a state_dict a graph to probe).")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX graph's, else inferred from the first layer.")] = None,
-    input_dtype: Annotated[str, typer.Option(help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")] = "float32",
-    batch_size: Annotated[int, typer.Option(help="Probe batch size (fills a dynamic batch dimension).")] = 32,
-    seed: Annotated[int, typer.Option(help="Probe seed: the same seed gives the same report.")] = 0,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table.")] = None,
-    backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
-    fail_on: Annotated[FailOn, typer.Option(help="Lowest status that makes the exit code 1.")] = FailOn.error,
-    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
-) -> None:
-    """Report, per weighted layer, how far its weights are from Kaiming initialization."""
-    from . import diagnose
-
-    from .render import ProgressBar
-
-    with _errors(debug):
-        source, weights_file = (model_factory, Path(model)) if model_factory else (model, weights)
-        with ProgressBar("probing layers") as bar:
-            report = diagnose(
-                source,
-                trust=trust,
-                weights=weights_file,
-                probe=probe,
-                progress=bar,
-                input_shapes=tuple(_shape(text) for text in input_shape or ()),
-                input_dtype=input_dtype,
-                batch_size=batch_size,
-                seed=seed,
-                vocab_size=vocab_size,
-                backward=backward,
-                nonlinearity=nonlinearity,
-                negative_slope=negative_slope,
-                mode=mode.value,
-                warn_threshold=warn_threshold,
-                error_threshold=error_threshold,
-                compound_threshold=compound_threshold,
-            )
-        _emit(report, format, output)
-        if plot is not None:
-            from .plot import plot_report
-
-            plot_report(report, plot)
-    raise typer.Exit(report.exit_code(fail_on.value))
+# Options shared by several commands (one definition each).
+ModelArg = Annotated[str, typer.Argument(help="Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or a factory package.module:function.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="State_dict or safetensors file to load into a factory's model.")]
+TrustOpt = Annotated[bool, typer.Option("--trust", help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")]
+NonlinearityOpt = Annotated[str, typer.Option(help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")]
+SlopeOpt = Annotated[float, typer.Option(help="Slope for --nonlinearity leaky_relu.")]
+ModeOpt = Annotated[Mode, typer.Option(help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).")]
+WarnOpt = Annotated[float, typer.Option(help="Variance factor beyond which a layer warns (either way).")]
+ErrorOpt = Annotated[float, typer.Option(help="Variance factor beyond which a layer is an error.")]
+CompoundOpt = Annotated[float, typer.Option(help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")]
+FactoryOpt = Annotated[Optional[str], typer.Option("--model", help="Factory package.module:function that builds the model whose weights MODEL holds (gives a state_dict a graph to probe).")]
+ShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX graph's, else inferred from the first layer.")]
+DtypeOpt = Annotated[str, typer.Option(help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")]
+BatchOpt = Annotated[int, typer.Option(help="Probe batch size (fills a dynamic batch dimension).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the probe's inputs (and of --method reinit): the same seed gives the same result.")]
+VocabOpt = Annotated[Optional[int], typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table.")]
+DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -132,6 +90,137 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape:
         raise SettingsError(f"--input-shape {text!r}: empty")
     return shape
+
+
+def _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold, compound_threshold,
+              input_shape, input_dtype, batch_size, seed, vocab_size) -> dict:  # fmt: skip
+    """The library settings the shared options map to."""
+    return {
+        "nonlinearity": nonlinearity,
+        "negative_slope": negative_slope,
+        "mode": mode.value,
+        "warn_threshold": warn_threshold,
+        "error_threshold": error_threshold,
+        "compound_threshold": compound_threshold,
+        "input_shapes": tuple(_shape(text) for text in input_shape or ()),
+        "input_dtype": input_dtype,
+        "batch_size": batch_size,
+        "seed": seed,
+        "vocab_size": vocab_size,
+    }
+
+
+def _source(model: str, model_factory: str | None, weights: Path | None) -> tuple[str, Path | None]:
+    """``inspect weights.pt --model pkg:fn`` is ``inspect pkg:fn --weights weights.pt``."""
+    return (model_factory, Path(model)) if model_factory else (model, weights)
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    weights: WeightsOpt = None,
+    trust: TrustOpt = False,
+    nonlinearity: NonlinearityOpt = "relu",
+    negative_slope: SlopeOpt = 0.01,
+    mode: ModeOpt = Mode.fan_in,
+    warn_threshold: WarnOpt = 1.25,
+    error_threshold: ErrorOpt = 4.0,
+    compound_threshold: CompoundOpt = 16.0,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance.")] = True,
+    model_factory: FactoryOpt = None,
+    input_shape: ShapeOpt = None,
+    input_dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 32,
+    seed: SeedOpt = 0,
+    vocab_size: VocabOpt = None,
+    backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
+    fail_on: Annotated[FailOn, typer.Option(help="Lowest status that makes the exit code 1.")] = FailOn.error,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Report, per weighted layer, how far its weights are from Kaiming initialization."""
+    from . import diagnose
+    from .render import ProgressBar
+
+    with _errors(debug):
+        source, weights_file = _source(model, model_factory, weights)
+        settings = _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold,
+                             compound_threshold, input_shape, input_dtype, batch_size, seed, vocab_size)  # fmt: skip
+        with ProgressBar("probing layers") as bar:
+            report = diagnose(
+                source, trust=trust, weights=weights_file, probe=probe, progress=bar, backward=backward, **settings
+            )
+        _emit(report, format, output)
+        if plot is not None:
+            from .plot import plot_report
+
+            plot_report(report, plot)
+    raise typer.Exit(report.exit_code(fail_on.value))
+
+
+class Method(str, Enum):
+    kaiming = "kaiming"
+    lsuv = "lsuv"
+    reinit = "reinit"
+
+
+@app.command()
+def fix(
+    model: ModelArg,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the repaired model, in MODEL's own format (a folder for a sharded checkpoint; a state_dict for a factory).")] = None,
+    method: Annotated[Method, typer.Option(help="kaiming: rescale W to the Kaiming std; lsuv: rescale until the measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).")] = Method.kaiming,
+    fail_on: Annotated[FailOn, typer.Option(help="Fix the layers whose status reaches this (kaiming, reinit).")] = FailOn.warn,
+    all_layers: Annotated[bool, typer.Option("--all", help="Fix every weighted layer.")] = False,
+    zero_bias: Annotated[bool, typer.Option("--zero-bias", help="Also set the fixed layers' biases to zero.")] = False,
+    tol: Annotated[float, typer.Option(help="lsuv: stop when |variance ratio - 1| < tol.")] = 0.05,
+    max_iter: Annotated[int, typer.Option(help="lsuv: most iterations per layer.")] = 10,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL, keeping MODEL.bak first.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.")] = False,
+    weights: WeightsOpt = None,
+    trust: TrustOpt = False,
+    model_factory: FactoryOpt = None,
+    nonlinearity: NonlinearityOpt = "relu",
+    negative_slope: SlopeOpt = 0.01,
+    mode: ModeOpt = Mode.fan_in,
+    warn_threshold: WarnOpt = 1.25,
+    error_threshold: ErrorOpt = 4.0,
+    compound_threshold: CompoundOpt = 16.0,
+    input_shape: ShapeOpt = None,
+    input_dtype: DtypeOpt = "float32",
+    batch_size: BatchOpt = 32,
+    seed: SeedOpt = 0,
+    vocab_size: VocabOpt = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format (table or json).")] = Format.table,
+    debug: DebugOpt = False,
+) -> None:
+    """Rescale (or redraw) drifting layers and write the repaired model, never touching the input."""
+    from .fix import fix_model
+
+    with _errors(debug):
+        source, weights_file = _source(model, model_factory, weights)
+        settings = _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold,
+                             compound_threshold, input_shape, input_dtype, batch_size, seed, vocab_size)  # fmt: skip
+        if fail_on is FailOn.never and not all_layers:
+            raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
+        result = fix_model(
+            source, method=method.value, output=output, in_place=in_place, dry_run=dry_run or check,
+            fail_on=fail_on.value, all_layers=all_layers, zero_bias=zero_bias, tol=tol, max_iter=max_iter,
+            trust=trust, weights=weights_file, **settings,
+        )  # fmt: skip
+        from .render import fix_to_dict, render_fix
+
+        if format is Format.json:
+            import json
+
+            sys.stdout.write(json.dumps(fix_to_dict(result, check or dry_run), indent=2, allow_nan=False) + "\n")
+        else:
+            render_fix(result, dry=check or dry_run)
+    if check:
+        raise typer.Exit(1 if result.changes else 0)
+    raise typer.Exit(0 if dry_run or result.healthy else 1)
 
 
 def _emit(report, fmt: Format, output: Path | None) -> None:
@@ -147,33 +236,15 @@ def _emit(report, fmt: Format, output: Path | None) -> None:
         if output is None:
             render.render_table(report, Console(width=None if sys.stdout.isatty() else 160))
             return
-        console = Console(record=True, width=160, file=open(os.devnull, "w"))
+        console = Console(record=True, width=160, file=io.StringIO())
         render.render_table(report, console)
         text = console.export_text()
     if output is None:
         sys.stdout.write(text)
     else:
+        from .fileio import atomic_write_text
+
         atomic_write_text(output, text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the destination folder, fsync, ``os.replace``."""
-    from .errors import InputError
-
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise InputError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class _errors:

@@ -145,6 +145,7 @@ def inspect_description(
             status="ok",
             message="",
             weight_key=layer.weight_key,
+            bias_key=layer.bias_key,
         )
         findings.append(finding)
         pre = _judge_weights(layer)

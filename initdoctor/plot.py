@@ -8,11 +8,10 @@ layer's static ``std_ratio`` (weight std / Kaiming std) with the warn band; flag
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import InitDoctorError, InputError
+from .fileio import atomic_write
 from .report import Report
 
 _COLOURS = {"ok": "#2a9d8f", "warn": "#e9c46a", "error": "#e63946", "skip": "#adb5bd"}
@@ -61,13 +60,8 @@ def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"initdoctor · {Path(str(report.model['path'])).name} · {report.summary.status}")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

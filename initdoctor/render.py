@@ -185,3 +185,63 @@ class ProgressBar:
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def fix_to_dict(result: Any, dry: bool) -> dict[str, Any]:
+    """JSON form of a :class:`~initdoctor.fix.FixResult` (schema ``initdoctor.fix/1``)."""
+    from dataclasses import asdict
+
+    from .report import _clean
+
+    return _clean(
+        {
+            "schema": "initdoctor.fix/1",
+            "written": not dry and bool(result.changes),
+            "output": str(result.output) if result.output else None,
+            "backup": str(result.backup) if result.backup else None,
+            "changes": [
+                {k: v for k, v in asdict(c).items() if k not in ("bias_key", "shape")} for c in result.changes
+            ],
+            "skipped": [{"name": n, "reason": r} for n, r in result.skipped],
+            "before": asdict(result.before.summary),
+            "after": asdict(result.after.summary) if result.after else None,
+        }
+    )
+
+
+def render_fix(result: Any, dry: bool, console: Any | None = None) -> None:
+    """Before → after per changed layer, then where the result went and how healthy it is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if __import__("sys").stdout.isatty() else 140)
+    after = {f.name: f for f in result.after.layers} if result.after else {}
+    if result.changes:
+        table = Table(title="would change" if dry else "changed", title_justify="left")
+        for h in ("layer", "method", "status before", "old std", "new std", "factor", "status after"):
+            table.add_column(h, justify="right" if "std" in h or h == "factor" else "left")
+        for c in result.changes:
+            a = after.get(c.name)
+            table.add_row(
+                c.name, c.method + (" +zero bias" if c.bias_zeroed else ""), c.status_before, _num(c.old_std),
+                _num(c.new_std), _num(c.factor, ".4g"), "" if a is None else f"[{_STYLE[a.status]}]{a.status}[/]",
+            )  # fmt: skip
+        console.print(table)
+    for name, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
+    if not result.changes:
+        console.print("nothing to fix: no layer reaches the threshold", highlight=False)
+        return
+    if dry:
+        console.print(f"{len(result.changes)} layers would change (nothing written)", highlight=False)
+        return
+    if result.backup:
+        console.print(f"backup: {result.backup}", highlight=False)
+    where = f" → {result.output}" if result.output else " (in memory)"
+    s = result.after.summary if result.after else result.before.summary
+    depth = f"; depth ratio {s.depth_ratio:.3g}" if s.depth_ratio is not None else ""
+    console.print(
+        f"fixed {len(result.changes)} layers{where}; after: [{_STYLE[s.status]}]{s.status.upper()}[/] "
+        f"{s.message}{depth}",
+        highlight=False,
+    )

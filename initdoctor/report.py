@@ -75,6 +75,7 @@ class LayerFinding:
     status: str
     message: str
     weight_key: str = ""
+    bias_key: str | None = None
     # measured by the probe (None without one); see initdoctor.probe
     input_second_moment: float | None = None
     activation_var: float | None = None
@@ -143,6 +144,7 @@ class Report:
         for layer in self.layers:
             row = asdict(layer)
             row.pop("weight_key")
+            row.pop("bias_key")
             layers.append(row)
         return _clean(
             {
