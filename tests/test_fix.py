@@ -1,0 +1,241 @@
+"""Acceptance of `initdoctor fix`: exact rescales in every writable format, untouched bytes,
+CI modes, LSUV, durability, and the in-memory API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import initdoctor
+from examples.models import plain_cnn, plain_mlp
+from tests.conftest import ROOT, run_cli
+
+# 30 layers; the CNN is 128 channels wide: at width 32 even exact Kaiming weights leave the measured
+# depth ratio anywhere in 0.005–1.5 by seed (finite-width fluctuation, Hanin & Rolnick 2018).
+NETS = {
+    "mlp": (lambda init: plain_mlp(init=init), (1, 64), "plain_mlp(init='xavier')"),
+    "cnn": (lambda init: plain_cnn(width=128, init=init), (2, 3, 16, 16), "plain_cnn(width=128, init='xavier')"),
+}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(model, fmt: str, folder: Path, example_shape) -> Path:
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if fmt == "pt":
+        path = folder / "model.pt"
+        torch.save(state, path)
+    elif fmt == "safetensors":
+        path = folder / "model.safetensors"
+        save_file(state, str(path), metadata={"origin": "initdoctor-test", "format": "pt"})
+    else:
+        path = folder / "model.onnx"
+        torch.onnx.export(model.eval(), (torch.randn(example_shape),), str(path), dynamo=False)
+    return path
+
+
+def tensors_of(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".onnx":
+        return {t.name: numpy_helper.to_array(t, str(path.parent)) for t in onnx.load(str(path)).graph.initializer}
+    if path.suffix == ".safetensors":
+        return {k: v.numpy() for k, v in load_file(str(path)).items()}
+    return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "onnx"])
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_fix_xavier_gives_kaiming_in_the_same_format(tmp_path, net, fmt):
+    build, example, factory_expr = NETS[net]
+    src = write(build("xavier"), fmt, tmp_path, example)
+    digest = sha(src)
+    out = tmp_path / f"fixed{src.suffix}"
+    proc = run_cli("fix", str(src), "-o", str(out), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["written"] and result["after"]["status"] != "error"
+    assert len(result["changes"]) == 29  # every hidden layer; the logit layer was fine
+    assert sha(src) == digest  # the input is untouched
+    # inspect OUT: no error, and every fixed layer's std within 1% of the Kaiming std
+    (tmp_path / "nets.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom examples.models import plain_cnn, plain_mlp\n"
+        f"def build():\n    return {factory_expr}\n"
+    )
+    args = ["inspect", str(out), "--format", "json"]
+    if fmt != "onnx":
+        args += ["--model", "nets:build"]  # a state_dict has no graph: the factory supplies it
+    if net == "cnn":
+        args += ["--input-shape", ",".join(map(str, example)), "--batch-size", "2"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["summary"]["error"] == 0 and report["summary"]["status"] != "error"
+    fixed = {c["name"] for c in result["changes"]}
+    for layer in report["layers"]:
+        if layer["name"] in fixed:
+            assert layer["weight_std"] == pytest.approx(layer["expected_std"], rel=0.01), layer["name"]
+    assert 0.1 <= report["summary"]["depth_ratio"] <= 10
+    # only the fixed weights changed: every other tensor is bit-identical
+    before, after = tensors_of(src), tensors_of(out)
+    assert set(before) == set(after)
+    keys = {c["weight_key"] for c in result["changes"]}
+    for key, value in before.items():
+        if key in keys:
+            assert not np.array_equal(value, after[key])
+        else:
+            assert value.tobytes() == after[key].tobytes(), key
+
+
+def test_metadata_is_preserved(tmp_path):
+    src = write(plain_mlp(depth=5, width=32, init="xavier"), "safetensors", tmp_path, None)
+    out = tmp_path / "fixed.safetensors"
+    initdoctor.fix_model(src, output=out)
+    with safe_open(str(out), framework="pt") as handle:
+        assert handle.metadata() == {"origin": "initdoctor-test", "format": "pt"}
+    onnx_src = write(plain_mlp(depth=5, width=32, init="xavier"), "onnx", tmp_path, (1, 64))
+    proto = onnx.load(str(onnx_src))
+    proto.doc_string = "my model"
+    proto.producer_name, proto.producer_version = "someone", "9.9"
+    onnx.save_model(proto, str(onnx_src))
+    initdoctor.fix_model(onnx_src, output=tmp_path / "fixed.onnx")
+    fixed = onnx.load(str(tmp_path / "fixed.onnx"))
+    assert (fixed.doc_string, fixed.producer_name, fixed.producer_version) == ("my model", "someone", "9.9")
+    assert [(o.domain, o.version) for o in fixed.opset_import] == [(o.domain, o.version) for o in proto.opset_import]
+
+
+def test_check_and_dry_run_write_nothing(tmp_path):
+    xavier = write(plain_mlp(init="xavier"), "pt", tmp_path, None)
+    kaiming = tmp_path / "kaiming.pt"
+    torch.save(plain_mlp(init="kaiming").state_dict(), kaiming)
+    before = sorted(os.listdir(tmp_path))
+    proc = run_cli("fix", str(xavier), "--check")
+    assert proc.returncode == 1 and "29 layers would change" in proc.stdout
+    assert run_cli("fix", str(kaiming), "--check").returncode == 0
+    proc = run_cli("fix", str(xavier), "--dry-run", "-o", str(tmp_path / "out.pt"))
+    assert proc.returncode == 0 and "nothing written" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_lsuv_brings_every_measured_ratio_within_tol():
+    model = plain_cnn(init="kaiming", seed=0)  # width 32: measured depth ratio ≈ 0.006
+    before = initdoctor.diagnose(model, probe=True, batch_size=8)
+    assert before.summary.depth_ratio < 0.01
+    assert max(abs(f.variance_ratio - 1) for f in before.layers if f.role == "hidden") > 0.2
+    result = initdoctor.fix_model(model, method="lsuv", tol=0.05, batch_size=8)
+    ratios = [f.variance_ratio for f in result.after.layers if f.role == "hidden"]
+    assert len(ratios) == 29 and all(abs(r - 1) < 0.05 for r in ratios), ratios
+    assert all(c.iterations <= 10 for c in result.changes)
+    # the model itself was changed in place: a fresh probe sees the same
+    again = initdoctor.diagnose(model, probe=True, batch_size=8)
+    assert all(abs(f.variance_ratio - 1) < 0.05 for f in again.layers if f.role == "hidden")
+
+
+def test_lsuv_needs_a_graph(tmp_path):
+    src = write(plain_mlp(depth=4, width=16), "pt", tmp_path, None)
+    proc = run_cli("fix", str(src), "--method", "lsuv", "-o", str(tmp_path / "o.pt"))
+    assert proc.returncode == 2 and "needs a graph" in proc.stderr
+
+
+def test_interrupted_write_leaves_no_output_and_the_input_intact(tmp_path, monkeypatch):
+    import initdoctor.fileio as fileio
+
+    for fmt in ("pt", "safetensors", "onnx"):
+        src = write(plain_mlp(depth=6, width=32, init="xavier"), fmt, tmp_path, (1, 64))
+        digest = sha(src)
+        out = tmp_path / f"out{src.suffix}"
+
+        def failing_replace(a, b):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(fileio.os, "replace", failing_replace)
+        with pytest.raises(OSError):
+            initdoctor.fix_model(src, output=out)
+        monkeypatch.undo()
+        assert not out.exists() and sha(src) == digest
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+        src.unlink()
+
+
+def test_in_place_keeps_a_backup_of_the_exact_bytes(tmp_path):
+    src = write(plain_mlp(depth=6, width=32, init="xavier"), "pt", tmp_path, None)
+    original = src.read_bytes()
+    proc = run_cli("fix", str(src), "--in-place")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "model.pt.bak").read_bytes() == original and src.read_bytes() != original
+    assert initdoctor.diagnose(src).summary.status == "ok"
+    proc = run_cli("fix", str(src), "--in-place", "--all")
+    assert proc.returncode == 2 and "backup already exists" in proc.stderr
+
+
+def test_reinit_zero_bias_and_code_formats(tmp_path):
+    x = torch.randn(2, 64)
+    model = plain_mlp(depth=6, width=32, init="xavier")
+    with torch.no_grad():
+        model[2].weight.zero_()  # all zero: kaiming cannot rescale it, reinit redraws it
+        for m in model:
+            if isinstance(m, torch.nn.Linear):
+                m.bias.fill_(0.3)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "m.ts"))
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    torch.save(model, tmp_path / "full.pt")
+    skipped = initdoctor.fix_model(tmp_path / "full.pt", output=tmp_path / "k.pt", trust=True).skipped
+    assert [name for name, _ in skipped] == ["2"]
+    for name in ("m.ts", "m.pt2", "full.pt"):
+        out = tmp_path / f"fixed_{name}"
+        result = initdoctor.fix_model(tmp_path / name, output=out, trust=True, method="reinit", zero_bias=True, seed=1)
+        assert result.after.model["format"] == {"m.ts": "torchscript", "m.pt2": "torch.export", "full.pt": "torch-module"}[name]
+        assert result.after.summary.status != "error", name
+        layer2 = next(f for f in result.after.layers if f.name == "2")
+        assert layer2.weight_std == pytest.approx(math.sqrt(2 / 32), rel=0.1)
+        assert all(c.bias_zeroed for c in result.changes)
+    fixed = torch.load(tmp_path / "fixed_full.pt", weights_only=False)
+    assert torch.count_nonzero(fixed[2].bias) == 0 and torch.all(fixed[-1].bias == 0.3)  # logit layer untouched
+
+
+def test_sharded_and_external_data_outputs(tmp_path):
+    model = plain_mlp(depth=6, width=32, init="xavier")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keys = list(state)
+    shard_dir = tmp_path / "sharded"
+    shard_dir.mkdir()
+    weight_map = {}
+    for i, part in enumerate((keys[:4], keys[4:])):
+        name = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: state[k] for k in part}, str(shard_dir / name))
+        weight_map.update({k: name for k in part})
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    out_dir = tmp_path / "fixed_sharded"
+    result = initdoctor.fix_model(shard_dir / "model.safetensors.index.json", output=out_dir)
+    assert result.after.summary.status != "error" and sorted(p.name for p in out_dir.iterdir()) == sorted(
+        p.name for p in shard_dir.iterdir()
+    )
+    torch.onnx.export(model.eval(), (torch.randn(1, 64),), str(tmp_path / "m.onnx"), dynamo=False)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    onnx.save_model(proto, str(ext / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.data", size_threshold=0)  # fmt: skip
+    result = initdoctor.fix_model(ext / "m.onnx", output=tmp_path / "fixed.onnx")
+    assert (tmp_path / "fixed.onnx.data").exists()  # the weights stay external
+    assert result.after.summary.status != "error"
+    assert initdoctor.diagnose(tmp_path / "fixed.onnx").layers[1].std_ratio == pytest.approx(1.0, rel=1e-3)
+
+
+def test_fix_model_in_memory_is_the_pretraining_sanity_check():
+    model = plain_mlp(init="default")
+    result = initdoctor.fix_model(model)
+    assert len(result.changes) == 29 and result.output is None
+    assert all(c.factor == pytest.approx(math.sqrt(6), rel=0.03) for c in result.changes)
+    assert initdoctor.diagnose(model).summary.status == "ok"
