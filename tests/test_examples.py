@@ -28,3 +28,17 @@ def test_probe_figures_script():
     assert float(xavier[-3]) < 1e-5 and xavier[-1] == "error"  # depth ratio, status
     kaiming = rows[("mlp30", "w256", "kaiming", "0")]
     assert kaiming[-1] == "ok" and 0.2 <= float(kaiming[-3]) <= 5
+
+
+def test_paper_figure3_shortened():
+    """5 epochs of the He et al. Figure 3 reproduction: the xavier net sits at chance (ln 10),
+    the fixed one has clearly started to learn."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    from examples.paper_figure3 import run
+
+    results = run(epochs=5)
+    xavier, fixed = results["xavier"]["losses"], results["fixed"]["losses"]
+    assert results["changed_layers"] == 29
+    assert min(xavier) > 2.25  # ln 10 = 2.3026: no learning
+    assert fixed[-1] < 1.2 and fixed[-1] < xavier[-1] - 1.0
+    assert results["fixed"]["accuracy"] > 0.5 > results["xavier"]["accuracy"]
