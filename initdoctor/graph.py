@@ -8,9 +8,12 @@ Loaders for graph formats (ONNX, torch.fx, torch.export) translate their nodes i
   (an add with a constant), reshape/flatten/view/transpose/permute, squeeze/unsqueeze, identity,
   dropout, cast, contiguous/clone, max and average pooling;
 * ``"weighted"`` for another weighted layer, ``"output"`` for a model output;
-* ``"other"`` for anything else (a residual add, a normalization, concat...).
+* ``"norm"`` for a normalization (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm);
+* ``"residual"`` for an add of two computed tensors (a skip connection joining a branch);
+* ``"other"`` for anything else (concat, attention's matmuls, ...).
 
-:func:`following_nonlinearity` walks forward from a layer through ``"pass"`` nodes.
+:func:`following_nonlinearity` walks forward from a layer through ``"pass"`` nodes;
+:func:`residual_blocks` finds which weighted layers sit in the branch of each residual add.
 """
 
 from __future__ import annotations
@@ -27,6 +30,67 @@ class OpNode:
     op: str
     users: list[str] = field(default_factory=list)
     param: float | None = None
+    inputs: list[str] = field(default_factory=list)  # computed inputs (not weights or constants)
+    tensor: str | None = None  # the value the probe can measure (fx node / ONNX tensor name)
+
+
+@dataclass
+class Block:
+    """A residual block: ``out = skip + branch(…)``; ``layers`` are the weighted layers in the
+    branch; ``skip_tensor``/``out_tensor`` are what the probe measures (growth = Var[out]/Var[skip])."""
+
+    name: str
+    skip_tensor: str
+    out_tensor: str
+    layers: list[str]
+
+
+def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[Block]:
+    """Residual adds and the weighted layers of their branches.
+
+    ``nodes`` must be in topological order; ``layer_of`` maps weighted node ids to layer names.
+    For an add with inputs ``a`` and ``b``, the nodes that are ancestors of one input but not of
+    the other form the two sides; the side holding more weighted layers is the branch, the other
+    (identity, or a 1×1 downsampling projection) the skip. Ancestor sets are bit masks.
+    """
+    index = {node_id: i for i, node_id in enumerate(nodes)}
+    ancestors: dict[str, int] = {}
+    for node_id, node in nodes.items():
+        mask = 1 << index[node_id]
+        for inp in node.inputs:
+            mask |= ancestors.get(inp, 0)
+        ancestors[node_id] = mask
+    weighted_bits = {index[n]: name for n, name in layer_of.items() if n in index}
+    blocks: list[Block] = []
+    for node_id, node in nodes.items():
+        if node.op != "residual" or len(node.inputs) != 2 or node.tensor is None:
+            continue
+        a, b = node.inputs
+        only_a = ancestors.get(a, 0) & ~ancestors.get(b, 0)
+        only_b = ancestors.get(b, 0) & ~ancestors.get(a, 0)
+        side_a = [name for bit, name in weighted_bits.items() if only_a >> bit & 1]
+        side_b = [name for bit, name in weighted_bits.items() if only_b >> bit & 1]
+        branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
+        if not branch or nodes[skip_id].tensor is None:
+            continue
+        # the block's output: the add, or the activation right after it (a basic block's post-add ReLU)
+        end = node
+        if len(node.users) == 1 and node.users[0] in nodes:
+            nxt = nodes[node.users[0]]
+            if nxt.op in ACTIVATIONS and nxt.tensor is not None:
+                end = nxt
+        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", nodes[skip_id].tensor, end.tensor, branch))
+    return blocks
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [n.split(".") for n in names]
+    common = []
+    for pieces in zip(*parts):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    return ".".join(common)
 
 
 def following_nonlinearity(
@@ -50,10 +114,12 @@ def following_nonlinearity(
         seen.add(node_id)
         steps += 1
         node = nodes.get(node_id)
-        if node is None or steps > max_steps or node.op == "other":
+        if node is None or steps > max_steps or node.op in ("other", "residual"):
             return None
         if node.op in ACTIVATIONS:
             found.add((node.op, node.param, False))
+        elif node.op == "norm":
+            found.add(("normalized", None, False))
         elif node.op == "output":
             found.add(("linear", None, True))
         elif node.op == "weighted":

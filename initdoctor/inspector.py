@@ -39,7 +39,7 @@ from .errors import SettingsError
 from .gains import NONLINEARITIES, calculate_gain, expected_std
 from .model import Layer, ModelDescription, NormLayer
 from .probe import ProbeResult
-from .report import LayerFinding, NormFinding, Report, Summary, worse
+from .report import BlockFinding, LayerFinding, NormFinding, Report, Summary, worse
 from .stats import is_float_dtype
 
 MODES = ("fan_in", "fan_out")
@@ -116,9 +116,12 @@ def inspect_description(
     findings: list[LayerFinding] = []
     chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
 
+    branch_of = {name: block.name for block in desc.blocks for name in block.layers}
     for layer in desc.layers:
         role, nonlin, param, source = _resolve_role(layer, desc, s, last_name)
-        gain = calculate_gain(nonlin, param)
+        if role == "hidden" and layer.name in branch_of:
+            role = "residual"
+        gain = 1.0 if nonlin == "normalized" else calculate_gain(nonlin, param)
         fan = layer.fan_in if s.mode == "fan_in" else layer.fan_out
         st = layer.stats
         finding = LayerFinding(
@@ -161,6 +164,9 @@ def inspect_description(
         exp = expected_std(gain, max(fan, 1))
         finding.expected_std = exp
         zero = st.zero_count == st.finite_count
+        if role in ("normalized", "residual"):
+            _judge_structural(finding, layer, branch_of.get(layer.name), zero)
+            continue
         if zero:
             finding.std_ratio = finding.weight_variance_ratio = 0.0
             if role == "output":
@@ -211,7 +217,13 @@ def inspect_description(
     compound = _compound(chain, s)
     measured = _apply_probe(findings, probe, s) if probe is not None else None
     norms = [_judge_norm(n) for n in desc.norms]
+    blocks, residual = _judge_blocks(desc, probe, s)
     summary = _summarize(findings, norms, compound, s, measured)
+    if residual is not None:
+        summary.residual_growth, message, status = residual
+        if status != "ok":
+            summary.status = worse(summary.status, status)
+            summary.message = message if summary.status == status else f"{summary.message}; {message}"
     model = {
         "path": desc.path,
         "format": desc.format,
@@ -229,7 +241,36 @@ def inspect_description(
             "backward": probe.backward,
             "notes": list(probe.notes),
         }
-    return Report(model, asdict(s), findings, norms, summary, list(desc.notes), probe_info)
+    notes = list(desc.notes)
+    if desc.blocks and probe is None:
+        notes.append(f"{len(desc.blocks)} residual blocks found; their growth needs the probe")
+    return Report(model, asdict(s), findings, norms, summary, notes, probe_info, blocks)
+
+
+def _judge_structural(f: LayerFinding, layer: Layer, block: str | None, zero: bool) -> None:
+    """Layers whose weight scale does not set the forward signal by itself: followed by a
+    normalization (``normalized``), or inside a residual branch (``residual``, judged by the
+    block's measured growth instead of against Kaiming)."""
+    st = layer.stats
+    if not zero and st.std > 0:
+        f.std_ratio = st.std / f.expected_std
+        f.weight_variance_ratio = f.std_ratio**2
+    if f.role == "normalized":
+        f.message = "followed by a normalization layer: its scale does not set the forward signal; not judged against Kaiming"
+        if zero:
+            f.status, f.message = "error", "all weights are zero: the normalization then divides zero by ~0"
+        elif st.std == 0:
+            f.status, f.message = "error", f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+        return
+    if zero:
+        f.message = f"all-zero, inside residual block {block}: the block starts as the identity (zero-init)"
+    elif st.std == 0:
+        f.status, f.message = "error", f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+    else:
+        f.message = (
+            f"inside residual block {block}: std is {f.std_ratio:.2f}× Kaiming; judged by the block's "
+            "measured growth (residual stream), not per layer"
+        )
 
 
 def _resolve_role(
@@ -238,6 +279,8 @@ def _resolve_role(
     """(role, nonlinearity, param, source) for one layer."""
     if layer.kind == "embedding":
         return "embedding", "linear", None, "rule"
+    if layer.nonlinearity == "normalized":
+        return "normalized", "normalized", None, "graph"
     if layer.nonlinearity is not None:
         role = "output" if layer.is_output else "hidden"
         return role, layer.nonlinearity, layer.nonlinearity_param, "graph"
@@ -349,6 +392,58 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
     last = next((f for f in reversed(findings) if f.depth_ratio is not None), None)
     grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
     return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)
+
+
+def _judge_blocks(
+    desc: ModelDescription, probe: ProbeResult | None, s: Settings
+) -> tuple[list[BlockFinding], tuple[float, str, str] | None]:
+    """Residual blocks: ``growth_k = Var[out_k] / Var[skip_k]``.
+
+    A branch at Kaiming scale adds as much variance as the skip carries, so an un-normalized
+    residual net *doubles* the variance per block — exponential growth. Normalized nets (BatchNorm
+    on batch statistics) add about one unit per block — linear growth, growth factors falling
+    towards 1 (1.49 → 1.12 over 8 blocks): healthy. The finding is a *constant* factor: the
+    geometric mean over the later half of the blocks ≥ 1.5 → ``warn``, and ``error`` when the total
+    over all blocks exceeds the compound threshold.
+    """
+    if not desc.blocks:
+        return [], None
+    tv = probe.tensor_vars if probe is not None else {}
+    blocks = []
+    for b in desc.blocks:
+        skip, out = tv.get(b.skip_tensor), tv.get(b.out_tensor)
+        growth = out / skip if skip and out is not None and skip > 0 else None
+        blocks.append(BlockFinding(b.name, list(b.layers), growth, "ok", ""))
+    growths = [b.growth for b in blocks if b.growth is not None and b.growth > 0]
+    if not growths:
+        for b in blocks:
+            b.message = "growth not measured (no probe)"
+        return blocks, None
+    late = growths[len(growths) // 2 :]
+    late_geo = math.exp(sum(math.log(g) for g in late) / len(late))
+    total = math.prod(growths)
+    geo = math.exp(sum(math.log(g) for g in growths) / len(growths))
+    status = "ok"
+    if late_geo >= 1.5:
+        status = "error" if total > s.compound_threshold else "warn"
+    for b in blocks:
+        if b.growth is None:
+            b.message = "growth not measured"
+            continue
+        b.message = f"Var[out]/Var[skip] = {b.growth:.3g}"
+        if status != "ok" and b.growth >= 1.5:
+            b.status = status
+            b.message += "; the residual stream grows by a constant factor per block"
+    if status == "ok":
+        message = f"residual stream: ×{geo:.3g} per block on average (×{total:.3g} over {len(growths)} blocks): healthy"
+    else:
+        flagged = [b.name for b in blocks if b.status != "ok"]
+        message = (
+            f"residual stream grows ×{late_geo:.3g} per block (×{total:.3g} over {len(growths)} blocks: "
+            f"{', '.join(flagged[:6])}{'…' if len(flagged) > 6 else ''}); remedies: zero-init the last "
+            "norm's γ or the last layer of each branch, or scale branches by 1/sqrt(number of blocks) (Fixup)"
+        )
+    return blocks, (geo, message, status)
 
 
 def _judge_norm(norm: NormLayer) -> NormFinding:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .graph import Block
 from .stats import WeightStats
 
 #: Layer kinds the inspector judges against Kaiming.
@@ -83,3 +84,5 @@ class ModelDescription:
     has_graph: bool = False
     order: str = "checkpoint"
     notes: list[str] = field(default_factory=list)
+    #: residual blocks found in the graph (empty without one)
+    blocks: list[Block] = field(default_factory=list)

@@ -104,6 +104,11 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
         console.print(f"[{_STYLE[f.status]}]{_ICON[f.status]}[/] {f.name}: {f.message}", highlight=False)
     if len(flagged) > max_findings:
         console.print(f"… and {len(flagged) - max_findings} more (see --format json)")
+    if report.residual_blocks:
+        growths = [f"{b.growth:.2f}" if b.growth is not None else "–" for b in report.residual_blocks]
+        console.print(
+            f"residual blocks ({len(report.residual_blocks)}), Var\\[out]/Var\\[in]: {' '.join(growths)}", highlight=False
+        )
     bad_norms = [n for n in report.norm_layers if n.status != "ok"]
     for n in bad_norms:
         console.print(f"[{_STYLE[n.status]}]{_ICON[n.status]}[/] {n.name} ({n.kind}): {n.message}")
@@ -141,6 +146,9 @@ def render_markdown(report: Report) -> str:
     for f in report.layers:
         cells = [c.replace("|", "\\|") for c in _columns(f, _probed(report))]
         lines.append("| " + " | ".join(cells + [f"{icon[f.status]} {f.status}"]) + " |")
+    if report.residual_blocks:
+        lines += ["", "| residual block | Var[out]/Var[in] | status |", "|---|---|---|"]
+        lines += [f"| {b.name} | {_num(b.growth, '.3g')} | {icon[b.status]} {b.status} |" for b in report.residual_blocks]
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     if flagged:
         lines += ["", "### Findings", ""]

@@ -16,9 +16,10 @@ and a CHANGELOG line)::
                  "depth_ratio", "dead_fraction", "grad_var", "grad_ratio"}],
      "norm_layers": [{"name", "kind", "shape", "weight_mean", "weight_std", "bias_mean",
                       "bias_std", "status", "message"}],
+     "residual_blocks": [{"name", "layers", "growth", "status", "message"}],
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
                  "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
-                 "grad_depth_ratio"},
+                 "grad_depth_ratio", "residual_growth"},
      "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
      "notes": [str]}
 
@@ -101,6 +102,17 @@ class NormFinding:
 
 
 @dataclass
+class BlockFinding:
+    """A residual block: ``growth = Var[out] / Var[skip]`` measured by the probe (None without)."""
+
+    name: str
+    layers: list[str]
+    growth: float | None
+    status: str
+    message: str
+
+
+@dataclass
 class Summary:
     status: str
     ok: int
@@ -113,6 +125,7 @@ class Summary:
     depth_ratio: float | None = None
     measured_chain_ratio: float | None = None
     grad_depth_ratio: float | None = None
+    residual_growth: float | None = None  # geometric mean of the blocks' growth
 
 
 @dataclass
@@ -124,6 +137,7 @@ class Report:
     summary: Summary
     notes: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
+    residual_blocks: list[BlockFinding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -154,6 +168,7 @@ class Report:
                 "settings": self.settings,
                 "layers": layers,
                 "norm_layers": [asdict(n) for n in self.norm_layers],
+                "residual_blocks": [asdict(b) for b in self.residual_blocks],
                 "summary": asdict(self.summary),
                 "probe": self.probe,
                 "notes": list(self.notes),

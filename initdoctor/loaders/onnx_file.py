@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity
+from ..graph import OpNode, following_nonlinearity, residual_blocks
 from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats, array_stats
 
@@ -155,12 +155,28 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
         return None
 
     # Build the op graph: node ids are indices; a tensor's users are the nodes reading it.
+    index_of = {id(node): i for i, node in enumerate(graph.node)}
     readers: dict[str, list[str]] = {}
     for i, node in enumerate(graph.node):
         for inp in node.input:
             readers.setdefault(inp, []).append(str(i))
     for out in graph.output:
         readers.setdefault(out.name, []).append("output")
+    gelu_outputs: set[int] = set()
+    for node in graph.node:
+        if node.op_type == "Erf" and _is_gelu(node, producers, readers, graph.node, constants):
+            add = graph.node[int(readers[node.output[0]][0])]
+            after = readers.get(add.output[0], [])
+            if len(after) == 1 and after[0] != "output" and graph.node[int(after[0])].op_type == "Mul":
+                gelu_outputs.add(int(after[0]))
+    silu_nodes: set[int] = set()  # x · sigmoid(x): the Sigmoid and the Mul
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Sigmoid" and node.input:
+            after = readers.get(node.output[0], [])
+            if len(after) == 1 and after[0] != "output":
+                mul = graph.node[int(after[0])]
+                if mul.op_type == "Mul" and set(mul.input) == {node.input[0], node.output[0]}:
+                    silu_nodes.update((i, int(after[0])))
     nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
     found: list[tuple[str, str, str, tuple[int, ...], int]] = []  # (id, init, kind, torch shape, groups)
     node_names: dict[str, str] = {}
@@ -193,9 +209,13 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
         elif t == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
             found.append((nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1))
             op = "weighted"
-        elif t in _NORMS and len(node.input) > 1 and node.input[1] in inits:
-            bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-            norm_found.append((node.input[1], _NORMS[t], bias))
+        elif t in _NORMS:
+            op = "norm"
+            if len(node.input) > 1 and node.input[1] in inits:
+                bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+                norm_found.append((node.input[1], _NORMS[t], bias))
+        elif i in silu_nodes:
+            op = "silu"
         elif t in _ACTIVATIONS:
             op = _ACTIVATIONS[t]
             if op == "leaky_relu":
@@ -204,8 +224,15 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
             op = "pass"
         elif t in ("Add", "Sub"):
             flowing = [x for x in node.input if x not in constants]
-            op = "pass" if len(flowing) <= 1 else "other"
-        nodes[nid] = OpNode(nid, op, users, param)
+            op = "pass" if len(flowing) <= 1 else ("residual" if t == "Add" else "other")
+        elif t == "Erf" and _is_gelu(node, producers, readers, graph.node, constants):
+            op = "gelu"
+        elif i in gelu_outputs:
+            op = "gelu"  # the x · (1 + erf(…)) product: GELU's output
+        elif t in ("Div", "Mul") and _feeds_erf(node, readers, graph.node, constants):
+            op = "pass"  # x / √2 on the way into GELU's Erf
+        produced = [str(index_of[id(producers[x])]) for x in node.input if x in producers and x not in constants]
+        nodes[nid] = OpNode(nid, op, users, param, produced, node.output[0] if node.output else None)
         node_names[nid] = _scope_name(node)
         if op == "weighted":
             tensor_io[nid] = (data_input, _after_bias(node.output[0], readers, graph.node, constants))
@@ -236,7 +263,27 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
     ] if with_stats else []
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
-    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes)
+    layer_of = {nid: layer_name(init_name, node_names[nid]) for nid, init_name, _, _, _ in found}
+    blocks = residual_blocks(nodes, layer_of)
+    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes, blocks)
+
+
+def _feeds_erf(node: Any, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
+    """``x / √2`` (or ``x · 1/√2``) whose only reader is an ``Erf``: part of an exported GELU."""
+    if sum(1 for x in node.input if x not in constants) != 1:
+        return False
+    users = readers.get(node.output[0], [])
+    return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Erf"
+
+
+def _is_gelu(erf: Any, producers: dict[str, Any], readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
+    """``0.5 · x · (1 + erf(x / √2))``: the Erf's input is ``x/√2`` and its output, plus one, is
+    multiplied back into ``x`` — the legacy exporter's GELU."""
+    scaled = producers.get(erf.input[0]) if erf.input else None
+    if scaled is None or scaled.op_type not in ("Div", "Mul"):
+        return False
+    users = readers.get(erf.output[0], [])
+    return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Add"
 
 
 _NO_STATS = WeightStats(0, "float", math.nan, math.nan, math.nan, math.nan)

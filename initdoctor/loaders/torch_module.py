@@ -13,7 +13,7 @@ import operator
 from typing import Any
 
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity
+from ..graph import OpNode, following_nonlinearity, residual_blocks
 from ..model import Layer, ModelDescription, NormLayer
 
 # Module class name → layer kind (matched along the MRO, so subclasses count; TorchScript
@@ -132,7 +132,16 @@ def _module_op(module: Any) -> tuple[str, float | None]:
         return act, param
     if any(name in _PASS_CLASSES for name in _class_names(module)):
         return "pass", None
+    if _lookup(module, _NORM_CLASSES)[0]:
+        return "norm", None
     return "other", None
+
+
+_NORM_NAMES = {
+    "layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm", "native_layer_norm",
+    "native_batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+    "native_group_norm",
+}  # fmt: skip
 
 
 def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] | None:
@@ -165,9 +174,12 @@ def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] 
                     param = float(slope)
             elif name in _PASS_NAMES:
                 op = "pass"
+            elif name in _NORM_NAMES:
+                op = "norm"
         elif node.op == "output":
             op = "output"
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param)
+        inputs = [a.name for a in node.all_input_nodes if a.op != "get_attr"]
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
     return call_order, nodes, node_of
 
 
@@ -176,7 +188,7 @@ def _add_op(node: Any) -> str:
     import torch.fx
 
     flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.op not in ("get_attr",)]
-    return "pass" if len(flowing) <= 1 else "other"
+    return "pass" if len(flowing) <= 1 else "residual"
 
 
 def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
@@ -218,10 +230,12 @@ def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
         order = [n for n in call_order if n in weighted] + [n for n in weighted if n not in node_of]
         follow = {n: following_nonlinearity(nodes, node_of[n]) for n in order if n in node_of}
         order_kind = "execution"
+        blocks = residual_blocks(nodes, {node: path for path, node in node_of.items() if path in weighted})
     else:
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
+        blocks = []
         if not isinstance(module, torch.jit.ScriptModule):
             notes.append("torch.fx could not trace the model: module order and neighbours used")
 
@@ -242,7 +256,7 @@ def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
-    return ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes)
+    return ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks)
 
 
 def _follow_by_module_order(
@@ -294,6 +308,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
     import torch
 
     params = dict(program.graph_signature.inputs_to_parameters)
+    signature = program.graph_signature
+    constant = set(params) | set(signature.inputs_to_buffers) | set(getattr(signature, "inputs_to_lifted_tensor_constants", {}))
     state = program.state_dict
     nodes: dict[str, OpNode] = {}
     found: list[tuple[str, str, str, int]] = []  # (node, fqn, kind, groups)
@@ -316,11 +332,10 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                 found.append((node.name, fqn, kind, groups))
                 op = "weighted"
             elif name in ("add", "add_"):
-                flowing = [
-                    a for a in node.args
-                    if isinstance(a, torch.fx.Node) and a.name not in params
-                ]
-                op = "pass" if len(flowing) <= 1 else "other"
+                flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.name not in constant]
+                op = "pass" if len(flowing) <= 1 else "residual"
+            elif name in _NORM_NAMES:
+                op = "norm"
             elif name in _ACTIVATION_NAMES:
                 op = _ACTIVATION_NAMES[name]
                 if op == "leaky_relu":
@@ -329,7 +344,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                 op = "pass"
         elif node.op == "output":
             op = "output"
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param)
+        inputs = [a.name for a in node.all_input_nodes if a.name not in constant]
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
 
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -353,6 +369,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         for fqn, t in state.items()
         if fqn.endswith(".weight") and t.dim() == 1 and fqn not in seen
     ]  # fmt: skip
+    layer_of = {node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn) for node_name, fqn, _, _ in found}
     return ModelDescription(
-        path, "torch.export", count_parameters(list(state.values())), layers, norms, True, "execution"
+        path, "torch.export", count_parameters(list(state.values())), layers, norms, True, "execution",
+        blocks=residual_blocks(nodes, layer_of),
     )

@@ -99,6 +99,19 @@ class ProbeResult:
     runs: int = 1
     seed: int = 0
     backward: bool = False
+    #: Var of extra graph tensors the description asked for (residual blocks' skip and output)
+    tensor_vars: dict[str, float] = field(default_factory=dict)
+
+
+def extra_tensors(desc: Any) -> list[str]:
+    """Graph tensors besides layer inputs/outputs that the probe measures: each residual block's
+    skip input and output (growth = Var[out] / Var[skip])."""
+    names: list[str] = []
+    for block in getattr(desc, "blocks", []):
+        for t in (block.skip_tensor, block.out_tensor):
+            if t not in names:
+                names.append(t)
+    return names
 
 
 #: ``progress(done, total)``: called as the probe measures layers (the CLI draws a bar with it).

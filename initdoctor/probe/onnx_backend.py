@@ -31,7 +31,17 @@ import numpy as np
 
 from ..model import ModelDescription
 from ..stats import Moments, fast_moments
-from . import Collector, Progress, ProbeError, ProbeResult, ProbeSettings, Ticker, default_vocab, random_inputs
+from . import (
+    Collector,
+    Progress,
+    ProbeError,
+    ProbeResult,
+    ProbeSettings,
+    Ticker,
+    default_vocab,
+    extra_tensors,
+    random_inputs,
+)
 
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64"}
 
@@ -255,10 +265,11 @@ def probe_onnx(
         }
 
     notes = []
+    extra = {t: Moments() for t in extra_tensors(desc)}
     strategy = settings.onnx_strategy
     if strategy == "reduce":
         feeds = _Inputs(specs, desc, settings, inputs)
-        result = _probe_reduce(model, weights, triples, info, feeds, collectors(), repeats)
+        result = _probe_reduce(model, weights, triples, info, feeds, collectors(), repeats, extra)
         if result is None:
             notes.append("a reduced sum was not finite or lost precision: re-measured with exposed tensors")
             strategy = "expose"
@@ -267,6 +278,7 @@ def probe_onnx(
         result = _probe_expose(model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes)
     cols, runs = result
     out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
+    out.tensor_vars = {t: m.var for t, m in extra.items() if m.count}
     if repeats > 1:
         out.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
     out.notes.extend(notes)
@@ -288,7 +300,7 @@ def _reduced_moments(n: Any, total: Any, squares: Any) -> Moments | None:
     return Moments(n, mean, m2)
 
 
-def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
+def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, extra):
     """Reduction nodes in the graph; returns None when a result cannot be trusted."""
     import onnx
     from onnx import TensorProto, helper
@@ -297,7 +309,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
     feed_names = {name for name, _, _ in feeds.specs}
     added_outputs = len(model.graph.output)
     fetch_of: dict[str, dict[str, str]] = {}
-    extra: dict[str, list[Any]] = {}  # tensor → its reduction nodes
+    reductions: dict[str, list[Any]] = {}  # tensor → its reduction nodes
 
     def reduce(tensor: str, unit_axis: int | None) -> None:
         if tensor in fetch_of or tensor in feed_names or not tensor:
@@ -325,7 +337,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
                 nodes.append(helper.make_node("ReduceMax", [src, const], [outs["max"]], keepdims=0, name=f"{key}::rmax"))
             else:
                 nodes.append(helper.make_node("ReduceMax", [src], [outs["max"]], axes=axes, keepdims=0, name=f"{key}::rmax"))
-        extra[tensor] = nodes
+        reductions[tensor] = nodes
         model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs.values())
         fetch_of[tensor] = outs
 
@@ -333,6 +345,8 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
         c = collectors[name]
         reduce(x, None)
         reduce(y, c.unit_axis if c.relu else None)
+    for t in extra:
+        reduce(t, None)
     # Each tensor's reductions go right after the node that makes it: onnxruntime runs nodes in
     # this order, so the tensor is reduced and freed at once instead of living to the end of the graph.
     original = [onnx.NodeProto.FromString(n.SerializeToString()) for n in model.graph.node]
@@ -340,7 +354,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
     for node in original:
         interleaved.append(node)
         for out in node.output:
-            interleaved.extend(extra.get(out, ()))
+            interleaved.extend(reductions.get(out, ()))
     try:
         del model.graph.node[:]
         model.graph.node.extend(interleaved)
@@ -369,6 +383,10 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats):
                 return None
             peak = values.get(fetch_of[y]["max"]) if y in fetch_of and "max" in fetch_of[y] else None
             c.add(x_m, 0, y_m, 0, 0, np.asarray(peak) if peak is not None else None)
+        for t in extra:
+            m = _reduced_moments(*(values[fetch_of[t][k]] for k in ("n", "sum", "sq"))) if t in fetch_of else None
+            if m is not None:
+                extra[t].merge_moments(m)
     return collectors, runs
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..model import ModelDescription
+from ..stats import Moments, fast_moments
 from . import (
     Collector,
     Progress,
@@ -23,6 +24,7 @@ from . import (
     ProbeSettings,
     Ticker,
     default_vocab,
+    extra_tensors,
     infer_input_shape,
     random_inputs,
 )
@@ -101,13 +103,17 @@ def probe_torch(
     handles: list[Any] = []
     try:
         state.prepare()
+        extra = {name: Moments() for name in extra_tensors(desc)}
         if exported:
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
-            runner = _interpreter(module, by_weight, settings.backward)
-            call = runner.run
+            call = _interpreter(module, by_weight, settings.backward, extra).run
         else:
             handles = [_hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers]
             call = module
+            if extra:  # residual blocks: run the fx graph so that functional adds can be measured
+                import torch.fx
+
+                call = _interpreter(torch.fx.symbolic_trace(module), {}, settings.backward, extra).run
         with torch.set_grad_enabled(settings.backward):
             try:
                 output = call(*inputs)
@@ -123,6 +129,7 @@ def probe_torch(
         backend="torch.export" if exported else "torch",
         layers={name: c.result() for name, c in collectors.items() if c.calls},
         inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in inputs],
+        tensor_vars={name: m.var for name, m in extra.items() if m.count},
     )
     missed = [name for name, c in collectors.items() if not c.calls]
     if missed:
@@ -154,12 +161,16 @@ def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
     return target.register_forward_hook(hook)
 
 
-def _interpreter(module: Any, by_weight: dict[str, Collector], backward: bool) -> Any:
+def _interpreter(module: Any, by_weight: dict[str, Collector], backward: bool, extra: dict[str, Moments]) -> Any:
     import torch.fx
 
     class StatsInterpreter(torch.fx.Interpreter):
         def run_node(self, n: Any) -> Any:
             result = super().run_node(n)
+            if n.name in extra:
+                values = _np(result)
+                if values is not None:
+                    extra[n.name].merge_moments(fast_moments(values)[0])
             if n.op == "call_function":
                 spec = _WEIGHTED_ATEN.get(getattr(n.target, "__name__", "").split(".")[0])
                 if spec and len(n.args) > max(spec):
