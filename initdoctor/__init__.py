@@ -47,9 +47,9 @@ def load(source: Any, *, trust: bool = False, weights: Any = None):
     from .loaders import LoadedModel
 
     if _is_torch_module(source):
-        from .loaders.torch_module import describe_module
+        from .loaders.torch_module import describe_module_graph
 
-        return LoadedModel(describe_module(source, path=type(source).__name__, fmt="torch-module"), source, "torch")
+        return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
     from .loaders import load as _load
 
     return _load(source, trust=trust, weights=weights)

@@ -34,6 +34,23 @@ class OpNode:
     tensor: str | None = None  # the value the probe can measure (fx node / ONNX tensor name)
 
 
+def _reaches_output(nodes: Mapping[str, OpNode], node: OpNode, max_steps: int = 16) -> bool:
+    """Whether ``node``'s value reaches a model output through pass-through nodes only (a head
+    such as BERT's pooler: Linear → tanh → output)."""
+    frontier, steps = list(node.users), 0
+    while frontier and steps < max_steps:
+        steps += 1
+        nxt = nodes.get(frontier.pop())
+        if nxt is None:
+            return False
+        if nxt.op == "output":
+            return True
+        if nxt.op != "pass":
+            return False
+        frontier.extend(nxt.users)
+    return False
+
+
 @dataclass
 class Block:
     """A residual block: ``out = skip + branch(…)``; ``layers`` are the weighted layers in the
@@ -83,6 +100,32 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
     return blocks
 
 
+def stream_inputs(nodes: dict[str, OpNode], layer_of: dict[str, str], blocks: list[Block]) -> list[str]:
+    """Weighted layers that feed the residual stream itself: ancestors of a block's skip input that
+    sit in no branch (a ViT's patch projection, a ResNet's stem). Their scale is the stream's
+    starting scale, which the blocks' normalization or relative growth makes secondary."""
+    if not blocks:
+        return []
+    in_branch = {name for b in blocks for name in b.layers}
+    by_tensor = {node.tensor: node_id for node_id, node in nodes.items() if node.tensor is not None}
+    found: list[str] = []
+    for block in blocks:
+        start = by_tensor.get(block.skip_tensor)
+        frontier, seen = ([start] if start else []), set()
+        while frontier:
+            node_id = frontier.pop()
+            if node_id in seen or node_id not in nodes:
+                continue
+            seen.add(node_id)
+            name = layer_of.get(node_id)
+            if name is not None:
+                if name not in in_branch and name not in found:
+                    found.append(name)
+                continue  # stop at the first weighted layer on each path
+            frontier.extend(nodes[node_id].inputs)
+    return found
+
+
 def _common_prefix(names: list[str]) -> str:
     parts = [n.split(".") for n in names]
     common = []
@@ -117,7 +160,7 @@ def following_nonlinearity(
         if node is None or steps > max_steps or node.op in ("other", "residual"):
             return None
         if node.op in ACTIVATIONS:
-            found.add((node.op, node.param, False))
+            found.add((node.op, node.param, _reaches_output(nodes, node)))
         elif node.op == "norm":
             found.add(("normalized", None, False))
         elif node.op == "output":

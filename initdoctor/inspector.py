@@ -117,10 +117,13 @@ def inspect_description(
     chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
 
     branch_of = {name: block.name for block in desc.blocks for name in block.layers}
+    feeders = set(desc.stream_inputs)
     for layer in desc.layers:
         role, nonlin, param, source = _resolve_role(layer, desc, s, last_name)
         if role == "hidden" and layer.name in branch_of:
             role = "residual"
+        elif role == "hidden" and layer.name in feeders:
+            role = "stream"
         gain = 1.0 if nonlin == "normalized" else calculate_gain(nonlin, param)
         fan = layer.fan_in if s.mode == "fan_in" else layer.fan_out
         st = layer.stats
@@ -198,7 +201,7 @@ def inspect_description(
             )
             continue
         if abs(ln_r) > math.log(s.error_threshold) + allow:
-            finding.status = "error"
+            finding.status = "error" if role != "stream" else "warn"
         elif abs(ln_r) > math.log(s.warn_threshold) + allow:
             finding.status = "warn"
         if finding.status == "ok":
@@ -212,6 +215,9 @@ def inspect_description(
         if st.mean is not None and abs(st.mean) > 0.5 * st.std and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count):
             finding.status = worse(finding.status, "warn")
             finding.message += f"; mean {_fmt(st.mean)} is {abs(st.mean) / st.std:.2f}× the std (Kaiming assumes zero mean)"
+        if role == "stream":
+            finding.message += "; feeds the residual stream (its starting scale): at most a warning"
+            continue
         chain.append((finding, ln_r))
 
     compound = _compound(chain, s)
@@ -340,7 +346,8 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
         f.grad_var = a.grad_var
         if f.role == "embedding":
             continue
-        if first_var is None and math.isfinite(a.activation_var) and a.activation_var > 0:
+        plain = f.role in ("hidden", "output")  # depth is a plain chain's notion
+        if plain and first_var is None and math.isfinite(a.activation_var) and a.activation_var > 0:
             first_var = a.activation_var
         if first_var and math.isfinite(a.activation_var):
             f.depth_ratio = a.activation_var / first_var
@@ -389,7 +396,9 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
                 f"; measured variance ratio {f.variance_ratio:.3g} although the weights are Kaiming: "
                 f"finite-width fluctuation for this input; data-driven fix (LSUV): rescale by {f.measured_scale:.3g}"
             )
-    last = next((f for f in reversed(findings) if f.depth_ratio is not None), None)
+    last = next((f for f in reversed(findings) if f.depth_ratio is not None and f.role in ("hidden", "output")), None)
+    if not chain:
+        last = None  # no plain chain of hidden layers (normalized or residual nets): no depth verdict
     grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
     return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)
 

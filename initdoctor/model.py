@@ -86,3 +86,5 @@ class ModelDescription:
     notes: list[str] = field(default_factory=list)
     #: residual blocks found in the graph (empty without one)
     blocks: list[Block] = field(default_factory=list)
+    #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
+    stream_inputs: list[str] = field(default_factory=list)

@@ -94,10 +94,10 @@ def load(source: str | Path, *, trust: bool = False, weights: str | Path | None 
 
     text = str(source)
     if is_factory_spec(text):
-        from .torch_module import describe_module
+        from .torch_module import describe_module_graph
 
         model = build_from_factory(text, str(weights) if weights else None, trust=trust)
-        return LoadedModel(describe_module(model, path=text, fmt="factory"), model, "torch")
+        return LoadedModel(*describe_module_graph(model, path=text, fmt="factory"))
     if weights:
         raise InputError("--weights goes with a factory source (package.module:function)")
     path = Path(text)
@@ -120,9 +120,13 @@ def load(source: str | Path, *, trust: bool = False, weights: str | Path | None 
         from .torch_file import describe_torch_object, load_torch_object
 
         obj = load_torch_object(path, trust=trust)
-        desc = describe_torch_object(obj, path, "state_dict")
-        is_module = desc.format == "torch-module"
-        return LoadedModel(desc, obj if is_module else None, "torch" if is_module else None)
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            from .torch_module import describe_module_graph
+
+            return LoadedModel(*describe_module_graph(obj, path=str(path), fmt="torch-module"))
+        return LoadedModel(describe_torch_object(obj, path, "state_dict"))
     if fmt == "torchscript":
         from .torch_file import load_torchscript
         from .torch_module import describe_module

@@ -127,7 +127,7 @@ class TorchModule(_TorchTensors):
         import torch
 
         if self.fmt == "factory":
-            state = {k: v.detach() for k, v in self.model.state_dict().items()}
+            state = {k: v.detach() for k, v in self._tensors().items()}
             return atomic_write(dst, lambda tmp: torch.save(state, tmp))
         if self.fmt == "torchscript":
             return atomic_write(dst, lambda tmp: torch.jit.save(self.model, str(tmp)))

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity, residual_blocks
+from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats, array_stats
 
@@ -265,7 +265,8 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
     notes = [] if model.opset_import else ["the model declares no opset"]
     layer_of = {nid: layer_name(init_name, node_names[nid]) for nid, init_name, _, _, _ in found}
     blocks = residual_blocks(nodes, layer_of)
-    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes, blocks)
+    feeders = stream_inputs(nodes, layer_of, blocks)
+    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes, blocks, feeders)
 
 
 def _feeds_erf(node: Any, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
@@ -309,7 +310,11 @@ def _scope_name(node: Any) -> str:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
                 break
-            return ".".join(str(part) for part in scopes[:-1] if part)
+            path = ""
+            for part in (str(p) for p in scopes[:-1] if p):
+                # the dynamo exporter lists either each level's name or each level's full path
+                path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+            return path
     if node.name.startswith("/") and node.name.count("/") >= 2:
         return ".".join(part for part in node.name.strip("/").split("/")[:-1] if part)
     return ""

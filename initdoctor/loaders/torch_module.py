@@ -13,7 +13,7 @@ import operator
 from typing import Any
 
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity, residual_blocks
+from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
 
 # Module class name → layer kind (matched along the MRO, so subclasses count; TorchScript
@@ -29,6 +29,7 @@ _WEIGHTED_CLASSES = {
     "ConvTranspose3d": "conv_transpose3d",
     "Embedding": "embedding",
     "EmbeddingBag": "embedding",
+    "Conv1D": "linear",  # Hugging Face transformers' Conv1D: a Linear storing W as [in, out]
 }
 _NORM_CLASSES = {
     "BatchNorm1d": "batchnorm",
@@ -193,6 +194,13 @@ def _add_op(node: Any) -> str:
 
 def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
     """Describe an ``nn.Module`` or TorchScript module."""
+    return describe_module_graph(module, path=path, fmt=fmt)[0]
+
+
+def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDescription, Any, str]:
+    """Describe a module and say what runs it for the probe: the module itself (backend
+    ``torch``/``torchscript``) or, when only ``torch.export`` could read its graph, that program
+    (``torch.export``; its parameters are the module's own)."""
     import torch
 
     weighted: dict[str, tuple[Any, str]] = {}
@@ -225,17 +233,26 @@ def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
             )
 
     traced = None if isinstance(module, torch.jit.ScriptModule) else _fx_graph(module)
+    if traced is None and not isinstance(module, torch.jit.ScriptModule):
+        program = export_for_graph(module, weighted)
+        if program is not None:
+            desc = describe_exported(program, path=path)
+            desc.format = fmt
+            desc.notes.append("graph read from torch.export (torch.fx could not trace the model)")
+            return desc, program, "torch.export"
     if traced is not None:
         call_order, nodes, node_of = traced
         order = [n for n in call_order if n in weighted] + [n for n in weighted if n not in node_of]
         follow = {n: following_nonlinearity(nodes, node_of[n]) for n in order if n in node_of}
         order_kind = "execution"
-        blocks = residual_blocks(nodes, {node: path for path, node in node_of.items() if path in weighted})
+        layer_nodes = {node: path for path, node in node_of.items() if path in weighted}
+        blocks = residual_blocks(nodes, layer_nodes)
+        feeders = stream_inputs(nodes, layer_nodes, blocks)
     else:
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
-        blocks = []
+        blocks, feeders = [], []
         if not isinstance(module, torch.jit.ScriptModule):
             notes.append("torch.fx could not trace the model: module order and neighbours used")
 
@@ -256,7 +273,36 @@ def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
-    return ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks)
+    desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders)
+    return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
+
+
+def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
+    """``torch.export`` the model on a small example input inferred from its first weighted module
+    (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
+    import torch
+
+    from ..probe import infer_input_shape
+
+    if not weighted:
+        return None
+    first, kind = next(iter(weighted.values()))
+    shape = tuple(int(d) for d in first.weight.shape)
+    if kind == "linear" and type(first).__name__ == "Conv1D":
+        shape = shape[::-1]
+    example_shape = infer_input_shape(kind, shape, int(getattr(first, "groups", 1) or 1), 2)
+    if kind == "embedding":
+        example = torch.randint(0, shape[0], example_shape, generator=torch.Generator().manual_seed(0))
+    else:
+        example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
+    try:
+        module.eval()
+        return torch.export.export(module, (example,), strict=False)
+    except Exception:  # noqa: BLE001 - any export failure means "no graph"
+        return None
+    finally:
+        module.train(was_training)
 
 
 def _follow_by_module_order(
@@ -295,6 +341,10 @@ _EXPORT_WEIGHTED = {
     "conv_transpose3d": (1, 6, True),
     "convolution": (1, 8, None),
     "embedding": (0, None, False),
+    # x @ W with W stored [in, out] (Hugging Face's Conv1D: addmm(bias, x, W))
+    "addmm": (2, None, False),
+    "mm": (1, None, False),
+    "matmul": (1, None, False),
 }
 
 
@@ -325,9 +375,16 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                 if name == "convolution":
                     transposed = bool(node.args[6])
                 rank = state[fqn].dim()
-                kind = name if name in ("linear", "embedding") else (
-                    f"conv_transpose{rank - 2}d" if transposed else f"conv{rank - 2}d"
-                )
+                if name in ("addmm", "mm", "matmul"):
+                    kind = "matmul"
+                    if rank != 2:
+                        nodes[node.name] = OpNode(node.name, "other", [u.name for u in node.users], None,
+                                                  [a.name for a in node.all_input_nodes if a.name not in constant], node.name)  # fmt: skip
+                        continue
+                elif name in ("linear", "embedding"):
+                    kind = name
+                else:
+                    kind = f"conv_transpose{rank - 2}d" if transposed else f"conv{rank - 2}d"
                 groups = int(node.args[gidx]) if gidx is not None and len(node.args) > gidx else 1
                 found.append((node.name, fqn, kind, groups))
                 op = "weighted"
@@ -355,7 +412,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         seen.add(fqn)
         weight = state[fqn]
         shape = tuple(int(s) for s in weight.shape)
-        fan_in, fan_out = fans(kind, shape, groups)
+        fan_in, fan_out = fans(kind, shape[::-1] if kind == "matmul" else shape, groups)  # matmul: [in, out]
         name = fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn
         bias_key = f"{name}.bias" if f"{name}.bias" in state else None
         layer = Layer(name, kind, fqn, shape, fan_in, fan_out, tensor_stats(weight), groups, bias_key)
@@ -372,5 +429,6 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
     layer_of = {node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn) for node_name, fqn, _, _ in found}
     return ModelDescription(
         path, "torch.export", count_parameters(list(state.values())), layers, norms, True, "execution",
-        blocks=residual_blocks(nodes, layer_of),
+        blocks=(blocks := residual_blocks(nodes, layer_of)),
+        stream_inputs=stream_inputs(nodes, layer_of, blocks),
     )

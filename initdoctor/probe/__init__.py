@@ -138,6 +138,7 @@ class Collector:
 
     def __init__(self, name: str, kind: str, relu: bool, ticker: "Ticker | None" = None) -> None:
         self.name = name
+        self.kind = kind
         self.ticker = ticker
         self.unit_axis = 1 if kind.startswith("conv") else -1
         self.relu = relu

@@ -161,7 +161,8 @@ class _Weights:
         self.values: list[Any] = []
         self.arrays: list[np.ndarray] = []  # keep alive while a session uses them
         for tensor in model.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            # small tensors (shapes, scalars) stay inline: onnxruntime's shape inference reads them
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() < 1024:
                 continue
             array = np.ascontiguousarray(numpy_helper.to_array(tensor))
             stub = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
@@ -276,6 +277,8 @@ def probe_onnx(
     if strategy == "expose":
         feeds = _Inputs(specs, desc, settings, inputs)
         result = _probe_expose(model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes)
+        extra = {t: Moments() for t in extra_tensors(desc)}
+        _expose_extra(model, weights, feeds, repeats, extra)
     cols, runs = result
     out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
     out.tensor_vars = {t: m.var for t, m in extra.items() if m.count}
@@ -350,7 +353,9 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
     # Each tensor's reductions go right after the node that makes it: onnxruntime runs nodes in
     # this order, so the tensor is reduced and freed at once instead of living to the end of the graph.
     original = [onnx.NodeProto.FromString(n.SerializeToString()) for n in model.graph.node]
-    interleaved = []
+    produced = {out for node in original for out in node.output}
+    # tensors no node makes (initializers folded by the exporter): reduced up front
+    interleaved = [n for t, nodes in reductions.items() if t not in produced for n in nodes]
     for node in original:
         interleaved.append(node)
         for out in node.output:
@@ -365,6 +370,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
         del model.graph.output[added_outputs:]
     fetch = [o for outs in fetch_of.values() for o in outs.values()]
     runs = 0
+    unmeasured: set[str] = set()
     for _ in range(repeats):
         feed = feeds.next()
         values = dict(zip(fetch, _run(session, fetch, feed)))
@@ -383,10 +389,14 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
                 return None
             peak = values.get(fetch_of[y]["max"]) if y in fetch_of and "max" in fetch_of[y] else None
             c.add(x_m, 0, y_m, 0, 0, np.asarray(peak) if peak is not None else None)
-        for t in extra:
+        for t in extra:  # block tensors: an untrustworthy sum leaves that block unmeasured, no fallback
             m = _reduced_moments(*(values[fetch_of[t][k]] for k in ("n", "sum", "sq"))) if t in fetch_of else None
             if m is not None:
                 extra[t].merge_moments(m)
+            else:
+                unmeasured.add(t)
+    for t in unmeasured:
+        extra[t] = Moments()
     return collectors, runs
 
 
@@ -421,3 +431,25 @@ def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, gro
             del values
         del session
     return collectors, runs
+
+
+def _expose_extra(model, weights, feeds, repeats, extra: dict[str, Moments]) -> None:
+    """Residual-block tensors, fetched as outputs in one more session (the ``expose`` fallback)."""
+    import onnx
+
+    feed_names = {name for name, _, _ in feeds.specs}
+    fetch = [t for t in extra if t not in feed_names]
+    if not fetch:
+        return
+    base_outputs = len(model.graph.output)
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetch if t not in existing)
+    try:
+        session = weights.session(model)
+    finally:
+        del model.graph.output[base_outputs:]
+    feeds.restart()
+    for _ in range(repeats):
+        for t, value in zip(fetch, _run(session, fetch, feeds.next())):
+            if np.asarray(value).dtype.kind == "f":
+                extra[t].merge_moments(fast_moments(np.asarray(value))[0])

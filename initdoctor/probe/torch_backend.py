@@ -33,7 +33,7 @@ from . import (
 _WEIGHTED_ATEN = {
     "linear": (0, 1), "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "convolution": (0, 1),
     "conv_transpose1d": (0, 1), "conv_transpose2d": (0, 1), "conv_transpose3d": (0, 1),
-    "embedding": (1, 0),
+    "embedding": (1, 0), "addmm": (1, 2), "mm": (0, 1), "matmul": (0, 1),
 }  # fmt: skip
 
 
@@ -172,10 +172,16 @@ def _interpreter(module: Any, by_weight: dict[str, Collector], backward: bool, e
                 if values is not None:
                     extra[n.name].merge_moments(fast_moments(values)[0])
             if n.op == "call_function":
-                spec = _WEIGHTED_ATEN.get(getattr(n.target, "__name__", "").split(".")[0])
+                aten = getattr(n.target, "__name__", "").split(".")[0]
+                spec = _WEIGHTED_ATEN.get(aten)
                 if spec and len(n.args) > max(spec):
                     w, x = n.args[spec[1]], n.args[spec[0]]
-                    if isinstance(w, torch.fx.Node) and w.op == "get_attr" and w.target in by_weight:
+                    if (
+                        isinstance(w, torch.fx.Node)
+                        and w.op == "get_attr"
+                        and w.target in by_weight
+                        and (aten == "embedding") == (by_weight[w.target].kind == "embedding")  # tied weights
+                    ):
                         x_val = self.env.get(x) if isinstance(x, torch.fx.Node) else None
                         _observe(by_weight[w.target], x_val, result, backward)
             return result
