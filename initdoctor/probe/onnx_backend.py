@@ -404,22 +404,14 @@ def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, gro
     """Intermediate tensors fetched as outputs, in groups of at most ``group_bytes``: one session
     per group with only that group's tensors marked as outputs (onnxruntime keeps every graph
     output of a run alive, fetched or not), each fed the same seeded inputs."""
-    import onnx
-
     feed_names = {name for name, _, _ in feeds.specs}
-    base_outputs = len(model.graph.output)
-    existing = {o.name for o in model.graph.output}
     groups = _groups(triples, _tensor_bytes(info), group_bytes)
     if len(groups) > 1:
         notes.append(f"{len(groups)} output groups of ≤ {group_bytes / 2**20:.3g} MiB each, one session each")
     runs = 0
     for group in groups:
         fetch = sorted({t for _, x, y in group for t in (x, y) if t and t not in feed_names})
-        model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetch if t not in existing)
-        try:
-            session = weights.session(model)
-        finally:
-            del model.graph.output[base_outputs:]
+        session = _session_with_outputs(model, weights, fetch)
         feeds.restart()
         for _ in range(repeats):
             feed = feeds.next()
@@ -435,21 +427,26 @@ def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, gro
 
 def _expose_extra(model, weights, feeds, repeats, extra: dict[str, Moments]) -> None:
     """Residual-block tensors, fetched as outputs in one more session (the ``expose`` fallback)."""
-    import onnx
-
     feed_names = {name for name, _, _ in feeds.specs}
     fetch = [t for t in extra if t not in feed_names]
     if not fetch:
         return
-    base_outputs = len(model.graph.output)
-    existing = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in fetch if t not in existing)
-    try:
-        session = weights.session(model)
-    finally:
-        del model.graph.output[base_outputs:]
+    session = _session_with_outputs(model, weights, fetch)
     feeds.restart()
     for _ in range(repeats):
         for t, value in zip(fetch, _run(session, fetch, feeds.next())):
             if np.asarray(value).dtype.kind == "f":
                 extra[t].merge_moments(fast_moments(np.asarray(value))[0])
+
+
+def _session_with_outputs(model, weights, names: list[str]) -> Any:
+    """A session in which ``names`` are graph outputs; the caller's proto is left as it was."""
+    import onnx
+
+    base_outputs = len(model.graph.output)
+    existing = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in existing)
+    try:
+        return weights.session(model)
+    finally:
+        del model.graph.output[base_outputs:]
