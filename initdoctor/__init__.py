@@ -22,6 +22,8 @@ __version__ = "0.3.0"
 __all__ = [
     "__version__",
     "diagnose",
+    "assert_healthy_init",
+    "InitializationError",
     "fix_model",
     "describe",
     "load",
@@ -33,7 +35,7 @@ __all__ = [
     "SettingsError",
 ]
 
-from .errors import InitDoctorError, InputError, SettingsError, UntrustedFormatError
+from .errors import InitDoctorError, InitializationError, InputError, SettingsError, UntrustedFormatError
 from .inspector import Settings
 from .report import Report
 
@@ -67,6 +69,7 @@ def diagnose(
     weights: Any = None,
     probe: bool = False,
     progress: Any = None,
+    example_inputs: Any = None,
     **settings: Any,
 ) -> Report:
     """Inspect ``source`` and return a :class:`Report`.
@@ -76,7 +79,8 @@ def diagnose(
     ``settings`` are :class:`Settings` fields (``nonlinearity``, ``mode``, thresholds…) and
     :class:`~initdoctor.probe.ProbeSettings` fields (``input_shapes``, ``batch_size``, ``seed``,
     ``vocab_size``, ``backward``, ``input_dtype``). ``progress(done, total)`` is told of the
-    probe's progress.
+    probe's progress. ``example_inputs`` (a tensor or a tuple of tensors) replaces the seeded random
+    batch for a torch model.
     """
     from .inspector import inspect_description
     from .probe import run_probe
@@ -92,7 +96,7 @@ def diagnose(
                 "give the model's factory (--model pkg.mod:fn) to measure activations"
             )
         else:
-            result = run_probe(loaded, probe_settings, progress)
+            result = run_probe(loaded, probe_settings, progress, example_inputs)
     report = inspect_description(loaded.description, inspect_settings, result)
     report.notes.extend(notes)
     return report
@@ -115,6 +119,29 @@ def _split_settings(settings: dict[str, Any]) -> tuple[Settings, Any]:
         Settings(**{k: v for k, v in settings.items() if k in inspect_keys}),
         ProbeSettings(**{k: v for k, v in settings.items() if k in probe_keys}),
     )
+
+
+def assert_healthy_init(
+    model: Any, example_inputs: Any = None, *, fail_on: str = "error", probe: bool | None = None, **settings: Any
+) -> Report:
+    """Raise :class:`InitializationError` when ``model``'s initialization has findings at or above
+    ``fail_on`` — for users' own test suites and a pre-training check::
+
+        def test_init():
+            initdoctor.assert_healthy_init(build_model())
+
+    The probe runs when ``example_inputs`` are given (or ``probe=True``). Returns the report.
+    """
+    report = diagnose(model, probe=bool(example_inputs is not None) if probe is None else probe,
+                      example_inputs=example_inputs, **settings)  # fmt: skip
+    if report.exit_code(fail_on):
+        failing = report.failing(fail_on)
+        lines = [f"  {f.name} ({f.status}): {f.message}" for f in failing[:20]]
+        more = f"\n  … and {len(failing) - 20} more" if len(failing) > 20 else ""
+        raise InitializationError(
+            f"initialization check failed: {report.summary.message}\n" + "\n".join(lines) + more, report
+        )
+    return report
 
 
 def fix_model(source: Any, **kwargs: Any):

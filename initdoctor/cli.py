@@ -10,7 +10,7 @@ import io
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -64,18 +64,18 @@ def _root(
 # Options shared by several commands (one definition each).
 ModelArg = Annotated[str, typer.Argument(help="Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or a factory package.module:function.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="State_dict or safetensors file to load into a factory's model.")]
-TrustOpt = Annotated[bool, typer.Option("--trust", help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")]
-NonlinearityOpt = Annotated[str, typer.Option(help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")]
-SlopeOpt = Annotated[float, typer.Option(help="Slope for --nonlinearity leaky_relu.")]
-ModeOpt = Annotated[Mode, typer.Option(help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).")]
-WarnOpt = Annotated[float, typer.Option(help="Variance factor beyond which a layer warns (either way).")]
-ErrorOpt = Annotated[float, typer.Option(help="Variance factor beyond which a layer is an error.")]
-CompoundOpt = Annotated[float, typer.Option(help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")]
+TrustOpt = Annotated[Optional[bool], typer.Option("--trust/--no-trust", show_default=False, help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")]
+NonlinearityOpt = Annotated[Optional[str], typer.Option(show_default="relu", help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")]
+SlopeOpt = Annotated[Optional[float], typer.Option(show_default="0.01", help="Slope for --nonlinearity leaky_relu.")]
+ModeOpt = Annotated[Optional[Mode], typer.Option(show_default="fan_in", help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).")]
+WarnOpt = Annotated[Optional[float], typer.Option(show_default="1.25", help="Variance factor beyond which a layer warns (either way).")]
+ErrorOpt = Annotated[Optional[float], typer.Option(show_default="4", help="Variance factor beyond which a layer is an error.")]
+CompoundOpt = Annotated[Optional[float], typer.Option(show_default="16", help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")]
 FactoryOpt = Annotated[Optional[str], typer.Option("--model", help="Factory package.module:function that builds the model whose weights MODEL holds (gives a state_dict a graph to probe).")]
 ShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX graph's, else inferred from the first layer.")]
-DtypeOpt = Annotated[str, typer.Option(help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")]
-BatchOpt = Annotated[int, typer.Option(help="Probe batch size (fills a dynamic batch dimension).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the probe's inputs (and of --method reinit): the same seed gives the same result.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(show_default="float32", help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")]
+BatchOpt = Annotated[Optional[int], typer.Option(show_default="32", help="Probe batch size (fills a dynamic batch dimension).")]
+SeedOpt = Annotated[Optional[int], typer.Option(show_default="0", help="Seed of the probe's inputs (and of --method reinit): the same seed gives the same result.")]
 VocabOpt = Annotated[Optional[int], typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table.")]
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
@@ -92,22 +92,61 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold, compound_threshold,
-              input_shape, input_dtype, batch_size, seed, vocab_size) -> dict:  # fmt: skip
-    """The library settings the shared options map to."""
-    return {
-        "nonlinearity": nonlinearity,
-        "negative_slope": negative_slope,
-        "mode": mode.value,
-        "warn_threshold": warn_threshold,
-        "error_threshold": error_threshold,
-        "compound_threshold": compound_threshold,
-        "input_shapes": tuple(_shape(text) for text in input_shape or ()),
-        "input_dtype": input_dtype,
-        "batch_size": batch_size,
-        "seed": seed,
-        "vocab_size": vocab_size,
+DEFAULTS: dict[str, Any] = {
+    "nonlinearity": "relu",
+    "negative-slope": 0.01,
+    "mode": "fan_in",
+    "warn-threshold": 1.25,
+    "error-threshold": 4.0,
+    "compound-threshold": 16.0,
+    "fail-on": "error",
+    "probe": True,
+    "input-shape": [],
+    "input-dtype": "float32",
+    "batch-size": 32,
+    "seed": 0,
+    "vocab-size": None,
+    "trust": False,
+    "ignore": [],
+    "overrides": {},
+}
+
+
+def _resolve(**cli: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Command line > ``[tool.initdoctor]`` > defaults. Returns (library settings for
+    :func:`initdoctor.diagnose`, the resolved options by long name)."""
+    from .config import load_config, overrides_setting
+
+    table, _ = load_config()
+    opts: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        value = cli.get(key.replace("-", "_"))
+        if isinstance(value, Enum):
+            value = value.value
+        if value is None or value == []:
+            value = table.get(key, default)
+        opts[key] = value
+    settings = {
+        "nonlinearity": opts["nonlinearity"],
+        "negative_slope": float(opts["negative-slope"]),
+        "mode": opts["mode"],
+        "warn_threshold": float(opts["warn-threshold"]),
+        "error_threshold": float(opts["error-threshold"]),
+        "compound_threshold": float(opts["compound-threshold"]),
+        "input_shapes": tuple(_shape(str(text) if not isinstance(text, list) else ",".join(map(str, text)))
+                              for text in opts["input-shape"]),  # fmt: skip
+        "input_dtype": opts["input-dtype"],
+        "batch_size": int(opts["batch-size"]),
+        "seed": int(opts["seed"]),
+        "vocab_size": opts["vocab-size"],
+        "ignore": tuple(opts["ignore"]),
+        "overrides": overrides_setting({"overrides": opts["overrides"]}),
     }
+    if opts["fail-on"] not in ("warn", "error", "never"):
+        from .errors import SettingsError
+
+        raise SettingsError(f"fail-on must be warn, error or never, got {opts['fail-on']!r}")
+    return settings, opts
 
 
 def _source(model: str, model_factory: str | None, weights: Path | None) -> tuple[str, Path | None]:
@@ -119,23 +158,23 @@ def _source(model: str, model_factory: str | None, weights: Path | None) -> tupl
 def inspect(
     model: ModelArg,
     weights: WeightsOpt = None,
-    trust: TrustOpt = False,
-    nonlinearity: NonlinearityOpt = "relu",
-    negative_slope: SlopeOpt = 0.01,
-    mode: ModeOpt = Mode.fan_in,
-    warn_threshold: WarnOpt = 1.25,
-    error_threshold: ErrorOpt = 4.0,
-    compound_threshold: CompoundOpt = 16.0,
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance.")] = True,
+    trust: TrustOpt = None,
+    nonlinearity: NonlinearityOpt = None,
+    negative_slope: SlopeOpt = None,
+    mode: ModeOpt = None,
+    warn_threshold: WarnOpt = None,
+    error_threshold: ErrorOpt = None,
+    compound_threshold: CompoundOpt = None,
+    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance [default: probe].")] = None,
     model_factory: FactoryOpt = None,
     input_shape: ShapeOpt = None,
-    input_dtype: DtypeOpt = "float32",
-    batch_size: BatchOpt = 32,
-    seed: SeedOpt = 0,
+    input_dtype: DtypeOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
     vocab_size: VocabOpt = None,
     backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
-    fail_on: Annotated[FailOn, typer.Option(help="Lowest status that makes the exit code 1.")] = FailOn.error,
+    fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
     debug: DebugOpt = False,
@@ -146,18 +185,23 @@ def inspect(
 
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
-        settings = _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold,
-                             compound_threshold, input_shape, input_dtype, batch_size, seed, vocab_size)  # fmt: skip
+        settings, opts = _resolve(
+            nonlinearity=nonlinearity, negative_slope=negative_slope, mode=mode, warn_threshold=warn_threshold,
+            error_threshold=error_threshold, compound_threshold=compound_threshold, input_shape=input_shape,
+            input_dtype=input_dtype, batch_size=batch_size, seed=seed, vocab_size=vocab_size, trust=trust,
+            probe=probe, fail_on=fail_on,
+        )  # fmt: skip
         with ProgressBar("probing layers") as bar:
             report = diagnose(
-                source, trust=trust, weights=weights_file, probe=probe, progress=bar, backward=backward, **settings
-            )
+                source, trust=opts["trust"], weights=weights_file, probe=opts["probe"], progress=bar,
+                backward=backward, **settings,
+            )  # fmt: skip
         _emit(report, format, output)
         if plot is not None:
             from .plot import plot_report
 
             plot_report(report, plot)
-    raise typer.Exit(report.exit_code(fail_on.value))
+    raise typer.Exit(report.exit_code(opts["fail-on"]))
 
 
 class Method(str, Enum):
@@ -180,18 +224,18 @@ def fix(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
     check: Annotated[bool, typer.Option("--check", help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.")] = False,
     weights: WeightsOpt = None,
-    trust: TrustOpt = False,
+    trust: TrustOpt = None,
     model_factory: FactoryOpt = None,
-    nonlinearity: NonlinearityOpt = "relu",
-    negative_slope: SlopeOpt = 0.01,
-    mode: ModeOpt = Mode.fan_in,
-    warn_threshold: WarnOpt = 1.25,
-    error_threshold: ErrorOpt = 4.0,
-    compound_threshold: CompoundOpt = 16.0,
+    nonlinearity: NonlinearityOpt = None,
+    negative_slope: SlopeOpt = None,
+    mode: ModeOpt = None,
+    warn_threshold: WarnOpt = None,
+    error_threshold: ErrorOpt = None,
+    compound_threshold: CompoundOpt = None,
     input_shape: ShapeOpt = None,
-    input_dtype: DtypeOpt = "float32",
-    batch_size: BatchOpt = 32,
-    seed: SeedOpt = 0,
+    input_dtype: DtypeOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
     vocab_size: VocabOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format (table or json).")] = Format.table,
     debug: DebugOpt = False,
@@ -201,8 +245,12 @@ def fix(
 
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
-        settings = _settings(nonlinearity, negative_slope, mode, warn_threshold, error_threshold,
-                             compound_threshold, input_shape, input_dtype, batch_size, seed, vocab_size)  # fmt: skip
+        settings, opts = _resolve(
+            nonlinearity=nonlinearity, negative_slope=negative_slope, mode=mode, warn_threshold=warn_threshold,
+            error_threshold=error_threshold, compound_threshold=compound_threshold, input_shape=input_shape,
+            input_dtype=input_dtype, batch_size=batch_size, seed=seed, vocab_size=vocab_size, trust=trust,
+        )  # fmt: skip
+        trust = opts["trust"]
         if fail_on is FailOn.never and not all_layers:
             raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
         result = fix_model(

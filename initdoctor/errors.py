@@ -22,3 +22,12 @@ class UntrustedFormatError(InputError):
 
 class SettingsError(InitDoctorError):
     """An invalid option value (thresholds, nonlinearity, mode...)."""
+
+
+class InitializationError(AssertionError):
+    """Raised by :func:`initdoctor.assert_healthy_init`: the model's initialization has findings at
+    or above ``fail_on``. ``report`` holds the full report; the message lists the failing layers."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report

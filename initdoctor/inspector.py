@@ -32,6 +32,7 @@ Status rules (thresholds are variance factors, symmetric in log space, all confi
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import asdict, dataclass
 
@@ -57,6 +58,10 @@ class Settings:
     compound_threshold: float = 16.0
     probe_warn_threshold: float = 2.0
     dead_threshold: float = 0.9
+    #: layer-name globs not judged (status ``skip``)
+    ignore: tuple[str, ...] = ()
+    #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
+    overrides: tuple[tuple[str, str, float | None], ...] = ()
 
     def __post_init__(self) -> None:
         if self.nonlinearity not in NONLINEARITIES:
@@ -76,6 +81,11 @@ class Settings:
             raise SettingsError(f"probe_warn_threshold must be > 1, got {self.probe_warn_threshold}")
         if not 0 < self.dead_threshold <= 1:
             raise SettingsError(f"dead_threshold must be in (0, 1], got {self.dead_threshold}")
+        for pattern, nonlinearity, _ in self.overrides:
+            if nonlinearity not in NONLINEARITIES:
+                raise SettingsError(
+                    f"override {pattern!r}: unknown nonlinearity {nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
+                )
 
 
 def sampling_allowance(numel: int) -> float:
@@ -155,6 +165,9 @@ def inspect_description(
         )
         findings.append(finding)
         pre = _judge_weights(layer)
+        if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in s.ignore):
+            finding.status, finding.message = "skip", "ignored by configuration"
+            continue
         if role == "embedding":
             finding.status, finding.message = pre or (
                 "skip",
@@ -285,6 +298,11 @@ def _resolve_role(
     """(role, nonlinearity, param, source) for one layer."""
     if layer.kind == "embedding":
         return "embedding", "linear", None, "rule"
+    for pattern, nonlinearity, slope in s.overrides:
+        if fnmatch.fnmatchcase(layer.name, pattern):
+            role = "output" if layer.is_output or (not desc.has_graph and layer.name == last_name) else "hidden"
+            param = (slope if slope is not None else s.negative_slope) if nonlinearity == "leaky_relu" else None
+            return role, nonlinearity, param, "config"
     if layer.nonlinearity == "normalized":
         return "normalized", "normalized", None, "graph"
     if layer.nonlinearity is not None:

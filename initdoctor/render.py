@@ -68,12 +68,12 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BLOCKS[min(7, int((x - lo) / span * 7.999))] for x in logs)
 
 
-def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
-    """Print the report as a rich table, the findings of drifting layers, and a summary line."""
-    from rich.console import Console
+def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
+    """The rich renderables of a report, in order: the table, the depth sparkline and probe
+    notes, the findings, residual blocks, norm layers, notes, and the summary line."""
     from rich.table import Table
+    from rich.text import Text
 
-    console = console or Console()
     m = report.model
     table = Table(
         title=f"initdoctor · {m['path']} · {m['format']} · {m['parameters']:,} parameters",
@@ -89,44 +89,48 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
         style = _STYLE[f.status]
         row_style = None if f.status in ("ok", "skip") else style
         table.add_row(*_columns(f, probed), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
-    console.print(table)
+    parts: list[Any] = [table]
     if probed:
         variances = [f.activation_var for f in report.layers if f.activation_var is not None and f.role != "embedding"]
         if variances:
-            console.print(
-                f"Var\\[y] across depth (log): {sparkline(variances)}  {variances[0]:.3g} → {variances[-1]:.3g}",
-                highlight=False,
-            )
-        for note in report.probe.get("notes", []):
-            console.print(f"probe: {note}", style="dim", highlight=False)
+            parts.append(Text(f"Var[y] across depth (log): {sparkline(variances)}  {variances[0]:.3g} → {variances[-1]:.3g}"))
+        parts += [Text(f"probe: {note}", style="dim") for note in report.probe.get("notes", [])]
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     for f in flagged[:max_findings]:
-        console.print(f"[{_STYLE[f.status]}]{_ICON[f.status]}[/] {f.name}: {f.message}", highlight=False)
+        parts.append(Text.assemble((_ICON[f.status], _STYLE[f.status]), f" {f.name}: {f.message}"))
     if len(flagged) > max_findings:
-        console.print(f"… and {len(flagged) - max_findings} more (see --format json)")
+        parts.append(Text(f"… and {len(flagged) - max_findings} more (see --format json)"))
     if report.residual_blocks:
         growths = [f"{b.growth:.2f}" if b.growth is not None else "–" for b in report.residual_blocks]
-        console.print(
-            f"residual blocks ({len(report.residual_blocks)}), Var\\[out]/Var\\[in]: {' '.join(growths)}", highlight=False
-        )
-    bad_norms = [n for n in report.norm_layers if n.status != "ok"]
-    for n in bad_norms:
-        console.print(f"[{_STYLE[n.status]}]{_ICON[n.status]}[/] {n.name} ({n.kind}): {n.message}")
+        parts.append(Text(f"residual blocks ({len(report.residual_blocks)}), Var[out]/Var[in]: {' '.join(growths)}"))
+    for n in report.norm_layers:
+        if n.status != "ok":
+            parts.append(Text.assemble((_ICON[n.status], _STYLE[n.status]), f" {n.name} ({n.kind}): {n.message}"))
     if report.norm_layers:
-        console.print(f"{len(report.norm_layers)} normalization layers reported separately (see --format json)")
-    for note in report.notes:
-        console.print(f"note: {note}", style="dim", highlight=False)
+        parts.append(Text(f"{len(report.norm_layers)} normalization layers reported separately (see --format json)"))
+    parts += [Text(f"note: {note}", style="dim") for note in report.notes]
     s = report.summary
     extra = ""
     if s.depth_ratio is not None:
         extra = f"; depth ratio {s.depth_ratio:.3g}"
     if s.grad_depth_ratio is not None:
         extra += f", gradient depth ratio {s.grad_depth_ratio:.3g}"
-    console.print(
-        f"[{_STYLE[s.status]}]{s.status.upper()}[/]: {s.message} "
-        f"(ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip}{extra})",
-        highlight=False,
+    parts.append(
+        Text.assemble(
+            (s.status.upper(), _STYLE[s.status]),
+            f": {s.message} (ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip}{extra})",
+        )
     )
+    return parts
+
+
+def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
+    """Print the report as a rich table, the findings of drifting layers, and a summary line."""
+    from rich.console import Console
+
+    console = console or Console()
+    for part in report_parts(report, max_findings):
+        console.print(part)
 
 
 def render_markdown(report: Report) -> str:
@@ -253,3 +257,19 @@ def render_fix(result: Any, dry: bool, console: Any | None = None) -> None:
         f"{s.message}{depth}",
         highlight=False,
     )
+
+
+def report_renderable(report: Report) -> Any:
+    """The whole report as one rich renderable (for ``__rich__``), sized by the caller's console."""
+    from rich.console import Group
+
+    return Group(*report_parts(report))
+
+
+def report_html(report: Report) -> str:
+    """HTML for notebooks (``_repr_html_``): the rich table exported as HTML."""
+    from rich.console import Console
+
+    console = Console(record=True, width=160, file=__import__("io").StringIO())
+    render_table(report, console)
+    return console.export_html(inline_styles=True)

@@ -178,6 +178,22 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    def to_markdown(self) -> str:
+        from .render import render_markdown
+
+        return render_markdown(self)
+
+    def __rich__(self) -> object:
+        """Rendered as the report table by rich (``rich.print(report)``, a terminal or notebook)."""
+        from .render import report_renderable
+
+        return report_renderable(self)
+
+    def _repr_html_(self) -> str:
+        from .render import report_html
+
+        return report_html(self)
+
 
 def _clean(value: Any) -> Any:
     """NaN/Inf → None (JSON has neither), tuples → lists, recursively."""

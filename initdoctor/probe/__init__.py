@@ -257,7 +257,9 @@ def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int
     return (batch, channels) + (side,) * rank
 
 
-def run_probe(loaded: Any, settings: ProbeSettings, progress: Progress | None = None) -> ProbeResult:
+def run_probe(
+    loaded: Any, settings: ProbeSettings, progress: Progress | None = None, example_inputs: Any = None
+) -> ProbeResult:
     """Probe a :class:`~initdoctor.loaders.LoadedModel`. Raises :class:`ProbeError` when the model
     has no graph to run or its forward fails. ``progress(done, total)`` is told of each measured
     layer call."""
@@ -271,10 +273,13 @@ def run_probe(loaded: Any, settings: ProbeSettings, progress: Progress | None = 
 
         if settings.backward:
             raise ProbeError("--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)")
-        result = probe_onnx(loaded.runnable, loaded.description, settings, progress=progress)
+        inputs = None
+        if example_inputs is not None:
+            inputs = [np.asarray(x) for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])]
+        result = probe_onnx(loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress)
     else:
         from .torch_backend import probe_torch
 
-        result = probe_torch(loaded.runnable, loaded.description, settings, progress=progress)
+        result = probe_torch(loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs)
     result.seed, result.backward = settings.seed, settings.backward
     return result

@@ -74,7 +74,11 @@ def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[A
 
 
 def probe_torch(
-    runnable: Any, desc: ModelDescription, settings: ProbeSettings, progress: Progress | None = None
+    runnable: Any,
+    desc: ModelDescription,
+    settings: ProbeSettings,
+    progress: Progress | None = None,
+    example_inputs: Any = None,
 ) -> ProbeResult:
     import torch
 
@@ -88,7 +92,10 @@ def probe_torch(
         module = runnable.module()
     else:
         module = runnable
-    inputs = make_inputs(desc, settings, example)
+    if example_inputs is not None:
+        inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+    else:
+        inputs = make_inputs(desc, settings, example)
     if settings.backward:
         inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
     ticker = Ticker(len(desc.layers), progress)
