@@ -204,6 +204,56 @@ def inspect(
     raise typer.Exit(report.exit_code(opts["fail-on"]))
 
 
+@app.command()
+def check(
+    models: Annotated[list[str], typer.Argument(help="Model files (or factories) to check, e.g. the files pre-commit passes.")],
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also run the probe (slower; static by default here).")] = False,
+    trust: TrustOpt = None,
+    fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
+    from . import diagnose
+
+    worst = 0
+    with _errors(debug):
+        settings, opts = _resolve(trust=trust, fail_on=fail_on)
+        for source in models:
+            report = diagnose(source, trust=opts["trust"], probe=probe, **settings)
+            s = report.summary
+            code = report.exit_code(opts["fail-on"])
+            worst = max(worst, code)
+            typer.echo(f"{source}: {s.status} — {s.message} (ok {s.ok}, warn {s.warn}, error {s.error})")
+    raise typer.Exit(worst)
+
+
+@app.command()
+def compare(
+    before: Annotated[str, typer.Argument(help="First model (e.g. the original).")],
+    after: Annotated[str, typer.Argument(help="Second model (e.g. after fix, or the ONNX export).")],
+    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Probe both (when they have a graph) [default: probe].")] = None,
+    trust: TrustOpt = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+    debug: DebugOpt = False,
+) -> None:
+    """Two reports side by side with per-layer deltas (before/after fix, torch vs its ONNX export)."""
+    from . import diagnose
+    from .render import compare_rows, render_compare
+
+    with _errors(debug):
+        settings, opts = _resolve(trust=trust, probe=probe)
+        a = diagnose(before, trust=opts["trust"], probe=opts["probe"], **settings)
+        b = diagnose(after, trust=opts["trust"], probe=opts["probe"], **settings)
+        if format is Format.json:
+            import json
+
+            data = {"schema": "initdoctor.compare/1", "a": a.model, "b": b.model, "layers": compare_rows(a, b),
+                    "summary": {"a": a.summary.status, "b": b.summary.status}}  # fmt: skip
+            sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        else:
+            render_compare(a, b)
+
+
 class Method(str, Enum):
     kaiming = "kaiming"
     lsuv = "lsuv"

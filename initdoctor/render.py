@@ -273,3 +273,49 @@ def report_html(report: Report) -> str:
     console = Console(record=True, width=160, file=__import__("io").StringIO())
     render_table(report, console)
     return console.export_html(inline_styles=True)
+
+
+def compare_rows(a: Report, b: Report) -> list[dict[str, Any]]:
+    """Per-layer pairs by name (a's order, then b-only layers): std ratio, measured variance ratio
+    and status on each side, and the deltas."""
+    from .report import _clean
+
+    right = {f.name: f for f in b.layers}
+    names = [f.name for f in a.layers] + [f.name for f in b.layers if f.name not in {x.name for x in a.layers}]
+    left = {f.name: f for f in a.layers}
+    rows = []
+    for name in names:
+        fa, fb = left.get(name), right.get(name)
+
+        def get(f: Any, attr: str) -> Any:
+            return getattr(f, attr) if f is not None else None
+
+        row = {"name": name}
+        for attr in ("std_ratio", "variance_ratio", "weight_std", "status"):
+            row[f"{attr}_a"], row[f"{attr}_b"] = get(fa, attr), get(fb, attr)
+        for attr in ("std_ratio", "variance_ratio"):
+            x, y = row[f"{attr}_a"], row[f"{attr}_b"]
+            row[f"{attr}_delta"] = y - x if x is not None and y is not None else None
+        rows.append(row)
+    return _clean(rows)
+
+
+def render_compare(a: Report, b: Report, console: Any | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"A: {a.model['path']} ({a.model['format']})  ·  B: {b.model['path']} ({b.model['format']})",
+                  title_justify="left")  # fmt: skip
+    for h in ("layer", "std ratio A", "std ratio B", "Δ", "var ratio A", "var ratio B", "Δ", "status A", "status B"):
+        table.add_column(h, justify="left" if h in ("layer", "status A", "status B") else "right")
+    for r in compare_rows(a, b):
+        changed = r["status_a"] != r["status_b"]
+        table.add_row(
+            r["name"], _num(r["std_ratio_a"], ".3f"), _num(r["std_ratio_b"], ".3f"), _num(r["std_ratio_delta"], "+.3f"),
+            _num(r["variance_ratio_a"], ".3f"), _num(r["variance_ratio_b"], ".3f"), _num(r["variance_ratio_delta"], "+.3f"),
+            r["status_a"] or "–", r["status_b"] or "–", style="bold" if changed else None,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"A: {a.summary.status.upper()} {a.summary.message}", highlight=False)
+    console.print(f"B: {b.summary.status.upper()} {b.summary.message}", highlight=False)
