@@ -113,8 +113,10 @@ DEFAULTS: dict[str, Any] = {
 
 
 def _resolve(**cli: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Command line > ``[tool.initdoctor]`` > defaults. Returns (library settings for
-    :func:`initdoctor.diagnose`, the resolved options by long name)."""
+    """Command line > ``[tool.initdoctor]`` > defaults. ``cli`` holds a command's parameters by
+    their Python names (``warn_threshold``); only the configurable ones (:data:`DEFAULTS`) are read,
+    ``None`` meaning "not given". Returns (library settings for :func:`initdoctor.diagnose`, the
+    resolved options by long name)."""
     from .config import load_config, overrides_setting
 
     table, _ = load_config()
@@ -185,12 +187,7 @@ def inspect(
 
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
-        settings, opts = _resolve(
-            nonlinearity=nonlinearity, negative_slope=negative_slope, mode=mode, warn_threshold=warn_threshold,
-            error_threshold=error_threshold, compound_threshold=compound_threshold, input_shape=input_shape,
-            input_dtype=input_dtype, batch_size=batch_size, seed=seed, vocab_size=vocab_size, trust=trust,
-            probe=probe, fail_on=fail_on,
-        )  # fmt: skip
+        settings, opts = _resolve(**locals())  # the command's own options, by name
         with ProgressBar("probing layers") as bar:
             report = diagnose(
                 source, trust=opts["trust"], weights=weights_file, probe=opts["probe"], progress=bar,
@@ -295,11 +292,7 @@ def fix(
 
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
-        settings, opts = _resolve(
-            nonlinearity=nonlinearity, negative_slope=negative_slope, mode=mode, warn_threshold=warn_threshold,
-            error_threshold=error_threshold, compound_threshold=compound_threshold, input_shape=input_shape,
-            input_dtype=input_dtype, batch_size=batch_size, seed=seed, vocab_size=vocab_size, trust=trust,
-        )  # fmt: skip
+        settings, opts = _resolve(**locals())  # the command's own options, by name
         trust = opts["trust"]
         if fail_on is FailOn.never and not all_layers:
             raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
