@@ -83,25 +83,50 @@ class Scan:
 
 
 def scan(array: np.ndarray) -> Scan:
-    """Reduce any array in chunks of :data:`CHUNK` elements with float64 accumulation."""
+    """Reduce any array in chunks of :data:`CHUNK` elements with float64 accumulation.
+
+    Per chunk: the float64 sum (``np.add.reduce`` casts in buffers, no copy); when it is finite the
+    chunk holds no NaN/Inf, so it is copied to float64 once, centred in place and dotted with
+    itself (two-pass variance), and min, max and zeros are read from the original dtype. A chunk
+    whose sum is not finite takes the slow path that drops and counts NaN/Inf.
+    """
     flat = np.asarray(array).reshape(-1)
     out = Scan(Moments())
     for start in range(0, int(flat.size), CHUNK):
-        chunk = flat[start : start + CHUNK].astype(np.float64, copy=False)
-        finite = np.isfinite(chunk)
-        if not finite.all():
-            out.nan += int(np.isnan(chunk).sum())
-            out.inf += int(np.isinf(chunk).sum())
-            chunk = chunk[finite]
+        chunk = flat[start : start + CHUNK]
+        if chunk.dtype.kind not in "f":
+            chunk = chunk.astype(np.float64)
         n = int(chunk.size)
-        if n == 0:
-            continue
-        out.zeros += int(n - np.count_nonzero(chunk))
-        c_mean = float(chunk.mean())
-        out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
-        out.min = min(out.min, float(chunk.min()))
-        out.max = max(out.max, float(chunk.max()))
+        total = float(np.add.reduce(chunk, dtype=np.float64))
+        if math.isfinite(total):
+            mean = total / n
+            centred = chunk.astype(np.float64)
+            centred -= mean
+            m2 = float(np.dot(centred, centred))
+            if math.isfinite(m2):
+                out.moments.merge(n, mean, m2)
+                out.zeros += n - int(np.count_nonzero(chunk))
+                out.min = min(out.min, float(chunk.min()))
+                out.max = max(out.max, float(chunk.max()))
+                continue
+        _scan_slow(chunk.astype(np.float64, copy=False), out)
     return out
+
+
+def _scan_slow(chunk: np.ndarray, out: Scan) -> None:
+    """A chunk with NaN/Inf: count them, reduce the finite values."""
+    finite = np.isfinite(chunk)
+    out.nan += int(np.isnan(chunk).sum())
+    out.inf += int(np.isinf(chunk).sum())
+    chunk = chunk[finite]
+    n = int(chunk.size)
+    if n == 0:
+        return
+    out.zeros += int(n - np.count_nonzero(chunk))
+    c_mean = float(chunk.mean())
+    out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
+    out.min = min(out.min, float(chunk.min()))
+    out.max = max(out.max, float(chunk.max()))
 
 
 def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:

@@ -8,6 +8,7 @@ natural module path: ``blocks.2`` before ``blocks.10``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,40 +48,43 @@ def _open(path: Path) -> Any:
 
 
 def describe_safetensors(path: Path, *, index: bool = False) -> ModelDescription:
+    """Describe a safetensors file or sharded checkpoint, one shard open at a time (an open
+    ``safe_open`` handle keeps its file mapped, so pages read stay resident until it closes)."""
+    from ..stats import WeightStats
     from .torch_module import tensor_stats
 
     key_to_file = shard_files(path) if index else None
     files = sorted(set(key_to_file.values())) if key_to_file else [path]
-    handles = {f: _open(f) for f in files}
     owner: dict[str, Path] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    for f, handle in handles.items():
-        for key in handle.keys():
-            owner[key] = f
-            shapes[key] = tuple(int(s) for s in handle.get_slice(key).get_shape())
+    for f in files:
+        with _open(f) as handle:
+            for key in handle.keys():
+                owner[key] = f
+                shapes[key] = tuple(int(s) for s in handle.get_slice(key).get_shape())
     if key_to_file:
         missing = [k for k in key_to_file if k not in owner]
         if missing:
             raise InputError(f"{path}: tensor {missing[0]!r} listed in the index is in no shard")
-
-    def stats_of(key: str):
-        try:
-            return tensor_stats(handles[owner[key]].get_tensor(key))
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{owner[key]}: cannot read tensor {key!r} ({exc})") from None
-
     keys = sorted(shapes, key=natural_key)
-    params = 0
-    for shape in shapes.values():
-        n = 1
-        for s in shape:
-            n *= s
-        params += n
-    return describe_tensors(
-        [(k, shapes[k]) for k in keys],
-        stats_of,
-        path=str(path),
-        fmt="safetensors-sharded" if index else "safetensors",
-        order="natural",
-        parameters=params,
-    )
+    items = [(k, shapes[k]) for k in keys]
+    params = sum(math.prod(shape) for shape in shapes.values())
+    fmt = "safetensors-sharded" if index else "safetensors"
+
+    # which tensors the description reads (weights, norm biases), then read them shard by shard
+    needed: list[str] = []
+    placeholder = WeightStats(0, "float32", 0.0, 0.0, 0.0, 0.0)
+    describe_tensors(items, lambda key: needed.append(key) or placeholder, path=str(path), fmt=fmt,
+                     order="natural", parameters=params)  # fmt: skip
+    stats: dict[str, WeightStats] = {}
+    for f in files:
+        wanted = [k for k in needed if owner[k] == f]
+        if not wanted:
+            continue
+        with _open(f) as handle:
+            for key in wanted:
+                try:
+                    stats[key] = tensor_stats(handle.get_tensor(key))
+                except Exception as exc:  # noqa: BLE001
+                    raise InputError(f"{f}: cannot read tensor {key!r} ({exc})") from None
+    return describe_tensors(items, stats.__getitem__, path=str(path), fmt=fmt, order="natural", parameters=params)

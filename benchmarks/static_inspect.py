@@ -1,0 +1,162 @@
+"""Static inspection at scale: a ≥ 2 GB sharded safetensors checkpoint and the same weights as
+ONNX with external data, against a floor; and `initdoctor --help` against `python -c pass`.
+
+    python benchmarks/static_inspect.py [--gib 2.0] [--repeats 5] [--dir /tmp/initdoctor-bench]
+
+Checkpoint: Linear weights of 4096×8192 float32 (128 MiB each) split over 4 shards with a
+``model.safetensors.index.json``; the ONNX model is a MatMul chain over the same weights, all in one
+external data file. Each measurement is a fresh process timed end to end (median and min–max over
+``--repeats``); peak RSS is the process's maximum resident set (``/usr/bin/time -f %M``).
+
+Floors (same interpreter start-up, same files):
+* safetensors — ``import torch``, ``safe_open`` every shard, ``get_tensor`` every tensor and ``.sum()`` it once;
+* ONNX — ``import onnx, numpy``, load the graph without data, ``np.memmap`` every initializer and sum it once.
+Goals (issue 7): inspect ≤ 1.5× the floor's wall time; peak RSS ≤ 2× the largest tensor + the
+interpreter baseline (``python -c "import torch"`` resp. ``import onnx, numpy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROUT, COLS = 4096, 8192  # one tensor: 128 MiB of float32
+
+FLOOR_SAFETENSORS = """
+import json, sys, torch
+from pathlib import Path
+from safetensors import safe_open
+index = Path(sys.argv[1]); shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+total = 0.0
+for shard in shards:
+    with safe_open(str(index.parent / shard), framework="pt") as f:
+        for key in f.keys():
+            total += float(f.get_tensor(key).sum())
+print(total)
+"""
+
+FLOOR_ONNX = """
+import sys, numpy as np, onnx
+from pathlib import Path
+path = Path(sys.argv[1]); model = onnx.load(str(path), load_external_data=False)
+total = 0.0
+for t in model.graph.initializer:
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        continue  # the small inline Tile repeats
+    info = {e.key: e.value for e in t.external_data}
+    shape = tuple(t.dims)
+    arr = np.memmap(path.parent / info["location"], dtype=np.float32, mode="r", offset=int(info.get("offset", 0)), shape=shape)
+    total += float(arr.sum(dtype=np.float64))
+print(total)
+"""
+
+
+def generate(folder: Path, gib: float) -> tuple[Path, Path]:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path, onnx_path = folder / "model.safetensors.index.json", folder / "model.onnx"
+    if index_path.exists() and onnx_path.exists():
+        return index_path, onnx_path
+    n = max(2, round(gib * 1024 / (ROUT * COLS * 4 / 2**20)))
+    rng = np.random.default_rng(0)
+    per_shard = -(-n // 4)
+    weight_map = {}
+    data_file = folder / "model.onnx.data"
+    offsets = []
+    with open(data_file, "wb") as data:
+        for s in range(0, n, per_shard):
+            tensors = {}
+            for i in range(s, min(n, s + per_shard)):
+                w = (rng.standard_normal((ROUT, COLS), dtype=np.float32) * np.float32(np.sqrt(2 / COLS)))
+                tensors[f"layers.{i}.weight"] = w
+                offsets.append((f"layers.{i}.weight", data.tell()))
+                data.write(w.tobytes())
+            name = f"model-{s // per_shard + 1:05d}-of-{-(-n // per_shard):05d}.safetensors"
+            save_file(tensors, str(folder / name))
+            weight_map.update({k: name for k in tensors})
+    index_path.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    # ONNX: x @ W_i^T chained (Gemm transB=1: W stored [out, in]); 4096→... needs square chaining,
+    # so each layer maps 8192 → 4096 and a Concat-free reshape is avoided by alternating Gemm + Tile.
+    nodes, inits = [], []
+    prev = "x"
+    for i, (name, offset) in enumerate(offsets):
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[ROUT, COLS])
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", data_file.name), ("offset", str(offset)), ("length", str(ROUT * COLS * 4))):
+            t.external_data.add(key=k, value=v)
+        inits.append(t)
+        out = f"y{i}"
+        nodes.append(helper.make_node("Gemm", [prev, name], [out], transB=1))
+        relu = f"r{i}"
+        nodes.append(helper.make_node("Relu", [out], [relu]))
+        tiled = f"t{i}"
+        reps = helper.make_tensor(f"reps{i}", TensorProto.INT64, [2], [1, COLS // ROUT])
+        inits.append(reps)
+        nodes.append(helper.make_node("Tile", [relu, f"reps{i}"], [tiled]))
+        prev = tiled
+    graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLS])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, COLS])], inits)  # fmt: skip
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(onnx_path))
+    return index_path, onnx_path
+
+
+def measure(cmd: list[str], repeats: int) -> dict:
+    times, peaks = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if proc.returncode not in ((0, 1) if "initdoctor" in cmd else (0,)):
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+        peaks.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": max(peaks)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/initdoctor-bench"))
+    args = parser.parse_args()
+    index, onnx_path = generate(args.dir, args.gib)
+    size = sum(p.stat().st_size for p in args.dir.glob("*.safetensors")) / 2**30
+    largest = ROUT * COLS * 4 / 2**20
+    py = sys.executable
+    runs = {
+        "safetensors floor": [py, "-c", FLOOR_SAFETENSORS, str(index)],
+        "safetensors inspect": [py, "-m", "initdoctor", "inspect", str(index), "--no-probe", "--format", "json"],
+        "torch baseline": [py, "-c", "import torch"],
+        "onnx floor": [py, "-c", FLOOR_ONNX, str(onnx_path)],
+        "onnx inspect": [py, "-m", "initdoctor", "inspect", str(onnx_path), "--no-probe", "--format", "json"],
+        "onnx baseline": [py, "-c", "import onnx, numpy"],
+        "python -c pass": [py, "-c", "pass"],
+        "initdoctor --help": [py, "-m", "initdoctor", "--help"],
+    }
+    results = {name: measure(cmd, args.repeats) for name, cmd in runs.items()}
+    print(f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data; "
+          f"largest tensor {largest:.0f} MiB; {os.cpu_count()} CPUs; median of {args.repeats}")  # fmt: skip
+    for name, r in results.items():
+        print(f"  {name:22s} {r['median']:7.2f} s ({r['min']:.2f}–{r['max']:.2f})   peak RSS {r['peak_mib']:7.0f} MiB")
+    for fmt, base in (("safetensors", "torch baseline"), ("onnx", "onnx baseline")):
+        t = results[f"{fmt} inspect"]["median"] / results[f"{fmt} floor"]["median"]
+        budget = 2 * largest + results[base]["peak_mib"]
+        peak = results[f"{fmt} inspect"]["peak_mib"]
+        print(f"{fmt}: {t:.2f}× the floor's time (goal ≤ 1.5×: {'met' if t <= 1.5 else 'NOT met'}); peak RSS "
+              f"{peak:.0f} MiB vs budget {budget:.0f} MiB (2 × largest + baseline): {'met' if peak <= budget else 'NOT met'}")  # fmt: skip
+    h = results["initdoctor --help"]["median"]
+    floor = results["python -c pass"]["median"]
+    print(f"--help: {h:.3f} s vs python -c pass {floor:.3f} s (goal ≤ 0.3 s: {'met' if h <= 0.3 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
