@@ -165,3 +165,27 @@ def test_factory_with_weights(tmp_path):
     _, loaded = cli_json("mymodels:build", "--weights", "w.pt", cwd=tmp_path)
     assert loaded["layers"][0]["weight_std"] == pytest.approx(trained[0].weight.std(unbiased=False).item(), rel=1e-6)
     assert loaded["layers"][0]["std_ratio"] == pytest.approx(0.5 / math.sqrt(2 / 16), rel=0.1)
+
+
+def test_safetensors_dtypes_read_without_torch(tmp_path):
+    """bf16/fp16/fp32 safetensors are read with one positioned read per tensor, no torch import."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    weights = {"a.weight": torch.randn(64, 32) * 0.1, "b.weight": torch.randn(16, 64) * 0.3}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        path = tmp_path / f"m_{str(dtype)[6:]}.safetensors"
+        save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(path))
+        report = initdoctor.diagnose(path)
+        for f in report.layers:
+            expected = weights[f.name + ".weight"].to(dtype).double().std(unbiased=False).item()
+            assert f.weight_std == pytest.approx(expected, rel=1e-9), (dtype, f.name)
+            assert f.dtype == str(dtype)[6:]
+    probe = (
+        "import sys, initdoctor\n"
+        f"r = initdoctor.diagnose({str(tmp_path / 'm_bfloat16.safetensors')!r})\n"
+        "print(len(r.layers), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False"]

@@ -38,6 +38,70 @@ def shard_files(index_path: Path) -> dict[str, Path]:
     return out
 
 
+#: safetensors dtype → (numpy dtype of the stored bits, is bfloat16)
+_DTYPES = {
+    "F64": ("<f8", False), "F32": ("<f4", False), "F16": ("<f2", False), "BF16": ("<u2", True),
+    "I64": ("<i8", False), "I32": ("<i4", False), "I16": ("<i2", False), "I8": ("i1", False),
+    "U8": ("u1", False), "BOOL": ("u1", False),
+}  # fmt: skip
+MAX_HEADER = 100 * 2**20
+
+
+def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """Parse and check a safetensors header without reading tensor data.
+
+    Format: 8 bytes little-endian header length ``N``, ``N`` bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
+    data; offsets are relative to the data start. Every entry is checked (known dtype, shape of
+    non-negative ints, ``end − begin == prod(shape) · itemsize``, inside the file) so that a
+    declared shape can never make initdoctor allocate more than the file holds.
+    Returns (entries, metadata, data start).
+    """
+    import numpy as np
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n <= 1 or n > MAX_HEADER or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        data_size = size - 8 - n
+        for name, entry in header.items():
+            dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+            if dtype not in _DTYPES:
+                continue  # an exotic dtype (FP8...): left to the safetensors library below
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise ValueError(f"tensor {name!r}: bad shape {shape!r}")
+            begin, end = (int(o) for o in offsets)
+            need = math.prod(shape) * np.dtype(_DTYPES[dtype][0]).itemsize
+            if not 0 <= begin <= end <= data_size or end - begin != need:
+                raise ValueError(f"tensor {name!r}: data offsets {offsets} do not hold shape {shape} of {dtype}")
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
+    return header, metadata, 8 + n
+
+
+def read_array(path: Path, entry: dict[str, Any], data_start: int) -> Any:
+    """One tensor's values as a numpy array read with a single positioned read (no mapping:
+    memory is this tensor only); bfloat16 widened to float32."""
+    import numpy as np
+
+    stored, bf16 = _DTYPES[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    count = (end - begin) // np.dtype(stored).itemsize
+    array = np.fromfile(path, dtype=stored, count=count, offset=data_start + begin)
+    if bf16:
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    return array.reshape(entry["shape"])
+
+
 def _open(path: Path) -> Any:
     from safetensors import safe_open
 
@@ -48,43 +112,40 @@ def _open(path: Path) -> Any:
 
 
 def describe_safetensors(path: Path, *, index: bool = False) -> ModelDescription:
-    """Describe a safetensors file or sharded checkpoint, one shard open at a time (an open
-    ``safe_open`` handle keeps its file mapped, so pages read stay resident until it closes)."""
-    from ..stats import WeightStats
-    from .torch_module import tensor_stats
+    """Describe a safetensors file or sharded checkpoint. Headers are parsed and checked by
+    :func:`read_header`; each tensor the description needs is read on its own with one positioned
+    read (:func:`read_array`), so memory stays near the largest tensor and torch is not imported
+    (exotic dtypes fall back to the safetensors library)."""
+    from ..stats import WeightStats, array_stats
 
     key_to_file = shard_files(path) if index else None
     files = sorted(set(key_to_file.values())) if key_to_file else [path]
     owner: dict[str, Path] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    starts: dict[Path, int] = {}
     for f in files:
-        with _open(f) as handle:
-            for key in handle.keys():
-                owner[key] = f
-                shapes[key] = tuple(int(s) for s in handle.get_slice(key).get_shape())
+        header, _, starts[f] = read_header(f)
+        for key, entry in header.items():
+            owner[key], entries[key] = f, entry
     if key_to_file:
         missing = [k for k in key_to_file if k not in owner]
         if missing:
             raise InputError(f"{path}: tensor {missing[0]!r} listed in the index is in no shard")
-    keys = sorted(shapes, key=natural_key)
-    items = [(k, shapes[k]) for k in keys]
+    shapes = {k: tuple(int(d) for d in e["shape"]) for k, e in entries.items()}
+    items = [(k, shapes[k]) for k in sorted(shapes, key=natural_key)]
     params = sum(math.prod(shape) for shape in shapes.values())
     fmt = "safetensors-sharded" if index else "safetensors"
 
-    # which tensors the description reads (weights, norm biases), then read them shard by shard
-    needed: list[str] = []
-    placeholder = WeightStats(0, "float32", 0.0, 0.0, 0.0, 0.0)
-    describe_tensors(items, lambda key: needed.append(key) or placeholder, path=str(path), fmt=fmt,
-                     order="natural", parameters=params)  # fmt: skip
-    stats: dict[str, WeightStats] = {}
-    for f in files:
-        wanted = [k for k in needed if owner[k] == f]
-        if not wanted:
-            continue
-        with _open(f) as handle:
-            for key in wanted:
-                try:
-                    stats[key] = tensor_stats(handle.get_tensor(key))
-                except Exception as exc:  # noqa: BLE001
-                    raise InputError(f"{f}: cannot read tensor {key!r} ({exc})") from None
-    return describe_tensors(items, stats.__getitem__, path=str(path), fmt=fmt, order="natural", parameters=params)
+    def stats_of(key: str) -> WeightStats:
+        entry = entries[key]
+        dtype = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
+            entry["dtype"], entry["dtype"].lower()
+        )
+        if entry["dtype"] in _DTYPES:
+            return array_stats(read_array(owner[key], entry, starts[owner[key]]), dtype=dtype)
+        from .torch_module import tensor_stats
+
+        with _open(owner[key]) as handle:
+            return tensor_stats(handle.get_tensor(key))
+
+    return describe_tensors(items, stats_of, path=str(path), fmt=fmt, order="natural", parameters=params)
