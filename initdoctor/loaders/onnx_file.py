@@ -124,7 +124,18 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 
 
 def describe_onnx(path: Path) -> ModelDescription:
-    return describe_onnx_model(load_onnx_proto(path), path, path.parent)
+    """Describe an ONNX file. The graph is untrusted input: anything that breaks while reading
+    it (a name that is not valid UTF-8 after a flipped byte, an attribute of the wrong type...)
+    is reported as a malformed model, not a crash."""
+    from ..errors import InitDoctorError
+
+    model = load_onnx_proto(path)
+    try:
+        return describe_onnx_model(model, path, path.parent)
+    except InitDoctorError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed graph structure of any kind
+        raise InputError(f"{path}: malformed ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats: bool = True) -> ModelDescription:

@@ -37,7 +37,8 @@ def zip_kind(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+        # NotImplementedError: a garbled header claiming an unsupported zip version or compression
         raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
     if any("/code/" in n or n.startswith("code/") for n in names):
         return "torchscript"

@@ -1,0 +1,102 @@
+"""Fuzzing the loaders: mutated real files (truncated, bytes flipped, bytes inserted) must either
+load or fail with an InitDoctorError — never another exception (a traceback at the CLI).
+
+Fixed seed (hypothesis ``derandomize``) in CI: ``INITDOCTOR_FUZZ_EXAMPLES`` examples per format
+(default 100; 6 formats = 600 inputs). A longer run: ``INITDOCTOR_FUZZ_EXAMPLES=2000 pytest -q
+tests/test_fuzz.py`` (12,000 inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+import initdoctor
+from examples.models import plain_mlp
+
+EXAMPLES = int(os.environ.get("INITDOCTOR_FUZZ_EXAMPLES", "100"))
+COUNT = {"inputs": 0}
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("seeds")
+    model = plain_mlp(depth=3, width=8, init="kaiming").eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, folder / "zip.pt")
+    torch.save(state, folder / "legacy.pt", _use_new_zipfile_serialization=False)
+    save_file(state, str(folder / "m.safetensors"))
+    torch.onnx.export(model, (torch.randn(1, 64),), str(folder / "m.onnx"), dynamo=False)
+    proto = onnx.load(str(folder / "m.onnx"))
+    onnx.save_model(proto, str(folder / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)  # fmt: skip
+    index = {"metadata": {}, "weight_map": {k: "m.safetensors" for k in state}}
+    return {
+        "zip.pt": (folder / "zip.pt").read_bytes(),
+        "legacy.pt": (folder / "legacy.pt").read_bytes(),
+        "m.safetensors": (folder / "m.safetensors").read_bytes(),
+        "m.onnx": (folder / "m.onnx").read_bytes(),
+        "ext.onnx.data": (folder / "ext.onnx.data").read_bytes(),
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        "_ext.onnx": (folder / "ext.onnx").read_bytes(),
+    }
+
+
+mutation = st.one_of(
+    st.tuples(st.just("truncate"), st.floats(0, 1)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=8)),
+    st.tuples(st.just("insert"), st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=64))),
+)
+
+
+def mutate(data: bytes, how) -> bytes:
+    kind, arg = how
+    if kind == "truncate":
+        return data[: int(arg * len(data))]
+    if kind == "flip":
+        out = bytearray(data)
+        for where, xor in arg:
+            i = min(int(where * len(out)), len(out) - 1)
+            out[i] ^= xor
+        return bytes(out)
+    where, extra = arg
+    i = int(where * len(data))
+    return data[:i] + extra + data[i:]
+
+
+@pytest.mark.parametrize("target", ["zip.pt", "legacy.pt", "m.safetensors", "m.onnx", "ext.onnx.data",
+                                    "model.safetensors.index.json"])  # fmt: skip
+def test_mutated_files_fail_cleanly(seeds, tmp_path, target):
+    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(how=mutation)
+    def check(how):
+        folder = tmp_path / "case"
+        folder.mkdir(exist_ok=True)
+        for name, data in seeds.items():  # the companions of the mutated file, intact
+            if not name.startswith("_"):
+                (folder / name).write_bytes(data)
+        (folder / "ext.onnx").write_bytes(seeds["_ext.onnx"])
+        (folder / target).write_bytes(mutate(seeds[target], how))
+        source = {"ext.onnx.data": "ext.onnx"}.get(target, target)
+        COUNT["inputs"] += 1
+        try:
+            initdoctor.describe(folder / source)
+        except initdoctor.InitDoctorError:
+            pass  # one clear line at the CLI
+
+    check()
+
+
+def test_fuzz_count_reported():
+    """The number of generated bad inputs, printed for the record (pytest -s shows it)."""
+    print(f"fuzzed inputs: {COUNT['inputs']}")
+    assert COUNT["inputs"] >= 6 * EXAMPLES or COUNT["inputs"] == 0  # 0 when run alone
