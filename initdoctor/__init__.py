@@ -85,17 +85,19 @@ def diagnose(
     from .inspector import inspect_description
     from .probe import run_probe
 
+    from .probe import time_limit
+
     inspect_settings, probe_settings = _split_settings(settings)
-    loaded = load(source, trust=trust, weights=weights)
     result = None
     notes = []
-    if probe:
-        if loaded.runnable is None:
+    with time_limit(probe_settings.timeout):  # tracing and probing both run the model's code
+        loaded = load(source, trust=trust, weights=weights)
+        if probe and loaded.runnable is None:
             notes.append(
                 f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
                 "give the model's factory (--model pkg.mod:fn) to measure activations"
             )
-        else:
+        elif probe:
             result = run_probe(loaded, probe_settings, progress, example_inputs)
     report = inspect_description(loaded.description, inspect_settings, result)
     report.notes.extend(notes)

@@ -175,6 +175,8 @@ def inspect(
     seed: SeedOpt = None,
     vocab_size: VocabOpt = None,
     backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds the probe may run (0: no limit).")] = 0.0,
+    max_input_mib: Annotated[float, typer.Option(help="Largest probe batch, in MiB.")] = 1024.0,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
     fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
@@ -191,7 +193,7 @@ def inspect(
         with ProgressBar("probing layers") as bar:
             report = diagnose(
                 source, trust=opts["trust"], weights=weights_file, probe=opts["probe"], progress=bar,
-                backward=backward, **settings,
+                backward=backward, timeout=timeout, max_input_mib=max_input_mib, **settings,
             )  # fmt: skip
         _emit(report, format, output)
         if plot is not None:

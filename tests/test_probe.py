@@ -241,3 +241,20 @@ def test_progress_reaches_the_number_of_layer_calls(tmp_path):
     seen.clear()
     initdoctor.diagnose(path, probe=True, batch_size=4, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (20, 20) and len(seen) == 20  # 5 layers × 4 runs of the fixed batch of 1
+
+
+def test_probe_timeout_and_input_cap(tmp_path):
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom torch import nn\n"
+        "class Slow(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n        while True:\n            time.sleep(0.01)\n"
+        "def build():\n    return Slow()\n"
+    )
+    proc = run_cli("inspect", "slow:build", "--timeout", "1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "initdoctor: error: the model's code did not finish within 1 s (--timeout): its forward hangs"
+    )
+    proc = run_cli("inspect", "examples.models:kaiming_mlp", "--input-shape", "100000,64", "--max-input-mib", "8")
+    assert proc.returncode == 2 and "would take 24 MiB" in proc.stderr and "cap is 8 MiB" in proc.stderr

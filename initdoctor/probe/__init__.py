@@ -57,6 +57,10 @@ class ProbeSettings:
     #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
     #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
     onnx_strategy: str = "reduce"
+    #: seconds the probe may run (0: no limit); a forward that never returns becomes a clear error
+    timeout: float = 0.0
+    #: most MiB of probe input the seeded batch may take (a clear error instead of a huge allocation)
+    max_input_mib: float = 1024.0
     #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
     group_bytes: int = 256 << 20
 
@@ -217,10 +221,12 @@ class Collector:
 
 
 def random_inputs(
-    specs: list[tuple[tuple[int, ...], str]], rng: np.random.Generator, vocab: int | None
+    specs: list[tuple[tuple[int, ...], str]], rng: np.random.Generator, vocab: int | None,
+    max_input_mib: float = 1024.0,
 ) -> list[np.ndarray]:
     """Seeded inputs as numpy arrays (the same for every backend): N(0, 1) for float dtypes,
-    token ids uniform in ``[0, vocab)`` for integer ones."""
+    token ids uniform in ``[0, vocab)`` for integer ones; refused beyond ``max_input_mib``."""
+    _check_input_size(specs, ProbeSettings(max_input_mib=max_input_mib))
     arrays = []
     for shape, dtype in specs:
         if dtype.startswith("int"):
@@ -268,6 +274,61 @@ def run_probe(
             f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
             "to run; give the model's factory (--model pkg.mod:fn --weights FILE) to probe it"
         )
+    result = _dispatch(loaded, settings, progress, example_inputs)
+    result.seed, result.backward = settings.seed, settings.backward
+    return result
+
+
+class _Timeout(BaseException):  # not an Exception: passes through the forward's error handling
+    pass
+
+
+class time_limit:
+    """Raise :class:`ProbeError` when the block runs longer than ``seconds`` (SIGALRM: main thread
+    on POSIX; a no-op elsewhere or for 0). The model's own code runs twice in a diagnosis — when
+    torch.fx/torch.export trace it and when the probe runs it — and either can hang; a forward
+    stuck in Python code is interrupted, one stuck inside a native kernel when that kernel returns."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.active = False
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        if self.seconds > 0 and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+            def fire(signum: int, frame: Any) -> None:
+                raise _Timeout()
+
+            self.previous = signal.signal(signal.SIGALRM, fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.active = True
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        import signal
+
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+        if isinstance(exc, _Timeout):
+            raise ProbeError(
+                f"the model's code did not finish within {self.seconds:g} s (--timeout): its forward hangs"
+            ) from None
+        return False
+
+
+def _check_input_size(specs: list[tuple[tuple[int, ...], str]], settings: ProbeSettings) -> None:
+    """Refuse a probe batch larger than ``max_input_mib`` before allocating it."""
+    total = sum(math.prod(shape) * np.dtype(dtype.replace("bfloat16", "float16")).itemsize for shape, dtype in specs)
+    if total > settings.max_input_mib * 2**20:
+        raise ProbeError(
+            f"the probe batch would take {total / 2**20:.0f} MiB (inputs {[list(s) for s, _ in specs]}); the cap is "
+            f"{settings.max_input_mib:g} MiB — lower --batch-size or --input-shape"
+        )
+
+
+def _dispatch(loaded: Any, settings: ProbeSettings, progress: Progress | None, example_inputs: Any) -> ProbeResult:
     if loaded.backend == "onnx":
         from .onnx_backend import probe_onnx
 
@@ -281,5 +342,4 @@ def run_probe(
         from .torch_backend import probe_torch
 
         result = probe_torch(loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs)
-    result.seed, result.backward = settings.seed, settings.backward
     return result

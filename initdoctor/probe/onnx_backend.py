@@ -215,6 +215,7 @@ class _Inputs:
         self.seed = settings.seed
         self.rng = np.random.default_rng(settings.seed)
         self.vocab = default_vocab(desc, settings)
+        self.max_input_mib = settings.max_input_mib
         self.fixed = fixed
         self.used: list[dict[str, Any]] = []
 
@@ -223,7 +224,7 @@ class _Inputs:
         self.rng = np.random.default_rng(self.seed)
 
     def next(self) -> dict[str, np.ndarray]:
-        arrays = self.fixed if self.fixed is not None else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab)
+        arrays = self.fixed if self.fixed is not None else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab, self.max_input_mib)
         feed = {name: arr.astype(np.dtype(dtype), copy=False) for (name, _, dtype), arr in zip(self.specs, arrays)}
         if not self.used:
             self.used = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in feed.values()]

@@ -69,7 +69,7 @@ def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[A
     import torch
 
     specs = input_specs(desc, settings, example)
-    arrays = random_inputs(specs, np.random.default_rng(settings.seed), default_vocab(desc, settings))
+    arrays = random_inputs(specs, np.random.default_rng(settings.seed), default_vocab(desc, settings), settings.max_input_mib)
     return [torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs)]
 
 
