@@ -239,3 +239,62 @@ def test_fix_model_in_memory_is_the_pretraining_sanity_check():
     assert len(result.changes) == 29 and result.output is None
     assert all(c.factor == pytest.approx(math.sqrt(6), rel=0.03) for c in result.changes)
     assert initdoctor.diagnose(model).summary.status == "ok"
+
+
+def test_durability_for_every_writable_format(tmp_path, monkeypatch):
+    """A write that fails before os.replace leaves no output and the input as it was, for the
+    code-executing formats and the sharded folder too; --in-place's backup restores the bytes."""
+    import initdoctor.fileio as fileio
+
+    model = plain_mlp(depth=4, width=16, init="xavier").eval()
+    x = torch.randn(2, 64)
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "m.ts"))
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "m.pt2"))
+    torch.save(model, tmp_path / "full.pt")
+    shard_dir = tmp_path / "sharded"
+    shard_dir.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(shard_dir / "model-00001-of-00001.safetensors"))
+    (shard_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in state}})
+    )
+    cases = [(tmp_path / "m.ts", tmp_path / "o.ts"), (tmp_path / "m.pt2", tmp_path / "o.pt2"),
+             (tmp_path / "full.pt", tmp_path / "o.pt"),
+             (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded")]  # fmt: skip
+    for src, out in cases:
+        digest = sha(src)
+
+        def failing_replace(a, b):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(fileio.os, "replace", failing_replace)
+        with pytest.raises(OSError):
+            initdoctor.fix_model(src, output=out, trust=True)
+        monkeypatch.undo()
+        assert not out.exists() and sha(src) == digest, src
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], src  # no temp files left
+        result = initdoctor.fix_model(src, output=out, trust=True)  # and it works once the disk is fine
+        assert result.after.summary.status != "error", src
+
+
+def test_killed_mid_write_leaves_no_partial_output(tmp_path):
+    """SIGKILL while fix writes: OUT is either absent or complete; the input is untouched."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.pt"
+    torch.save(plain_mlp(depth=12, width=1024, in_features=1024, init="xavier").state_dict(), src)  # ~48 MB
+    digest = sha(src)
+    out = tmp_path / "out.pt"
+    for delay in (0.5, 1.0, 1.5, 2.0, 2.5):
+        out.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "initdoctor", "fix", str(src), "-o", str(out)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert sha(src) == digest
+        if out.exists():  # complete: it loads and is fixed
+            assert initdoctor.diagnose(out).summary.status == "ok"
