@@ -100,3 +100,37 @@ def test_fuzz_count_reported():
     """The number of generated bad inputs, printed for the record (pytest -s shows it)."""
     print(f"fuzzed inputs: {COUNT['inputs']}")
     assert COUNT["inputs"] >= 6 * EXAMPLES or COUNT["inputs"] == 0  # 0 when run alone
+
+
+def test_huge_declared_shape_is_refused_without_allocating(tmp_path):
+    """A safetensors header declaring a 10^12-element tensor over a few bytes of data."""
+    import struct
+
+    header = json.dumps({"w.weight": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 16]}}).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    with pytest.raises(initdoctor.InputError, match="do not hold shape"):
+        initdoctor.describe(path)
+    overflow = json.dumps({"w.weight": {"dtype": "F32", "shape": [4], "data_offsets": [0, 2**63]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(overflow)) + overflow + b"\0" * 16)
+    with pytest.raises(initdoctor.InputError):
+        initdoctor.describe(path)
+
+
+def test_models_that_load_but_misbehave(tmp_path):
+    from tests.conftest import run_cli
+
+    # no weighted layer at all
+    empty = initdoctor.diagnose(torch.nn.Sequential(torch.nn.ReLU()))
+    assert empty.layers == [] and empty.summary.message == "no weighted layers found"
+    # int8 (quantized-style) and empty weights are skipped, not crashed on
+    save_file({"q.weight": torch.randint(-128, 127, (8, 8), dtype=torch.int8),
+               "e.weight": torch.zeros(0, 4), "f.weight": torch.randn(8, 8)}, str(tmp_path / "m.safetensors"))  # fmt: skip
+    by = {f.name: f for f in initdoctor.diagnose(tmp_path / "m.safetensors").layers}
+    assert by["q"].status == "skip" and "int8" in by["q"].message
+    assert by["e"].status == "skip" and by["f"].status in ("ok", "warn", "error")
+    # --debug shows the traceback a normal run hides
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    quiet, loud = run_cli("inspect", str(tmp_path / "bad.pt")), run_cli("inspect", str(tmp_path / "bad.pt"), "--debug")
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert "Traceback" in loud.stderr

@@ -45,6 +45,11 @@ _DTYPES = {
     "U8": ("u1", False), "BOOL": ("u1", False),
 }  # fmt: skip
 MAX_HEADER = 100 * 2**20
+#: safetensors dtype → the torch-style name reported in ``dtype``
+_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
 
 
 def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
@@ -138,9 +143,7 @@ def describe_safetensors(path: Path, *, index: bool = False) -> ModelDescription
 
     def stats_of(key: str) -> WeightStats:
         entry = entries[key]
-        dtype = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(
-            entry["dtype"], entry["dtype"].lower()
-        )
+        dtype = _NAMES.get(entry["dtype"], entry["dtype"].lower())
         if entry["dtype"] in _DTYPES:
             return array_stats(read_array(owner[key], entry, starts[owner[key]]), dtype=dtype)
         from .torch_module import tensor_stats
