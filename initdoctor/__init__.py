@@ -40,7 +40,7 @@ from .inspector import Settings
 from .report import Report
 
 
-def load(source: Any, *, trust: bool = False, weights: Any = None):
+def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None):
     """Read a model into a :class:`~initdoctor.loaders.LoadedModel` (description + runnable).
 
     ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
@@ -54,7 +54,7 @@ def load(source: Any, *, trust: bool = False, weights: Any = None):
         return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
     from .loaders import load as _load
 
-    return _load(source, trust=trust, weights=weights)
+    return _load(source, trust=trust, weights=weights, progress=progress)
 
 
 def describe(source: Any, *, trust: bool = False, weights: Any = None):
@@ -91,7 +91,8 @@ def diagnose(
     result = None
     notes = []
     with time_limit(probe_settings.timeout):  # tracing and probing both run the model's code
-        loaded = load(source, trust=trust, weights=weights)
+        phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
+        loaded = load(source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None)
         if probe and loaded.runnable is None:
             notes.append(
                 f"static only: a {loaded.description.format} file holds weights but no graph to probe; "

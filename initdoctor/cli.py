@@ -181,6 +181,7 @@ def inspect(
     fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Report, per weighted layer, how far its weights are from Kaiming initialization."""
@@ -190,7 +191,7 @@ def inspect(
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
         settings, opts = _resolve(**locals())  # the command's own options, by name
-        with ProgressBar("probing layers") as bar:
+        with ProgressBar("probing layers", quiet=quiet) as bar:
             report = diagnose(
                 source, trust=opts["trust"], weights=weights_file, probe=opts["probe"], progress=bar,
                 backward=backward, timeout=timeout, max_input_mib=max_input_mib, **settings,

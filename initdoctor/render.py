@@ -167,13 +167,13 @@ class ProgressBar:
     Use as a context manager; the instance is the ``progress(done, total)`` callback.
     """
 
-    def __init__(self, label: str = "probing") -> None:
+    def __init__(self, label: str = "probing", quiet: bool = False) -> None:
         import sys
 
         self.label = label
         self.bar: Any = None
-        self.task: Any = None
-        self.enabled = sys.stderr.isatty()
+        self.tasks: dict[str, Any] = {}
+        self.enabled = sys.stderr.isatty() and not quiet
 
     def __enter__(self) -> "ProgressBar":
         if self.enabled:
@@ -187,12 +187,17 @@ class ProgressBar:
             self.bar.start()
         return self
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, label: str | None = None) -> None:
         if self.bar is None:
             return
-        if self.task is None:
-            self.task = self.bar.add_task(self.label, total=total)
-        self.bar.update(self.task, completed=done, total=total)
+        label = label or self.label
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[label], completed=done, total=total)
+
+    def phase(self, label: str) -> Any:
+        """A ``progress(done, total)`` callback drawing its own line (e.g. "reading weights")."""
+        return lambda done, total: self(done, total, label)
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:

@@ -88,8 +88,11 @@ def describe(
     return load(source, trust=trust, weights=weights).description
 
 
-def load(source: str | Path, *, trust: bool = False, weights: str | Path | None = None) -> LoadedModel:
-    """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible)."""
+def load(
+    source: str | Path, *, trust: bool = False, weights: str | Path | None = None, progress: Any = None
+) -> LoadedModel:
+    """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible).
+    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors)."""
     from .factory import build_from_factory, is_factory_spec
 
     text = str(source)
@@ -105,17 +108,17 @@ def load(source: str | Path, *, trust: bool = False, weights: str | Path | None 
     if fmt == "safetensors":
         from .safetensors_file import describe_safetensors
 
-        return LoadedModel(describe_safetensors(path))
+        return LoadedModel(describe_safetensors(path, progress=progress))
     if fmt == "safetensors-index":
         from .safetensors_file import describe_safetensors
 
         if path.is_dir():
             path = sorted(path.glob("*.safetensors.index.json"))[0]
-        return LoadedModel(describe_safetensors(path, index=True))
+        return LoadedModel(describe_safetensors(path, index=True, progress=progress))
     if fmt == "onnx":
         from .onnx_file import describe_onnx
 
-        return LoadedModel(describe_onnx(path), path, "onnx")
+        return LoadedModel(describe_onnx(path, progress), path, "onnx")
     if fmt in ("torch-zip", "torch-legacy"):
         from .torch_file import describe_torch_object, load_torch_object
 
@@ -126,7 +129,7 @@ def load(source: str | Path, *, trust: bool = False, weights: str | Path | None 
             from .torch_module import describe_module_graph
 
             return LoadedModel(*describe_module_graph(obj, path=str(path), fmt="torch-module"))
-        return LoadedModel(describe_torch_object(obj, path, "state_dict"))
+        return LoadedModel(describe_torch_object(obj, path, "state_dict", progress))
     if fmt == "torchscript":
         from .torch_file import load_torchscript
         from .torch_module import describe_module

@@ -123,7 +123,7 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def describe_onnx(path: Path) -> ModelDescription:
+def describe_onnx(path: Path, progress: Any = None) -> ModelDescription:
     """Describe an ONNX file. The graph is untrusted input: anything that breaks while reading
     it (a name that is not valid UTF-8 after a flipped byte, an attribute of the wrong type...)
     is reported as a malformed model, not a crash."""
@@ -131,14 +131,16 @@ def describe_onnx(path: Path) -> ModelDescription:
 
     model = load_onnx_proto(path)
     try:
-        return describe_onnx_model(model, path, path.parent)
+        return describe_onnx_model(model, path, path.parent, progress=progress)
     except InitDoctorError:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed graph structure of any kind
         raise InputError(f"{path}: malformed ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats: bool = True) -> ModelDescription:
+def describe_onnx_model(
+    model: Any, path: Path | str, base: Path, *, with_stats: bool = True, progress: Any = None
+) -> ModelDescription:
     """Describe a parsed ONNX ``ModelProto``; ``base`` is the folder external data is relative to.
     ``with_stats=False`` skips reading the weights (the probe only needs the tensor names)."""
     import onnx
@@ -250,6 +252,7 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
 
     layers: list[Layer] = []
     seen: set[str] = set()
+    total = max(1, len({f[1] for f in found}))
     for nid, init_name, kind, torch_shape, groups in found:
         if init_name in seen:
             continue
@@ -259,6 +262,8 @@ def describe_onnx_model(model: Any, path: Path | str, base: Path, *, with_stats:
         name = layer_name(init_name, node_names[nid])
         stored = tuple(int(d) for d in tensor.dims)
         stats = _stats(tensor, base) if with_stats else _NO_STATS
+        if progress is not None and with_stats:
+            progress(len(seen), total)
         layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
         hit = following_nonlinearity(nodes, nid)
         if hit is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..model import ModelDescription
-from .tensors import describe_tensors, natural_key
+from .tensors import counted, describe_tensors, natural_key, weight_count
 
 
 def shard_files(index_path: Path) -> dict[str, Path]:
@@ -116,7 +116,7 @@ def _open(path: Path) -> Any:
         raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
 
 
-def describe_safetensors(path: Path, *, index: bool = False) -> ModelDescription:
+def describe_safetensors(path: Path, *, index: bool = False, progress: Any = None) -> ModelDescription:
     """Describe a safetensors file or sharded checkpoint. Headers are parsed and checked by
     :func:`read_header`; each tensor the description needs is read on its own with one positioned
     read (:func:`read_array`), so memory stays near the largest tensor and torch is not imported
@@ -151,4 +151,5 @@ def describe_safetensors(path: Path, *, index: bool = False) -> ModelDescription
         with _open(owner[key]) as handle:
             return tensor_stats(handle.get_tensor(key))
 
+    stats_of = counted(stats_of, weight_count(list(shapes)), progress)
     return describe_tensors(items, stats_of, path=str(path), fmt=fmt, order="natural", parameters=params)

@@ -83,3 +83,23 @@ def describe_tensors(
             Layer(display, kind, key, tuple(shape), fan_in, fan_out, stats_of(key), bias_key=bias_key)
         )
     return desc
+
+
+def counted(stats_of: Callable[[str], WeightStats], total: int, progress: Callable[[int, int], None] | None):
+    """``stats_of`` that also reports ``progress(done, total)`` after each tensor it reduces."""
+    if progress is None:
+        return stats_of
+    done = [0]
+
+    def wrapped(key: str) -> WeightStats:
+        result = stats_of(key)
+        done[0] += 1
+        progress(min(done[0], total), total)
+        return result
+
+    return wrapped
+
+
+def weight_count(keys: Sequence[str]) -> int:
+    """How many tensors a description will reduce (weights; an estimate for the progress bar)."""
+    return max(1, sum(1 for k in keys if split_weight_key(k) is not None))

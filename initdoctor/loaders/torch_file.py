@@ -156,7 +156,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def describe_torch_object(obj: Any, path: Path, fmt: str) -> ModelDescription:
+def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) -> ModelDescription:
     """A loaded checkpoint object → description (an nn.Module keeps its graph)."""
     import torch
 
@@ -166,9 +166,11 @@ def describe_torch_object(obj: Any, path: Path, fmt: str) -> ModelDescription:
         return describe_module(obj, path=str(path), fmt="torch-module")
     state = find_state_dict(obj, path)
     keys_shapes = [(k, tuple(int(s) for s in v.shape)) for k, v in state.items()]
+    from .tensors import counted, weight_count
+
     return describe_tensors(
         keys_shapes,
-        lambda key: tensor_stats(state[key]),
+        counted(lambda key: tensor_stats(state[key]), weight_count(list(state)), progress),
         path=str(path),
         fmt=fmt,
         order="checkpoint",
