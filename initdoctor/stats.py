@@ -86,8 +86,10 @@ def scan(array: np.ndarray) -> Scan:
     """Reduce any array in chunks of :data:`CHUNK` elements with float64 accumulation.
 
     Per chunk: the float64 sum (``np.add.reduce`` casts in buffers, no copy); when it is finite the
-    chunk holds no NaN/Inf, so it is copied to float64 once, centred in place and dotted with
-    itself (two-pass variance), and min, max and zeros are read from the original dtype. A chunk
+    chunk holds no NaN/Inf, so it is copied to float64 once and dotted with itself; when
+    ``n·mean² ≤ 10⁻⁶·Σx²`` (zero-mean weights) ``m2 = Σx² − n·mean²`` loses no digits, otherwise
+    the copy is centred in place and dotted again (two-pass variance). Min, max and zeros are read
+    from the original dtype. A chunk
     whose sum is not finite takes the slow path that drops and counts NaN/Inf.
     """
     flat = np.asarray(array).reshape(-1)
@@ -100,9 +102,15 @@ def scan(array: np.ndarray) -> Scan:
         total = float(np.add.reduce(chunk, dtype=np.float64))
         if math.isfinite(total):
             mean = total / n
-            centred = chunk.astype(np.float64)
-            centred -= mean
-            m2 = float(np.dot(centred, centred))
+            wide = chunk.astype(np.float64)
+            squares = float(np.dot(wide, wide))
+            if n * mean * mean <= 1e-6 * squares:
+                # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
+                # no digits, and the centring pass is saved
+                m2 = squares - n * mean * mean
+            else:
+                wide -= mean
+                m2 = float(np.dot(wide, wide))
             if math.isfinite(m2):
                 out.moments.merge(n, mean, m2)
                 out.zeros += n - int(np.count_nonzero(chunk))
