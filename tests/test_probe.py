@@ -258,3 +258,14 @@ def test_probe_timeout_and_input_cap(tmp_path):
     )
     proc = run_cli("inspect", "examples.models:kaiming_mlp", "--input-shape", "100000,64", "--max-input-mib", "8")
     assert proc.returncode == 2 and "would take 24 MiB" in proc.stderr and "cap is 8 MiB" in proc.stderr
+
+
+def test_inferred_input_for_a_first_layer_stored_in_out():
+    """A first layer whose weight is stored [in, out] (ONNX MatMul, Hugging Face Conv1D) takes
+    inputs of width ``in``: the probe infers [B, 128] for a 128 → 512 layer."""
+    from initdoctor.probe import infer_input_shape
+
+    assert infer_input_shape("matmul", (128, 512), 1, 4) == (4, 128)
+    assert infer_input_shape("linear", (512, 128), 1, 4) == (4, 128)
+    assert infer_input_shape("conv2d", (16, 3, 3, 3), 1, 2) == (2, 3, 32, 32)
+    assert infer_input_shape("embedding", (100, 8), 1, 2) == (2, 16)

@@ -249,12 +249,12 @@ def default_vocab(desc: Any, settings: ProbeSettings) -> int | None:
 def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int) -> tuple[int, ...]:
     """An input shape for a model whose first weighted layer is ``first_kind``.
 
-    Linear/MatMul ``[out, in]`` → ``[B, in]``; ConvNd ``[out, in/g, *k]`` → ``[B, in, S…]`` with
+    Linear ``[out, in]`` and MatMul ``[in, out]`` (as stored) → ``[B, in]``; ConvNd ``[out, in/g, *k]`` → ``[B, in, S…]`` with
     ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` → ``[B, in, S…]``;
     Embedding → token ids ``[B, 16]``.
     """
     if first_kind in ("linear", "matmul"):
-        return (batch, first_shape[-1] if first_kind == "linear" else first_shape[-1])
+        return (batch, first_shape[-1] if first_kind == "linear" else first_shape[0])  # matmul stores [in, out]
     if first_kind == "embedding":
         return (batch, 16)
     rank = len(first_shape) - 2
