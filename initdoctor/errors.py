@@ -8,6 +8,13 @@ single line with exit code 2; library users catch it the same way.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (``default`` when it has none): what a one-line
+    error report quotes from a library or from the user's own code."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else default
+
+
 class InitDoctorError(Exception):
     """Base class: a problem with the user's input or settings (CLI exit code 2)."""
 

@@ -13,19 +13,6 @@ from dataclasses import dataclass, field
 from .graph import Block
 from .stats import WeightStats
 
-#: Layer kinds the inspector judges against Kaiming.
-WEIGHTED_KINDS = (
-    "linear",
-    "matmul",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-    "embedding",
-)
-
 
 @dataclass
 class Layer:

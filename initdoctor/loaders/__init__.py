@@ -15,18 +15,6 @@ from typing import Any
 from ..errors import InputError
 from ..model import ModelDescription
 
-#: Format names as reported in ``model.format`` of the JSON report.
-FORMATS = (
-    "state_dict",
-    "torch-module",
-    "torchscript",
-    "torch.export",
-    "safetensors",
-    "safetensors-sharded",
-    "onnx",
-    "factory",
-)
-
 
 def detect_format(path: Path) -> str:
     """One of ``torch-zip``, ``torch-legacy``, ``torchscript``, ``torch.export``, ``safetensors``,

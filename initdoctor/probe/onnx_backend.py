@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import first_line
 from ..model import ModelDescription
 from ..stats import Moments, fast_moments
 from . import (
@@ -192,19 +193,14 @@ class _Weights:
         try:
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001
-            raise ProbeError(f"onnxruntime cannot load the model: {_line(exc)}") from None
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+            raise ProbeError(f"onnxruntime cannot load the model: {first_line(exc, type(exc).__name__)}") from None
 
 
 def _run(session: Any, fetch: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
     try:
         return session.run(fetch, feed)
     except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"onnxruntime failed to run the model: {_line(exc)}") from None
+        raise ProbeError(f"onnxruntime failed to run the model: {first_line(exc, type(exc).__name__)}") from None
 
 
 class _Inputs:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import first_line
 from ..model import ModelDescription
 from ..stats import Moments, fast_moments
 from . import (
@@ -125,7 +126,7 @@ def probe_torch(
             try:
                 output = call(*inputs)
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
-                raise ProbeError(f"the model's forward raised {type(exc).__name__}: {_line(exc)}") from None
+                raise ProbeError(f"the model's forward raised {type(exc).__name__}: {first_line(exc)}") from None
             if settings.backward:
                 _backward(output, module, settings.seed)
     finally:
@@ -142,11 +143,6 @@ def probe_torch(
     if missed:
         result.notes.append(f"{len(missed)} layers not called by forward: {', '.join(missed[:5])}")
     return result
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else ""
 
 
 def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
@@ -267,7 +263,7 @@ def _probe_torchscript(
     try:
         torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)
     except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"cannot run the TorchScript model through ONNX for the probe: {_line(exc)}") from None
+        raise ProbeError(f"cannot run the TorchScript model through ONNX for the probe: {first_line(exc)}") from None
     result = probe_onnx(buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs], progress=progress)
     result.backend = "torchscript→onnx"
     return result
