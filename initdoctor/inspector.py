@@ -179,7 +179,7 @@ def inspect_description(
             continue
         exp = expected_std(gain, max(fan, 1))
         finding.expected_std = exp
-        zero = st.zero_count == st.finite_count
+        zero = st.all_zero
         if role in ("normalized", "residual"):
             _judge_structural(finding, layer, branch_of.get(layer.name), zero)
             continue
@@ -479,7 +479,7 @@ def _judge_norm(norm: NormLayer) -> NormFinding:
     status, message = "ok", "affine scale reported; not judged against Kaiming"
     if st.nan_count or st.inf_count or (bias and (bias.nan_count or bias.inf_count)):
         status, message = "error", "NaN or Inf in the affine parameters"
-    elif st.numel and st.zero_count == st.numel:
+    elif st.numel and st.all_zero:
         status, message = "ok", "all-zero scale (zero-init of a residual branch's last norm)"
     return NormFinding(
         norm.name, norm.kind, list(norm.shape), st.mean, st.std,

@@ -1,9 +1,10 @@
 """Weight statistics, computed in one streaming pass with float64 accumulation.
 
-Large tensors are reduced in chunks (``CHUNK`` elements at a time): each chunk's mean and sum of
+Arrays are reduced in cache-sized blocks (:data:`BLOCK` elements): each block's mean and sum of
 squared deviations are computed in float64 and merged with Chan et al.'s parallel formula, so the
-result does not suffer the cancellation of ``E[x²] − E[x]²`` and memory stays at one chunk.
-NaN and Inf values are counted and left out of mean and std.
+result does not suffer the cancellation of ``E[x²] − E[x]²`` and memory stays at two blocks per
+thread; large arrays are split across threads (:func:`scan`). NaN and Inf values are counted and
+left out of mean and std. The probe's activations use :func:`fast_moments` (``CHUNK`` elements).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ class WeightStats:
     max: float
     nan_count: int = 0
     inf_count: int = 0
-    zero_count: int = 0
 
     @property
     def finite_count(self) -> int:
         return self.numel - self.nan_count - self.inf_count
+
+    @property
+    def all_zero(self) -> bool:
+        """Every finite value is zero (true when there is none): min = max = 0."""
+        return self.finite_count == 0 or (self.min == 0.0 and self.max == 0.0)
 
 
 def is_float_dtype(dtype: str) -> bool:
@@ -77,47 +82,92 @@ class Scan:
     moments: Moments
     nan: int = 0
     inf: int = 0
-    zeros: int = 0
     min: float = math.inf
     max: float = -math.inf
 
+    def merge(self, other: "Scan") -> None:
+        self.moments.merge_moments(other.moments)
+        self.nan += other.nan
+        self.inf += other.inf
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+
+BLOCK = 1 << 17  # 128K elements: 512 KiB of float32 and two 1 MiB float64 buffers stay in a 2 MiB L2
+PARALLEL_MIN = 1 << 21  # arrays from 2M elements (8 MiB of float32) are split across threads
+_pool = None
+
+
+def _workers() -> int:
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
 
 def scan(array: np.ndarray) -> Scan:
-    """Reduce any array in chunks of :data:`CHUNK` elements with float64 accumulation.
+    """Reduce any array in one pass with float64 accumulation, in parallel for large arrays.
 
-    Per chunk: the float64 sum (``np.add.reduce`` casts in buffers, no copy); when it is finite the
-    chunk holds no NaN/Inf, so it is copied to float64 once and dotted with itself; when
-    ``n·mean² ≤ 10⁻⁶·Σx²`` (zero-mean weights) ``m2 = Σx² − n·mean²`` loses no digits, otherwise
-    the copy is centred in place and dotted again (two-pass variance). Min, max and zeros are read
-    from the original dtype. A chunk
-    whose sum is not finite takes the slow path that drops and counts NaN/Inf.
+    The array is cut into one contiguous range per CPU (up to 8), each reduced by
+    :func:`_scan_range` in a thread (numpy releases the GIL inside its loops), and the partial
+    results merged with Chan et al.'s formula. Memory: two float64 buffers of :data:`BLOCK`
+    elements per thread, whatever the array's size.
     """
+    global _pool
     flat = np.asarray(array).reshape(-1)
+    workers = _workers() if flat.size >= PARALLEL_MIN else 1
+    if workers == 1:
+        return _scan_range(flat)
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="initdoctor-scan")
+    step = -(-int(flat.size) // workers // BLOCK) * BLOCK
     out = Scan(Moments())
-    for start in range(0, int(flat.size), CHUNK):
-        chunk = flat[start : start + CHUNK]
-        if chunk.dtype.kind not in "f":
-            chunk = chunk.astype(np.float64)
+    for part in _pool.map(_scan_range, [flat[i : i + step] for i in range(0, int(flat.size), step)]):
+        out.merge(part)
+    return out
+
+
+def _scan_range(flat: np.ndarray) -> Scan:
+    """Reduce a 1-d array block by block (:data:`BLOCK` elements, cache-sized).
+
+    Per block: copied once into a float64 buffer; its sum and its sum of squares (squared into a
+    second buffer, pairwise-summed) — both float64, no BLAS (whose own threads would fight the
+    scan's); when ``n·mean² ≤ 10⁻⁶·Σx²`` (zero-mean weights) ``m2 = Σx² − n·mean²`` loses no
+    digits, otherwise the buffer is centred and squared again (two-pass variance, still in
+    cache). Min and max are read from the original dtype. A block whose sums are not finite
+    takes the slow path that drops and counts NaN/Inf.
+    """
+    out = Scan(Moments())
+    size = int(flat.size)
+    wide_buf = np.empty(min(size, BLOCK), np.float64)
+    sq_buf = np.empty_like(wide_buf)
+    for start in range(0, size, BLOCK):
+        chunk = flat[start : start + BLOCK]
         n = int(chunk.size)
-        total = float(np.add.reduce(chunk, dtype=np.float64))
-        if math.isfinite(total):
+        wide, sq = wide_buf[:n], sq_buf[:n]
+        np.copyto(wide, chunk, casting="unsafe")
+        total = float(np.add.reduce(wide))
+        squares = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
+        if math.isfinite(total) and math.isfinite(squares):
             mean = total / n
-            wide = chunk.astype(np.float64)
-            squares = float(np.dot(wide, wide))
             if n * mean * mean <= 1e-6 * squares:
                 # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
                 # no digits, and the centring pass is saved
                 m2 = squares - n * mean * mean
             else:
-                wide -= mean
-                m2 = float(np.dot(wide, wide))
-            if math.isfinite(m2):
-                out.moments.merge(n, mean, m2)
-                out.zeros += n - int(np.count_nonzero(chunk))
-                out.min = min(out.min, float(chunk.min()))
-                out.max = max(out.max, float(chunk.max()))
-                continue
-        _scan_slow(chunk.astype(np.float64, copy=False), out)
+                np.subtract(wide, mean, out=wide)
+                m2 = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
+            out.moments.merge(n, mean, m2)
+            low, high = np.minimum.reduce(chunk), np.maximum.reduce(chunk)
+            out.min = min(out.min, float(low))
+            out.max = max(out.max, float(high))
+            continue
+        _scan_slow(chunk.astype(np.float64), out)
     return out
 
 
@@ -130,7 +180,6 @@ def _scan_slow(chunk: np.ndarray, out: Scan) -> None:
     n = int(chunk.size)
     if n == 0:
         return
-    out.zeros += int(n - np.count_nonzero(chunk))
     c_mean = float(chunk.mean())
     out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
     out.min = min(out.min, float(chunk.min()))
@@ -143,10 +192,8 @@ def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:
     s = scan(flat)
     m = s.moments
     if not m.count:
-        return WeightStats(int(flat.size), dtype or str(flat.dtype), math.nan, math.nan, math.nan, math.nan, s.nan, s.inf, 0)
-    return WeightStats(
-        int(flat.size), dtype or str(flat.dtype), m.mean, math.sqrt(m.var), s.min, s.max, s.nan, s.inf, s.zeros
-    )
+        return WeightStats(int(flat.size), dtype or str(flat.dtype), math.nan, math.nan, math.nan, math.nan, s.nan, s.inf)
+    return WeightStats(int(flat.size), dtype or str(flat.dtype), m.mean, math.sqrt(m.var), s.min, s.max, s.nan, s.inf)
 
 
 def fast_moments(array: np.ndarray) -> tuple[Moments, int]:

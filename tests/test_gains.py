@@ -65,5 +65,21 @@ def test_streaming_stats_match_numpy_and_count_bad_values():
     assert st.std == pytest.approx(ref.std(), rel=1e-9)  # no E[x²]−E[x]² cancellation at mean/std=60
     b = np.array([1.0, np.nan, np.inf, -1.0, 0.0], dtype=np.float32)
     st = array_stats(b)
-    assert (st.nan_count, st.inf_count, st.zero_count) == (1, 1, 1)
+    assert (st.nan_count, st.inf_count, st.min, st.max, st.all_zero) == (1, 1, -1.0, 1.0, False)
     assert st.mean == pytest.approx(0.0) and st.std == pytest.approx(math.sqrt(2 / 3))
+
+
+def test_parallel_blocked_scan_is_exact_across_threads_and_blocks():
+    from initdoctor.stats import BLOCK, PARALLEL_MIN
+
+    rng = np.random.default_rng(1)
+    a = (rng.standard_normal(PARALLEL_MIN + BLOCK + 7) * 0.02 + 0.5).astype(np.float32)  # mean ≫ std: centred
+    a[-3] = np.nan  # in the last thread's range, last block
+    a[5] = -np.inf
+    st = array_stats(a)
+    ref = a[np.isfinite(a)].astype(np.float64)
+    assert (st.nan_count, st.inf_count) == (1, 1)
+    assert st.mean == pytest.approx(ref.mean(), rel=1e-12)
+    assert st.std == pytest.approx(ref.std(), rel=1e-9)
+    assert (st.min, st.max) == (ref.min(), ref.max())
+    assert array_stats(np.zeros(PARALLEL_MIN, np.float16)).all_zero
