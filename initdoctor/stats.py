@@ -10,7 +10,9 @@ left out of mean and std. The probe's activations use :func:`fast_moments` (``CH
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,8 +27,6 @@ class WeightStats:
     dtype: str
     mean: float
     std: float
-    min: float
-    max: float
     nan_count: int = 0
     inf_count: int = 0
 
@@ -36,8 +36,8 @@ class WeightStats:
 
     @property
     def all_zero(self) -> bool:
-        """Every finite value is zero (true when there is none): min = max = 0."""
-        return self.finite_count == 0 or (self.min == 0.0 and self.max == 0.0)
+        """Every finite value is zero (true when there is none): mean = std = 0, i.e. Σx² = 0."""
+        return self.finite_count == 0 or (self.mean == 0.0 and self.std == 0.0)
 
 
 def is_float_dtype(dtype: str) -> bool:
@@ -77,24 +77,20 @@ class Moments:
 
 @dataclass
 class Scan:
-    """One pass over an array: moments of the finite values, counts of the rest, min and max."""
+    """One pass over an array: moments of the finite values and counts of the rest."""
 
     moments: Moments
     nan: int = 0
     inf: int = 0
-    min: float = math.inf
-    max: float = -math.inf
 
     def merge(self, other: "Scan") -> None:
         self.moments.merge_moments(other.moments)
         self.nan += other.nan
         self.inf += other.inf
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
 
 
 BLOCK = 1 << 17  # 128K elements: 512 KiB of float32 and two 1 MiB float64 buffers stay in a 2 MiB L2
-PARALLEL_MIN = 1 << 21  # arrays from 2M elements (8 MiB of float32) are split across threads
+PARALLEL_MIN = 1 << 21  # from 2M elements (8 MiB of float32) the work is split across threads
 _pool = None
 
 
@@ -108,92 +104,137 @@ def _workers() -> int:
     return max(1, min(cpus, 8))
 
 
-def scan(array: np.ndarray) -> Scan:
-    """Reduce any array in one pass with float64 accumulation, in parallel for large arrays.
-
-    The array is cut into one contiguous range per CPU (up to 8), each reduced by
-    :func:`_scan_range` in a thread (numpy releases the GIL inside its loops), and the partial
-    results merged with Chan et al.'s formula. Memory: two float64 buffers of :data:`BLOCK`
-    elements per thread, whatever the array's size.
-    """
+def _in_parallel(count: int, reduce_range: Callable[[int, int], Scan]) -> Scan:
+    """``reduce_range(lo, hi)`` over ``[0, count)`` cut into one block-aligned range per CPU (up
+    to 8), run in threads (numpy releases the GIL inside its loops; file reads release it too),
+    the partial results merged with Chan et al.'s formula."""
     global _pool
-    flat = np.asarray(array).reshape(-1)
-    workers = _workers() if flat.size >= PARALLEL_MIN else 1
+    workers = _workers() if count >= PARALLEL_MIN else 1
     if workers == 1:
-        return _scan_range(flat)
+        return reduce_range(0, count)
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="initdoctor-scan")
-    step = -(-int(flat.size) // workers // BLOCK) * BLOCK
+    step = -(-count // workers // BLOCK) * BLOCK
     out = Scan(Moments())
-    for part in _pool.map(_scan_range, [flat[i : i + step] for i in range(0, int(flat.size), step)]):
+    for part in _pool.map(lambda lo: reduce_range(lo, min(count, lo + step)), range(0, count, step)):
         out.merge(part)
     return out
 
 
-def _scan_range(flat: np.ndarray) -> Scan:
-    """Reduce a 1-d array block by block (:data:`BLOCK` elements, cache-sized).
+def scan(array: np.ndarray) -> Scan:
+    """Reduce any array in one pass with float64 accumulation (:func:`_reduce_blocks`), split
+    across threads for large arrays. Memory: two float64 buffers of :data:`BLOCK` elements per
+    thread, whatever the array's size."""
+    flat = np.asarray(array).reshape(-1)
+
+    def blocks(lo: int, hi: int) -> Iterator[np.ndarray]:
+        for start in range(lo, hi, BLOCK):
+            yield flat[start : min(hi, start + BLOCK)]
+
+    return _in_parallel(int(flat.size), lambda lo, hi: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK)))
+
+
+def scan_file(path: str | Path, offset: int, count: int, dtype: np.dtype | str, *, bfloat16: bool = False) -> Scan:
+    """Reduce ``count`` values of ``dtype`` stored at byte ``offset`` of a file, read block by
+    block with positioned reads into a small buffer per thread — no mapping, no tensor-sized
+    allocation: memory stays at a few MiB whatever the tensor's size. ``bfloat16=True``: the
+    values are stored as ``<u2`` and widened to float32 exactly (``bits << 16``). Raises
+    ``InputError`` if the file ends early."""
+    from .errors import InputError
+
+    stored = np.dtype(dtype)
+    size = stored.itemsize
+
+    def blocks(lo: int, hi: int) -> Iterator[np.ndarray]:
+        raw = np.empty(min(hi - lo, BLOCK), stored)
+        wide = np.empty(raw.size, np.uint32) if bfloat16 else None
+        with open(path, "rb", buffering=0) as fh:
+            for start in range(lo, hi, BLOCK):
+                n = min(hi, start + BLOCK) - start
+                view = memoryview(raw[:n]).cast("B")
+                fh.seek(offset + start * size)
+                got = 0
+                while got < len(view):
+                    step = fh.readinto(view[got:])
+                    if not step:
+                        raise InputError(f"{path}: file ends inside a tensor (offset {offset}, {count} values)")
+                    got += step
+                if wide is None:
+                    yield raw[:n]
+                else:
+                    np.left_shift(raw[:n], 16, out=wide[:n], dtype=np.uint32)
+                    yield wide[:n].view(np.float32)
+
+    return _in_parallel(count, lambda lo, hi: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK)))
+
+
+def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int) -> Scan:
+    """Reduce 1-d blocks of at most ``largest`` (≤ :data:`BLOCK`, cache-sized) elements.
 
     Per block: copied once into a float64 buffer; its sum and its sum of squares (squared into a
     second buffer, pairwise-summed) — both float64, no BLAS (whose own threads would fight the
     scan's); when ``n·mean² ≤ 10⁻⁶·Σx²`` (zero-mean weights) ``m2 = Σx² − n·mean²`` loses no
     digits, otherwise the buffer is centred and squared again (two-pass variance, still in
-    cache). Min and max are read from the original dtype. A block whose sums are not finite
-    takes the slow path that drops and counts NaN/Inf.
+    cache). A block whose sums are not finite takes the slow path that drops and counts NaN/Inf.
     """
     out = Scan(Moments())
-    size = int(flat.size)
-    wide_buf = np.empty(min(size, BLOCK), np.float64)
+    wide_buf = np.empty(largest, np.float64)
     sq_buf = np.empty_like(wide_buf)
-    for start in range(0, size, BLOCK):
-        chunk = flat[start : start + BLOCK]
-        n = int(chunk.size)
-        wide, sq = wide_buf[:n], sq_buf[:n]
-        np.copyto(wide, chunk, casting="unsafe")
-        total = float(np.add.reduce(wide))
-        squares = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
-        if math.isfinite(total) and math.isfinite(squares):
-            mean = total / n
-            if n * mean * mean <= 1e-6 * squares:
-                # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
-                # no digits, and the centring pass is saved
-                m2 = squares - n * mean * mean
-            else:
-                np.subtract(wide, mean, out=wide)
-                m2 = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
-            out.moments.merge(n, mean, m2)
-            low, high = np.minimum.reduce(chunk), np.maximum.reduce(chunk)
-            out.min = min(out.min, float(low))
-            out.max = max(out.max, float(high))
-            continue
-        _scan_slow(chunk.astype(np.float64), out)
+    with np.errstate(invalid="ignore", over="ignore"):  # a signalling NaN in a cast, a huge float64
+        for chunk in blocks:
+            n = int(chunk.size)
+            if n == 0:
+                continue
+            wide, sq = wide_buf[:n], sq_buf[:n]
+            np.copyto(wide, chunk, casting="unsafe")
+            total = float(np.add.reduce(wide))
+            squares = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
+            if math.isfinite(total) and math.isfinite(squares):
+                mean = total / n
+                if n * mean * mean <= 1e-6 * squares:
+                    # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
+                    # no digits, and the centring pass is saved
+                    m2 = squares - n * mean * mean
+                else:
+                    np.subtract(wide, mean, out=wide)
+                    m2 = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
+                out.moments.merge(n, mean, m2)
+                continue
+            _scan_slow(wide, out)
     return out
 
 
 def _scan_slow(chunk: np.ndarray, out: Scan) -> None:
-    """A chunk with NaN/Inf: count them, reduce the finite values."""
-    finite = np.isfinite(chunk)
+    """A float64 block with NaN/Inf: count them, reduce the finite values."""
     out.nan += int(np.isnan(chunk).sum())
     out.inf += int(np.isinf(chunk).sum())
-    chunk = chunk[finite]
+    chunk = chunk[np.isfinite(chunk)]
     n = int(chunk.size)
-    if n == 0:
-        return
-    c_mean = float(chunk.mean())
-    out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
-    out.min = min(out.min, float(chunk.min()))
-    out.max = max(out.max, float(chunk.max()))
+    if n:
+        c_mean = float(chunk.mean())
+        out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
+
+
+def _summary(s: Scan, numel: int, dtype: str) -> WeightStats:
+    m = s.moments
+    if not m.count:
+        return WeightStats(numel, dtype, math.nan, math.nan, s.nan, s.inf)
+    return WeightStats(numel, dtype, m.mean, math.sqrt(m.var), s.nan, s.inf)
 
 
 def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:
     """Statistics of a numpy array (any shape); ``dtype`` overrides the reported dtype name."""
     flat = np.asarray(array).reshape(-1)
-    s = scan(flat)
-    m = s.moments
-    if not m.count:
-        return WeightStats(int(flat.size), dtype or str(flat.dtype), math.nan, math.nan, math.nan, math.nan, s.nan, s.inf)
-    return WeightStats(int(flat.size), dtype or str(flat.dtype), m.mean, math.sqrt(m.var), s.min, s.max, s.nan, s.inf)
+    return _summary(scan(flat), int(flat.size), dtype or str(flat.dtype))
+
+
+def file_stats(
+    path: str | Path, offset: int, count: int, dtype: np.dtype | str, name: str, *, bfloat16: bool = False
+) -> WeightStats:
+    """Statistics of a tensor stored in a file (:func:`scan_file`); ``name`` is the reported dtype."""
+    return _summary(scan_file(path, offset, count, dtype, bfloat16=bfloat16), count, name)
 
 
 def fast_moments(array: np.ndarray) -> tuple[Moments, int]:

@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..gains import fans
 from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
-from ..stats import WeightStats, array_stats
+from ..stats import WeightStats, array_stats, file_stats
 
 _ACTIVATIONS = {
     "Relu": "relu", "LeakyRelu": "leaky_relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
@@ -303,7 +303,7 @@ def _is_gelu(erf: Any, producers: dict[str, Any], readers: dict[str, list[str]],
     return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Add"
 
 
-_NO_STATS = WeightStats(0, "float", math.nan, math.nan, math.nan, math.nan)
+_NO_STATS = WeightStats(0, "float", math.nan, math.nan)
 
 
 def _after_bias(tensor: str, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> str:
@@ -346,11 +346,19 @@ def layer_name(initializer: str, scope: str) -> str:
     return initializer
 
 
-def _stats(tensor: Any, base: Path):
+def _stats(tensor: Any, base: Path) -> WeightStats:
+    """External data (and large inline data, made external by the lean loader) is streamed from
+    the file (:func:`~initdoctor.stats.file_stats`); small inline tensors go through numpy."""
     import onnx
 
-    array = initializer_array(tensor, base)
     dtype = onnx.helper.tensor_dtype_to_string(tensor.data_type).replace("TensorProto.", "").lower()
-    if array.dtype.kind == "V" or "bfloat16" in str(array.dtype):  # bfloat16 via ml_dtypes
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        target, offset, stored, count = _external_extent(tensor, base)
+        if stored.kind in "fiub":
+            return file_stats(target, offset, count, stored.newbyteorder("<"), dtype)
+        if dtype == "bfloat16":
+            return file_stats(target, offset, count, "<u2", dtype, bfloat16=True)
+    array = initializer_array(tensor, base)
+    if array.dtype.kind == "V" or "bfloat16" in str(array.dtype):  # float8 & co. via ml_dtypes
         array = array.astype(np.float32)
     return array_stats(array, dtype=dtype)

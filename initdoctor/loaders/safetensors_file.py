@@ -93,20 +93,6 @@ def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], 
     return header, metadata, 8 + n
 
 
-def read_array(path: Path, entry: dict[str, Any], data_start: int) -> Any:
-    """One tensor's values as a numpy array read with a single positioned read (no mapping:
-    memory is this tensor only); bfloat16 widened to float32."""
-    import numpy as np
-
-    stored, bf16 = _DTYPES[entry["dtype"]]
-    begin, end = entry["data_offsets"]
-    count = (end - begin) // np.dtype(stored).itemsize
-    array = np.fromfile(path, dtype=stored, count=count, offset=data_start + begin)
-    if bf16:
-        array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array.reshape(entry["shape"])
-
-
 def _open(path: Path) -> Any:
     from safetensors import safe_open
 
@@ -118,10 +104,13 @@ def _open(path: Path) -> Any:
 
 def describe_safetensors(path: Path, *, index: bool = False, progress: Any = None) -> ModelDescription:
     """Describe a safetensors file or sharded checkpoint. Headers are parsed and checked by
-    :func:`read_header`; each tensor the description needs is read on its own with one positioned
-    read (:func:`read_array`), so memory stays near the largest tensor and torch is not imported
-    (exotic dtypes fall back to the safetensors library)."""
-    from ..stats import WeightStats, array_stats
+    :func:`read_header`; each tensor the description needs is streamed on its own
+    (:func:`~initdoctor.stats.file_stats`: positioned reads of a few MiB at a time, so memory
+    stays flat whatever the tensor's size) and torch is not imported (exotic dtypes fall back to
+    the safetensors library)."""
+    import numpy as np
+
+    from ..stats import WeightStats, file_stats
 
     key_to_file = shard_files(path) if index else None
     files = sorted(set(key_to_file.values())) if key_to_file else [path]
@@ -145,7 +134,10 @@ def describe_safetensors(path: Path, *, index: bool = False, progress: Any = Non
         entry = entries[key]
         dtype = _NAMES.get(entry["dtype"], entry["dtype"].lower())
         if entry["dtype"] in _DTYPES:
-            return array_stats(read_array(owner[key], entry, starts[owner[key]]), dtype=dtype)
+            stored, bf16 = _DTYPES[entry["dtype"]]
+            begin, end = entry["data_offsets"]
+            count = (end - begin) // np.dtype(stored).itemsize
+            return file_stats(owner[key], starts[owner[key]] + begin, count, stored, dtype, bfloat16=bf16)
         from .torch_module import tensor_stats
 
         with _open(owner[key]) as handle:
