@@ -16,7 +16,7 @@ A layer's name is its weight initializer's name without a ``.weight`` suffix; wh
 made the initializer itself (a pre-transposed copy of ``fc1.weight`` named ``onnx::MatMul_14`` or
 ``val_0``), the module path comes from the node: the dynamo exporter's ``pkg.torch.onnx.name_scopes``
 metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``). External data is
-read per initializer by offset and length (memory-mapped), and a location that resolves outside
+streamed per initializer by offset and length (:func:`~initdoctor.stats.file_stats`), and a location that resolves outside
 the model's folder (``..``, an absolute path, a symlink) is refused.
 """
 
