@@ -10,6 +10,8 @@ external data file. Each measurement is a fresh process timed end to end (median
 
 Floors (same interpreter start-up, same files):
 * safetensors — ``import torch``, ``safe_open`` every shard, ``get_tensor`` every tensor and ``.sum()`` it once;
+* state_dict (the same weights as one ``torch.save`` zip, not a goal of issue 7's list, measured
+  alongside) — ``torch.load(mmap=True, weights_only=True)`` and ``.sum()`` every tensor;
 * ONNX — ``import onnx, numpy``, load the graph without data, ``np.memmap`` every initializer and sum it once.
 Goals (issue 7): inspect ≤ 1.5× the floor's wall time; peak RSS ≤ 2× the largest tensor + the
 interpreter baseline (``python -c "import torch"`` resp. ``import onnx, numpy``).
@@ -41,6 +43,12 @@ for shard in shards:
 print(total)
 """
 
+FLOOR_STATE_DICT = """
+import sys, torch
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=True, mmap=True)
+print(sum(float(t.sum()) for t in state.values()))
+"""
+
 FLOOR_ONNX = """
 import sys, numpy as np, onnx
 from pathlib import Path
@@ -66,6 +74,7 @@ def generate(folder: Path, gib: float) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     index_path, onnx_path = folder / "model.safetensors.index.json", folder / "model.onnx"
     if index_path.exists() and onnx_path.exists():
+        _state_dict(folder, index_path)
         return index_path, onnx_path
     n = max(2, round(gib * 1024 / (ROUT * COLS * 4 / 2**20)))
     rng = np.random.default_rng(0)
@@ -107,7 +116,22 @@ def generate(folder: Path, gib: float) -> tuple[Path, Path]:
     graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLS])],
                               [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, COLS])], inits)  # fmt: skip
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(onnx_path))
+    _state_dict(folder, index_path)
     return index_path, onnx_path
+
+
+def _state_dict(folder: Path, index_path: Path) -> Path:
+    """The same weights as one zip state_dict (``torch.save``), made from the shards once."""
+    path = folder / "model.pt"
+    if not path.exists():
+        import torch
+        from safetensors.torch import load_file
+
+        shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        state = {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
+        torch.save(state, folder / "model.pt.tmp")
+        os.replace(folder / "model.pt.tmp", path)
+    return path
 
 
 def measure(cmd: list[str], repeats: int) -> dict:
@@ -136,6 +160,8 @@ def main() -> None:
         "safetensors floor": [py, "-c", FLOOR_SAFETENSORS, str(index)],
         "safetensors inspect": [py, "-m", "initdoctor", "inspect", str(index), "--no-probe", "--format", "json"],
         "torch baseline": [py, "-c", "import torch"],
+        "state_dict floor": [py, "-c", FLOOR_STATE_DICT, str(args.dir / "model.pt")],
+        "state_dict inspect": [py, "-m", "initdoctor", "inspect", str(args.dir / "model.pt"), "--no-probe", "--format", "json"],
         "onnx floor": [py, "-c", FLOOR_ONNX, str(onnx_path)],
         "onnx inspect": [py, "-m", "initdoctor", "inspect", str(onnx_path), "--no-probe", "--format", "json"],
         "onnx baseline": [py, "-c", "import onnx, numpy"],
@@ -143,11 +169,11 @@ def main() -> None:
         "initdoctor --help": [py, "-m", "initdoctor", "--help"],
     }
     results = {name: measure(cmd, args.repeats) for name, cmd in runs.items()}
-    print(f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data; "
+    print(f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip state_dict; "
           f"largest tensor {largest:.0f} MiB; {os.cpu_count()} CPUs; median of {args.repeats}")  # fmt: skip
     for name, r in results.items():
         print(f"  {name:22s} {r['median']:7.2f} s ({r['min']:.2f}–{r['max']:.2f})   peak RSS {r['peak_mib']:7.0f} MiB")
-    for fmt, base in (("safetensors", "torch baseline"), ("onnx", "onnx baseline")):
+    for fmt, base in (("safetensors", "torch baseline"), ("state_dict", "torch baseline"), ("onnx", "onnx baseline")):
         t = results[f"{fmt} inspect"]["median"] / results[f"{fmt} floor"]["median"]
         budget = 2 * largest + results[base]["peak_mib"]
         peak = results[f"{fmt} inspect"]["peak_mib"]

@@ -168,7 +168,7 @@ def test_factory_with_weights(tmp_path):
 
 
 def test_safetensors_dtypes_read_without_torch(tmp_path):
-    """bf16/fp16/fp32 safetensors are read with one positioned read per tensor, no torch import."""
+    """bf16/fp16/fp32 safetensors are streamed with positioned reads, no torch import."""
     import subprocess
     import sys
 
@@ -189,3 +189,45 @@ def test_safetensors_dtypes_read_without_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False"]
+
+
+def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path):
+    """A zip state_dict is unpickled on the meta device and each tensor streamed from its record:
+    bf16/fp16/fp32, a transposed (dense) weight and a tied weight read exactly; a record cut short
+    inside an otherwise valid archive is refused (torch's own mmap path would read past it)."""
+    import zipfile
+
+    from initdoctor.loaders.torch_file import describe_streamed_state_dict
+
+    torch.manual_seed(0)
+    sd = {
+        "a.weight": torch.randn(64, 32) * 0.1,
+        "b.weight": (torch.randn(16, 64) * 0.3).to(torch.bfloat16),
+        "c.weight": (torch.randn(8, 16) * 0.5).to(torch.float16),
+        "d.weight": (torch.randn(16, 8) * 0.2).t(),  # a transposed view: strides (1, 8)
+    }
+    sd["e.weight"] = sd["a.weight"]  # tied: one storage
+    path = tmp_path / "m.pt"
+    torch.save(sd, path)
+    desc = describe_streamed_state_dict(path)
+    assert desc is not None and desc.format == "state_dict"
+    assert desc.parameters == 64 * 32 + 16 * 64 + 8 * 16 + 16 * 8
+    for layer in desc.layers:
+        expected = sd[layer.weight_key].double().std(unbiased=False).item()
+        assert layer.stats.std == pytest.approx(expected, rel=1e-9), layer.name
+    assert [(l.name, l.fan_in, l.stats.dtype) for l in desc.layers] == [
+        ("a", 32, "float32"), ("b", 64, "bfloat16"), ("c", 16, "float16"), ("d", 16, "float32"), ("e", 32, "float32"),
+    ]  # fmt: skip
+    # the same archive with the first tensor's record cut to half its length
+    cut = tmp_path / "cut.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data[: len(data) // 2] if info.filename.endswith("/data/0") else data)
+    with pytest.raises(initdoctor.InputError, match="needs 8192 bytes"):
+        describe_streamed_state_dict(cut)
+    from tests.conftest import run_cli
+
+    proc = run_cli("inspect", str(cut), "--no-probe")
+    assert proc.returncode == 2 and "truncated or corrupt PyTorch checkpoint" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -108,7 +108,12 @@ def load(
 
         return LoadedModel(describe_onnx(path, progress), path, "onnx")
     if fmt in ("torch-zip", "torch-legacy"):
-        from .torch_file import describe_torch_object, load_torch_object
+        from .torch_file import describe_streamed_state_dict, describe_torch_object, load_torch_object
+
+        if fmt == "torch-zip" and not trust:
+            streamed = describe_streamed_state_dict(path, progress)
+            if streamed is not None:
+                return LoadedModel(streamed)
 
         obj = load_torch_object(path, trust=trust)
         import torch

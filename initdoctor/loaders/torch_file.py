@@ -1,13 +1,16 @@
 """PyTorch files: state_dict checkpoints (data) and the formats that execute code when loaded.
 
-========================  =====================================  ==========================
+========================  =====================================  ====================================
 format                    how it is recognised (by content)      loaded with
-========================  =====================================  ==========================
-state_dict (zip, legacy)  zip with ``data.pkl`` / pickle header  ``torch.load(weights_only=True)``
+========================  =====================================  ====================================
+state_dict (zip, legacy)  zip with ``data.pkl`` / pickle header  ``torch.load(weights_only=True)`` ¹
 full pickled module       same, but needs globals beyond tensors ``torch.load`` — ``trust`` only
 TorchScript               zip with a ``code/`` folder            ``torch.jit.load`` — ``trust`` only
 torch.export (``.pt2``)   zip with ``archive_format``            ``torch.export.load`` — ``trust`` only
-========================  =====================================  ==========================
+========================  =====================================  ====================================
+
+¹ For inspection a zip state_dict is unpickled on the meta device and streamed from the file
+(:func:`describe_streamed_state_dict`); ``fix`` and legacy files load it whole.
 
 ``weights_only=True`` uses torch's restricted unpickler, which refuses any global outside a small
 allow-list of tensor types, so a malicious pickle is rejected before it runs anything.
@@ -86,14 +89,17 @@ def _tensor_like(value: Any) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def load_torch_object(path: Path, *, trust: bool) -> Any:
-    """``torch.load`` a zip or legacy checkpoint: restricted unpickler unless ``trust``."""
+def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
+    """``torch.load`` a zip or legacy checkpoint: restricted unpickler unless ``trust``.
+    ``meta=True`` (zip only): tensors land on the meta device, no data is read."""
     import torch
 
     if not trust:
         try:
             with warnings.catch_warnings():  # e.g. "Detected pickle protocol 127" on a garbled file
                 warnings.simplefilter("ignore")
+                if meta:
+                    return torch.load(path, map_location="meta", weights_only=True)
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=_use_mmap(path))
         except pickle.UnpicklingError as exc:
             damage = _pickle_damage(path)
@@ -154,6 +160,107 @@ def _is_zip(path: Path) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+#: torch dtype name → (stored numpy dtype, bfloat16 widening) for the streamed state_dict path
+_STREAMABLE = {
+    "float32": ("<f4", False), "float64": ("<f8", False), "float16": ("<f2", False),
+    "bfloat16": ("<u2", True), "int64": ("<i8", False), "int32": ("<i4", False),
+    "int16": ("<i2", False), "int8": ("i1", False), "uint8": ("u1", False), "bool": ("u1", False),
+}  # fmt: skip
+
+
+def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:
+    """A zip state_dict described without reading its tensors into memory.
+
+    ``torch.load(map_location="meta", weights_only=True)`` unpickles the structure only (same
+    restricted unpickler; each meta tensor's storage carries ``_checkpoint_offset``, the byte
+    offset of its record in the file); every record a tensor uses is checked against the zip's
+    own directory (stored uncompressed, long enough, inside the file) — the check torch's mmap path
+    skips — and each weight is then streamed from the file by
+    :func:`~initdoctor.stats.file_stats`. Memory stays flat whatever the checkpoint's size.
+
+    Returns None when this torch gives no offsets or a tensor is not plain (a strided view that is
+    not dense, a quantized or exotic dtype, a big-endian file): the caller then loads normally.
+    """
+    import struct
+
+    import numpy as np
+
+    from ..stats import file_stats
+    from .tensors import counted, weight_count
+
+    obj = load_torch_object(path, trust=False, meta=True)
+    state = find_state_dict(obj, path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
+            order = next((n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"), None)
+            if order is not None and archive.read(order).strip() not in (b"little", b""):
+                return None
+            records: dict[int, zipfile.ZipInfo] = {}
+            for info in archive.infolist():
+                fh.seek(info.header_offset)
+                head = fh.read(30)
+                if len(head) < 30 or head[:4] != b"PK\x03\x04":
+                    raise ValueError(f"bad local header for {info.filename!r}")
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                records[info.header_offset + 30 + name_len + extra_len] = info
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, KeyError) as exc:
+        raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
+    plan: dict[str, tuple[int, int, str, bool]] = {}  # key → (byte offset, count, stored dtype, bf16)
+    for key, t in state.items():
+        dtype = str(t.dtype).replace("torch.", "")
+        storage = t.untyped_storage()
+        offset = getattr(storage, "_checkpoint_offset", None)
+        if offset is None or dtype not in _STREAMABLE or not _dense(tuple(t.shape), tuple(t.stride())):
+            return None
+        stored, bf16 = _STREAMABLE[dtype]
+        item = np.dtype(stored).itemsize
+        info = records.get(int(offset))
+        need = storage.nbytes()
+        if info is None or info.compress_type != zipfile.ZIP_STORED or info.file_size < need or offset + need > size:
+            have = "no record" if info is None else f"a record of {info.file_size} bytes"
+            raise InputError(
+                f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} needs {need} bytes at "
+                f"offset {offset}, the archive has {have} there)"
+            )
+        if (t.storage_offset() + t.numel()) * item > need:
+            raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} runs past its storage)")
+        plan[key] = (int(offset) + t.storage_offset() * item, t.numel(), stored, bf16)
+
+    def stats_of(key: str):
+        offset, count, stored, bf16 = plan[key]
+        return file_stats(path, offset, count, stored, str(state[key].dtype).replace("torch.", ""), bfloat16=bf16)
+
+    shared: set[tuple[int, tuple[int, ...]]] = set()
+    parameters = 0
+    for key, t in state.items():
+        ident = (plan[key][0], tuple(t.shape))
+        if ident not in shared:
+            shared.add(ident)
+            parameters += t.numel()
+    return describe_tensors(
+        [(k, tuple(int(d) for d in v.shape)) for k, v in state.items()],
+        counted(stats_of, weight_count(list(state)), progress),
+        path=str(path),
+        fmt="state_dict",
+        order="checkpoint",
+        parameters=parameters,
+    )
+
+
+def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """The view covers ``numel`` consecutive elements (contiguous, or a permutation of a contiguous
+    layout such as a transposed weight): then its statistics are those of that flat range."""
+    expected = 1
+    for dim, step in sorted(zip(shape, stride), key=lambda p: p[1]):
+        if dim == 1:
+            continue
+        if step != expected:
+            return False
+        expected *= dim
+    return True
 
 
 def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) -> ModelDescription:
