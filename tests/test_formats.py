@@ -231,3 +231,12 @@ def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path)
     proc = run_cli("inspect", str(cut), "--no-probe")
     assert proc.returncode == 2 and "truncated or corrupt PyTorch checkpoint" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    # compressed records (torch never writes them, but reads them): the normal load takes over
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w") as dst:
+        for info in src.infolist():
+            method = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            dst.writestr(info.filename, src.read(info), compress_type=method)
+    assert describe_streamed_state_dict(packed) is None
+    report = initdoctor.diagnose(packed)
+    assert report.layers[0].weight_std == pytest.approx(sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9)

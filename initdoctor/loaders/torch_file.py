@@ -176,12 +176,13 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
     ``torch.load(map_location="meta", weights_only=True)`` unpickles the structure only (same
     restricted unpickler; each meta tensor's storage carries ``_checkpoint_offset``, the byte
     offset of its record in the file); every record a tensor uses is checked against the zip's
-    own directory (stored uncompressed, long enough, inside the file) — the check torch's mmap path
-    skips — and each weight is then streamed from the file by
-    :func:`~initdoctor.stats.file_stats`. Memory stays flat whatever the checkpoint's size.
+    own directory (long enough, inside the file) — the check torch's mmap path skips — and each
+    weight is then streamed from the file by :func:`~initdoctor.stats.file_stats`. Memory stays
+    flat whatever the checkpoint's size.
 
     Returns None when this torch gives no offsets or a tensor is not plain (a strided view that is
-    not dense, a quantized or exotic dtype, a big-endian file): the caller then loads normally.
+    not dense, a quantized or exotic dtype, a compressed record, a big-endian file): the caller
+    then loads normally.
     """
     import struct
 
@@ -219,7 +220,9 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
         item = np.dtype(stored).itemsize
         info = records.get(int(offset))
         need = storage.nbytes()
-        if info is None or info.compress_type != zipfile.ZIP_STORED or info.file_size < need or offset + need > size:
+        if info is not None and info.compress_type != zipfile.ZIP_STORED:
+            return None  # torch never writes compressed records; whoever did, torch.load decides
+        if info is None or info.file_size < need or offset + need > size:
             have = "no record" if info is None else f"a record of {info.file_size} bytes"
             raise InputError(
                 f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} needs {need} bytes at "
