@@ -123,7 +123,7 @@ def apply(
             editable.assign(change.bias_key, np.zeros_like(editable.array(change.bias_key)))
             change.bias_zeroed = True
         if change.method != "lsuv":
-            change.new_std = float(editable.array(change.weight_key).std())
+            change.new_std = editable.std(change.weight_key)
 
 
 def _lsuv_layer(editable: Any, change: Change, *, loaded: Any, probe_settings: Any, gains: dict[str, float],
@@ -146,7 +146,7 @@ def _lsuv_layer(editable: Any, change: Change, *, loaded: Any, probe_settings: A
         editable.scale(change.weight_key, step)
         total *= step
     change.factor = total
-    change.new_std = float(editable.array(change.weight_key).std())
+    change.new_std = editable.std(change.weight_key)
 
 
 def fix_model(

@@ -298,3 +298,41 @@ def test_killed_mid_write_leaves_no_partial_output(tmp_path):
         assert sha(src) == digest
         if out.exists():  # complete: it loads and is fixed
             assert initdoctor.diagnose(out).summary.status == "ok"
+
+
+def test_streamed_safetensors_fix_rounds_like_torch_and_keeps_every_other_byte(tmp_path):
+    """A safetensors file is fixed without loading it: the scaled tensors equal torch's
+    ``(t.double() * f).to(dtype)`` bit for bit in every float dtype (across block edges), a
+    replaced tensor holds its new values, and the header and untouched bytes are unchanged."""
+    from initdoctor.loaders.editable import StreamedSafetensors
+
+    torch.manual_seed(0)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    state = {f"l{i}.weight": (torch.randn(400, 400) * 0.05).to(dt) for i, dt in enumerate(dtypes)}  # > 1 block
+    state["l0.bias"] = torch.randn(400)
+    state["steps"] = torch.arange(7)
+    src = tmp_path / "m.safetensors"
+    save_file(state, str(src), metadata={"note": "kept"})
+    original = src.read_bytes()
+    editable = StreamedSafetensors(src)
+    factor = 1.2345678901
+    for i in range(4):
+        editable.scale(f"l{i}.weight", factor)
+    editable.assign("l0.bias", np.arange(400) * 0.25)
+    out = editable.save(tmp_path / "fixed.safetensors")
+    fixed = load_file(str(out))
+    for i, dt in enumerate(dtypes):
+        key = f"l{i}.weight"
+        expected = (state[key].double() * factor).to(dt)
+        assert torch.equal(fixed[key], expected), dt
+        assert np.array_equal(editable.array(key), expected.double().numpy())
+    assert torch.equal(fixed["l0.bias"], torch.arange(400, dtype=torch.float32) * 0.25)
+    assert torch.equal(fixed["steps"], state["steps"])
+    header = 8 + int.from_bytes(original[:8], "little")
+    assert out.read_bytes()[:header] == original[:header]  # header (and metadata) byte-identical
+    assert src.read_bytes() == original
+    with pytest.raises(initdoctor.InputError, match="only float tensors"):
+        editable.scale("steps", 2.0)
+    assert editable.std("l2.weight") == pytest.approx(
+        (state["l2.weight"].double() * factor).to(torch.bfloat16).double().std(unbiased=False).item(), rel=1e-12
+    )

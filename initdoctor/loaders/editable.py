@@ -7,8 +7,9 @@ replace) and saves itself — atomically — in that same format:
 format              held as                                          saved with
 ==================  ===============================================  ==========================
 state_dict file     the whole checkpoint object (wrappers kept)      ``torch.save``
-safetensors         tensors + the file's ``__metadata__``            ``safetensors.save_file``
-sharded index       per shard, rewritten only when a tensor changes  index + shards into a folder
+safetensors         the header + each edit (a factor or new values)  the file copied, edited
+                                                                     ranges rewritten in blocks
+sharded index       the same per shard                               index + shards into a folder
 ONNX                the ``ModelProto``, initializers edited in place  ``onnx.save_model``; external
                                                                      data stays external
 nn.Module (factory) the module                                       its ``state_dict``
@@ -22,7 +23,9 @@ Tensors that are not edited are written back unchanged, bit for bit.
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,10 @@ class Editable:
 
     def assign(self, key: str, values: np.ndarray) -> None:
         raise NotImplementedError
+
+    def std(self, key: str) -> float:
+        """Population std of the tensor as it now is (in its own dtype)."""
+        return float(self.array(key).std())
 
     def save(self, dst: Path) -> Path:
         raise NotImplementedError
@@ -137,7 +144,143 @@ class TorchModule(_TorchTensors):
 
 
 # --- safetensors -------------------------------------------------------------------------------
+_FLOAT_CODES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+
+
+def _decode(raw: np.ndarray, code: str) -> np.ndarray:
+    """Stored values → float64 (bfloat16 bits widened exactly)."""
+    if code == "BF16":
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return raw.astype(np.float64)
+
+
+def _encode(values: np.ndarray, code: str) -> np.ndarray:
+    """float64 → the stored dtype, rounded as torch's ``tensor.to(dtype)`` from float64 does
+    (through float32 for half and bfloat16; round to nearest even; NaN kept)."""
+    if code == "F64":
+        return values.astype("<f8")
+    f32 = values.astype(np.float32)
+    if code == "F32":
+        return f32.astype("<f4")
+    if code == "F16":
+        return f32.astype("<f2")
+    bits = f32.view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype("<u2")
+    return np.where(np.isnan(f32), np.uint16(0x7FC0), rounded).astype("<u2")
+
+
+class StreamedSafetensors(Editable):
+    """A safetensors file edited without loading it: a scaled tensor is kept as its factor, a
+    replaced one as its new values (in the stored dtype); :meth:`save` copies the file and rewrites
+    only the edited tensors' byte ranges, block by block. The header and every untouched tensor
+    are byte-identical; memory stays near one tensor for scaling, whatever the file's size."""
+
+    def __init__(self, path: Path) -> None:
+        from .safetensors_file import read_header
+
+        self.path = path
+        self.header, _, self.data_start = read_header(path)
+        self.factors: dict[str, float] = {}
+        self.values: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def handles(path: Path) -> bool:
+        """Every dtype in the file is one initdoctor reads itself (else the safetensors library)."""
+        from .safetensors_file import _DTYPES, read_header
+
+        return all(e["dtype"] in _DTYPES for e in read_header(path)[0].values())
+
+    def _entry(self, key: str) -> tuple[int, int, str]:
+        """(byte offset in the file, element count, dtype code) of a float tensor."""
+        entry = self.header.get(key)
+        if entry is None:
+            raise InputError(f"tensor {key!r} not found in the model")
+        code = entry["dtype"]
+        if code not in _FLOAT_CODES:
+            raise InputError(f"tensor {key!r} is {code}; only float tensors are rescaled")
+        begin, end = (int(o) for o in entry["data_offsets"])
+        return self.data_start + begin, (end - begin) // np.dtype(_FLOAT_CODES[code]).itemsize, code
+
+    def _stored(self, key: str) -> np.ndarray:
+        offset, count, code = self._entry(key)
+        return np.fromfile(self.path, dtype=_FLOAT_CODES[code], count=count, offset=offset)
+
+    def array(self, key: str) -> np.ndarray:
+        _, _, code = self._entry(key)
+        shape = tuple(self.header[key]["shape"])
+        if key in self.values:
+            return _decode(self.values[key], code).reshape(shape)
+        values = _decode(self._stored(key), code)
+        if key in self.factors:
+            values = _decode(_encode(values * self.factors[key], code), code)
+        return values.reshape(shape)
+
+    def scale(self, key: str, factor: float) -> None:
+        _, _, code = self._entry(key)
+        if key in self.values:
+            self.values[key] = _encode(_decode(self.values[key], code) * factor, code)
+        else:
+            self.factors[key] = self.factors.get(key, 1.0) * factor
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        _, count, code = self._entry(key)
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if flat.size != count:
+            raise InputError(f"tensor {key!r} holds {count} values, got {flat.size}")
+        self.factors.pop(key, None)
+        self.values[key] = _encode(flat, code)
+
+    def _scaled_blocks(self, key: str, src: Any) -> Iterator[tuple[int, np.ndarray]]:
+        """(byte offset, stored values) of a scaled tensor, one block at a time from ``src``."""
+        from ..stats import BLOCK
+
+        offset, count, code = self._entry(key)
+        stored = np.dtype(_FLOAT_CODES[code])
+        for start in range(0, count, BLOCK):
+            at = offset + start * stored.itemsize
+            src.seek(at)
+            raw = np.fromfile(src, dtype=stored, count=min(BLOCK, count - start))
+            yield at, _encode(_decode(raw, code) * self.factors[key], code)
+
+    def std(self, key: str) -> float:
+        """Streamed for a scaled tensor: memory stays at one block."""
+        if key not in self.factors:
+            return super().std(key)
+        from ..stats import Moments
+
+        code = self._entry(key)[2]
+        total = Moments()
+        with open(self.path, "rb") as src:
+            for _, block in self._scaled_blocks(key, src):
+                wide = _decode(block, code)
+                mean = float(wide.mean())
+                total.merge(int(wide.size), mean, float(np.square(wide - mean).sum()))
+        return math.sqrt(total.var)
+
+    def write_to(self, target: Path) -> None:
+        """Write the file to ``target`` in one sequential pass: byte ranges nobody edited are
+        copied (``os.copy_file_range`` where the system has it), edited tensors written anew."""
+        edits = sorted((self._entry(key)[0], key) for key in {*self.values, *self.factors})
+        with open(self.path, "rb") as src, open(target, "wb", buffering=0) as out:
+            pos = 0
+            for offset, key in edits:
+                _copy_range(src, out, pos, offset)
+                if key in self.values:
+                    out.write(self.values[key].tobytes())
+                else:
+                    for _, block in self._scaled_blocks(key, src):
+                        out.write(block.tobytes())
+                pos = out.tell()
+            _copy_range(src, out, pos, self.path.stat().st_size)
+
+    def save(self, dst: Path) -> Path:
+        return atomic_write(dst, self.write_to)
+
+
 class Safetensors(_TorchTensors):
+    """A safetensors file with a dtype initdoctor does not read itself (FP8...): held in memory
+    through the safetensors library."""
+
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
 
@@ -151,46 +294,80 @@ class Safetensors(_TorchTensors):
     def _tensors(self) -> Any:
         return self.tensors
 
-    def save(self, dst: Path) -> Path:
+    def write_to(self, target: Path) -> None:
         from safetensors.torch import save_file
 
-        return atomic_write(dst, lambda tmp: save_file(self.tensors, str(tmp), metadata=self.metadata))
+        save_file(self.tensors, str(target), metadata=self.metadata)
+
+    def save(self, dst: Path) -> Path:
+        return atomic_write(dst, self.write_to)
 
 
-class ShardedSafetensors(_TorchTensors):
-    """``*.safetensors.index.json`` and its shards; saved as a folder with the same file names."""
+def _copy_range(src: Any, out: Any, start: int, end: int) -> None:
+    """Append bytes ``[start, end)`` of ``src`` to the unbuffered ``out``."""
+    import os
+
+    src.seek(start)
+    while start < end:
+        if hasattr(os, "copy_file_range"):
+            try:
+                done = os.copy_file_range(src.fileno(), out.fileno(), end - start, start)
+            except OSError:  # e.g. across file systems on an older kernel: plain copy below
+                done = 0
+        else:
+            done = 0
+        if not done:
+            src.seek(start)
+            chunk = src.read(min(end - start, 8 << 20))
+            if not chunk:
+                raise InputError(f"{src.name}: file ended while it was being copied")
+            out.write(chunk)
+            done = len(chunk)
+        start += done
+
+
+def _safetensors_twin(path: Path) -> StreamedSafetensors | Safetensors:
+    return StreamedSafetensors(path) if StreamedSafetensors.handles(path) else Safetensors(path)
+
+
+class ShardedSafetensors(Editable):
+    """``*.safetensors.index.json`` and its shards; saved as a folder with the same file names,
+    each shard streamed (:class:`StreamedSafetensors`) and copied as is when nothing in it changed."""
 
     def __init__(self, index: Path) -> None:
         from .safetensors_file import shard_files
 
         self.index = index
         self.key_to_file = shard_files(index)
-        self.shards = {f: Safetensors(f) for f in sorted(set(self.key_to_file.values()))}
+        self.shards = {f: _safetensors_twin(f) for f in sorted(set(self.key_to_file.values()))}
         self.changed: set[Path] = set()
 
-    def _tensors(self) -> Any:
-        return {k: self.shards[f].tensors[k] for k, f in self.key_to_file.items()}
+    def _shard(self, key: str) -> StreamedSafetensors | Safetensors:
+        if key not in self.key_to_file:
+            raise InputError(f"tensor {key!r} not found in the model")
+        return self.shards[self.key_to_file[key]]
 
-    def _mark(self, key: str) -> None:
-        self.changed.add(self.key_to_file[key])
+    def array(self, key: str) -> np.ndarray:
+        return self._shard(key).array(key)
+
+    def std(self, key: str) -> float:
+        return self._shard(key).std(key)
 
     def scale(self, key: str, factor: float) -> None:
-        self._mark(key)
-        super().scale(key, factor)
+        self.changed.add(self.key_to_file.get(key, self.index))
+        self._shard(key).scale(key, factor)
 
     def assign(self, key: str, values: np.ndarray) -> None:
-        self._mark(key)
-        super().assign(key, values)
+        self.changed.add(self.key_to_file.get(key, self.index))
+        self._shard(key).assign(key, values)
 
     def save(self, dst: Path) -> Path:
-        from safetensors.torch import save_file
-
         def write(folder: Path) -> None:
             shutil.copyfile(self.index, folder / self.index.name)
             for shard_path, shard in self.shards.items():
                 target = folder / shard_path.name
                 if shard_path in self.changed:
-                    save_file(shard.tensors, str(target), metadata=shard.metadata)
+                    shard.write_to(target)
                 else:
                     shutil.copyfile(shard_path, target)  # untouched shard: the same bytes
 
@@ -286,7 +463,7 @@ def open_editable(loaded: Any, source: str, *, trust: bool) -> Editable:
     if fmt == "onnx":
         return Onnx(path)
     if fmt == "safetensors":
-        return Safetensors(path)
+        return _safetensors_twin(path)
     if fmt == "safetensors-sharded":
         index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
         return ShardedSafetensors(index)
