@@ -10,6 +10,7 @@ left out of mean and std. The probe's activations use :func:`fast_moments` (``CH
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +95,17 @@ PARALLEL_MIN = 1 << 21  # from 2M elements (8 MiB of float32) the work is split 
 _pool = None
 
 
-def _workers() -> int:
-    import os
+def _forget_pool() -> None:
+    """In a forked child the parent's worker threads do not exist: start a new pool if needed."""
+    global _pool
+    _pool = None
 
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _workers() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

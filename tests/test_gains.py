@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -102,3 +103,32 @@ def test_file_stats_stream_a_region_exactly_and_refuse_a_short_file(tmp_path):
     assert st.std == pytest.approx(widened.std(), rel=1e-9) and 0.99 < st.std < 1.01
     with pytest.raises(InputError, match="file ends inside a tensor"):
         file_stats(path, 13 + a.nbytes, bf.size + 1, "<u2", "bfloat16", bfloat16=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_threaded_scan_works_in_a_forked_child():
+    """The scan's thread pool does not survive fork; a child (a DataLoader worker, say) gets a new one."""
+    from initdoctor.stats import PARALLEL_MIN
+
+    a = np.random.default_rng(3).standard_normal(PARALLEL_MIN * 2).astype(np.float32)
+    parent = array_stats(a).std  # starts the pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: would hang on the parent's dead workers without the at-fork reset
+        os.close(read)
+        os.write(write, repr(array_stats(a).std).encode())
+        os._exit(0)
+    os.close(write)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the parent's thread pool")
+    child = float(os.read(read, 100).decode())
+    os.close(read)
+    assert done[1] == 0 and child == parent
