@@ -1,6 +1,7 @@
-"""`initdoctor fix --all` on the 2 GiB sharded safetensors checkpoint of `static_inspect.py`:
-wall time and peak RSS of a fresh process, against copying the same shards (the floor: fix has to
-write a new checkpoint of the same size, fsync included).
+"""`initdoctor fix --all` on the 2 GiB checkpoint of `static_inspect.py` (sharded safetensors, and
+ONNX with external data with and without the after-fix probe): wall time and peak RSS of a fresh
+process, against copying the same shards (the floor: fix has to write a new checkpoint of the
+same size, fsync included).
 
     python benchmarks/fix_large.py [--repeats 3] [--dir /tmp/initdoctor-bench]
 
@@ -34,26 +35,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/initdoctor-bench"))
     args = parser.parse_args()
-    index, _ = generate(args.dir, 2.0)
+    index, onnx_path = generate(args.dir, 2.0)
     out = args.dir.parent / "initdoctor-bench-fixed"
+    fixed_onnx = str(out / "fixed.onnx")
     py = sys.executable
     results = {}
     for name, cmd in {
         "copy + fsync (floor)": [py, "-c", COPY, str(args.dir), str(out)],
-        "initdoctor fix --all": [py, "-m", "initdoctor", "fix", str(index), "--all", "--output", str(out)],
+        "safetensors fix --all": [py, "-m", "initdoctor", "fix", str(index), "--all", "--output", str(out)],
+        "onnx fix --all --no-probe": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "--no-probe", "-o", fixed_onnx],
+        "onnx fix --all (probed)": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "-o", fixed_onnx],
     }.items():
         runs = []
         for _ in range(args.repeats):
             shutil.rmtree(out, ignore_errors=True)
+            if "onnx" in name:
+                out.mkdir()
             runs.append(measure(cmd, 1))
         shutil.rmtree(out, ignore_errors=True)
         times = sorted(r["median"] for r in runs)
         results[name] = (times[len(times) // 2], times[0], times[-1], max(r["peak_mib"] for r in runs))
     for name, (med, lo, hi, peak) in results.items():
-        print(f"  {name:22s} {med:6.2f} s ({lo:.2f}–{hi:.2f})   peak RSS {peak:6.0f} MiB")
-    ratio = results["initdoctor fix --all"][0] / results["copy + fsync (floor)"][0]
-    print(f"fix: {ratio:.2f}× the copy's time; peak RSS {results['initdoctor fix --all'][3]:.0f} MiB "
-          f"(largest tensor 128 MiB, checkpoint 2048 MiB)")  # fmt: skip
+        ratio = med / results["copy + fsync (floor)"][0]
+        print(f"  {name:26s} {med:6.2f} s ({lo:.2f}–{hi:.2f}) {ratio:5.2f}× the copy   peak RSS {peak:6.0f} MiB")
+    print("largest tensor 128 MiB, checkpoint 2048 MiB")
 
 
 if __name__ == "__main__":

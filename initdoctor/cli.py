@@ -273,6 +273,7 @@ def fix(
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL, keeping MODEL.bak first.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
     check: Annotated[bool, typer.Option("--check", help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.")] = False,
+    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Probe the written model to check the fix (when it has a graph) [default: probe]; --no-probe checks it statically, without running it.")] = None,
     weights: WeightsOpt = None,
     trust: TrustOpt = None,
     model_factory: FactoryOpt = None,
@@ -302,7 +303,7 @@ def fix(
         result = fix_model(
             source, method=method.value, output=output, in_place=in_place, dry_run=dry_run or check,
             fail_on=fail_on.value, all_layers=all_layers, zero_bias=zero_bias, tol=tol, max_iter=max_iter,
-            trust=trust, weights=weights_file, **settings,
+            trust=trust, weights=weights_file, probe=bool(opts["probe"]), **settings,
         )  # fmt: skip
         from .render import fix_to_dict, render_fix
 

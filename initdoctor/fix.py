@@ -164,11 +164,13 @@ def fix_model(
     seed: int = 0,
     trust: bool = False,
     weights: Any = None,
+    probe: bool = True,
     **settings: Any,
 ) -> FixResult:
     """Plan and apply a repair. An in-memory ``nn.Module`` is changed in place; a file is written to
     ``output`` (or, with ``in_place``, over itself after a ``.bak`` copy) in its own format, then
-    reloaded and re-inspected (``result.after``). ``dry_run`` plans only. ``settings`` are
+    reloaded and re-inspected (``result.after``; probed when the output has a graph, unless
+    ``probe=False``). ``dry_run`` plans only. ``settings`` are
     :func:`initdoctor.diagnose` settings (nonlinearity, thresholds, probe inputs)."""
     from . import _is_torch_module, _split_settings, load
     from .fileio import backup
@@ -180,6 +182,8 @@ def fix_model(
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 < tol < 1:
         raise SettingsError(f"tol must be in (0, 1), got {tol}")
+    if method == "lsuv" and not probe:
+        raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
     inspect_settings, probe_settings = _split_settings(settings)
     loaded = load(source, trust=trust, weights=weights)
     in_memory = _is_torch_module(source)
@@ -202,7 +206,7 @@ def fix_model(
     gains = {f.name: f.gain for f in before.layers}
     apply(editable, changes, zero_bias=zero_bias, seed=seed,
           lsuv={"loaded": loaded, "probe_settings": probe_settings, "gains": gains, "tol": tol, "max_iter": max_iter})  # fmt: skip
-    run_after_probe = method == "lsuv" or editable.probe_backend is not None
+    run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
     if in_memory or loaded.description.format == "factory":
         target = editable.model
     else:

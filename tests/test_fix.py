@@ -336,3 +336,60 @@ def test_streamed_safetensors_fix_rounds_like_torch_and_keeps_every_other_byte(t
     assert editable.std("l2.weight") == pytest.approx(
         (state["l2.weight"].double() * factor).to(torch.bfloat16).double().std(unbiased=False).item(), rel=1e-12
     )
+
+
+def test_streamed_onnx_fix_matches_the_in_memory_twin_and_runs(tmp_path):
+    """ONNX with external data is fixed without loading its weights: for kaiming (scale), reinit
+    (new values) and lsuv (probes the edited model), every initializer equals what the in-memory
+    twin writes, onnxruntime runs the output, and the input files are untouched."""
+    import onnxruntime as ort
+
+    from initdoctor.loaders.editable import Onnx, StreamedOnnx
+
+    model = plain_mlp(depth=6, width=48, init="xavier").eval()
+    x = torch.randn(4, 64)
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    onnx.save_model(onnx.load(str(tmp_path / "m.onnx")), str(ext / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=1024)  # fmt: skip
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ext.iterdir()}
+    assert StreamedOnnx.handles(ext / "m.onnx")
+    for method in ("kaiming", "reinit", "lsuv"):
+        streamed = initdoctor.fix_model(ext / "m.onnx", method=method, output=tmp_path / f"s_{method}.onnx",
+                                        all_layers=True)  # fmt: skip
+        plain = initdoctor.fix_model(tmp_path / "m.onnx", method=method, output=tmp_path / f"p_{method}.onnx",
+                                     all_layers=True)  # fmt: skip
+        assert [(c.factor, c.new_std) for c in streamed.changes] == [(c.factor, c.new_std) for c in plain.changes]
+        written = onnx.load(str(tmp_path / f"s_{method}.onnx")).graph.initializer
+        got = {t.name: numpy_helper.to_array(t) for t in written}
+        want = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f"p_{method}.onnx")).graph.initializer}
+        assert got.keys() == want.keys()
+        for name in want:
+            assert np.array_equal(got[name], want[name]), (method, name)
+        assert (tmp_path / f"s_{method}.onnx.data").exists()
+        session = ort.InferenceSession(str(tmp_path / f"s_{method}.onnx"))
+        reference = ort.InferenceSession(str(tmp_path / f"p_{method}.onnx"))
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        assert np.array_equal(session.run(None, feed)[0], reference.run(None, feed)[0])
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ext.iterdir()} == before
+    # the twins agree on array() after a scale, value for value
+    a, b = StreamedOnnx(ext / "m.onnx"), Onnx(tmp_path / "m.onnx")
+    key = next(t.name for t in a.model.graph.initializer if len(t.dims) == 2)
+    a.scale(key, 1.37)
+    b.scale(key, 1.37)
+    assert np.array_equal(a.array(key), b.array(key))
+    assert a.std(key) == pytest.approx(float(b.array(key).std()), rel=1e-12)
+
+
+def test_fix_no_probe_checks_the_output_statically(tmp_path):
+    model = plain_mlp(depth=5, width=32, init="xavier").eval()
+    torch.onnx.export(model, (torch.randn(1, 64),), str(tmp_path / "m.onnx"), dynamo=False)
+    probed = initdoctor.fix_model(tmp_path / "m.onnx", output=tmp_path / "a.onnx")
+    static = initdoctor.fix_model(tmp_path / "m.onnx", output=tmp_path / "b.onnx", probe=False)
+    assert probed.after.probe is not None and static.after.probe is None
+    assert [f.std_ratio for f in static.after.layers] == pytest.approx([f.std_ratio for f in probed.after.layers])
+    assert all(f.activation_var is None for f in static.after.layers)
+    proc = run_cli("fix", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"), "--method", "lsuv", "--no-probe")
+    assert proc.returncode == 2 and "cannot run with --no-probe" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.onnx").exists()

@@ -62,6 +62,18 @@ class Editable:
         return None
 
 
+def _std_of_blocks(blocks: Iterator[np.ndarray]) -> float:
+    """Population std of float64 blocks, each reduced two-pass and merged (Chan et al.):
+    memory stays at one block."""
+    from ..stats import Moments
+
+    total = Moments()
+    for wide in blocks:
+        mean = float(wide.mean())
+        total.merge(int(wide.size), mean, float(np.square(wide - mean).sum()))
+    return math.sqrt(total.var)
+
+
 # --- torch -------------------------------------------------------------------------------------
 class _TorchTensors(Editable):
     """Edits a mapping of torch tensors in place, in each tensor's own dtype."""
@@ -246,16 +258,9 @@ class StreamedSafetensors(Editable):
         """Streamed for a scaled tensor: memory stays at one block."""
         if key not in self.factors:
             return super().std(key)
-        from ..stats import Moments
-
         code = self._entry(key)[2]
-        total = Moments()
         with open(self.path, "rb") as src:
-            for _, block in self._scaled_blocks(key, src):
-                wide = _decode(block, code)
-                mean = float(wide.mean())
-                total.merge(int(wide.size), mean, float(np.square(wide - mean).sum()))
-        return math.sqrt(total.var)
+            return _std_of_blocks(_decode(block, code) for _, block in self._scaled_blocks(key, src))
 
     def write_to(self, target: Path) -> None:
         """Write the file to ``target`` in one sequential pass: byte ranges nobody edited are
@@ -376,6 +381,20 @@ class ShardedSafetensors(Editable):
 
 
 # --- ONNX --------------------------------------------------------------------------------------
+def _save_with_data(dst: Path, data_name: str, write: Any) -> Path:
+    """A model file + its data file: ``write(folder)`` builds both in a temp folder beside ``dst``,
+    then each is moved into place atomically, the data first (the graph never points at a data
+    file that is not there yet)."""
+    stage = dst.resolve().parent / f".{dst.name}.stage"
+    atomic_write_dir(stage, write)
+    try:
+        atomic_write(dst.with_name(data_name), lambda tmp: shutil.move(str(stage / data_name), tmp))
+        atomic_write(dst, lambda tmp: shutil.move(str(stage / dst.name), tmp))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dst
+
+
 class Onnx(Editable):
     """An ONNX model with all its weights in memory; saved with external data when it had some."""
 
@@ -441,15 +460,174 @@ class Onnx(Editable):
             onnx.save_model(copy, str(folder / dst.name), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name, size_threshold=1024)  # fmt: skip
 
-        # model + data file: built in a temp folder, then each moved into place (data first)
-        stage = dst.resolve().parent / f".{dst.name}.stage"
-        atomic_write_dir(stage, write)
+        return _save_with_data(dst, data_name, write)
+
+
+class StreamedOnnx(Editable):
+    """An ONNX model with external data, edited without loading its weights: the graph is read
+    lean (every weight an external reference), a rescale is kept as a factor and new values as an
+    array; :meth:`save` writes one new data file ``<OUT>.data`` sequentially — each weight copied
+    or rescaled block by block — then the graph pointing at it. Values are rounded as the
+    in-memory twin rounds them (``(x · f).astype(dtype)`` in numpy)."""
+
+    probe_backend = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        from .onnx_file import load_onnx_proto
+
+        self.path = path
+        self.model = load_onnx_proto(path)  # validates, refusing external data outside the model folder
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+        self.factors: dict[str, float] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self._live: Onnx | None = None
+
+    @staticmethod
+    def handles(path: Path) -> bool:
+        """The model keeps weights in files of their own (only then is the output split too)."""
+        import onnx
+
+        from .onnx_file import load_onnx_proto
+
+        return any(
+            t.data_location == onnx.TensorProto.EXTERNAL
+            and {e.key: e.value for e in t.external_data}.get("location") != path.name
+            for t in load_onnx_proto(path).graph.initializer
+        )
+
+    def _tensor(self, key: str) -> Any:
+        if key not in self.inits:
+            raise InputError(f"initializer {key!r} not found in the model")
+        return self.inits[key]
+
+    def _extent(self, key: str) -> tuple[Path, int, np.dtype, int] | None:
+        """(file, byte offset, dtype, count) of an external initializer; None when inline."""
+        import onnx
+
+        from .onnx_file import _external_extent
+
+        tensor = self._tensor(key)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return None
+        return _external_extent(tensor, self.path.parent)
+
+    def _stored(self, key: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        extent = self._extent(key)
+        if extent is None:
+            return numpy_helper.to_array(self._tensor(key)).reshape(-1)
+        target, offset, dtype, count = extent
+        return np.fromfile(target, dtype=dtype, count=count, offset=offset)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._tensor(key).dims)
+
+    def _dtype(self, key: str) -> np.dtype:
+        import onnx
+
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self._tensor(key).data_type))
+
+    def array(self, key: str) -> np.ndarray:
+        if key in self.values:
+            return self.values[key].astype(np.float64).reshape(self._shape(key))
+        stored = self._stored(key)
+        values = stored.astype(np.float64)
+        if key in self.factors:
+            values = (values * self.factors[key]).astype(stored.dtype).astype(np.float64)
+        return values.reshape(self._shape(key))
+
+    def _scaled_blocks(self, key: str, src: Any) -> Iterator[np.ndarray]:
+        from ..stats import BLOCK
+
+        _, offset, dtype, count = self._extent(key)  # type: ignore[misc]
+        for start in range(0, count, BLOCK):
+            src.seek(offset + start * dtype.itemsize)
+            raw = np.fromfile(src, dtype=dtype, count=min(BLOCK, count - start))
+            yield (raw.astype(np.float64) * self.factors[key]).astype(dtype)
+
+    def std(self, key: str) -> float:
+        """Streamed for a rescaled external weight: memory stays at one block."""
+        if key not in self.factors or self._extent(key) is None:
+            return super().std(key)
+        with open(self._extent(key)[0], "rb") as src:  # type: ignore[index]
+            return _std_of_blocks(block.astype(np.float64) for block in self._scaled_blocks(key, src))
+
+    def scale(self, key: str, factor: float) -> None:
+        self._live = None
+        if key in self.values:
+            self.values[key] = (self.values[key].astype(np.float64) * factor).astype(self.values[key].dtype)
+        else:
+            self._tensor(key)  # it exists
+            self.factors[key] = self.factors.get(key, 1.0) * factor
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        self._live = None
+        dtype = self._dtype(key)
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if flat.size != int(np.prod(self._shape(key), dtype=np.int64)):
+            raise InputError(f"initializer {key!r} holds {int(np.prod(self._shape(key)))} values, got {flat.size}")
+        self.factors.pop(key, None)
+        self.values[key] = flat.astype(dtype)
+
+    def runnable(self) -> Any:
+        """The edited model as bytes (``--method lsuv`` probes it between steps): built in memory."""
+        if self._live is None:
+            live = Onnx(self.path)
+            for key, values in self.values.items():
+                live.assign(key, values.astype(np.float64))
+            for key, factor in self.factors.items():
+                live.scale(key, factor)
+            self._live = live
+        return self._live.runnable()
+
+    def _write_data(self, model: Any, data: Any, data_name: str) -> None:
+        """Write every external weight of ``model`` into ``data`` in graph order and point the
+        graph at it; edited inline tensors get their new bytes."""
+        import onnx
+
+        sources: dict[Path, Any] = {}
         try:
-            atomic_write(dst.with_name(data_name), lambda tmp: shutil.move(str(stage / data_name), tmp))
-            atomic_write(dst, lambda tmp: shutil.move(str(stage / dst.name), tmp))
+            for tensor in model.graph.initializer:
+                key = tensor.name
+                extent = self._extent(key)
+                if extent is None:
+                    if key in self.values or key in self.factors:
+                        tensor.raw_data = self.array(key).astype(self._dtype(key)).tobytes()
+                        for field in ("float_data", "double_data", "int32_data", "int64_data"):
+                            tensor.ClearField(field)
+                    continue
+                target, offset, dtype, count = extent
+                src = sources.get(target) or sources.setdefault(target, open(target, "rb"))
+                start = data.tell()
+                if key in self.values:
+                    data.write(self.values[key].tobytes())
+                elif key in self.factors:
+                    for block in self._scaled_blocks(key, src):
+                        data.write(block.tobytes())
+                else:
+                    _copy_range(src, data, offset, offset + count * dtype.itemsize)
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for k, v in (("location", data_name), ("offset", str(start)), ("length", str(data.tell() - start))):
+                    tensor.external_data.add(key=k, value=v)
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
-        return dst
+            for handle in sources.values():
+                handle.close()
+
+    def save(self, dst: Path) -> Path:
+        import onnx
+
+        data_name = dst.name + ".data"
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+
+        def write(folder: Path) -> None:
+            with open(folder / data_name, "wb", buffering=0) as data:
+                self._write_data(model, data, data_name)
+            (folder / dst.name).write_bytes(model.SerializeToString())
+
+        return _save_with_data(dst, data_name, write)
 
 
 def open_editable(loaded: Any, source: str, *, trust: bool) -> Editable:
@@ -461,7 +639,7 @@ def open_editable(loaded: Any, source: str, *, trust: bool) -> Editable:
         return TorchModule(loaded.runnable, fmt)
     path = Path(source)
     if fmt == "onnx":
-        return Onnx(path)
+        return StreamedOnnx(path) if StreamedOnnx.handles(path) else Onnx(path)
     if fmt == "safetensors":
         return _safetensors_twin(path)
     if fmt == "safetensors-sharded":
