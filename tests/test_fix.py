@@ -258,9 +258,17 @@ def test_durability_for_every_writable_format(tmp_path, monkeypatch):
     (shard_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in state}})
     )
+    save_file(state, str(shard_dir.parent / "single.safetensors"))
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    torch.onnx.export(model, (x,), str(ext / "plain.onnx"), dynamo=False)
+    onnx.save_model(onnx.load(str(ext / "plain.onnx")), str(ext / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)  # fmt: skip
     cases = [(tmp_path / "m.ts", tmp_path / "o.ts"), (tmp_path / "m.pt2", tmp_path / "o.pt2"),
              (tmp_path / "full.pt", tmp_path / "o.pt"),
-             (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded")]  # fmt: skip
+             (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded"),
+             (tmp_path / "single.safetensors", tmp_path / "o.safetensors"),  # streamed twin
+             (ext / "m.onnx", tmp_path / "o.onnx")]  # streamed twin, writes o.onnx + o.onnx.data  # fmt: skip
     for src, out in cases:
         digest = sha(src)
 
@@ -272,6 +280,7 @@ def test_durability_for_every_writable_format(tmp_path, monkeypatch):
             initdoctor.fix_model(src, output=out, trust=True)
         monkeypatch.undo()
         assert not out.exists() and sha(src) == digest, src
+        assert not out.with_name(out.name + ".data").exists(), src
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], src  # no temp files left
         result = initdoctor.fix_model(src, output=out, trust=True)  # and it works once the disk is fine
         assert result.after.summary.status != "error", src
