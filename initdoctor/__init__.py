@@ -10,12 +10,17 @@ per weighted layer, how far its weights are from that.
 >>> report.summary.status                                     # doctest: +SKIP
 'ok'
 
-Importing this package does not import torch or onnxruntime; loaders import them when used.
+Importing this package does not import torch or onnxruntime (loaders import them when used), nor
+numpy until a model is read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .inspector import Settings
+    from .report import Report
 
 __version__ = "0.6.0"
 
@@ -36,8 +41,19 @@ __all__ = [
 ]
 
 from .errors import InitDoctorError, InitializationError, InputError, SettingsError, UntrustedFormatError
-from .inspector import Settings
-from .report import Report
+
+
+def __getattr__(name: str) -> Any:
+    """``Settings`` and ``Report`` on first use, so that ``initdoctor --help`` does not import numpy."""
+    if name == "Settings":
+        from .inspector import Settings
+
+        return Settings
+    if name == "Report":
+        from .report import Report
+
+        return Report
+    raise AttributeError(f"module 'initdoctor' has no attribute {name!r}")
 
 
 def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None):
@@ -110,6 +126,7 @@ def _split_settings(settings: dict[str, Any]) -> tuple[Settings, Any]:
     an unknown key is a :class:`SettingsError` naming it."""
     import dataclasses
 
+    from .inspector import Settings
     from .probe import ProbeSettings
 
     inspect_keys = {f.name for f in dataclasses.fields(Settings)}

@@ -121,10 +121,11 @@ def test_help_does_not_import_torch():
         "import sys, runpy; sys.argv = ['initdoctor', '--help']\n"
         "try:\n    runpy.run_module('initdoctor', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'LIGHT', file=sys.stderr)"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy if heavy else 'LIGHT', file=sys.stderr)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
-    assert "inspect" in out.stdout and out.stderr.strip().endswith("LIGHT")
+    assert "inspect" in out.stdout and out.stderr.strip().endswith("HEAVY LIGHT"), out.stderr[-500:]
 
 
 def test_onnx_inspect_does_not_import_torch(tmp_path):

@@ -482,17 +482,15 @@ class StreamedOnnx(Editable):
         self.values: dict[str, np.ndarray] = {}
         self._live: Onnx | None = None
 
-    @staticmethod
-    def handles(path: Path) -> bool:
+    @property
+    def has_data_files(self) -> bool:
         """The model keeps weights in files of their own (only then is the output split too)."""
         import onnx
 
-        from .onnx_file import load_onnx_proto
-
         return any(
             t.data_location == onnx.TensorProto.EXTERNAL
-            and {e.key: e.value for e in t.external_data}.get("location") != path.name
-            for t in load_onnx_proto(path).graph.initializer
+            and {e.key: e.value for e in t.external_data}.get("location") != self.path.name
+            for t in self.model.graph.initializer
         )
 
     def _tensor(self, key: str) -> Any:
@@ -639,7 +637,8 @@ def open_editable(loaded: Any, source: str, *, trust: bool) -> Editable:
         return TorchModule(loaded.runnable, fmt)
     path = Path(source)
     if fmt == "onnx":
-        return StreamedOnnx(path) if StreamedOnnx.handles(path) else Onnx(path)
+        streamed = StreamedOnnx(path)
+        return streamed if streamed.has_data_files else Onnx(path)
     if fmt == "safetensors":
         return _safetensors_twin(path)
     if fmt == "safetensors-sharded":
