@@ -6,7 +6,8 @@ ONNX with external data, against a floor; and `initdoctor --help` against `pytho
 Checkpoint: Linear weights of 4096×8192 float32 (128 MiB each) split over 4 shards with a
 ``model.safetensors.index.json``; the ONNX model is a MatMul chain over the same weights, all in one
 external data file. Each measurement is a fresh process timed end to end (median and min–max over
-``--repeats``); peak RSS is the process's maximum resident set (``/usr/bin/time -f %M``).
+``--repeats`` rounds; the commands run round-robin, so a slow spell hits all alike); peak RSS is
+the process's maximum resident set (``/usr/bin/time -f %M``).
 
 Floors (same interpreter start-up, same files):
 * safetensors — ``import torch``, ``safe_open`` every shard, ``get_tensor`` every tensor and ``.sum()`` it once;
@@ -134,16 +135,34 @@ def _state_dict(folder: Path, index_path: Path) -> Path:
     return path
 
 
+def run_once(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in ((0, 1) if "initdoctor" in cmd else (0,)):
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return elapsed, int(proc.stderr.strip().splitlines()[-1]) / 1024
+
+
+def summarize(samples: list[tuple[float, float]]) -> dict:
+    times = [t for t, _ in samples]
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "peak_mib": max(p for _, p in samples)}  # fmt: skip
+
+
 def measure(cmd: list[str], repeats: int) -> dict:
-    times, peaks = [], []
+    return summarize([run_once(cmd) for _ in range(repeats)])
+
+
+def measure_interleaved(runs: dict[str, list[str]], repeats: int) -> dict[str, dict]:
+    """Round-robin over the commands, ``repeats`` rounds: a slow spell of a shared machine then
+    hits every command alike instead of one command's block of runs."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if proc.returncode not in ((0, 1) if "initdoctor" in cmd else (0,)):
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-        peaks.append(int(proc.stderr.strip().splitlines()[-1]) / 1024)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "peak_mib": max(peaks)}
+        for name, cmd in runs.items():
+            samples[name].append(run_once(cmd))
+    return {name: summarize(s) for name, s in samples.items()}
 
 
 def main() -> None:
@@ -168,7 +187,7 @@ def main() -> None:
         "python -c pass": [py, "-c", "pass"],
         "initdoctor --help": [py, "-m", "initdoctor", "--help"],
     }
-    results = {name: measure(cmd, args.repeats) for name, cmd in runs.items()}
+    results = measure_interleaved(runs, args.repeats)
     print(f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip state_dict; "
           f"largest tensor {largest:.0f} MiB; {os.cpu_count()} CPUs; median of {args.repeats}")  # fmt: skip
     for name, r in results.items():
