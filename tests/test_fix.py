@@ -402,3 +402,17 @@ def test_fix_no_probe_checks_the_output_statically(tmp_path):
     proc = run_cli("fix", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"), "--method", "lsuv", "--no-probe")
     assert proc.returncode == 2 and "cannot run with --no-probe" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.onnx").exists()
+
+
+def test_streamed_fix_refuses_a_source_that_shrank_meanwhile(tmp_path):
+    from initdoctor.loaders.editable import StreamedSafetensors
+
+    src = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(300, 500)}, str(src))
+    editable = StreamedSafetensors(src)
+    editable.scale("a.weight", 2.0)
+    with open(src, "r+b") as fh:  # another process cuts the file after it was read
+        fh.truncate(src.stat().st_size - 4000)
+    with pytest.raises(initdoctor.InputError, match="file ended"):
+        editable.save(tmp_path / "out.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no output, no temp file

@@ -183,9 +183,9 @@ def _encode(values: np.ndarray, code: str) -> np.ndarray:
 
 class StreamedSafetensors(Editable):
     """A safetensors file edited without loading it: a scaled tensor is kept as its factor, a
-    replaced one as its new values (in the stored dtype); :meth:`save` copies the file and rewrites
-    only the edited tensors' byte ranges, block by block. The header and every untouched tensor
-    are byte-identical; memory stays near one tensor for scaling, whatever the file's size."""
+    replaced one as its new values (in the stored dtype); :meth:`save` writes the file in one
+    sequential pass, rescaling the edited tensors block by block. The header and every untouched
+    tensor are byte-identical; memory stays at one block for scaling, whatever the file's size."""
 
     def __init__(self, path: Path) -> None:
         from .safetensors_file import read_header
@@ -251,7 +251,7 @@ class StreamedSafetensors(Editable):
         for start in range(0, count, BLOCK):
             at = offset + start * stored.itemsize
             src.seek(at)
-            raw = np.fromfile(src, dtype=stored, count=min(BLOCK, count - start))
+            raw = _read_exactly(src, stored, min(BLOCK, count - start))
             yield at, _encode(_decode(raw, code) * self.factors[key], code)
 
     def std(self, key: str) -> float:
@@ -271,10 +271,10 @@ class StreamedSafetensors(Editable):
             for offset, key in edits:
                 _copy_range(src, out, pos, offset)
                 if key in self.values:
-                    out.write(self.values[key].tobytes())
+                    _write_all(out, self.values[key])
                 else:
                     for _, block in self._scaled_blocks(key, src):
-                        out.write(block.tobytes())
+                        _write_all(out, block)
                 pos = out.tell()
             _copy_range(src, out, pos, self.path.stat().st_size)
 
@@ -326,9 +326,25 @@ def _copy_range(src: Any, out: Any, start: int, end: int) -> None:
             chunk = src.read(min(end - start, 8 << 20))
             if not chunk:
                 raise InputError(f"{src.name}: file ended while it was being copied")
-            out.write(chunk)
+            _write_all(out, chunk)
             done = len(chunk)
         start += done
+
+
+def _read_exactly(src: Any, dtype: np.dtype, count: int) -> np.ndarray:
+    """``count`` values from ``src``'s position; a file that ends early is an error, not a short
+    tensor written silently."""
+    raw = np.fromfile(src, dtype=dtype, count=count)
+    if raw.size != count:
+        raise InputError(f"{src.name}: file ended inside a tensor while it was being rewritten")
+    return raw
+
+
+def _write_all(out: Any, data: Any) -> None:
+    """Write every byte to the unbuffered ``out`` (a raw write may take fewer than it is given)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[out.write(view):]
 
 
 def _safetensors_twin(path: Path) -> StreamedSafetensors | Safetensors:
@@ -541,7 +557,7 @@ class StreamedOnnx(Editable):
         _, offset, dtype, count = self._extent(key)  # type: ignore[misc]
         for start in range(0, count, BLOCK):
             src.seek(offset + start * dtype.itemsize)
-            raw = np.fromfile(src, dtype=dtype, count=min(BLOCK, count - start))
+            raw = _read_exactly(src, dtype, min(BLOCK, count - start))
             yield (raw.astype(np.float64) * self.factors[key]).astype(dtype)
 
     def std(self, key: str) -> float:
@@ -599,10 +615,10 @@ class StreamedOnnx(Editable):
                 src = sources.get(target) or sources.setdefault(target, open(target, "rb"))
                 start = data.tell()
                 if key in self.values:
-                    data.write(self.values[key].tobytes())
+                    _write_all(data, self.values[key])
                 elif key in self.factors:
                     for block in self._scaled_blocks(key, src):
-                        data.write(block.tobytes())
+                        _write_all(data, block)
                 else:
                     _copy_range(src, data, offset, offset + count * dtype.itemsize)
                 del tensor.external_data[:]
