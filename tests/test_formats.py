@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import onnx
 import pytest
@@ -239,4 +240,13 @@ def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path)
             dst.writestr(info.filename, src.read(info), compress_type=method)
     assert describe_streamed_state_dict(packed) is None
     report = initdoctor.diagnose(packed)
+    assert report.layers[0].weight_std == pytest.approx(sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9)
+    # a tensor the meta device cannot hold (quantized) or a sparse one: the normal load reads it
+    odd = tmp_path / "odd.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantize_per_tensor is deprecated, still written by old code
+        torch.save({"a.weight": sd["a.weight"], "s": torch.eye(3).to_sparse(),
+                    "q": torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)}, odd)  # fmt: skip
+    assert describe_streamed_state_dict(odd) is None
+    report = initdoctor.diagnose(odd, probe=False)
     assert report.layers[0].weight_std == pytest.approx(sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9)

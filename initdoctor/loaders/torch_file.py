@@ -180,19 +180,24 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
     weight is then streamed from the file by :func:`~initdoctor.stats.file_stats`. Memory stays
     flat whatever the checkpoint's size.
 
-    Returns None when this torch gives no offsets or a tensor is not plain (a strided view that is
-    not dense, a quantized or exotic dtype, a compressed record, a big-endian file): the caller
-    then loads normally.
+    Returns None when the meta load fails or gives no offsets, or a tensor is not plain (a strided
+    view that is not dense, a quantized, sparse or exotic tensor, a compressed record, a big-endian
+    file): the caller then loads normally, and reports damage or untrusted content from there.
     """
     import struct
 
     import numpy as np
+    import torch
 
     from ..stats import file_stats
     from .tensors import counted, weight_count
 
-    obj = load_torch_object(path, trust=False, meta=True)
-    state = find_state_dict(obj, path)
+    try:
+        state = find_state_dict(load_torch_object(path, trust=False, meta=True), path)
+    except InputError:
+        # untrusted content, damage, or a tensor the meta device cannot hold (quantized...):
+        # the normal load below says which, or reads it
+        return None
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
@@ -212,9 +217,11 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
     plan: dict[str, tuple[int, int, str, bool]] = {}  # key → (byte offset, count, stored dtype, bf16)
     for key, t in state.items():
         dtype = str(t.dtype).replace("torch.", "")
+        if dtype not in _STREAMABLE or t.layout is not torch.strided or t.is_quantized:
+            return None
         storage = t.untyped_storage()
         offset = getattr(storage, "_checkpoint_offset", None)
-        if offset is None or dtype not in _STREAMABLE or not _dense(tuple(t.shape), tuple(t.stride())):
+        if offset is None or not _dense(tuple(t.shape), tuple(t.stride())):
             return None
         stored, bf16 = _STREAMABLE[dtype]
         item = np.dtype(stored).itemsize
