@@ -416,3 +416,50 @@ def test_streamed_fix_refuses_a_source_that_shrank_meanwhile(tmp_path):
     with pytest.raises(initdoctor.InputError, match="file ended"):
         editable.save(tmp_path / "out.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no output, no temp file
+
+
+def test_streamed_checkpoint_fix_equals_torch_and_is_a_valid_zip(tmp_path):
+    """A zip state_dict (plain and Lightning-wrapped) is fixed without loading it: every tensor
+    equals what the in-memory twin (torch.save) writes, the output passes zipfile's CRC check,
+    and data.pkl plus every untouched record keep their bytes."""
+    import zipfile
+
+    from initdoctor.loaders.editable import StreamedCheckpoint, TorchCheckpoint
+    from initdoctor.loaders.torch_file import load_torch_object, zip_tensor_plan
+
+    torch.manual_seed(0)
+    state = plain_mlp(depth=5, width=48, init="xavier").state_dict()
+    state["2.weight"] = state["2.weight"].to(torch.bfloat16)  # a bf16 layer among fp32 ones
+    state["4.weight"] = state["4.weight"].t().contiguous().t()  # stored transposed: a dense view
+    for name, obj in (("plain.pt", state), ("lightning.ckpt", {"state_dict": state, "epoch": 3, "hparams": {"lr": 0.1}})):
+        src = tmp_path / name
+        torch.save(obj, src)
+        plan = zip_tensor_plan(src)
+        assert plan is not None
+        streamed, memory = StreamedCheckpoint(src, plan), TorchCheckpoint(load_torch_object(src, trust=False), src)
+        weights = [k for k in plan if k.endswith("weight")]
+        for i, key in enumerate(weights):
+            streamed.scale(key, 1.1 + i / 7)
+            memory.scale(key, 1.1 + i / 7)
+        streamed.assign("0.bias", np.linspace(-1, 1, 48))
+        memory.assign("0.bias", np.linspace(-1, 1, 48))
+        pattern = np.arange(48 * 48, dtype=np.float64).reshape(48, 48) / 1000  # order matters here
+        streamed.assign("4.weight", pattern)  # the weight stored transposed
+        memory.assign("4.weight", pattern)
+        assert np.array_equal(streamed.array("4.weight"), memory.array("4.weight"))
+        for key in weights:
+            assert streamed.std(key) == pytest.approx(float(memory.array(key).std()), rel=1e-12)
+        out_s, out_m = streamed.save(tmp_path / f"s_{name}"), memory.save(tmp_path / f"m_{name}")
+        got, want = load_torch_object(out_s, trust=False), load_torch_object(out_m, trust=False)
+        got_sd = got["state_dict"] if "state_dict" in got else got
+        want_sd = want["state_dict"] if "state_dict" in want else want
+        assert got_sd.keys() == want_sd.keys()
+        for key in want_sd:
+            assert got_sd[key].dtype == want_sd[key].dtype and torch.equal(got_sd[key], want_sd[key]), (name, key)
+        if "epoch" in got:
+            assert (got["epoch"], got["hparams"]) == (3, {"lr": 0.1})
+        with zipfile.ZipFile(out_s) as z_out, zipfile.ZipFile(src) as z_in:
+            assert z_out.testzip() is None  # every CRC-32 is right
+            changed = {info.filename for info in z_in.infolist() if z_in.read(info) != z_out.read(info.filename)}
+        edited = {plan[k].record.filename for k in [*weights, "0.bias"]}
+        assert changed == edited  # data.pkl and the untouched records keep their bytes

@@ -6,7 +6,9 @@ replace) and saves itself — atomically — in that same format:
 ==================  ===============================================  ==========================
 format              held as                                          saved with
 ==================  ===============================================  ==========================
-state_dict file     the whole checkpoint object (wrappers kept)      ``torch.save``
+state_dict (zip)    the tensors' places + each edit (streamed; the   the archive copied, edited
+                    wrappers' pickle untouched)                      records and their CRCs new
+state_dict (legacy) the whole checkpoint object (wrappers kept)      ``torch.save``
 safetensors         the header + each edit (a factor or new values)  the file copied, edited
                                                                      ranges rewritten in blocks
 sharded index       the same per shard                               index + shards into a folder
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,37 +184,30 @@ def _encode(values: np.ndarray, code: str) -> np.ndarray:
     return np.where(np.isnan(f32), np.uint16(0x7FC0), rounded).astype("<u2")
 
 
-class StreamedSafetensors(Editable):
-    """A safetensors file edited without loading it: a scaled tensor is kept as its factor, a
-    replaced one as its new values (in the stored dtype); :meth:`save` writes the file in one
-    sequential pass, rescaling the edited tensors block by block. The header and every untouched
-    tensor are byte-identical; memory stays at one block for scaling, whatever the file's size."""
+class _StreamedTensors(Editable):
+    """Tensors edited in a file without loading it: a scaled tensor is kept as its factor, a
+    replaced one as its new values (in the stored dtype); subclasses say where a tensor lives
+    (:meth:`_entry`) and write the file in one sequential pass, rescaling block by block."""
 
     def __init__(self, path: Path) -> None:
-        from .safetensors_file import read_header
-
         self.path = path
-        self.header, _, self.data_start = read_header(path)
         self.factors: dict[str, float] = {}
         self.values: dict[str, np.ndarray] = {}
 
-    @staticmethod
-    def handles(path: Path) -> bool:
-        """Every dtype in the file is one initdoctor reads itself (else the safetensors library)."""
-        from .safetensors_file import _DTYPES, read_header
-
-        return all(e["dtype"] in _DTYPES for e in read_header(path)[0].values())
-
     def _entry(self, key: str) -> tuple[int, int, str]:
-        """(byte offset in the file, element count, dtype code) of a float tensor."""
-        entry = self.header.get(key)
-        if entry is None:
-            raise InputError(f"tensor {key!r} not found in the model")
-        code = entry["dtype"]
-        if code not in _FLOAT_CODES:
-            raise InputError(f"tensor {key!r} is {code}; only float tensors are rescaled")
-        begin, end = (int(o) for o in entry["data_offsets"])
-        return self.data_start + begin, (end - begin) // np.dtype(_FLOAT_CODES[code]).itemsize, code
+        """(byte offset in the file, element count, dtype code of :data:`_FLOAT_CODES`)."""
+        raise NotImplementedError
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _logical(self, flat: np.ndarray, key: str) -> np.ndarray:
+        """Values in file order → the tensor (the file holds them in row-major order)."""
+        return flat.reshape(self._shape(key))
+
+    def _file_order(self, values: np.ndarray, key: str) -> np.ndarray:
+        """The tensor → values in file order (inverse of :meth:`_logical`)."""
+        return np.asarray(values, dtype=np.float64).reshape(-1)
 
     def _stored(self, key: str) -> np.ndarray:
         offset, count, code = self._entry(key)
@@ -219,13 +215,12 @@ class StreamedSafetensors(Editable):
 
     def array(self, key: str) -> np.ndarray:
         _, _, code = self._entry(key)
-        shape = tuple(self.header[key]["shape"])
         if key in self.values:
-            return _decode(self.values[key], code).reshape(shape)
+            return self._logical(_decode(self.values[key], code), key)
         values = _decode(self._stored(key), code)
         if key in self.factors:
             values = _decode(_encode(values * self.factors[key], code), code)
-        return values.reshape(shape)
+        return self._logical(values, key)
 
     def scale(self, key: str, factor: float) -> None:
         _, _, code = self._entry(key)
@@ -236,23 +231,24 @@ class StreamedSafetensors(Editable):
 
     def assign(self, key: str, values: np.ndarray) -> None:
         _, count, code = self._entry(key)
-        flat = np.asarray(values, dtype=np.float64).reshape(-1)
-        if flat.size != count:
-            raise InputError(f"tensor {key!r} holds {count} values, got {flat.size}")
+        if np.size(values) != count:
+            raise InputError(f"tensor {key!r} holds {count} values, got {np.size(values)}")
         self.factors.pop(key, None)
-        self.values[key] = _encode(flat, code)
+        self.values[key] = _encode(self._file_order(values, key), code)
 
-    def _scaled_blocks(self, key: str, src: Any) -> Iterator[tuple[int, np.ndarray]]:
-        """(byte offset, stored values) of a scaled tensor, one block at a time from ``src``."""
+    def _new_blocks(self, key: str, src: Any) -> Iterator[np.ndarray]:
+        """The edited tensor's new stored values, one block at a time (``src``: the open input)."""
         from ..stats import BLOCK
 
+        if key in self.values:
+            yield self.values[key]
+            return
         offset, count, code = self._entry(key)
         stored = np.dtype(_FLOAT_CODES[code])
         for start in range(0, count, BLOCK):
-            at = offset + start * stored.itemsize
-            src.seek(at)
+            src.seek(offset + start * stored.itemsize)
             raw = _read_exactly(src, stored, min(BLOCK, count - start))
-            yield at, _encode(_decode(raw, code) * self.factors[key], code)
+            yield _encode(_decode(raw, code) * self.factors[key], code)
 
     def std(self, key: str) -> float:
         """Streamed for a scaled tensor: memory stays at one block."""
@@ -260,26 +256,161 @@ class StreamedSafetensors(Editable):
             return super().std(key)
         code = self._entry(key)[2]
         with open(self.path, "rb") as src:
-            return _std_of_blocks(_decode(block, code) for _, block in self._scaled_blocks(key, src))
+            return _std_of_blocks(_decode(block, code) for block in self._new_blocks(key, src))
+
+    def _edits(self) -> list[tuple[int, str]]:
+        """(byte offset, key) of every edited tensor, in file order."""
+        return sorted((self._entry(key)[0], key) for key in {*self.values, *self.factors})
+
+
+class StreamedSafetensors(_StreamedTensors):
+    """A safetensors file edited without loading it (:class:`_StreamedTensors`). The header and
+    every untouched tensor are byte-identical; memory stays at one block for scaling, whatever
+    the file's size."""
+
+    def __init__(self, path: Path) -> None:
+        from .safetensors_file import read_header
+
+        super().__init__(path)
+        self.header, _, self.data_start = read_header(path)
+
+    @staticmethod
+    def handles(path: Path) -> bool:
+        """Every dtype in the file is one initdoctor reads itself (else the safetensors library)."""
+        from .safetensors_file import _DTYPES, read_header
+
+        return all(e["dtype"] in _DTYPES for e in read_header(path)[0].values())
+
+    def _entry(self, key: str) -> tuple[int, int, str]:
+        entry = self.header.get(key)
+        if entry is None:
+            raise InputError(f"tensor {key!r} not found in the model")
+        code = entry["dtype"]
+        if code not in _FLOAT_CODES:
+            raise InputError(f"tensor {key!r} is {code}; only float tensors are rescaled")
+        begin, end = (int(o) for o in entry["data_offsets"])
+        return self.data_start + begin, (end - begin) // np.dtype(_FLOAT_CODES[code]).itemsize, code
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.header[key]["shape"])
 
     def write_to(self, target: Path) -> None:
         """Write the file to ``target`` in one sequential pass: byte ranges nobody edited are
         copied (``os.copy_file_range`` where the system has it), edited tensors written anew."""
-        edits = sorted((self._entry(key)[0], key) for key in {*self.values, *self.factors})
         with open(self.path, "rb") as src, open(target, "wb", buffering=0) as out:
             pos = 0
-            for offset, key in edits:
+            for offset, key in self._edits():
                 _copy_range(src, out, pos, offset)
-                if key in self.values:
-                    _write_all(out, self.values[key])
-                else:
-                    for _, block in self._scaled_blocks(key, src):
-                        _write_all(out, block)
+                for block in self._new_blocks(key, src):
+                    _write_all(out, block)
                 pos = out.tell()
             _copy_range(src, out, pos, self.path.stat().st_size)
 
     def save(self, dst: Path) -> Path:
         return atomic_write(dst, self.write_to)
+
+
+#: torch dtype name → dtype code of :data:`_FLOAT_CODES`
+_TORCH_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+class StreamedCheckpoint(_StreamedTensors):
+    """A zip state_dict edited without loading it (:class:`_StreamedTensors`), tensors located by
+    :func:`~initdoctor.loaders.torch_file.zip_tensor_plan`. The archive is rewritten in one
+    sequential pass: ``data.pkl`` (wrappers such as Lightning's included) and every untouched
+    record byte for byte; each edited record's CRC-32 is computed while it is written and patched
+    into its local header, data descriptor and central-directory entry, so the output is a valid
+    zip (``zipfile.testzip``) as well as a torch checkpoint."""
+
+    def __init__(self, path: Path, plan: dict[str, Any]) -> None:
+        super().__init__(path)
+        self.plan = plan
+
+    def _entry(self, key: str) -> tuple[int, int, str]:
+        t = self.plan.get(key)
+        if t is None:
+            raise InputError(f"tensor {key!r} not found in the model")
+        if t.dtype not in _TORCH_CODES:
+            raise InputError(f"tensor {key!r} is {t.dtype}; only float tensors are rescaled")
+        return t.offset, t.count, _TORCH_CODES[t.dtype]
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return self.plan[key].shape
+
+    def _strided(self, flat: np.ndarray, key: str) -> np.ndarray:
+        t = self.plan[key]
+        return np.lib.stride_tricks.as_strided(flat, t.shape, [s * flat.itemsize for s in t.stride])
+
+    def _logical(self, flat: np.ndarray, key: str) -> np.ndarray:
+        """A tensor stored transposed (any dense stride order) is read back in its own layout."""
+        return self._strided(flat, key).copy()
+
+    def _file_order(self, values: np.ndarray, key: str) -> np.ndarray:
+        flat = np.empty(self.plan[key].count, np.float64)
+        self._strided(flat, key)[...] = np.asarray(values, dtype=np.float64).reshape(self._shape(key))
+        return flat
+
+    def write_to(self, target: Path) -> None:
+        import zlib
+
+        records: dict[int, list[tuple[int, str]]] = {}  # record data start → edited tensors in it
+        for offset, key in self._edits():
+            records.setdefault(self.plan[key].record_start, []).append((offset, key))
+        crcs: dict[str, tuple[zipfile.ZipInfo, int, int]] = {}  # name → (info, data start, new CRC)
+        with open(self.path, "rb") as src, open(target, "w+b", buffering=0) as out:
+            pos = 0
+            for start, tensors in sorted(records.items()):
+                info = self.plan[tensors[0][1]].record
+                _copy_range(src, out, pos, start)
+                crc, cur = 0, start
+                for offset, key in tensors:
+                    crc = _copy_range(src, out, cur, offset, crc=crc)
+                    for block in self._new_blocks(key, src):
+                        crc = zlib.crc32(memoryview(block).cast("B"), crc)
+                        _write_all(out, block)
+                    cur = out.tell()
+                crc = _copy_range(src, out, cur, start + info.file_size, crc=crc)
+                crcs[info.filename] = (info, start, crc)
+                pos = out.tell()
+            _copy_range(src, out, pos, self.path.stat().st_size)
+            _patch_crcs(src, out, crcs)
+
+    def save(self, dst: Path) -> Path:
+        return atomic_write(dst, self.write_to)
+
+
+def _patch_crcs(src: Any, out: Any, crcs: dict[str, tuple[zipfile.ZipInfo, int, int]]) -> None:
+    """Write each rewritten record's CRC-32 where the zip keeps it: the local header (offset 14,
+    unless it holds 0 because a data descriptor follows), the data descriptor after the data
+    (optional signature ``PK\\x07\\x08``), and the central-directory entry (offset 16)."""
+    import struct
+
+    for info, start, crc in crcs.values():
+        packed = struct.pack("<I", crc)
+        src.seek(info.header_offset + 14)
+        if src.read(4) != b"\0\0\0\0":
+            out.seek(info.header_offset + 14)
+            _write_all(out, packed)
+        if info.flag_bits & 0x08:
+            src.seek(start + info.compress_size)
+            at = start + info.compress_size + (4 if src.read(4) == b"PK\x07\x08" else 0)
+            out.seek(at)
+            _write_all(out, packed)
+    with zipfile.ZipFile(src) as archive:
+        pos = archive.start_dir
+    names = set(crcs)
+    while names:
+        src.seek(pos)
+        head = src.read(46)
+        if len(head) < 46 or head[:4] != b"PK\x01\x02":
+            raise InputError(f"{src.name}: central directory entry not found while rewriting")
+        name_len, extra_len, comment_len = struct.unpack("<HHH", head[28:34])
+        name = src.read(name_len).decode("utf-8", "replace")
+        if name in names:
+            out.seek(pos + 16)
+            _write_all(out, struct.pack("<I", crcs[name][2]))
+            names.discard(name)
+        pos += 46 + name_len + extra_len + comment_len
 
 
 class Safetensors(_TorchTensors):
@@ -308,27 +439,32 @@ class Safetensors(_TorchTensors):
         return atomic_write(dst, self.write_to)
 
 
-def _copy_range(src: Any, out: Any, start: int, end: int) -> None:
-    """Append bytes ``[start, end)`` of ``src`` to the unbuffered ``out``."""
+def _copy_range(src: Any, out: Any, start: int, end: int, *, crc: int | None = None) -> int | None:
+    """Append bytes ``[start, end)`` of ``src`` to the unbuffered ``out`` (``os.copy_file_range``
+    where the system has it). With ``crc``, the bytes are read and written through Python and
+    the CRC-32 is carried on and returned."""
     import os
+    import zlib
 
     src.seek(start)
     while start < end:
-        if hasattr(os, "copy_file_range"):
+        done = 0
+        if crc is None and hasattr(os, "copy_file_range"):
             try:
                 done = os.copy_file_range(src.fileno(), out.fileno(), end - start, start)
             except OSError:  # e.g. across file systems on an older kernel: plain copy below
                 done = 0
-        else:
-            done = 0
         if not done:
             src.seek(start)
             chunk = src.read(min(end - start, 8 << 20))
             if not chunk:
                 raise InputError(f"{src.name}: file ended while it was being copied")
+            if crc is not None:
+                crc = zlib.crc32(chunk, crc)
             _write_all(out, chunk)
             done = len(chunk)
         start += done
+    return crc
 
 
 def _read_exactly(src: Any, dtype: np.dtype, count: int) -> np.ndarray:
@@ -660,6 +796,12 @@ def open_editable(loaded: Any, source: str, *, trust: bool) -> Editable:
     if fmt == "safetensors-sharded":
         index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
         return ShardedSafetensors(index)
+    if detect_format(path) == "torch-zip" and not trust:
+        from .torch_file import zip_tensor_plan
+
+        plan = zip_tensor_plan(path)
+        if plan is not None:
+            return StreamedCheckpoint(path, plan)
     if detect_format(path) in ("torch-zip", "torch-legacy"):
         from .torch_file import load_torch_object
 

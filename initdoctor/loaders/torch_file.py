@@ -9,8 +9,9 @@ TorchScript               zip with a ``code/`` folder            ``torch.jit.loa
 torch.export (``.pt2``)   zip with ``archive_format``            ``torch.export.load`` — ``trust`` only
 ========================  =====================================  ====================================
 
-¹ For inspection a zip state_dict is unpickled on the meta device and streamed from the file
-(:func:`describe_streamed_state_dict`); ``fix`` and legacy files load it whole.
+¹ A zip state_dict is unpickled on the meta device and streamed from the file, both to inspect
+it (:func:`describe_streamed_state_dict`) and to fix it (the twin in :mod:`.editable`); legacy
+files are loaded whole.
 
 ``weights_only=True`` uses torch's restricted unpickler, which refuses any global outside a small
 allow-list of tensor types, so a malicious pickle is rejected before it runs anything.
@@ -22,6 +23,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,15 +172,31 @@ _STREAMABLE = {
 }  # fmt: skip
 
 
-def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:
-    """A zip state_dict described without reading its tensors into memory.
+@dataclass(frozen=True)
+class ZipTensor:
+    """Where one tensor of a zip state_dict lives: its values are ``count`` elements of ``stored``
+    (numpy dtype; ``bfloat16``: ``<u2`` bits) from byte ``offset``, laid out by ``stride`` (dense:
+    a permutation of a contiguous layout), inside the record ``record`` (a
+    :class:`zipfile.ZipInfo`) whose data starts at ``record_start``."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    count: int
+    stored: str
+    bfloat16: bool
+    record: zipfile.ZipInfo
+    record_start: int
+
+
+def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
+    """Locate every tensor of a zip state_dict without reading one.
 
     ``torch.load(map_location="meta", weights_only=True)`` unpickles the structure only (same
     restricted unpickler; each meta tensor's storage carries ``_checkpoint_offset``, the byte
     offset of its record in the file); every record a tensor uses is checked against the zip's
-    own directory (long enough, inside the file) — the check torch's mmap path skips — and each
-    weight is then streamed from the file by :func:`~initdoctor.stats.file_stats`. Memory stays
-    flat whatever the checkpoint's size.
+    own directory (long enough, inside the file) — the check torch's mmap path skips.
 
     Returns None when the meta load fails or gives no offsets, or a tensor is not plain (a strided
     view that is not dense, a quantized, sparse or exotic tensor, a compressed record, a big-endian
@@ -189,14 +207,11 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
     import numpy as np
     import torch
 
-    from ..stats import file_stats
-    from .tensors import counted, weight_count
-
     try:
         state = find_state_dict(load_torch_object(path, trust=False, meta=True), path)
     except InputError:
         # untrusted content, damage, or a tensor the meta device cannot hold (quantized...):
-        # the normal load below says which, or reads it
+        # the normal load says which, or reads it
         return None
     size = path.stat().st_size
     try:
@@ -214,7 +229,7 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
                 records[info.header_offset + 30 + name_len + extra_len] = info
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, KeyError) as exc:
         raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
-    plan: dict[str, tuple[int, int, str, bool]] = {}  # key → (byte offset, count, stored dtype, bf16)
+    plan: dict[str, ZipTensor] = {}
     for key, t in state.items():
         dtype = str(t.dtype).replace("torch.", "")
         if dtype not in _STREAMABLE or t.layout is not torch.strided or t.is_quantized:
@@ -237,22 +252,37 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
             )
         if (t.storage_offset() + t.numel()) * item > need:
             raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} runs past its storage)")
-        plan[key] = (int(offset) + t.storage_offset() * item, t.numel(), stored, bf16)
+        plan[key] = ZipTensor(dtype, tuple(int(d) for d in t.shape), tuple(int(d) for d in t.stride()),
+                              int(offset) + t.storage_offset() * item, t.numel(), stored, bf16, info,
+                              int(offset))  # fmt: skip
+    return plan
+
+
+def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:
+    """A zip state_dict described without reading its tensors into memory: located by
+    :func:`zip_tensor_plan`, each weight streamed from the file by
+    :func:`~initdoctor.stats.file_stats`. Memory stays flat whatever the checkpoint's size.
+    None when there is no plan (the caller loads normally)."""
+    from ..stats import file_stats
+    from .tensors import counted, weight_count
+
+    plan = zip_tensor_plan(path)
+    if plan is None:
+        return None
 
     def stats_of(key: str):
-        offset, count, stored, bf16 = plan[key]
-        return file_stats(path, offset, count, stored, str(state[key].dtype).replace("torch.", ""), bfloat16=bf16)
+        t = plan[key]
+        return file_stats(path, t.offset, t.count, t.stored, t.dtype, bfloat16=t.bfloat16)
 
     shared: set[tuple[int, tuple[int, ...]]] = set()
     parameters = 0
-    for key, t in state.items():
-        ident = (plan[key][0], tuple(t.shape))
-        if ident not in shared:
-            shared.add(ident)
-            parameters += t.numel()
+    for t in plan.values():
+        if (t.offset, t.shape) not in shared:
+            shared.add((t.offset, t.shape))
+            parameters += t.count
     return describe_tensors(
-        [(k, tuple(int(d) for d in v.shape)) for k, v in state.items()],
-        counted(stats_of, weight_count(list(state)), progress),
+        [(k, t.shape) for k, t in plan.items()],
+        counted(stats_of, weight_count(list(plan)), progress),
         path=str(path),
         fmt="state_dict",
         order="checkpoint",
