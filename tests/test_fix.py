@@ -268,7 +268,9 @@ def test_durability_for_every_writable_format(tmp_path, monkeypatch):
              (tmp_path / "full.pt", tmp_path / "o.pt"),
              (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded"),
              (tmp_path / "single.safetensors", tmp_path / "o.safetensors"),  # streamed twin
-             (ext / "m.onnx", tmp_path / "o.onnx")]  # streamed twin, writes o.onnx + o.onnx.data  # fmt: skip
+             (ext / "m.onnx", tmp_path / "o.onnx"),  # streamed twin, writes o.onnx + o.onnx.data
+             (tmp_path / "sd.pt", tmp_path / "o_sd.pt")]  # streamed zip twin (not trusted)  # fmt: skip
+    torch.save(state, tmp_path / "sd.pt")
     for src, out in cases:
         digest = sha(src)
 
@@ -276,13 +278,14 @@ def test_durability_for_every_writable_format(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(fileio.os, "replace", failing_replace)
+        trust = src.name != "sd.pt"  # the state_dict goes through the untrusted, streamed path
         with pytest.raises(OSError):
-            initdoctor.fix_model(src, output=out, trust=True)
+            initdoctor.fix_model(src, output=out, trust=trust)
         monkeypatch.undo()
         assert not out.exists() and sha(src) == digest, src
         assert not out.with_name(out.name + ".data").exists(), src
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], src  # no temp files left
-        result = initdoctor.fix_model(src, output=out, trust=True)  # and it works once the disk is fine
+        result = initdoctor.fix_model(src, output=out, trust=trust)  # and it works once the disk is fine
         assert result.after.summary.status != "error", src
 
 
