@@ -1,12 +1,13 @@
-"""`initdoctor fix --all` on the 2 GiB checkpoint of `static_inspect.py` (sharded safetensors, and
-ONNX with external data with and without the after-fix probe): wall time and peak RSS of a fresh
+"""`initdoctor fix --all` on the 2 GiB checkpoint of `static_inspect.py` (sharded safetensors, the
+zip state_dict, and ONNX with external data with and without the after-fix probe): wall time and peak RSS of a fresh
 process, against copying the same shards (the floor: fix has to write a new checkpoint of the
 same size, fsync included).
 
     python benchmarks/fix_large.py [--repeats 3] [--dir /tmp/initdoctor-bench]
 
-Every layer is rescaled (``--all``), so every shard is rewritten; the output folder is removed
-after each run.
+Every layer is rescaled (``--all``), so every byte of weights is rewritten; the output folder is
+removed after each run; the commands run round-robin (a slow spell of disk writeback then hits
+every command alike).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from static_inspect import generate, measure  # noqa: E402
+from static_inspect import generate, run_once, summarize  # noqa: E402
 
 COPY = """
 import os, shutil, sys
@@ -39,22 +40,26 @@ def main() -> None:
     out = args.dir.parent / "initdoctor-bench-fixed"
     fixed_onnx = str(out / "fixed.onnx")
     py = sys.executable
-    results = {}
-    for name, cmd in {
+    runs = {
         "copy + fsync (floor)": [py, "-c", COPY, str(args.dir), str(out)],
         "safetensors fix --all": [py, "-m", "initdoctor", "fix", str(index), "--all", "--output", str(out)],
+        "state_dict fix --all": [py, "-m", "initdoctor", "fix", str(args.dir / "model.pt"), "--all", "-o",
+                                 str(out / "fixed.pt")],
         "onnx fix --all --no-probe": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "--no-probe", "-o", fixed_onnx],
         "onnx fix --all (probed)": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "-o", fixed_onnx],
-    }.items():
-        runs = []
-        for _ in range(args.repeats):
+    }
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(args.repeats):  # round-robin: a slow spell (disk writeback) hits every command alike
+        for name, cmd in runs.items():
             shutil.rmtree(out, ignore_errors=True)
-            if "onnx" in name:
+            if name not in ("copy + fsync (floor)", "safetensors fix --all"):
                 out.mkdir()
-            runs.append(measure(cmd, 1))
-        shutil.rmtree(out, ignore_errors=True)
-        times = sorted(r["median"] for r in runs)
-        results[name] = (times[len(times) // 2], times[0], times[-1], max(r["peak_mib"] for r in runs))
+            samples[name].append(run_once(cmd))
+    shutil.rmtree(out, ignore_errors=True)
+    results = {}
+    for name, runs_ in samples.items():
+        summary = summarize(runs_)
+        results[name] = (summary["median"], summary["min"], summary["max"], summary["peak_mib"])
     for name, (med, lo, hi, peak) in results.items():
         ratio = med / results["copy + fsync (floor)"][0]
         print(f"  {name:26s} {med:6.2f} s ({lo:.2f}–{hi:.2f}) {ratio:5.2f}× the copy   peak RSS {peak:6.0f} MiB")
