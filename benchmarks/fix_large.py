@@ -45,7 +45,8 @@ def main() -> None:
         "safetensors fix --all": [py, "-m", "initdoctor", "fix", str(index), "--all", "--output", str(out)],
         "state_dict fix --all": [py, "-m", "initdoctor", "fix", str(args.dir / "model.pt"), "--all", "-o",
                                  str(out / "fixed.pt")],
-        "onnx fix --all --no-probe": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "--no-probe", "-o", fixed_onnx],
+        "onnx fix --all --no-probe": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "--no-probe",
+                                      "-o", fixed_onnx],
         "onnx fix --all (probed)": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "-o", fixed_onnx],
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
