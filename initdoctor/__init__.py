@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .inspector import Settings
     from .report import Report
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "__version__",

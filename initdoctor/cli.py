@@ -63,6 +63,7 @@ def _root(
 
 # Options shared by several commands (one definition each).
 ModelArg = Annotated[str, typer.Argument(help="Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or a factory package.module:function.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="State_dict or safetensors file to load into a factory's model.")]
 TrustOpt = Annotated[Optional[bool], typer.Option("--trust/--no-trust", show_default=False, help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")]
 NonlinearityOpt = Annotated[Optional[str], typer.Option(show_default="relu", help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")]
@@ -181,7 +182,7 @@ def inspect(
     fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Report, per weighted layer, how far its weights are from Kaiming initialization."""
@@ -274,6 +275,7 @@ def fix(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
     check: Annotated[bool, typer.Option("--check", help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.")] = False,
     probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Probe the written model to check the fix (when it has a graph) [default: probe]; --no-probe checks it statically, without running it.")] = None,
+    quiet: QuietOpt = False,
     weights: WeightsOpt = None,
     trust: TrustOpt = None,
     model_factory: FactoryOpt = None,
@@ -293,6 +295,7 @@ def fix(
 ) -> None:
     """Rescale (or redraw) drifting layers and write the repaired model, never touching the input."""
     from .fix import fix_model
+    from .render import ProgressBar
 
     with _errors(debug):
         source, weights_file = _source(model, model_factory, weights)
@@ -300,11 +303,12 @@ def fix(
         trust = opts["trust"]
         if fail_on is FailOn.never and not all_layers:
             raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
-        result = fix_model(
-            source, method=method.value, output=output, in_place=in_place, dry_run=dry_run or check,
-            fail_on=fail_on.value, all_layers=all_layers, zero_bias=zero_bias, tol=tol, max_iter=max_iter,
-            trust=trust, weights=weights_file, probe=bool(opts["probe"]), **settings,
-        )  # fmt: skip
+        with ProgressBar("probing layers", quiet=quiet) as bar:
+            result = fix_model(
+                source, method=method.value, output=output, in_place=in_place, dry_run=dry_run or check,
+                fail_on=fail_on.value, all_layers=all_layers, zero_bias=zero_bias, tol=tol, max_iter=max_iter,
+                trust=trust, weights=weights_file, probe=bool(opts["probe"]), progress=bar, **settings,
+            )  # fmt: skip
         from .render import fix_to_dict, render_fix
 
         if format is Format.json:

@@ -109,10 +109,12 @@ def apply(
     zero_bias: bool = False,
     seed: int = 0,
     lsuv: dict[str, Any] | None = None,
+    progress: Any = None,
 ) -> None:
-    """Carry out ``changes`` on an :class:`~initdoctor.loaders.editable.Editable`."""
+    """Carry out ``changes`` on an :class:`~initdoctor.loaders.editable.Editable`;
+    ``progress(done, total)`` after each layer."""
     rng = np.random.default_rng(seed)
-    for change in changes:
+    for done, change in enumerate(changes, 1):
         if change.method == "kaiming":
             editable.scale(change.weight_key, change.factor)
         elif change.method == "reinit":
@@ -124,6 +126,8 @@ def apply(
             change.bias_zeroed = True
         if change.method != "lsuv":
             change.new_std = editable.std(change.weight_key)
+        if progress is not None:
+            progress(done, len(changes))
 
 
 def _lsuv_layer(editable: Any, change: Change, *, loaded: Any, probe_settings: Any, gains: dict[str, float],
@@ -165,12 +169,14 @@ def fix_model(
     trust: bool = False,
     weights: Any = None,
     probe: bool = True,
+    progress: Any = None,
     **settings: Any,
 ) -> FixResult:
     """Plan and apply a repair. An in-memory ``nn.Module`` is changed in place; a file is written to
     ``output`` (or, with ``in_place``, over itself after a ``.bak`` copy) in its own format, then
     reloaded and re-inspected (``result.after``; probed when the output has a graph, unless
-    ``probe=False``). ``dry_run`` plans only. ``settings`` are
+    ``probe=False``). ``dry_run`` plans only. ``progress``: a ``progress(done, total)`` callback,
+    or an object with ``phase(label)`` giving one per phase (the CLI's bar). ``settings`` are
     :func:`initdoctor.diagnose` settings (nonlinearity, thresholds, probe inputs)."""
     from . import _is_torch_module, _split_settings, load
     from .fileio import backup
@@ -185,7 +191,8 @@ def fix_model(
     if method == "lsuv" and not probe:
         raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
     inspect_settings, probe_settings = _split_settings(settings)
-    loaded = load(source, trust=trust, weights=weights)
+    phase = getattr(progress, "phase", None)
+    loaded = load(source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None)
     in_memory = _is_torch_module(source)
     probed = None
     if method == "lsuv":
@@ -204,7 +211,7 @@ def fix_model(
         raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
     editable = TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
     gains = {f.name: f.gain for f in before.layers}
-    apply(editable, changes, zero_bias=zero_bias, seed=seed,
+    apply(editable, changes, zero_bias=zero_bias, seed=seed, progress=phase("fixing layers") if phase else progress,
           lsuv={"loaded": loaded, "probe_settings": probe_settings, "gains": gains, "tol": tol, "max_iter": max_iter})  # fmt: skip
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
     if in_memory or loaded.description.format == "factory":
@@ -222,5 +229,6 @@ def fix_model(
     after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
     from . import diagnose
 
-    result.after = diagnose(target, trust=trust, probe=run_after_probe, **after_settings)
+    result.after = diagnose(target, trust=trust, probe=run_after_probe, progress=progress if phase else None,
+                            **after_settings)  # fmt: skip
     return result

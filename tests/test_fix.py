@@ -466,3 +466,27 @@ def test_streamed_checkpoint_fix_equals_torch_and_is_a_valid_zip(tmp_path):
             changed = {info.filename for info in z_in.infolist() if z_in.read(info) != z_out.read(info.filename)}
         edited = {plan[k].record.filename for k in [*weights, "0.bias"]}
         assert changed == edited  # data.pkl and the untouched records keep their bytes
+
+
+def test_fix_reports_progress_per_phase(tmp_path):
+    """The CLI's bar gets a line per phase: reading the weights, fixing each layer, checking the output."""
+
+    class Recorder:
+        def __init__(self):
+            self.seen: dict[str, tuple[int, int]] = {}
+
+        def __call__(self, done, total, label="probing layers"):
+            self.seen[label] = (done, total)
+
+        def phase(self, label):
+            return lambda done, total: self(done, total, label)
+
+    src = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in plain_mlp(depth=6, width=32, init="xavier").state_dict().items()}, str(src))
+    recorder = Recorder()
+    result = initdoctor.fix_model(src, output=tmp_path / "o.safetensors", progress=recorder)
+    n = len(result.changes)
+    assert n > 0 and recorder.seen["fixing layers"] == (n, n)
+    assert recorder.seen["reading weights"][0] == recorder.seen["reading weights"][1] > 0
+    proc = run_cli("fix", str(src), "-o", str(tmp_path / "q.safetensors"), "--quiet", "--format", "json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["written"] is True
