@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_write, atomic_write_dir
+from .safetensors_file import _DTYPES, _NAMES
 
 
 class Editable:
@@ -159,7 +160,8 @@ class TorchModule(_TorchTensors):
 
 
 # --- safetensors -------------------------------------------------------------------------------
-_FLOAT_CODES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
+#: safetensors float codes → stored numpy dtype (bfloat16 as its ``<u2`` bits), from the reader's table
+_FLOAT_CODES = {code: _DTYPES[code][0] for code in ("F64", "F32", "F16", "BF16")}
 
 
 def _decode(raw: np.ndarray, code: str) -> np.ndarray:
@@ -274,12 +276,10 @@ class StreamedSafetensors(_StreamedTensors):
         super().__init__(path)
         self.header, _, self.data_start = read_header(path)
 
-    @staticmethod
-    def handles(path: Path) -> bool:
+    @property
+    def reads_every_dtype(self) -> bool:
         """Every dtype in the file is one initdoctor reads itself (else the safetensors library)."""
-        from .safetensors_file import _DTYPES, read_header
-
-        return all(e["dtype"] in _DTYPES for e in read_header(path)[0].values())
+        return all(e["dtype"] in _DTYPES for e in self.header.values())
 
     def _entry(self, key: str) -> tuple[int, int, str]:
         entry = self.header.get(key)
@@ -310,8 +310,8 @@ class StreamedSafetensors(_StreamedTensors):
         return atomic_write(dst, self.write_to)
 
 
-#: torch dtype name → dtype code of :data:`_FLOAT_CODES`
-_TORCH_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+#: torch dtype name → dtype code of :data:`_FLOAT_CODES` (the safetensors reader's names)
+_TORCH_CODES = {_NAMES[code]: code for code in _FLOAT_CODES}
 
 
 class StreamedCheckpoint(_StreamedTensors):
@@ -484,7 +484,8 @@ def _write_all(out: Any, data: Any) -> None:
 
 
 def _safetensors_twin(path: Path) -> StreamedSafetensors | Safetensors:
-    return StreamedSafetensors(path) if StreamedSafetensors.handles(path) else Safetensors(path)
+    streamed = StreamedSafetensors(path)  # reads and checks the header once
+    return streamed if streamed.reads_every_dtype else Safetensors(path)
 
 
 class ShardedSafetensors(Editable):

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import InputError, UntrustedFormatError
 from ..model import ModelDescription
+from .safetensors_file import _DTYPES, _NAMES
 from .tensors import describe_tensors
 
 #: Keys under which checkpoints commonly wrap their state_dict (Lightning uses ``state_dict``).
@@ -164,12 +165,9 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-#: torch dtype name → (stored numpy dtype, bfloat16 widening) for the streamed state_dict path
-_STREAMABLE = {
-    "float32": ("<f4", False), "float64": ("<f8", False), "float16": ("<f2", False),
-    "bfloat16": ("<u2", True), "int64": ("<i8", False), "int32": ("<i4", False),
-    "int16": ("<i2", False), "int8": ("i1", False), "uint8": ("u1", False), "bool": ("u1", False),
-}  # fmt: skip
+#: torch dtype name → (stored numpy dtype, bfloat16 widening) for the streamed state_dict path:
+#: the same table the safetensors reader uses, keyed by torch's names instead of its codes
+_STREAMABLE = {_NAMES[code]: stored for code, stored in _DTYPES.items()}
 
 
 @dataclass(frozen=True)
