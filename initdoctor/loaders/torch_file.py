@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UntrustedFormatError
+from ..errors import InputError, UntrustedFormatError, first_line
 from ..model import ModelDescription
 from .safetensors_file import _DTYPES, _NAMES
 from .tensors import describe_tensors
@@ -161,8 +161,10 @@ def _is_zip(path: Path) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """:func:`~initdoctor.errors.first_line` prefixed with the exception's type (torch's own
+    messages often do not say what went wrong without it)."""
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 #: torch dtype name → (stored numpy dtype, bfloat16 widening) for the streamed state_dict path:
