@@ -1,7 +1,7 @@
 """`initdoctor fix --all` on the 2 GiB checkpoint of `static_inspect.py` (sharded safetensors, the
-zip state_dict, and ONNX with external data with and without the after-fix probe): wall time and peak RSS of a fresh
-process, against copying the same shards (the floor: fix has to write a new checkpoint of the
-same size, fsync included).
+zip state_dict, and ONNX with external data with and without the after-fix probe): wall time and
+peak RSS of a fresh process, against copying the same shards (the floor: fix has to write a new
+checkpoint of the same size, fsync included).
 
     python benchmarks/fix_large.py [--repeats 3] [--dir /tmp/initdoctor-bench]
 
@@ -43,10 +43,27 @@ def main() -> None:
     runs = {
         "copy + fsync (floor)": [py, "-c", COPY, str(args.dir), str(out)],
         "safetensors fix --all": [py, "-m", "initdoctor", "fix", str(index), "--all", "--output", str(out)],
-        "state_dict fix --all": [py, "-m", "initdoctor", "fix", str(args.dir / "model.pt"), "--all", "-o",
-                                 str(out / "fixed.pt")],
-        "onnx fix --all --no-probe": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "--no-probe",
-                                      "-o", fixed_onnx],
+        "state_dict fix --all": [
+            py,
+            "-m",
+            "initdoctor",
+            "fix",
+            str(args.dir / "model.pt"),
+            "--all",
+            "-o",
+            str(out / "fixed.pt"),
+        ],
+        "onnx fix --all --no-probe": [
+            py,
+            "-m",
+            "initdoctor",
+            "fix",
+            str(onnx_path),
+            "--all",
+            "--no-probe",
+            "-o",
+            fixed_onnx,
+        ],
         "onnx fix --all (probed)": [py, "-m", "initdoctor", "fix", str(onnx_path), "--all", "-o", fixed_onnx],
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
@@ -63,7 +80,9 @@ def main() -> None:
         results[name] = (summary["median"], summary["min"], summary["max"], summary["peak_mib"])
     for name, (med, lo, hi, peak) in results.items():
         ratio = med / results["copy + fsync (floor)"][0]
-        print(f"  {name:26s} {med:6.2f} s ({lo:.2f}–{hi:.2f}) {ratio:5.2f}× the copy   peak RSS {peak:6.0f} MiB")
+        print(
+            f"  {name:26s} {med:6.2f} s ({lo:.2f}–{hi:.2f}) {ratio:5.2f}× the copy   peak RSS {peak:6.0f} MiB"
+        )
     print("largest tensor 128 MiB, checkpoint 2048 MiB")
 
 

@@ -36,9 +36,10 @@ def build(width: int, depth: int):
 
 
 def _rss_kb(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1])
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
     return 0
 
 
@@ -70,6 +71,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
         path = Path(args.onnx)
         del model
         if mode == "onnx-plain":  # what inference costs from the file: session + one run
+
             def op():
                 session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 return session.run(None, {session.get_inputs()[0].name: draw()})
@@ -88,6 +90,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
         from initdoctor.probe.torch_backend import probe_torch
 
         if mode == "torch-plain":
+
             def op():
                 with torch.no_grad():
                     return model(torch.from_numpy(draw()))
@@ -103,8 +106,14 @@ def child(mode: str, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         op()
         times.append(time.perf_counter() - start)
-    return {"mode": mode, "params": params, "median_s": statistics.median(times), "min_s": min(times),
-            "max_s": max(times), "peak_mib": peak / 1024}  # fmt: skip
+    return {
+        "mode": mode,
+        "params": params,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_mib": peak / 1024,
+    }
 
 
 def main() -> None:
@@ -127,24 +136,56 @@ def main() -> None:
         torch.onnx.export(model, (torch.randn(args.batch, args.width),), str(onnx_path), dynamo=False)
         del model
         results = {}
-        for mode in ("torch-plain", "torch-probe", "onnx-plain", "onnx-probe", "onnx-expose-groups", "onnx-expose-all"):
-            cmd = [sys.executable, __file__, "--child", mode, "--onnx", str(onnx_path), "--repeats", str(args.repeats),
-                   "--batch", str(args.batch), "--width", str(args.width), "--depth", str(args.depth)]  # fmt: skip
+        for mode in (
+            "torch-plain",
+            "torch-probe",
+            "onnx-plain",
+            "onnx-probe",
+            "onnx-expose-groups",
+            "onnx-expose-all",
+        ):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--onnx",
+                str(onnx_path),
+                "--repeats",
+                str(args.repeats),
+                "--batch",
+                str(args.batch),
+                "--width",
+                str(args.width),
+                "--depth",
+                str(args.depth),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     params = results["torch-plain"]["params"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}")
-    print(f"model: plain ReLU MLP, depth {args.depth}, width {args.width}, {params / 1e6:.1f}M parameters; batch {args.batch}; "
-          f"median of {args.repeats} runs")  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"model: plain ReLU MLP, depth {args.depth}, width {args.width}, {params / 1e6:.1f}M "
+        f"parameters; batch {args.batch}; "
+        f"median of {args.repeats} runs"
+    )
     for mode, r in results.items():
-        print(f"  {mode:20s} {r['median_s'] * 1000:8.1f} ms (min {r['min_s'] * 1000:.1f}, max {r['max_s'] * 1000:.1f})"
-              f"   peak +{r['peak_mib']:.1f} MiB")  # fmt: skip
+        print(
+            f"  {mode:20s} {r['median_s'] * 1000:8.1f} ms (min {r['min_s'] * 1000:.1f}, max "
+            f"{r['max_s'] * 1000:.1f})"
+            f"   peak +{r['peak_mib']:.1f} MiB"
+        )
     for backend, goal in (("torch", 1.3), ("onnx", 1.5)):
         plain, probe = results[f"{backend}-plain"], results[f"{backend}-probe"]
         t = probe["median_s"] / plain["median_s"]
         m = probe["peak_mib"] / plain["peak_mib"] if plain["peak_mib"] > 0 else float("nan")
-        print(f"{backend}: probe / plain = {t:.2f}× time, {m:.2f}× peak memory (goal ≤ {goal}×): "
-              f"{'met' if t <= goal and m <= goal else 'NOT met'}")
+        print(
+            f"{backend}: probe / plain = {t:.2f}× time, {m:.2f}× peak memory (goal ≤ {goal}×): "
+            f"{'met' if t <= goal and m <= goal else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ external data file. Each measurement is a fresh process timed end to end (median
 the process's maximum resident set (``/usr/bin/time -f %M``).
 
 Floors (same interpreter start-up, same files):
-* safetensors — ``import torch``, ``safe_open`` every shard, ``get_tensor`` every tensor and ``.sum()`` it once;
+* safetensors — ``import torch``, ``safe_open`` every shard, ``get_tensor`` every tensor
+  and ``.sum()`` it once;
 * state_dict (the same weights as one ``torch.save`` zip, not a goal of issue 7's list, measured
   alongside) — ``torch.load(mmap=True, weights_only=True)`` and ``.sum()`` every tensor;
 * ONNX — ``import onnx, numpy``, load the graph without data, ``np.memmap`` every initializer and sum it once.
@@ -60,7 +61,8 @@ for t in model.graph.initializer:
         continue  # the small inline Tile repeats
     info = {e.key: e.value for e in t.external_data}
     shape = tuple(t.dims)
-    arr = np.memmap(path.parent / info["location"], dtype=np.float32, mode="r", offset=int(info.get("offset", 0)), shape=shape)
+    offset = int(info.get("offset", 0))
+    arr = np.memmap(path.parent / info["location"], dtype=np.float32, mode="r", offset=offset, shape=shape)
     total += float(arr.sum(dtype=np.float64))
 print(total)
 """
@@ -87,7 +89,7 @@ def generate(folder: Path, gib: float) -> tuple[Path, Path]:
         for s in range(0, n, per_shard):
             tensors = {}
             for i in range(s, min(n, s + per_shard)):
-                w = (rng.standard_normal((ROUT, COLS), dtype=np.float32) * np.float32(np.sqrt(2 / COLS)))
+                w = rng.standard_normal((ROUT, COLS), dtype=np.float32) * np.float32(np.sqrt(2 / COLS))
                 tensors[f"layers.{i}.weight"] = w
                 offsets.append((f"layers.{i}.weight", data.tell()))
                 data.write(w.tobytes())
@@ -114,8 +116,13 @@ def generate(folder: Path, gib: float) -> tuple[Path, Path]:
         inits.append(reps)
         nodes.append(helper.make_node("Tile", [relu, f"reps{i}"], [tiled]))
         prev = tiled
-    graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLS])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, COLS])], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, COLS])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, COLS])],
+        inits,
+    )
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(onnx_path))
     _state_dict(folder, index_path)
     return index_path, onnx_path
@@ -147,8 +154,12 @@ def run_once(cmd: list[str]) -> tuple[float, float]:
 
 def summarize(samples: list[tuple[float, float]]) -> dict:
     times = [t for t, _ in samples]
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "peak_mib": max(p for _, p in samples)}  # fmt: skip
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "peak_mib": max(p for _, p in samples),
+    }
 
 
 def measure(cmd: list[str], repeats: int) -> dict:
@@ -177,10 +188,28 @@ def main() -> None:
     py = sys.executable
     runs = {
         "safetensors floor": [py, "-c", FLOOR_SAFETENSORS, str(index)],
-        "safetensors inspect": [py, "-m", "initdoctor", "inspect", str(index), "--no-probe", "--format", "json"],
+        "safetensors inspect": [
+            py,
+            "-m",
+            "initdoctor",
+            "inspect",
+            str(index),
+            "--no-probe",
+            "--format",
+            "json",
+        ],
         "torch baseline": [py, "-c", "import torch"],
         "state_dict floor": [py, "-c", FLOOR_STATE_DICT, str(args.dir / "model.pt")],
-        "state_dict inspect": [py, "-m", "initdoctor", "inspect", str(args.dir / "model.pt"), "--no-probe", "--format", "json"],
+        "state_dict inspect": [
+            py,
+            "-m",
+            "initdoctor",
+            "inspect",
+            str(args.dir / "model.pt"),
+            "--no-probe",
+            "--format",
+            "json",
+        ],
         "onnx floor": [py, "-c", FLOOR_ONNX, str(onnx_path)],
         "onnx inspect": [py, "-m", "initdoctor", "inspect", str(onnx_path), "--no-probe", "--format", "json"],
         "onnx baseline": [py, "-c", "import onnx, numpy"],
@@ -188,19 +217,35 @@ def main() -> None:
         "initdoctor --help": [py, "-m", "initdoctor", "--help"],
     }
     results = measure_interleaved(runs, args.repeats)
-    print(f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip state_dict; "
-          f"largest tensor {largest:.0f} MiB; {os.cpu_count()} CPUs; median of {args.repeats}")  # fmt: skip
+    print(
+        f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip "
+        "state_dict; "
+        f"largest tensor {largest:.0f} MiB; {os.cpu_count()} CPUs; median of {args.repeats}"
+    )
     for name, r in results.items():
-        print(f"  {name:22s} {r['median']:7.2f} s ({r['min']:.2f}–{r['max']:.2f})   peak RSS {r['peak_mib']:7.0f} MiB")
-    for fmt, base in (("safetensors", "torch baseline"), ("state_dict", "torch baseline"), ("onnx", "onnx baseline")):
+        print(
+            f"  {name:22s} {r['median']:7.2f} s ({r['min']:.2f}–{r['max']:.2f})   peak RSS "
+            f"{r['peak_mib']:7.0f} MiB"
+        )
+    for fmt, base in (
+        ("safetensors", "torch baseline"),
+        ("state_dict", "torch baseline"),
+        ("onnx", "onnx baseline"),
+    ):
         t = results[f"{fmt} inspect"]["median"] / results[f"{fmt} floor"]["median"]
         budget = 2 * largest + results[base]["peak_mib"]
         peak = results[f"{fmt} inspect"]["peak_mib"]
-        print(f"{fmt}: {t:.2f}× the floor's time (goal ≤ 1.5×: {'met' if t <= 1.5 else 'NOT met'}); peak RSS "
-              f"{peak:.0f} MiB vs budget {budget:.0f} MiB (2 × largest + baseline): {'met' if peak <= budget else 'NOT met'}")  # fmt: skip
+        print(
+            f"{fmt}: {t:.2f}× the floor's time (goal ≤ 1.5×: {'met' if t <= 1.5 else 'NOT met'}); peak RSS "
+            f"{peak:.0f} MiB vs budget {budget:.0f} MiB (2 × largest + baseline): "
+            f"{'met' if peak <= budget else 'NOT met'}"
+        )
     h = results["initdoctor --help"]["median"]
     floor = results["python -c pass"]["median"]
-    print(f"--help: {h:.3f} s vs python -c pass {floor:.3f} s (goal ≤ 0.3 s: {'met' if h <= 0.3 else 'NOT met'})")
+    print(
+        f"--help: {h:.3f} s vs python -c pass {floor:.3f} s (goal ≤ 0.3 s: "
+        f"{'met' if h <= 0.3 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,14 @@ import torch
 from torch import nn
 
 
-def plain_mlp(depth: int = 30, width: int = 256, in_features: int = 64, classes: int = 10,
-              init: str = "kaiming", seed: int = 0) -> nn.Sequential:
+def plain_mlp(
+    depth: int = 30,
+    width: int = 256,
+    in_features: int = 64,
+    classes: int = 10,
+    init: str = "kaiming",
+    seed: int = 0,
+) -> nn.Sequential:
     """``depth`` Linear layers with a ReLU after each hidden one; no norm, no residuals."""
     torch.manual_seed(seed)
     dims = [in_features] + [width] * (depth - 1) + [classes]
@@ -30,8 +36,14 @@ def plain_mlp(depth: int = 30, width: int = 256, in_features: int = 64, classes:
     return model
 
 
-def plain_cnn(depth: int = 30, width: int = 32, in_channels: int = 3, classes: int = 10,
-              init: str = "kaiming", seed: int = 0) -> nn.Sequential:
+def plain_cnn(
+    depth: int = 30,
+    width: int = 32,
+    in_channels: int = 3,
+    classes: int = 10,
+    init: str = "kaiming",
+    seed: int = 0,
+) -> nn.Sequential:
     """``depth - 1`` 3×3 convolutions with ReLU, global average pooling, a Linear classifier."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []

@@ -40,8 +40,12 @@ def digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tor
     split = int(0.8 * len(x))
     mean, std = x[:split].mean(0), x[:split].std(0) + 1e-6
     x = (x - mean) / std
-    return (torch.from_numpy(x[:split]), torch.from_numpy(y[:split]),
-            torch.from_numpy(x[split:]), torch.from_numpy(y[split:]))  # fmt: skip
+    return (
+        torch.from_numpy(x[:split]),
+        torch.from_numpy(y[:split]),
+        torch.from_numpy(x[split:]),
+        torch.from_numpy(y[split:]),
+    )
 
 
 def train(model: nn.Module, data, epochs: int, lr: float, seed: int) -> tuple[list[float], float]:
@@ -91,7 +95,9 @@ def main() -> None:
     results = run(args.epochs, args.lr, args.seed)
     print(f"initdoctor fix rescaled {results['changed_layers']} layers of the xavier net")
     print(f"{'epoch':>5}  {'xavier loss':>11}  {'fixed loss':>10}")
-    for epoch, (a, b) in enumerate(zip(results["xavier"]["losses"], results["fixed"]["losses"]), 1):
+    for epoch, (a, b) in enumerate(
+        zip(results["xavier"]["losses"], results["fixed"]["losses"], strict=False), 1
+    ):
         print(f"{epoch:5d}  {a:11.4f}  {b:10.4f}")
     for label in ("xavier", "fixed"):
         r = results[label]

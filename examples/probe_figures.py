@@ -33,11 +33,16 @@ def main() -> None:
     for label, build in NETS.items():
         for init in ("kaiming", "xavier"):
             for seed in range(args.seeds):
-                report = initdoctor.diagnose(build(init, seed), probe=True, backward=True, batch_size=args.batch)
+                report = initdoctor.diagnose(
+                    build(init, seed), probe=True, backward=True, batch_size=args.batch
+                )
                 ratios = [f.variance_ratio for f in report.layers if f.role == "hidden" and f.variance_ratio]
                 s = report.summary
-                print(f"{label:12s} {init:8s} {seed:4d}  {min(ratios):5.2f}–{max(ratios):5.2f}     "
-                      f"{s.measured_chain_ratio:5.2f}  {s.depth_ratio:11.3g}  {s.grad_depth_ratio:10.3g}  {s.status}")  # fmt: skip
+                print(
+                    f"{label:12s} {init:8s} {seed:4d}  {min(ratios):5.2f}–{max(ratios):5.2f}     "
+                    f"{s.measured_chain_ratio:5.2f}  {s.depth_ratio:11.3g}  {s.grad_depth_ratio:10.3g}  "
+                    f"{s.status}"
+                )
 
 
 if __name__ == "__main__":

@@ -99,16 +99,16 @@ def diagnose(
     batch for a torch model.
     """
     from .inspector import inspect_description
-    from .probe import run_probe
-
-    from .probe import time_limit
+    from .probe import run_probe, time_limit
 
     inspect_settings, probe_settings = _split_settings(settings)
     result = None
     notes = []
     with time_limit(probe_settings.timeout):  # tracing and probing both run the model's code
         phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-        loaded = load(source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None)
+        loaded = load(
+            source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
+        )
         if probe and loaded.runnable is None:
             notes.append(
                 f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
@@ -142,7 +142,12 @@ def _split_settings(settings: dict[str, Any]) -> tuple[Settings, Any]:
 
 
 def assert_healthy_init(
-    model: Any, example_inputs: Any = None, *, fail_on: str = "error", probe: bool | None = None, **settings: Any
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    fail_on: str = "error",
+    probe: bool | None = None,
+    **settings: Any,
 ) -> Report:
     """Raise :class:`InitializationError` when ``model``'s initialization has findings at or above
     ``fail_on`` — for users' own test suites and a pre-training check::
@@ -152,8 +157,12 @@ def assert_healthy_init(
 
     The probe runs when ``example_inputs`` are given (or ``probe=True``). Returns the report.
     """
-    report = diagnose(model, probe=bool(example_inputs is not None) if probe is None else probe,
-                      example_inputs=example_inputs, **settings)  # fmt: skip
+    report = diagnose(
+        model,
+        probe=bool(example_inputs is not None) if probe is None else probe,
+        example_inputs=example_inputs,
+        **settings,
+    )
     if report.exit_code(fail_on):
         failing = report.failing(fail_on)
         lines = [f"  {f.name} ({f.status}): {f.message}" for f in failing[:20]]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import sys
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -29,19 +29,19 @@ app = typer.Typer(
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     markdown = "markdown"
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     warn = "warn"
     error = "error"
     never = "never"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     fan_in = "fan_in"
     fan_out = "fan_out"
 
@@ -62,22 +62,101 @@ def _root(
 
 
 # Options shared by several commands (one definition each).
-ModelArg = Annotated[str, typer.Argument(help="Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or a factory package.module:function.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help=(
+            "Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or "
+            "a factory package.module:function."
+        )
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="State_dict or safetensors file to load into a factory's model.")]
-TrustOpt = Annotated[Optional[bool], typer.Option("--trust/--no-trust", show_default=False, help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.")]
-NonlinearityOpt = Annotated[Optional[str], typer.Option(show_default="relu", help="Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, sigmoid, selu, gelu, silu, linear.")]
-SlopeOpt = Annotated[Optional[float], typer.Option(show_default="0.01", help="Slope for --nonlinearity leaky_relu.")]
-ModeOpt = Annotated[Optional[Mode], typer.Option(show_default="fan_in", help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).")]
-WarnOpt = Annotated[Optional[float], typer.Option(show_default="1.25", help="Variance factor beyond which a layer warns (either way).")]
-ErrorOpt = Annotated[Optional[float], typer.Option(show_default="4", help="Variance factor beyond which a layer is an error.")]
-CompoundOpt = Annotated[Optional[float], typer.Option(show_default="16", help="Variance factor over the whole chain of hidden layers beyond which the model is an error.")]
-FactoryOpt = Annotated[Optional[str], typer.Option("--model", help="Factory package.module:function that builds the model whose weights MODEL holds (gives a state_dict a graph to probe).")]
-ShapeOpt = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX graph's, else inferred from the first layer.")]
-DtypeOpt = Annotated[Optional[str], typer.Option(show_default="float32", help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32.")]
-BatchOpt = Annotated[Optional[int], typer.Option(show_default="32", help="Probe batch size (fills a dynamic batch dimension).")]
-SeedOpt = Annotated[Optional[int], typer.Option(show_default="0", help="Seed of the probe's inputs (and of --method reinit): the same seed gives the same result.")]
-VocabOpt = Annotated[Optional[int], typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table.")]
+WeightsOpt = Annotated[
+    Path | None, typer.Option(help="State_dict or safetensors file to load into a factory's model.")
+]
+TrustOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--trust/--no-trust",
+        show_default=False,
+        help="Allow formats whose loading runs code from the file: full pickles, TorchScript, torch.export.",
+    ),
+]
+NonlinearityOpt = Annotated[
+    str | None,
+    typer.Option(
+        show_default="relu",
+        help=(
+            "Nonlinearity assumed after each layer where no graph shows it: relu, leaky_relu, tanh, "
+            "sigmoid, selu, gelu, silu, linear."
+        ),
+    ),
+]
+SlopeOpt = Annotated[
+    float | None, typer.Option(show_default="0.01", help="Slope for --nonlinearity leaky_relu.")
+]
+ModeOpt = Annotated[
+    Mode | None,
+    typer.Option(
+        show_default="fan_in",
+        help="fan_in keeps the forward signal (He eq. 10), fan_out the backward one (eq. 14).",
+    ),
+]
+WarnOpt = Annotated[
+    float | None,
+    typer.Option(show_default="1.25", help="Variance factor beyond which a layer warns (either way)."),
+]
+ErrorOpt = Annotated[
+    float | None, typer.Option(show_default="4", help="Variance factor beyond which a layer is an error.")
+]
+CompoundOpt = Annotated[
+    float | None,
+    typer.Option(
+        show_default="16",
+        help="Variance factor over the whole chain of hidden layers beyond which the model is an error.",
+    ),
+]
+FactoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help=(
+            "Factory package.module:function that builds the model whose weights MODEL holds (gives a "
+            "state_dict a graph to probe)."
+        ),
+    ),
+]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        help=(
+            "Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: the ONNX "
+            "graph's, else inferred from the first layer."
+        ),
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        show_default="float32", help="Probe input dtype: float32, float64, float16, bfloat16, int64, int32."
+    ),
+]
+BatchOpt = Annotated[
+    int | None, typer.Option(show_default="32", help="Probe batch size (fills a dynamic batch dimension).")
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        show_default="0",
+        help="Seed of the probe's inputs (and of --method reinit): the same seed gives the same result.",
+    ),
+]
+VocabOpt = Annotated[
+    int | None,
+    typer.Option(help="Range of integer (token id) inputs; default: the smallest embedding table."),
+]
 DebugOpt = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
@@ -87,7 +166,9 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
-        raise SettingsError(f"--input-shape {text!r}: expected integers separated by commas, e.g. 8,3,32,32") from None
+        raise SettingsError(
+            f"--input-shape {text!r}: expected integers separated by commas, e.g. 8,3,32,32"
+        ) from None
     if not shape:
         raise SettingsError(f"--input-shape {text!r}: empty")
     return shape
@@ -136,8 +217,10 @@ def _resolve(**cli: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         "warn_threshold": float(opts["warn-threshold"]),
         "error_threshold": float(opts["error-threshold"]),
         "compound_threshold": float(opts["compound-threshold"]),
-        "input_shapes": tuple(_shape(str(text) if not isinstance(text, list) else ",".join(map(str, text)))
-                              for text in opts["input-shape"]),  # fmt: skip
+        "input_shapes": tuple(
+            _shape(str(text) if not isinstance(text, list) else ",".join(map(str, text)))
+            for text in opts["input-shape"]
+        ),
         "input_dtype": opts["input-dtype"],
         "batch_size": int(opts["batch-size"]),
         "seed": int(opts["seed"]),
@@ -168,20 +251,45 @@ def inspect(
     warn_threshold: WarnOpt = None,
     error_threshold: ErrorOpt = None,
     compound_threshold: CompoundOpt = None,
-    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Run a seeded random batch through the model (when it has a graph) and measure each layer's activation variance [default: probe].")] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--probe/--no-probe",
+            show_default=False,
+            help=(
+                "Run a seeded random batch through the model (when it has a graph) and measure each "
+                "layer's activation variance [default: probe]."
+            ),
+        ),
+    ] = None,
     model_factory: FactoryOpt = None,
     input_shape: ShapeOpt = None,
     input_dtype: DtypeOpt = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     vocab_size: VocabOpt = None,
-    backward: Annotated[bool, typer.Option("--backward", help="Also run one backward pass and report gradient variance per layer (torch models).")] = False,
+    backward: Annotated[
+        bool,
+        typer.Option(
+            "--backward",
+            help="Also run one backward pass and report gradient variance per layer (torch models).",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds the probe may run (0: no limit).")] = 0.0,
     max_input_mib: Annotated[float, typer.Option(help="Largest probe batch, in MiB.")] = 1024.0,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib).")] = None,
-    fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG of activation variance across depth (needs the 'plot' extra: matplotlib)."
+        ),
+    ] = None,
+    fail_on: Annotated[
+        FailOn | None, typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")
+    ] = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to FILE instead of stdout.")
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -194,9 +302,16 @@ def inspect(
         settings, opts = _resolve(**locals())  # the command's own options, by name
         with ProgressBar("probing layers", quiet=quiet) as bar:
             report = diagnose(
-                source, trust=opts["trust"], weights=weights_file, probe=opts["probe"], progress=bar,
-                backward=backward, timeout=timeout, max_input_mib=max_input_mib, **settings,
-            )  # fmt: skip
+                source,
+                trust=opts["trust"],
+                weights=weights_file,
+                probe=opts["probe"],
+                progress=bar,
+                backward=backward,
+                timeout=timeout,
+                max_input_mib=max_input_mib,
+                **settings,
+            )
         _emit(report, format, output)
         if plot is not None:
             from .plot import plot_report
@@ -207,10 +322,17 @@ def inspect(
 
 @app.command()
 def check(
-    models: Annotated[list[str], typer.Argument(help="Model files (or factories) to check, e.g. the files pre-commit passes.")],
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also run the probe (slower; static by default here).")] = False,
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Model files (or factories) to check, e.g. the files pre-commit passes."),
+    ],
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help="Also run the probe (slower; static by default here).")
+    ] = False,
     trust: TrustOpt = None,
-    fail_on: Annotated[Optional[FailOn], typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")] = None,
+    fail_on: Annotated[
+        FailOn | None, typer.Option(show_default="error", help="Lowest status that makes the exit code 1.")
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
@@ -232,7 +354,14 @@ def check(
 def compare(
     before: Annotated[str, typer.Argument(help="First model (e.g. the original).")],
     after: Annotated[str, typer.Argument(help="Second model (e.g. after fix, or the ONNX export).")],
-    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Probe both (when they have a graph) [default: probe].")] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--probe/--no-probe",
+            show_default=False,
+            help="Probe both (when they have a graph) [default: probe].",
+        ),
+    ] = None,
     trust: TrustOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
     debug: DebugOpt = False,
@@ -248,14 +377,19 @@ def compare(
         if format is Format.json:
             import json
 
-            data = {"schema": "initdoctor.compare/1", "a": a.model, "b": b.model, "layers": compare_rows(a, b),
-                    "summary": {"a": a.summary.status, "b": b.summary.status}}  # fmt: skip
+            data = {
+                "schema": "initdoctor.compare/1",
+                "a": a.model,
+                "b": b.model,
+                "layers": compare_rows(a, b),
+                "summary": {"a": a.summary.status, "b": b.summary.status},
+            }
             sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         else:
             render_compare(a, b)
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     kaiming = "kaiming"
     lsuv = "lsuv"
     reinit = "reinit"
@@ -264,17 +398,59 @@ class Method(str, Enum):
 @app.command()
 def fix(
     model: ModelArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the repaired model, in MODEL's own format (a folder for a sharded checkpoint; a state_dict for a factory).")] = None,
-    method: Annotated[Method, typer.Option(help="kaiming: rescale W to the Kaiming std; lsuv: rescale until the measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).")] = Method.kaiming,
-    fail_on: Annotated[FailOn, typer.Option(help="Fix the layers whose status reaches this (kaiming, reinit).")] = FailOn.warn,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help=(
+                "Where to write the repaired model, in MODEL's own format (a folder for a sharded "
+                "checkpoint; a state_dict for a factory)."
+            ),
+        ),
+    ] = None,
+    method: Annotated[
+        Method,
+        typer.Option(
+            help=(
+                "kaiming: rescale W to the Kaiming std; lsuv: rescale until the measured variance "
+                "ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²)."
+            )
+        ),
+    ] = Method.kaiming,
+    fail_on: Annotated[
+        FailOn, typer.Option(help="Fix the layers whose status reaches this (kaiming, reinit).")
+    ] = FailOn.warn,
     all_layers: Annotated[bool, typer.Option("--all", help="Fix every weighted layer.")] = False,
-    zero_bias: Annotated[bool, typer.Option("--zero-bias", help="Also set the fixed layers' biases to zero.")] = False,
+    zero_bias: Annotated[
+        bool, typer.Option("--zero-bias", help="Also set the fixed layers' biases to zero.")
+    ] = False,
     tol: Annotated[float, typer.Option(help="lsuv: stop when |variance ratio - 1| < tol.")] = 0.05,
     max_iter: Annotated[int, typer.Option(help="lsuv: most iterations per layer.")] = 10,
-    in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite MODEL, keeping MODEL.bak first.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.")] = False,
-    probe: Annotated[Optional[bool], typer.Option("--probe/--no-probe", show_default=False, help="Probe the written model to check the fix (when it has a graph) [default: probe]; --no-probe checks it statically, without running it.")] = None,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="Overwrite MODEL, keeping MODEL.bak first.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; write nothing.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="CI mode: exit 1 and list the layers if a fix would change anything; write nothing.",
+        ),
+    ] = False,
+    probe: Annotated[
+        bool | None,
+        typer.Option(
+            "--probe/--no-probe",
+            show_default=False,
+            help=(
+                "Probe the written model to check the fix (when it has a graph) [default: probe]; "
+                "--no-probe checks it statically, without running it."
+            ),
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     weights: WeightsOpt = None,
     trust: TrustOpt = None,
@@ -290,7 +466,9 @@ def fix(
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     vocab_size: VocabOpt = None,
-    format: Annotated[Format, typer.Option("--format", "-f", help="Output format (table or json).")] = Format.table,
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="Output format (table or json).")
+    ] = Format.table,
     debug: DebugOpt = False,
 ) -> None:
     """Rescale (or redraw) drifting layers and write the repaired model, never touching the input."""
@@ -305,16 +483,30 @@ def fix(
             raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
         with ProgressBar("probing layers", quiet=quiet) as bar:
             result = fix_model(
-                source, method=method.value, output=output, in_place=in_place, dry_run=dry_run or check,
-                fail_on=fail_on.value, all_layers=all_layers, zero_bias=zero_bias, tol=tol, max_iter=max_iter,
-                trust=trust, weights=weights_file, probe=bool(opts["probe"]), progress=bar, **settings,
-            )  # fmt: skip
+                source,
+                method=method.value,
+                output=output,
+                in_place=in_place,
+                dry_run=dry_run or check,
+                fail_on=fail_on.value,
+                all_layers=all_layers,
+                zero_bias=zero_bias,
+                tol=tol,
+                max_iter=max_iter,
+                trust=trust,
+                weights=weights_file,
+                probe=bool(opts["probe"]),
+                progress=bar,
+                **settings,
+            )
         from .render import fix_to_dict, render_fix
 
         if format is Format.json:
             import json
 
-            sys.stdout.write(json.dumps(fix_to_dict(result, check or dry_run), indent=2, allow_nan=False) + "\n")
+            sys.stdout.write(
+                json.dumps(fix_to_dict(result, check or dry_run), indent=2, allow_nan=False) + "\n"
+            )
         else:
             render_fix(result, dry=check or dry_run)
     if check:
@@ -366,7 +558,9 @@ class _errors:
             message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
         else:
             message = f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
-        typer.echo(f"initdoctor: error: {message.splitlines()[0] if message else type(exc).__name__}", err=True)
+        typer.echo(
+            f"initdoctor: error: {message.splitlines()[0] if message else type(exc).__name__}", err=True
+        )
         raise typer.Exit(EXIT_ERROR)
 
 

@@ -88,12 +88,15 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
         if key not in KEYS:
             raise SettingsError(f"{path}: unknown key {key!r} in [tool.initdoctor]; valid: {', '.join(KEYS)}")
         if not isinstance(value, KEYS[key]) or (isinstance(value, bool) and bool not in KEYS[key]):
-            raise SettingsError(f"{path}: [tool.initdoctor] {key} has the wrong type ({type(value).__name__})")
+            raise SettingsError(
+                f"{path}: [tool.initdoctor] {key} has the wrong type ({type(value).__name__})"
+            )
     for pattern, override in table.get("overrides", {}).items():
         if not isinstance(override, dict) or set(override) - set(OVERRIDE_KEYS):
             bad = sorted(set(override) - set(OVERRIDE_KEYS)) if isinstance(override, dict) else [pattern]
             raise SettingsError(
-                f"{path}: [tool.initdoctor.overrides] {pattern!r}: unknown key {bad[0]!r}; valid: {', '.join(OVERRIDE_KEYS)}"
+                f"{path}: [tool.initdoctor.overrides] {pattern!r}: unknown key {bad[0]!r}; valid: "
+                f"{', '.join(OVERRIDE_KEYS)}"
             )
     return table, path
 
@@ -101,6 +104,10 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
 def overrides_setting(table: dict[str, Any]) -> tuple[tuple[str, str, float | None], ...]:
     """``overrides`` as the inspector's ``(glob, nonlinearity, negative slope)`` triples."""
     return tuple(
-        (pattern, str(o.get("nonlinearity", "")), float(o["negative-slope"]) if "negative-slope" in o else None)
+        (
+            pattern,
+            str(o.get("nonlinearity", "")),
+            float(o["negative-slope"]) if "negative-slope" in o else None,
+        )
         for pattern, o in table.get("overrides", {}).items()
     )

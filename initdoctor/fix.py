@@ -68,7 +68,11 @@ class FixResult:
 
 
 def plan(
-    report: Report, method: str = "kaiming", fail_on: str = "warn", all_layers: bool = False, tol: float = 0.05
+    report: Report,
+    method: str = "kaiming",
+    fail_on: str = "warn",
+    all_layers: bool = False,
+    tol: float = 0.05,
 ) -> tuple[list[Change], list[tuple[str, str]]]:
     """Which layers to change and how (pure: reads the report only)."""
     if method not in METHODS:
@@ -90,15 +94,25 @@ def plan(
             continue
         broken = bool(f.nan_count or f.inf_count) or not f.weight_std
         if method in ("kaiming", "lsuv") and broken:
-            skipped.append((f.name, "NaN/Inf, all-zero or constant weights cannot be rescaled: use --method reinit"))
+            skipped.append(
+                (f.name, "NaN/Inf, all-zero or constant weights cannot be rescaled: use --method reinit")
+            )
             continue
         factor = f.expected_std / f.weight_std if method == "kaiming" else None
         changes.append(
             Change(
-                f.name, f.weight_key, method, f.weight_std, f.expected_std if method != "lsuv" else None, factor,
-                f.status, bias_key=f.bias_key, expected_std=f.expected_std, shape=tuple(f.shape),
+                f.name,
+                f.weight_key,
+                method,
+                f.weight_std,
+                f.expected_std if method != "lsuv" else None,
+                factor,
+                f.status,
+                bias_key=f.bias_key,
+                expected_std=f.expected_std,
+                shape=tuple(f.shape),
             )
-        )  # fmt: skip
+        )
     return changes, skipped
 
 
@@ -130,8 +144,16 @@ def apply(
             progress(done, len(changes))
 
 
-def _lsuv_layer(editable: Any, change: Change, *, loaded: Any, probe_settings: Any, gains: dict[str, float],
-                tol: float, max_iter: int) -> None:  # fmt: skip
+def _lsuv_layer(
+    editable: Any,
+    change: Change,
+    *,
+    loaded: Any,
+    probe_settings: Any,
+    gains: dict[str, float],
+    tol: float,
+    max_iter: int,
+) -> None:
     from .loaders import LoadedModel
     from .probe import run_probe
 
@@ -209,10 +231,24 @@ def fix_model(
         return result
     if not in_memory and output is None and not in_place:
         raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
-    editable = TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
+    editable = (
+        TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
+    )
     gains = {f.name: f.gain for f in before.layers}
-    apply(editable, changes, zero_bias=zero_bias, seed=seed, progress=phase("fixing layers") if phase else progress,
-          lsuv={"loaded": loaded, "probe_settings": probe_settings, "gains": gains, "tol": tol, "max_iter": max_iter})  # fmt: skip
+    apply(
+        editable,
+        changes,
+        zero_bias=zero_bias,
+        seed=seed,
+        progress=phase("fixing layers") if phase else progress,
+        lsuv={
+            "loaded": loaded,
+            "probe_settings": probe_settings,
+            "gains": gains,
+            "tol": tol,
+            "max_iter": max_iter,
+        },
+    )
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
     if in_memory or loaded.description.format == "factory":
         target = editable.model
@@ -229,6 +265,7 @@ def fix_model(
     after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
     from . import diagnose
 
-    result.after = diagnose(target, trust=trust, probe=run_after_probe, progress=progress if phase else None,
-                            **after_settings)  # fmt: skip
+    result.after = diagnose(
+        target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
+    )
     return result

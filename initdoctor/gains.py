@@ -83,9 +83,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
         return 3.0 / 4
     if nonlinearity in _NUMERIC_GAINS:
         return _NUMERIC_GAINS[nonlinearity]
-    raise SettingsError(
-        f"unknown nonlinearity {nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
-    )
+    raise SettingsError(f"unknown nonlinearity {nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}")
 
 
 #: Kinds of weighted layer whose weight is stored ``[out, in/groups, *kernel]`` (torch layout).

@@ -79,7 +79,7 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
         ancestors[node_id] = mask
     weighted_bits = {index[n]: name for n, name in layer_of.items() if n in index}
     blocks: list[Block] = []
-    for node_id, node in nodes.items():
+    for node in nodes.values():
         if node.op != "residual" or len(node.inputs) != 2 or node.tensor is None:
             continue
         a, b = node.inputs
@@ -96,7 +96,9 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
             nxt = nodes[node.users[0]]
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
                 end = nxt
-        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", nodes[skip_id].tensor, end.tensor, branch))
+        blocks.append(
+            Block(_common_prefix(branch) or f"block{len(blocks)}", nodes[skip_id].tensor, end.tensor, branch)
+        )
     return blocks
 
 
@@ -129,7 +131,7 @@ def stream_inputs(nodes: dict[str, OpNode], layer_of: dict[str, str], blocks: li
 def _common_prefix(names: list[str]) -> str:
     parts = [n.split(".") for n in names]
     common = []
-    for pieces in zip(*parts):
+    for pieces in zip(*parts, strict=False):
         if len(set(pieces)) != 1:
             break
         common.append(pieces[0])

@@ -84,7 +84,8 @@ class Settings:
         for pattern, nonlinearity, _ in self.overrides:
             if nonlinearity not in NONLINEARITIES:
                 raise SettingsError(
-                    f"override {pattern!r}: unknown nonlinearity {nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
+                    f"override {pattern!r}: unknown nonlinearity {nonlinearity!r}; valid: "
+                    f"{', '.join(NONLINEARITIES)}"
                 )
 
 
@@ -194,7 +195,9 @@ def inspect_description(
         if st.std == 0.0:
             finding.std_ratio = finding.weight_variance_ratio = 0.0
             finding.status = "error"
-            finding.message = f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+            finding.message = (
+                f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+            )
             continue
         ratio = st.std / exp
         finding.std_ratio = ratio
@@ -202,15 +205,16 @@ def inspect_description(
         finding.suggested_scale = 1.0 / ratio
         ln_r = math.log(finding.weight_variance_ratio)
         allow = sampling_allowance(st.finite_count)
-        what = f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming {_fmt(exp)} ({finding.nonlinearity}, {s.mode} {fan})"
+        what = (
+            f"std {_fmt(st.std)} is {ratio:.2f}× Kaiming {_fmt(exp)} ({finding.nonlinearity}, {s.mode} {fan})"
+        )
         if role == "output":
             if ln_r > math.log(2 * s.error_threshold) + allow:
                 finding.status = "error"
             elif ln_r > math.log(2 * s.warn_threshold) + allow:
                 finding.status = "warn"
-            finding.message = (
-                f"output layer, judged against gain {gain:.3g}: {what}"
-                + ("; too large: logits start saturated" if finding.status != "ok" else "; fine")
+            finding.message = f"output layer, judged against gain {gain:.3g}: {what}" + (
+                "; too large: logits start saturated" if finding.status != "ok" else "; fine"
             )
             continue
         if abs(ln_r) > math.log(s.error_threshold) + allow:
@@ -225,9 +229,15 @@ def inspect_description(
                 f"{what}: variance {change} ×{finding.weight_variance_ratio:.3g} here; "
                 f"rescale W by {finding.suggested_scale:.3g}"
             )
-        if st.mean is not None and abs(st.mean) > 0.5 * st.std and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count):
+        if (
+            st.mean is not None
+            and abs(st.mean) > 0.5 * st.std
+            and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count)
+        ):
             finding.status = worse(finding.status, "warn")
-            finding.message += f"; mean {_fmt(st.mean)} is {abs(st.mean) / st.std:.2f}× the std (Kaiming assumes zero mean)"
+            finding.message += (
+                f"; mean {_fmt(st.mean)} is {abs(st.mean) / st.std:.2f}× the std (Kaiming assumes zero mean)"
+            )
         if role == "stream":
             finding.message += "; feeds the residual stream (its starting scale): at most a warning"
             continue
@@ -275,16 +285,25 @@ def _judge_structural(f: LayerFinding, layer: Layer, block: str | None, zero: bo
         f.std_ratio = st.std / f.expected_std
         f.weight_variance_ratio = f.std_ratio**2
     if f.role == "normalized":
-        f.message = "followed by a normalization layer: its scale does not set the forward signal; not judged against Kaiming"
+        f.message = (
+            "followed by a normalization layer: its scale does not set the forward signal; "
+            "not judged against Kaiming"
+        )
         if zero:
             f.status, f.message = "error", "all weights are zero: the normalization then divides zero by ~0"
         elif st.std == 0:
-            f.status, f.message = "error", f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+            f.status, f.message = (
+                "error",
+                f"constant weights (every value {_fmt(st.mean)}): all units compute the same function",
+            )
         return
     if zero:
         f.message = f"all-zero, inside residual block {block}: the block starts as the identity (zero-init)"
     elif st.std == 0:
-        f.status, f.message = "error", f"constant weights (every value {_fmt(st.mean)}): all units compute the same function"
+        f.status, f.message = (
+            "error",
+            f"constant weights (every value {_fmt(st.mean)}): all units compute the same function",
+        )
     else:
         f.message = (
             f"inside residual block {block}: std is {f.std_ratio:.2f}× Kaiming; judged by the block's "
@@ -300,8 +319,12 @@ def _resolve_role(
         return "embedding", "linear", None, "rule"
     for pattern, nonlinearity, slope in s.overrides:
         if fnmatch.fnmatchcase(layer.name, pattern):
-            role = "output" if layer.is_output or (not desc.has_graph and layer.name == last_name) else "hidden"
-            param = (slope if slope is not None else s.negative_slope) if nonlinearity == "leaky_relu" else None
+            role = (
+                "output" if layer.is_output or (not desc.has_graph and layer.name == last_name) else "hidden"
+            )
+            param = (
+                (slope if slope is not None else s.negative_slope) if nonlinearity == "leaky_relu" else None
+            )
             return role, nonlinearity, param, "config"
     if layer.nonlinearity == "normalized":
         return "normalized", "normalized", None, "graph"
@@ -390,7 +413,9 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
             last_hidden_grad = a.grad_var
         if f.dead_fraction is not None and f.dead_fraction >= s.dead_threshold and f.role == "hidden":
             f.status = worse(f.status, "warn")
-            f.message += f"; {f.dead_fraction:.0%} of its ReLU units are zero for the whole probe batch (dead)"
+            f.message += (
+                f"; {f.dead_fraction:.0%} of its ReLU units are zero for the whole probe batch (dead)"
+            )
 
     chain_ratio, systematic = None, False
     if chain:
@@ -412,9 +437,12 @@ def _apply_probe(findings: list[LayerFinding], probe: ProbeResult, s: Settings) 
             f.status = "warn"
             f.message += (
                 f"; measured variance ratio {f.variance_ratio:.3g} although the weights are Kaiming: "
-                f"finite-width fluctuation for this input; data-driven fix (LSUV): rescale by {f.measured_scale:.3g}"
+                "finite-width fluctuation for this input; data-driven fix (LSUV): rescale by "
+                f"{f.measured_scale:.3g}"
             )
-    last = next((f for f in reversed(findings) if f.depth_ratio is not None and f.role in ("hidden", "output")), None)
+    last = next(
+        (f for f in reversed(findings) if f.depth_ratio is not None and f.role in ("hidden", "output")), None
+    )
     if not chain:
         last = None  # no plain chain of hidden layers (normalized or residual nets): no depth verdict
     grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
@@ -462,7 +490,10 @@ def _judge_blocks(
             b.status = status
             b.message += "; the residual stream grows by a constant factor per block"
     if status == "ok":
-        message = f"residual stream: ×{geo:.3g} per block on average (×{total:.3g} over {len(growths)} blocks): healthy"
+        message = (
+            f"residual stream: ×{geo:.3g} per block on average "
+            f"(×{total:.3g} over {len(growths)} blocks): healthy"
+        )
     else:
         flagged = [b.name for b in blocks if b.status != "ok"]
         message = (
@@ -482,9 +513,16 @@ def _judge_norm(norm: NormLayer) -> NormFinding:
     elif st.numel and st.all_zero:
         status, message = "ok", "all-zero scale (zero-init of a residual branch's last norm)"
     return NormFinding(
-        norm.name, norm.kind, list(norm.shape), st.mean, st.std,
-        bias.mean if bias else None, bias.std if bias else None, status, message,
-    )  # fmt: skip
+        norm.name,
+        norm.kind,
+        list(norm.shape),
+        st.mean,
+        st.std,
+        bias.mean if bias else None,
+        bias.std if bias else None,
+        status,
+        message,
+    )
 
 
 def _summarize(
@@ -508,6 +546,7 @@ def _summarize(
     scored = [f for f in findings if f.status != "skip"]
     worst = None
     if scored:
+
         def badness(f: LayerFinding) -> tuple[int, float]:
             dev = abs(math.log(f.weight_variance_ratio)) if f.weight_variance_ratio else math.inf
             if f.role == "output" and f.status == "ok":
@@ -529,7 +568,11 @@ def _summarize(
             f"measured: the signal's variance changes ×{measured.chain_ratio:.3g} per layer on average "
             f"(geometric mean over the chain): a systematic scale error"
         )
-    elif measured is not None and measured.depth_ratio and abs(math.log(measured.depth_ratio)) > math.log(s.compound_threshold):
+    elif (
+        measured is not None
+        and measured.depth_ratio
+        and abs(math.log(measured.depth_ratio)) > math.log(s.compound_threshold)
+    ):
         status = worse(status, "warn")
         message = (
             f"measured: the signal's variance drifts ×{measured.depth_ratio:.3g} from first to last layer "
@@ -541,7 +584,9 @@ def _summarize(
         message = f"{counts['error']} error, {counts['warn']} warn of {n} layers; worst: {worst}"
     # counts after the summary-level rules
     counts = {k: sum(1 for f in findings if f.status == k) for k in ("ok", "warn", "error", "skip")}
-    summary = Summary(status, counts["ok"], counts["warn"], counts["error"], counts["skip"], worst, compound, message)
+    summary = Summary(
+        status, counts["ok"], counts["warn"], counts["error"], counts["skip"], worst, compound, message
+    )
     if measured is not None:
         summary.depth_ratio = measured.depth_ratio
         summary.measured_chain_ratio = measured.chain_ratio

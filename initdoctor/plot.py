@@ -38,8 +38,12 @@ def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.
     if measured:
         ax = axes[0]
         xs = [names.index(f.name) for f in measured]
-        ax.semilogy(xs, [f.activation_var for f in measured], "-", color="#264653", lw=1.5, label="measured Var[y]")
-        ax.scatter(xs, [f.activation_var for f in measured], c=[_COLOURS[f.status] for f in measured], zorder=3, s=18)
+        ax.semilogy(
+            xs, [f.activation_var for f in measured], "-", color="#264653", lw=1.5, label="measured Var[y]"
+        )
+        ax.scatter(
+            xs, [f.activation_var for f in measured], c=[_COLOURS[f.status] for f in measured], zorder=3, s=18
+        )
         first = measured[0].activation_var
         ax.axhline(first, color="#888", ls="--", lw=1, label="Var[y] of the first layer (Kaiming: flat)")
         ax.set_ylabel("activation variance (log)")
@@ -56,7 +60,9 @@ def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.
     ax.set_ylabel("weight std / Kaiming std")
     ax.set_xlabel("layer (execution order)")
     step = max(1, len(names) // 20)
-    ax.set_xticks(range(0, len(names), step), [names[i] for i in range(0, len(names), step)], rotation=60, fontsize=7)
+    ax.set_xticks(
+        range(0, len(names), step), [names[i] for i in range(0, len(names), step)], rotation=60, fontsize=7
+    )
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"initdoctor · {Path(str(report.model['path'])).name} · {report.summary.status}")
     fig.tight_layout()

@@ -35,7 +35,9 @@ def _columns(f: LayerFinding, probed: bool) -> list[str]:
             _num(f.depth_ratio, ".3g"),
             "" if f.dead_fraction is None else f"{f.dead_fraction:.0%}",
         ]
-    cells.append(_num(f.suggested_scale, ".3f") if f.status in ("warn", "error") and f.suggested_scale else "")
+    cells.append(
+        _num(f.suggested_scale, ".3f") if f.status in ("warn", "error") and f.suggested_scale else ""
+    )
     return cells
 
 
@@ -91,9 +93,16 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
         table.add_row(*_columns(f, probed), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
     parts: list[Any] = [table]
     if probed:
-        variances = [f.activation_var for f in report.layers if f.activation_var is not None and f.role != "embedding"]
+        variances = [
+            f.activation_var for f in report.layers if f.activation_var is not None and f.role != "embedding"
+        ]
         if variances:
-            parts.append(Text(f"Var[y] across depth (log): {sparkline(variances)}  {variances[0]:.3g} → {variances[-1]:.3g}"))
+            parts.append(
+                Text(
+                    f"Var[y] across depth (log): {sparkline(variances)}  {variances[0]:.3g} → "
+                    f"{variances[-1]:.3g}"
+                )
+            )
         parts += [Text(f"probe: {note}", style="dim") for note in report.probe.get("notes", [])]
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     for f in flagged[:max_findings]:
@@ -102,12 +111,18 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
         parts.append(Text(f"… and {len(flagged) - max_findings} more (see --format json)"))
     if report.residual_blocks:
         growths = [f"{b.growth:.2f}" if b.growth is not None else "–" for b in report.residual_blocks]
-        parts.append(Text(f"residual blocks ({len(report.residual_blocks)}), Var[out]/Var[in]: {' '.join(growths)}"))
+        parts.append(
+            Text(f"residual blocks ({len(report.residual_blocks)}), Var[out]/Var[in]: {' '.join(growths)}")
+        )
     for n in report.norm_layers:
         if n.status != "ok":
-            parts.append(Text.assemble((_ICON[n.status], _STYLE[n.status]), f" {n.name} ({n.kind}): {n.message}"))
+            parts.append(
+                Text.assemble((_ICON[n.status], _STYLE[n.status]), f" {n.name} ({n.kind}): {n.message}")
+            )
     if report.norm_layers:
-        parts.append(Text(f"{len(report.norm_layers)} normalization layers reported separately (see --format json)"))
+        parts.append(
+            Text(f"{len(report.norm_layers)} normalization layers reported separately (see --format json)")
+        )
     parts += [Text(f"note: {note}", style="dim") for note in report.notes]
     s = report.summary
     extra = ""
@@ -152,7 +167,10 @@ def render_markdown(report: Report) -> str:
         lines.append("| " + " | ".join(cells + [f"{icon[f.status]} {f.status}"]) + " |")
     if report.residual_blocks:
         lines += ["", "| residual block | Var[out]/Var[in] | status |", "|---|---|---|"]
-        lines += [f"| {b.name} | {_num(b.growth, '.3g')} | {icon[b.status]} {b.status} |" for b in report.residual_blocks]
+        lines += [
+            f"| {b.name} | {_num(b.growth, '.3g')} | {icon[b.status]} {b.status} |"
+            for b in report.residual_blocks
+        ]
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     if flagged:
         lines += ["", "### Findings", ""]
@@ -175,15 +193,19 @@ class ProgressBar:
         self.tasks: dict[str, Any] = {}
         self.enabled = sys.stderr.isatty() and not quiet
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         if self.enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True), transient=True,
-            )  # fmt: skip
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.bar.start()
         return self
 
@@ -240,9 +262,14 @@ def render_fix(result: Any, dry: bool, console: Any | None = None) -> None:
         for c in result.changes:
             a = after.get(c.name)
             table.add_row(
-                c.name, c.method + (" +zero bias" if c.bias_zeroed else ""), c.status_before, _num(c.old_std),
-                _num(c.new_std), _num(c.factor, ".4g"), "" if a is None else f"[{_STYLE[a.status]}]{a.status}[/]",
-            )  # fmt: skip
+                c.name,
+                c.method + (" +zero bias" if c.bias_zeroed else ""),
+                c.status_before,
+                _num(c.old_std),
+                _num(c.new_std),
+                _num(c.factor, ".4g"),
+                "" if a is None else f"[{_STYLE[a.status]}]{a.status}[/]",
+            )
         console.print(table)
     for name, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
@@ -286,7 +313,9 @@ def compare_rows(a: Report, b: Report) -> list[dict[str, Any]]:
     from .report import _clean
 
     right = {f.name: f for f in b.layers}
-    names = [f.name for f in a.layers] + [f.name for f in b.layers if f.name not in {x.name for x in a.layers}]
+    names = [f.name for f in a.layers] + [
+        f.name for f in b.layers if f.name not in {x.name for x in a.layers}
+    ]
     left = {f.name: f for f in a.layers}
     rows = []
     for name in names:
@@ -310,17 +339,36 @@ def render_compare(a: Report, b: Report, console: Any | None = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"A: {a.model['path']} ({a.model['format']})  ·  B: {b.model['path']} ({b.model['format']})",
-                  title_justify="left")  # fmt: skip
-    for h in ("layer", "std ratio A", "std ratio B", "Δ", "var ratio A", "var ratio B", "Δ", "status A", "status B"):
+    table = Table(
+        title=f"A: {a.model['path']} ({a.model['format']})  ·  B: {b.model['path']} ({b.model['format']})",
+        title_justify="left",
+    )
+    for h in (
+        "layer",
+        "std ratio A",
+        "std ratio B",
+        "Δ",
+        "var ratio A",
+        "var ratio B",
+        "Δ",
+        "status A",
+        "status B",
+    ):
         table.add_column(h, justify="left" if h in ("layer", "status A", "status B") else "right")
     for r in compare_rows(a, b):
         changed = r["status_a"] != r["status_b"]
         table.add_row(
-            r["name"], _num(r["std_ratio_a"], ".3f"), _num(r["std_ratio_b"], ".3f"), _num(r["std_ratio_delta"], "+.3f"),
-            _num(r["variance_ratio_a"], ".3f"), _num(r["variance_ratio_b"], ".3f"), _num(r["variance_ratio_delta"], "+.3f"),
-            r["status_a"] or "–", r["status_b"] or "–", style="bold" if changed else None,
-        )  # fmt: skip
+            r["name"],
+            _num(r["std_ratio_a"], ".3f"),
+            _num(r["std_ratio_b"], ".3f"),
+            _num(r["std_ratio_delta"], "+.3f"),
+            _num(r["variance_ratio_a"], ".3f"),
+            _num(r["variance_ratio_b"], ".3f"),
+            _num(r["variance_ratio_delta"], "+.3f"),
+            r["status_a"] or "–",
+            r["status_b"] or "–",
+            style="bold" if changed else None,
+        )
     console.print(table)
     console.print(f"A: {a.summary.status.upper()} {a.summary.message}", highlight=False)
     console.print(f"B: {b.summary.status.upper()} {b.summary.message}", highlight=False)

@@ -63,7 +63,7 @@ class Moments:
         self.m2 += m2 + delta * delta * self.count * count / total
         self.count = total
 
-    def merge_moments(self, other: "Moments") -> None:
+    def merge_moments(self, other: Moments) -> None:
         self.merge(other.count, other.mean, other.m2)
 
     @property
@@ -84,7 +84,7 @@ class Scan:
     nan: int = 0
     inf: int = 0
 
-    def merge(self, other: "Scan") -> None:
+    def merge(self, other: Scan) -> None:
         self.moments.merge_moments(other.moments)
         self.nan += other.nan
         self.inf += other.inf
@@ -145,7 +145,9 @@ def scan(array: np.ndarray) -> Scan:
     return _in_parallel(int(flat.size), lambda lo, hi: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK)))
 
 
-def scan_file(path: str | Path, offset: int, count: int, dtype: np.dtype | str, *, bfloat16: bool = False) -> Scan:
+def scan_file(
+    path: str | Path, offset: int, count: int, dtype: np.dtype | str, *, bfloat16: bool = False
+) -> Scan:
     """Reduce ``count`` values of ``dtype`` stored at byte ``offset`` of a file, read block by
     block with positioned reads into a small buffer per thread — no mapping, no tensor-sized
     allocation: memory stays at a few MiB whatever the tensor's size. ``bfloat16=True``: the
@@ -168,7 +170,9 @@ def scan_file(path: str | Path, offset: int, count: int, dtype: np.dtype | str, 
                 while got < len(view):
                     step = fh.readinto(view[got:])
                     if not step:
-                        raise InputError(f"{path}: file ends inside a tensor (offset {offset}, {count} values)")
+                        raise InputError(
+                            f"{path}: file ends inside a tensor (offset {offset}, {count} values)"
+                        )
                     got += step
                 if wide is None:
                     yield raw[:n]

@@ -32,8 +32,19 @@ def test_pyproject_config_changes_thresholds_and_ignores_a_layer(tmp_path):
         model[8].weight.mul_(3.0)  # variance ×9: error
     sub = _project(tmp_path, 'warn-threshold = 2.0\nignore = ["8"]\nfail-on = "warn"\nprobe = false')
     torch.save(model.state_dict(), sub / "m.pt")
-    plain = run_cli("inspect", "m.pt", "--format", "json", "--warn-threshold", "1.25", "--error-threshold", "4",
-                    "--fail-on", "error", cwd=ROOT)  # fmt: skip
+    plain = run_cli(
+        "inspect",
+        "m.pt",
+        "--format",
+        "json",
+        "--warn-threshold",
+        "1.25",
+        "--error-threshold",
+        "4",
+        "--fail-on",
+        "error",
+        cwd=ROOT,
+    )
     assert plain.returncode == 2  # m.pt is not in ROOT: the path is relative to the project
     default = json.loads(run_cli("inspect", str(sub / "m.pt"), "--format", "json", cwd=ROOT).stdout)
     by = {layer["name"]: layer for layer in default["layers"]}
@@ -42,10 +53,16 @@ def test_pyproject_config_changes_thresholds_and_ignores_a_layer(tmp_path):
     data = json.loads(proc.stdout)
     by = {layer["name"]: layer for layer in data["layers"]}
     assert data["settings"]["warn_threshold"] == 2.0 and data["settings"]["ignore"] == ["8"]
-    assert by["4"]["status"] == "ok" and by["8"]["status"] == "skip" and by["8"]["message"] == "ignored by configuration"
+    assert (
+        by["4"]["status"] == "ok"
+        and by["8"]["status"] == "skip"
+        and by["8"]["message"] == "ignored by configuration"
+    )
     assert proc.returncode == 0 and data["probe"] is None
     # the command line wins over the file
-    data = json.loads(run_cli("inspect", "m.pt", "--format", "json", "--warn-threshold", "1.25", cwd=sub).stdout)
+    data = json.loads(
+        run_cli("inspect", "m.pt", "--format", "json", "--warn-threshold", "1.25", cwd=sub).stdout
+    )
     assert {layer["name"]: layer for layer in data["layers"]}["4"]["status"] == "warn"
 
 
@@ -53,7 +70,9 @@ def test_config_unknown_key_and_overrides(tmp_path):
     sub = _project(tmp_path, "warn-treshold = 2.0")
     torch.save(plain_mlp(depth=3, width=8).state_dict(), sub / "m.pt")
     proc = run_cli("inspect", "m.pt", cwd=sub)
-    assert proc.returncode == 2 and "unknown key 'warn-treshold'" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (
+        proc.returncode == 2 and "unknown key 'warn-treshold'" in proc.stderr and proc.stderr.count("\n") == 1
+    )
     sub = _project(tmp_path / "b", 'overrides = { "2" = { nonlinearity = "tanh" } }')
     torch.save(plain_mlp(depth=3, width=8).state_dict(), sub / "m.pt")
     data = json.loads(run_cli("inspect", "m.pt", "--format", "json", cwd=sub).stdout)
@@ -70,8 +89,10 @@ def test_in_memory_diagnose_matches_the_cli_on_disk(tmp_path):
         "def build():\n    return plain_mlp(depth=8, width=64)\n"
     )
     memory = initdoctor.diagnose(model, probe=True)
-    disk = json.loads(run_cli("inspect", "m.pt", "--model", "nets:build", "--format", "json", cwd=tmp_path).stdout)
-    for f, layer in zip(memory.layers, disk["layers"]):
+    disk = json.loads(
+        run_cli("inspect", "m.pt", "--model", "nets:build", "--format", "json", cwd=tmp_path).stdout
+    )
+    for f, layer in zip(memory.layers, disk["layers"], strict=False):
         assert f.name == layer["name"] and f.status == layer["status"]
         assert f.weight_std == pytest.approx(layer["weight_std"], rel=1e-9)
         assert f.std_ratio == pytest.approx(layer["std_ratio"], rel=1e-9)
@@ -100,7 +121,9 @@ def test_pre_commit_hook_runs_on_a_staged_model(tmp_path):
     torch.save(plain_mlp(init="xavier").state_dict(), repo / "model.pt")
     (repo / "notes.txt").write_text("not a model")
     subprocess.run(git + ["add", "model.pt", "notes.txt"], cwd=repo, check=True)
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True, check=True)
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True, check=True
+    )
     files = [f for f in staged.stdout.split() if re.search(hook["files"], f)]
     assert files == ["model.pt"]
     entry = shlex.split(hook["entry"])
@@ -120,8 +143,12 @@ def test_compare_before_and_after_fix(tmp_path):
     data = json.loads(proc.stdout)
     rows = {r["name"]: r for r in data["layers"]}
     assert rows["2"]["std_ratio_b"] == pytest.approx(1.0, abs=1e-6)
-    assert rows["2"]["std_ratio_delta"] == pytest.approx(rows["2"]["std_ratio_b"] - rows["2"]["std_ratio_a"], abs=1e-12)
-    assert rows["2"]["std_ratio_delta"] == pytest.approx(1 - 0.707, abs=0.06)  # xavier → Kaiming, square 32×32 layer
+    assert rows["2"]["std_ratio_delta"] == pytest.approx(
+        rows["2"]["std_ratio_b"] - rows["2"]["std_ratio_a"], abs=1e-12
+    )
+    assert rows["2"]["std_ratio_delta"] == pytest.approx(
+        1 - 0.707, abs=0.06
+    )  # xavier → Kaiming, square 32×32 layer
     assert data["summary"] == {"a": "error", "b": "ok"}  # 5 xavier layers: variance ×0.042 over the chain
 
 

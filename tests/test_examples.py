@@ -9,10 +9,14 @@ from tests.conftest import ROOT, run_cli
 
 
 def test_models_writer_then_inspect(tmp_path):
-    out = subprocess.run([sys.executable, "examples/models.py", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "examples/models.py", str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(f"{i}_mlp30.{e}" for i in ("kaiming", "xavier") for e in ("onnx", "pt", "safetensors"))
+    assert written == sorted(
+        f"{i}_mlp30.{e}" for i in ("kaiming", "xavier") for e in ("onnx", "pt", "safetensors")
+    )
     xavier = run_cli("inspect", str(tmp_path / "xavier_mlp30.onnx"))
     kaiming = run_cli("inspect", str(tmp_path / "kaiming_mlp30.safetensors"))
     assert xavier.returncode == 1 and "×7.43e-10" in xavier.stdout
@@ -20,8 +24,12 @@ def test_models_writer_then_inspect(tmp_path):
 
 
 def test_probe_figures_script():
-    out = subprocess.run([sys.executable, "examples/probe_figures.py", "--seeds", "1", "--batch", "8"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "examples/probe_figures.py", "--seeds", "1", "--batch", "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     rows = {tuple(line.split()[:4]): line.split() for line in out.stdout.splitlines()[1:]}
     xavier = rows[("mlp30", "w256", "xavier", "0")]

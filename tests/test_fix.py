@@ -25,7 +25,11 @@ from tests.conftest import ROOT, run_cli
 # depth ratio anywhere in 0.005–1.5 by seed (finite-width fluctuation, Hanin & Rolnick 2018).
 NETS = {
     "mlp": (lambda init: plain_mlp(init=init), (1, 64), "plain_mlp(init='xavier')"),
-    "cnn": (lambda init: plain_cnn(width=128, init=init), (2, 3, 16, 16), "plain_cnn(width=128, init='xavier')"),
+    "cnn": (
+        lambda init: plain_cnn(width=128, init=init),
+        (2, 3, 16, 16),
+        "plain_cnn(width=128, init='xavier')",
+    ),
 }
 
 
@@ -49,7 +53,9 @@ def write(model, fmt: str, folder: Path, example_shape) -> Path:
 
 def tensors_of(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".onnx":
-        return {t.name: numpy_helper.to_array(t, str(path.parent)) for t in onnx.load(str(path)).graph.initializer}
+        return {
+            t.name: numpy_helper.to_array(t, str(path.parent)) for t in onnx.load(str(path)).graph.initializer
+        }
     if path.suffix == ".safetensors":
         return {k: v.numpy() for k, v in load_file(str(path)).items()}
     return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
@@ -112,7 +118,9 @@ def test_metadata_is_preserved(tmp_path):
     initdoctor.fix_model(onnx_src, output=tmp_path / "fixed.onnx")
     fixed = onnx.load(str(tmp_path / "fixed.onnx"))
     assert (fixed.doc_string, fixed.producer_name, fixed.producer_version) == ("my model", "someone", "9.9")
-    assert [(o.domain, o.version) for o in fixed.opset_import] == [(o.domain, o.version) for o in proto.opset_import]
+    assert [(o.domain, o.version) for o in fixed.opset_import] == [
+        (o.domain, o.version) for o in proto.opset_import
+    ]
 
 
 def test_check_and_dry_run_write_nothing(tmp_path):
@@ -194,14 +202,21 @@ def test_reinit_zero_bias_and_code_formats(tmp_path):
     assert [name for name, _ in skipped] == ["2"]
     for name in ("m.ts", "m.pt2", "full.pt"):
         out = tmp_path / f"fixed_{name}"
-        result = initdoctor.fix_model(tmp_path / name, output=out, trust=True, method="reinit", zero_bias=True, seed=1)
-        assert result.after.model["format"] == {"m.ts": "torchscript", "m.pt2": "torch.export", "full.pt": "torch-module"}[name]
+        result = initdoctor.fix_model(
+            tmp_path / name, output=out, trust=True, method="reinit", zero_bias=True, seed=1
+        )
+        assert (
+            result.after.model["format"]
+            == {"m.ts": "torchscript", "m.pt2": "torch.export", "full.pt": "torch-module"}[name]
+        )
         assert result.after.summary.status != "error", name
         layer2 = next(f for f in result.after.layers if f.name == "2")
         assert layer2.weight_std == pytest.approx(math.sqrt(2 / 32), rel=0.1)
         assert all(c.bias_zeroed for c in result.changes)
     fixed = torch.load(tmp_path / "fixed_full.pt", weights_only=False)
-    assert torch.count_nonzero(fixed[2].bias) == 0 and torch.all(fixed[-1].bias == 0.3)  # logit layer untouched
+    assert torch.count_nonzero(fixed[2].bias) == 0 and torch.all(
+        fixed[-1].bias == 0.3
+    )  # logit layer untouched
 
 
 def test_sharded_and_external_data_outputs(tmp_path):
@@ -215,7 +230,9 @@ def test_sharded_and_external_data_outputs(tmp_path):
         name = f"model-0000{i + 1}-of-00002.safetensors"
         save_file({k: state[k] for k in part}, str(shard_dir / name))
         weight_map.update({k: name for k in part})
-    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (shard_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     out_dir = tmp_path / "fixed_sharded"
     result = initdoctor.fix_model(shard_dir / "model.safetensors.index.json", output=out_dir)
     assert result.after.summary.status != "error" and sorted(p.name for p in out_dir.iterdir()) == sorted(
@@ -225,8 +242,14 @@ def test_sharded_and_external_data_outputs(tmp_path):
     proto = onnx.load(str(tmp_path / "m.onnx"))
     ext = tmp_path / "ext"
     ext.mkdir()
-    onnx.save_model(proto, str(ext / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="m.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        proto,
+        str(ext / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     result = initdoctor.fix_model(ext / "m.onnx", output=tmp_path / "fixed.onnx")
     assert (tmp_path / "fixed.onnx.data").exists()  # the weights stay external
     assert result.after.summary.status != "error"
@@ -262,14 +285,23 @@ def test_durability_for_every_writable_format(tmp_path, monkeypatch):
     ext = tmp_path / "ext"
     ext.mkdir()
     torch.onnx.export(model, (x,), str(ext / "plain.onnx"), dynamo=False)
-    onnx.save_model(onnx.load(str(ext / "plain.onnx")), str(ext / "m.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)  # fmt: skip
-    cases = [(tmp_path / "m.ts", tmp_path / "o.ts"), (tmp_path / "m.pt2", tmp_path / "o.pt2"),
-             (tmp_path / "full.pt", tmp_path / "o.pt"),
-             (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded"),
-             (tmp_path / "single.safetensors", tmp_path / "o.safetensors"),  # streamed twin
-             (ext / "m.onnx", tmp_path / "o.onnx"),  # streamed twin, writes o.onnx + o.onnx.data
-             (tmp_path / "sd.pt", tmp_path / "o_sd.pt")]  # streamed zip twin (not trusted)  # fmt: skip
+    onnx.save_model(
+        onnx.load(str(ext / "plain.onnx")),
+        str(ext / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    cases = [
+        (tmp_path / "m.ts", tmp_path / "o.ts"),
+        (tmp_path / "m.pt2", tmp_path / "o.pt2"),
+        (tmp_path / "full.pt", tmp_path / "o.pt"),
+        (shard_dir / "model.safetensors.index.json", tmp_path / "o_sharded"),
+        (tmp_path / "single.safetensors", tmp_path / "o.safetensors"),  # streamed twin
+        (ext / "m.onnx", tmp_path / "o.onnx"),  # streamed twin, writes o.onnx + o.onnx.data
+        (tmp_path / "sd.pt", tmp_path / "o_sd.pt"),
+    ]  # streamed zip twin (not trusted)
     torch.save(state, tmp_path / "sd.pt")
     for src, out in cases:
         digest = sha(src)
@@ -302,8 +334,12 @@ def test_killed_mid_write_leaves_no_partial_output(tmp_path):
     out = tmp_path / "out.pt"
     for delay in (0.5, 1.0, 1.5, 2.0, 2.5):
         out.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "initdoctor", "fix", str(src), "-o", str(out)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "initdoctor", "fix", str(src), "-o", str(out)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -320,7 +356,9 @@ def test_streamed_safetensors_fix_rounds_like_torch_and_keeps_every_other_byte(t
 
     torch.manual_seed(0)
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    state = {f"l{i}.weight": (torch.randn(400, 400) * 0.05).to(dt) for i, dt in enumerate(dtypes)}  # > 1 block
+    state = {
+        f"l{i}.weight": (torch.randn(400, 400) * 0.05).to(dt) for i, dt in enumerate(dtypes)
+    }  # > 1 block
     state["l0.bias"] = torch.randn(400)
     state["steps"] = torch.arange(7)
     src = tmp_path / "m.safetensors"
@@ -346,7 +384,8 @@ def test_streamed_safetensors_fix_rounds_like_torch_and_keeps_every_other_byte(t
     with pytest.raises(initdoctor.InputError, match="only float tensors"):
         editable.scale("steps", 2.0)
     assert editable.std("l2.weight") == pytest.approx(
-        (state["l2.weight"].double() * factor).to(torch.bfloat16).double().std(unbiased=False).item(), rel=1e-12
+        (state["l2.weight"].double() * factor).to(torch.bfloat16).double().std(unbiased=False).item(),
+        rel=1e-12,
     )
 
 
@@ -363,19 +402,34 @@ def test_streamed_onnx_fix_matches_the_in_memory_twin_and_runs(tmp_path):
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
     ext = tmp_path / "ext"
     ext.mkdir()
-    onnx.save_model(onnx.load(str(tmp_path / "m.onnx")), str(ext / "m.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="w.bin", size_threshold=1024)  # fmt: skip
+    onnx.save_model(
+        onnx.load(str(tmp_path / "m.onnx")),
+        str(ext / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=1024,
+    )
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ext.iterdir()}
-    assert StreamedOnnx(ext / "m.onnx").has_data_files and not StreamedOnnx(tmp_path / "m.onnx").has_data_files
+    assert (
+        StreamedOnnx(ext / "m.onnx").has_data_files and not StreamedOnnx(tmp_path / "m.onnx").has_data_files
+    )
     for method in ("kaiming", "reinit", "lsuv"):
-        streamed = initdoctor.fix_model(ext / "m.onnx", method=method, output=tmp_path / f"s_{method}.onnx",
-                                        all_layers=True)  # fmt: skip
-        plain = initdoctor.fix_model(tmp_path / "m.onnx", method=method, output=tmp_path / f"p_{method}.onnx",
-                                     all_layers=True)  # fmt: skip
-        assert [(c.factor, c.new_std) for c in streamed.changes] == [(c.factor, c.new_std) for c in plain.changes]
+        streamed = initdoctor.fix_model(
+            ext / "m.onnx", method=method, output=tmp_path / f"s_{method}.onnx", all_layers=True
+        )
+        plain = initdoctor.fix_model(
+            tmp_path / "m.onnx", method=method, output=tmp_path / f"p_{method}.onnx", all_layers=True
+        )
+        assert [(c.factor, c.new_std) for c in streamed.changes] == [
+            (c.factor, c.new_std) for c in plain.changes
+        ]
         written = onnx.load(str(tmp_path / f"s_{method}.onnx")).graph.initializer
         got = {t.name: numpy_helper.to_array(t) for t in written}
-        want = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f"p_{method}.onnx")).graph.initializer}
+        want = {
+            t.name: numpy_helper.to_array(t)
+            for t in onnx.load(str(tmp_path / f"p_{method}.onnx")).graph.initializer
+        }
         assert got.keys() == want.keys()
         for name in want:
             assert np.array_equal(got[name], want[name]), (method, name)
@@ -400,9 +454,13 @@ def test_fix_no_probe_checks_the_output_statically(tmp_path):
     probed = initdoctor.fix_model(tmp_path / "m.onnx", output=tmp_path / "a.onnx")
     static = initdoctor.fix_model(tmp_path / "m.onnx", output=tmp_path / "b.onnx", probe=False)
     assert probed.after.probe is not None and static.after.probe is None
-    assert [f.std_ratio for f in static.after.layers] == pytest.approx([f.std_ratio for f in probed.after.layers])
+    assert [f.std_ratio for f in static.after.layers] == pytest.approx(
+        [f.std_ratio for f in probed.after.layers]
+    )
     assert all(f.activation_var is None for f in static.after.layers)
-    proc = run_cli("fix", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"), "--method", "lsuv", "--no-probe")
+    proc = run_cli(
+        "fix", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "c.onnx"), "--method", "lsuv", "--no-probe"
+    )
     assert proc.returncode == 2 and "cannot run with --no-probe" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.onnx").exists()
 
@@ -434,12 +492,18 @@ def test_streamed_checkpoint_fix_equals_torch_and_is_a_valid_zip(tmp_path):
     state = plain_mlp(depth=5, width=48, init="xavier").state_dict()
     state["2.weight"] = state["2.weight"].to(torch.bfloat16)  # a bf16 layer among fp32 ones
     state["4.weight"] = state["4.weight"].t().contiguous().t()  # stored transposed: a dense view
-    for name, obj in (("plain.pt", state), ("lightning.ckpt", {"state_dict": state, "epoch": 3, "hparams": {"lr": 0.1}})):
+    for name, obj in (
+        ("plain.pt", state),
+        ("lightning.ckpt", {"state_dict": state, "epoch": 3, "hparams": {"lr": 0.1}}),
+    ):
         src = tmp_path / name
         torch.save(obj, src)
         plan = zip_tensor_plan(src)
         assert plan is not None
-        streamed, memory = StreamedCheckpoint(src, plan), TorchCheckpoint(load_torch_object(src, trust=False), src)
+        streamed, memory = (
+            StreamedCheckpoint(src, plan),
+            TorchCheckpoint(load_torch_object(src, trust=False), src),
+        )
         weights = [k for k in plan if k.endswith("weight")]
         for i, key in enumerate(weights):
             streamed.scale(key, 1.1 + i / 7)
@@ -454,16 +518,21 @@ def test_streamed_checkpoint_fix_equals_torch_and_is_a_valid_zip(tmp_path):
             assert streamed.std(key) == pytest.approx(float(memory.array(key).std()), rel=1e-12)
         out_s, out_m = streamed.save(tmp_path / f"s_{name}"), memory.save(tmp_path / f"m_{name}")
         got, want = load_torch_object(out_s, trust=False), load_torch_object(out_m, trust=False)
-        got_sd = got["state_dict"] if "state_dict" in got else got
-        want_sd = want["state_dict"] if "state_dict" in want else want
+        got_sd = got.get("state_dict", got)
+        want_sd = want.get("state_dict", want)
         assert got_sd.keys() == want_sd.keys()
         for key in want_sd:
-            assert got_sd[key].dtype == want_sd[key].dtype and torch.equal(got_sd[key], want_sd[key]), (name, key)
+            assert got_sd[key].dtype == want_sd[key].dtype and torch.equal(got_sd[key], want_sd[key]), (
+                name,
+                key,
+            )
         if "epoch" in got:
             assert (got["epoch"], got["hparams"]) == (3, {"lr": 0.1})
         with zipfile.ZipFile(out_s) as z_out, zipfile.ZipFile(src) as z_in:
             assert z_out.testzip() is None  # every CRC-32 is right
-            changed = {info.filename for info in z_in.infolist() if z_in.read(info) != z_out.read(info.filename)}
+            changed = {
+                info.filename for info in z_in.infolist() if z_in.read(info) != z_out.read(info.filename)
+            }
         edited = {plan[k].record.filename for k in [*weights, "0.bias"]}
         assert changed == edited  # data.pkl and the untouched records keep their bytes
 
@@ -482,7 +551,10 @@ def test_fix_reports_progress_per_phase(tmp_path):
             return lambda done, total: self(done, total, label)
 
     src = tmp_path / "m.safetensors"
-    save_file({k: v.contiguous() for k, v in plain_mlp(depth=6, width=32, init="xavier").state_dict().items()}, str(src))
+    save_file(
+        {k: v.contiguous() for k, v in plain_mlp(depth=6, width=32, init="xavier").state_dict().items()},
+        str(src),
+    )
     recorder = Recorder()
     result = initdoctor.fix_model(src, output=tmp_path / "o.safetensors", progress=recorder)
     n = len(result.changes)

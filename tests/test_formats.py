@@ -32,19 +32,29 @@ def _save_all(model: nn.Module, example: torch.Tensor, folder) -> dict[str, tupl
     torch.save({"epoch": 3, "state_dict": state, "optimizer_states": []}, folder / "lightning.ckpt")
     # sharded safetensors with an index, split in the middle
     keys = list(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # fmt: skip
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     sharded = folder / "sharded"
     sharded.mkdir()
     weight_map = {}
     for shard, shard_keys in shards.items():
         save_file({k: state[k] for k in shard_keys}, str(sharded / shard))
         weight_map.update({k: shard for k in shard_keys})
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     # ONNX with its weights in an external data file
     proto = onnx.load(str(folder / "model.onnx"))
-    onnx.save_model(proto, str(folder / "external.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="external.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        proto,
+        str(folder / "external.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="external.onnx.data",
+        size_threshold=0,
+    )
     return {
         "model.pt": (),
         "model.safetensors": (),
@@ -59,10 +69,12 @@ def _save_all(model: nn.Module, example: torch.Tensor, folder) -> dict[str, tupl
 
 @pytest.mark.parametrize(
     "build,example",
-    [(lambda: plain_mlp(depth=12, width=64, init="xavier"), torch.randn(2, 64)),
-     (lambda: plain_cnn(depth=12, width=16, init="kaiming"), torch.randn(2, 3, 8, 8))],
+    [
+        (lambda: plain_mlp(depth=12, width=64, init="xavier"), torch.randn(2, 64)),
+        (lambda: plain_cnn(depth=12, width=16, init="kaiming"), torch.randn(2, 3, 8, 8)),
+    ],
     ids=["mlp12", "cnn12"],
-)  # fmt: skip
+)
 def test_every_format_gives_the_same_layers(tmp_path, build, example):
     model = build().eval()
     sources = _save_all(model, example, tmp_path)
@@ -74,27 +86,42 @@ def test_every_format_gives_the_same_layers(tmp_path, build, example):
     for rel, extra in sources.items():
         code, data = cli_json(str(tmp_path / rel), *extra, "--no-probe")
         formats[rel] = data["model"]["format"]
-        rows = [(l["name"], l["kind"], tuple(l["shape"]), l["fan_in"], l["fan_out"], l["weight_std"])
-                for l in data["layers"]]  # fmt: skip
+        rows = [
+            (row["name"], row["kind"], tuple(row["shape"]), row["fan_in"], row["fan_out"], row["weight_std"])
+            for row in data["layers"]
+        ]
         assert [r[:5] for r in rows] == [r[:5] for r in ref_rows], rel
-        for got, want in zip(rows, ref_rows):
+        for got, want in zip(rows, ref_rows, strict=False):
             assert got[5] == pytest.approx(want[5], rel=1e-6), (rel, got[0])
-        assert [l["status"] for l in data["layers"]] == [f.status for f in reference.layers], rel
+        assert [row["status"] for row in data["layers"]] == [f.status for f in reference.layers], rel
         assert data["summary"]["status"] == reference.summary.status, rel
         if not rel.endswith(".onnx"):  # the ONNX exporter stores identical (all-zero) biases once
             assert data["model"]["parameters"] == sum(p.numel() for p in model.parameters()), rel
     assert formats == {
-        "model.pt": "state_dict", "model.safetensors": "safetensors", "model.onnx": "onnx",
-        "model_ts.bin": "torchscript", "model.pt2": "torch.export", "lightning.ckpt": "state_dict",
-        "sharded/model.safetensors.index.json": "safetensors-sharded", "external.onnx": "onnx",
-    }  # fmt: skip
+        "model.pt": "state_dict",
+        "model.safetensors": "safetensors",
+        "model.onnx": "onnx",
+        "model_ts.bin": "torchscript",
+        "model.pt2": "torch.export",
+        "lightning.ckpt": "state_dict",
+        "sharded/model.safetensors.index.json": "safetensors-sharded",
+        "external.onnx": "onnx",
+    }
 
 
 def test_graph_formats_read_the_nonlinearity(tmp_path):
     """tanh hidden layers: ONNX, TorchScript and torch.export see Tanh; a state_dict cannot."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.LeakyReLU(0.2),
-                          nn.Dropout(0.1), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5)).eval()  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(32, 64),
+        nn.Tanh(),
+        nn.Linear(64, 64),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(0.1),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 5),
+    ).eval()
     x = torch.randn(2, 32)
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
     torch.jit.save(torch.jit.script(model), str(tmp_path / "m.ts"))
@@ -103,14 +130,14 @@ def test_graph_formats_read_the_nonlinearity(tmp_path):
     want = ["tanh", "leaky_relu(0.2)", "relu", "linear"]
     for name, extra in [("m.onnx", ()), ("m.ts", ("--trust",)), ("m.pt2", ("--trust",))]:
         _, data = cli_json(str(tmp_path / name), *extra)
-        assert [l["nonlinearity"] for l in data["layers"]] == want, name
-        assert {l["nonlinearity_source"] for l in data["layers"]} == {"graph"}, name
+        assert [row["nonlinearity"] for row in data["layers"]] == want, name
+        assert {row["nonlinearity_source"] for row in data["layers"]} == {"graph"}, name
         assert data["layers"][0]["gain"] == pytest.approx(5 / 3)
         assert data["layers"][1]["gain"] == pytest.approx(math.sqrt(2 / (1 + 0.2**2)))
         assert data["layers"][-1]["role"] == "output"
     _, data = cli_json(str(tmp_path / "m.pt"))
-    assert [l["nonlinearity"] for l in data["layers"]] == ["relu", "relu", "relu", "linear"]
-    assert [l["nonlinearity_source"] for l in data["layers"]] == ["flag", "flag", "flag", "rule"]
+    assert [row["nonlinearity"] for row in data["layers"]] == ["relu", "relu", "relu", "linear"]
+    assert [row["nonlinearity_source"] for row in data["layers"]] == ["flag", "flag", "flag", "rule"]
 
 
 def test_onnx_matmul_gemm_layouts_and_dynamo_export(tmp_path):
@@ -132,7 +159,7 @@ def test_onnx_matmul_gemm_layouts_and_dynamo_export(tmp_path):
         path = tmp_path / f"tok_{dynamo}.onnx"
         torch.onnx.export(model, (ids,), str(path), dynamo=dynamo)
         _, data = cli_json(str(path))
-        by = {l["name"]: l for l in data["layers"]}
+        by = {row["name"]: row for row in data["layers"]}
         assert set(by) >= {"fc1", "fc2"}, (dynamo, list(by))
         assert (by["fc1"]["fan_in"], by["fc1"]["fan_out"]) == (32, 48), dynamo
         assert (by["fc2"]["fan_in"], by["fc2"]["fan_out"]) == (48, 8), dynamo
@@ -146,7 +173,7 @@ def test_safetensors_order_is_natural_not_lexicographic(tmp_path):
     model = plain_mlp(depth=12, width=16, init="kaiming")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
     _, data = cli_json(str(tmp_path / "m.safetensors"))
-    assert [l["name"] for l in data["layers"]] == [str(i) for i in range(0, 24, 2)]
+    assert [row["name"] for row in data["layers"]] == [str(i) for i in range(0, 24, 2)]
     assert data["model"]["layer_order"] == "natural"
 
 
@@ -162,9 +189,11 @@ def test_factory_with_weights(tmp_path):
         trained[0].weight.normal_(0, 0.5)
     torch.save(trained.state_dict(), tmp_path / "w.pt")
     _, plain = cli_json("mymodels:build", cwd=tmp_path)
-    assert plain["model"]["format"] == "factory" and [l["name"] for l in plain["layers"]] == ["0", "2"]
+    assert plain["model"]["format"] == "factory" and [row["name"] for row in plain["layers"]] == ["0", "2"]
     _, loaded = cli_json("mymodels:build", "--weights", "w.pt", cwd=tmp_path)
-    assert loaded["layers"][0]["weight_std"] == pytest.approx(trained[0].weight.std(unbiased=False).item(), rel=1e-6)
+    assert loaded["layers"][0]["weight_std"] == pytest.approx(
+        trained[0].weight.std(unbiased=False).item(), rel=1e-6
+    )
     assert loaded["layers"][0]["std_ratio"] == pytest.approx(0.5 / math.sqrt(2 / 16), rel=0.1)
 
 
@@ -216,9 +245,13 @@ def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path)
     for layer in desc.layers:
         expected = sd[layer.weight_key].double().std(unbiased=False).item()
         assert layer.stats.std == pytest.approx(expected, rel=1e-9), layer.name
-    assert [(l.name, l.fan_in, l.stats.dtype) for l in desc.layers] == [
-        ("a", 32, "float32"), ("b", 64, "bfloat16"), ("c", 16, "float16"), ("d", 16, "float32"), ("e", 32, "float32"),
-    ]  # fmt: skip
+    assert [(row.name, row.fan_in, row.stats.dtype) for row in desc.layers] == [
+        ("a", 32, "float32"),
+        ("b", 64, "bfloat16"),
+        ("c", 16, "float16"),
+        ("d", 16, "float32"),
+        ("e", 32, "float32"),
+    ]
     # the same archive with the first tensor's record cut to half its length
     cut = tmp_path / "cut.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(cut, "w", zipfile.ZIP_STORED) as dst:
@@ -240,13 +273,23 @@ def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path)
             dst.writestr(info.filename, src.read(info), compress_type=method)
     assert describe_streamed_state_dict(packed) is None
     report = initdoctor.diagnose(packed)
-    assert report.layers[0].weight_std == pytest.approx(sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9)
+    assert report.layers[0].weight_std == pytest.approx(
+        sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9
+    )
     # a tensor the meta device cannot hold (quantized) or a sparse one: the normal load reads it
     odd = tmp_path / "odd.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantize_per_tensor is deprecated, still written by old code
-        torch.save({"a.weight": sd["a.weight"], "s": torch.eye(3).to_sparse(),
-                    "q": torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8)}, odd)  # fmt: skip
+        torch.save(
+            {
+                "a.weight": sd["a.weight"],
+                "s": torch.eye(3).to_sparse(),
+                "q": torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8),
+            },
+            odd,
+        )
     assert describe_streamed_state_dict(odd) is None
     report = initdoctor.diagnose(odd, probe=False)
-    assert report.layers[0].weight_std == pytest.approx(sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9)
+    assert report.layers[0].weight_std == pytest.approx(
+        sd["a.weight"].double().std(unbiased=False).item(), rel=1e-9
+    )

@@ -15,9 +15,17 @@ from initdoctor.stats import CHUNK, array_stats
 
 @pytest.mark.parametrize(
     "name,param",
-    [("linear", None), ("conv2d", None), ("sigmoid", None), ("tanh", None), ("relu", None),
-     ("leaky_relu", None), ("leaky_relu", 0.2), ("selu", None)],
-)  # fmt: skip
+    [
+        ("linear", None),
+        ("conv2d", None),
+        ("sigmoid", None),
+        ("tanh", None),
+        ("relu", None),
+        ("leaky_relu", None),
+        ("leaky_relu", 0.2),
+        ("selu", None),
+    ],
+)
 def test_gain_matches_torch(name, param):
     assert calculate_gain(name, param) == pytest.approx(torch.nn.init.calculate_gain(name, param), rel=1e-12)
 

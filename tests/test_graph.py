@@ -26,10 +26,14 @@ def _mlp(act: nn.Module, seed: int = 0) -> nn.Sequential:
 
 @pytest.mark.parametrize(
     "act,name,gain",
-    [(nn.Tanh(), "tanh", 5 / 3), (nn.GELU(), "gelu", 1.5335), (nn.LeakyReLU(0.2), "leaky_relu(0.2)", math.sqrt(2 / 1.04)),
-     (nn.SiLU(), "silu", 1.6765)],
+    [
+        (nn.Tanh(), "tanh", 5 / 3),
+        (nn.GELU(), "gelu", 1.5335),
+        (nn.LeakyReLU(0.2), "leaky_relu(0.2)", math.sqrt(2 / 1.04)),
+        (nn.SiLU(), "silu", 1.6765),
+    ],
     ids=["tanh", "gelu", "leaky0.2", "silu"],
-)  # fmt: skip
+)
 def test_each_layer_is_judged_with_its_own_gain_in_torch_and_onnx(tmp_path, act, name, gain):
     model = _mlp(act)
     path = tmp_path / "m.onnx"
@@ -56,9 +60,16 @@ def test_resnet_with_batchnorm_is_healthy_in_torch_and_onnx(tmp_path):
     assert len(growth) == 8 and growth[0] > growth[-1] and growth[-1] < 1.5  # linear, not exponential
     # BatchNorm kept as nodes (a training-mode export): onnxruntime normalizes with batch statistics
     path = tmp_path / "resnet_bn.onnx"
-    torch.onnx.export(model.eval(), (torch.randn(2, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "b"}}, training=torch.onnx.TrainingMode.TRAINING,
-                      do_constant_folding=False)  # fmt: skip
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(2, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "b"}},
+        training=torch.onnx.TrainingMode.TRAINING,
+        do_constant_folding=False,
+    )
     onnx_report = initdoctor.diagnose(path, probe=True, batch_size=8)
     assert onnx_report.summary.status != "error"
     assert [b.growth for b in onnx_report.residual_blocks] == pytest.approx(growth, rel=0.01)
@@ -77,8 +88,14 @@ def test_resnet_without_batchnorm_reports_residual_growth(tmp_path):
     assert {f.role for f in report.layers if f.name.startswith("layers.")} == {"residual"}
     # names, roles and statuses agree with the ONNX export
     path = tmp_path / "resnet.onnx"
-    torch.onnx.export(model.eval(), (torch.randn(2, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
-                      dynamic_axes={"x": {0: "b"}})  # fmt: skip
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(2, 3, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "b"}},
+    )
     onnx_report = initdoctor.diagnose(path, probe=True, batch_size=8)
     assert [(f.name, f.role, f.status) for f in onnx_report.layers] == [
         (f.name, f.role, f.status) for f in report.layers
@@ -89,5 +106,8 @@ def test_resnet_without_batchnorm_reports_residual_growth(tmp_path):
 
 def test_static_report_names_the_blocks_and_asks_for_the_probe():
     report = initdoctor.diagnose(resnet_plain())
-    assert len(report.residual_blocks) == 8 and report.residual_blocks[0].layers == ["layers.0.conv1", "layers.0.conv2"]
+    assert len(report.residual_blocks) == 8 and report.residual_blocks[0].layers == [
+        "layers.0.conv1",
+        "layers.0.conv2",
+    ]
     assert "need the probe" in report.notes[-1] or "needs the probe" in report.notes[-1]

@@ -137,7 +137,7 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
     shard_dir = root / "sharded"
     shard_dir.mkdir()
     names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    for prefix, name in zip(("0.", "2."), names):
+    for prefix, name in zip(("0.", "2."), names, strict=False):
         shard = {k: v for k, v in state.items() if k.startswith(prefix)}
         safetensors_torch.save_file(shard, str(shard_dir / name))
     index = {

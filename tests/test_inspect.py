@@ -99,8 +99,17 @@ def test_compounding_turns_a_chain_of_warnings_into_errors():
 
 
 def test_nan_zero_and_constant_weights_are_findings():
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
     with torch.no_grad():
         nn.init.kaiming_normal_(model[0].weight)
         model[0].weight[0, :3] = float("nan")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import onnx
 import pytest
 import torch
 from torch import nn
@@ -60,13 +59,19 @@ def test_kaiming_narrow_cnn_depth_drift_is_a_warning_not_an_error():
 def test_torch_and_onnx_backends_agree(tmp_path):
     model = plain_cnn(depth=8, width=16, init="kaiming").eval()
     path = tmp_path / "cnn.onnx"
-    torch.onnx.export(model, (torch.randn(4, 3, 16, 16),), str(path), dynamo=False,
-                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    torch.onnx.export(
+        model,
+        (torch.randn(4, 3, 16, 16),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     torch_report = initdoctor.diagnose(model, probe=True, input_shapes=((4, 3, 16, 16),), seed=7)
     onnx_report = initdoctor.diagnose(path, probe=True, input_shapes=((4, 3, 16, 16),), seed=7)
     assert onnx_report.probe["backend"] == "onnx" and torch_report.probe["backend"] == "torch"
     assert [f.name for f in onnx_report.layers] == [f.name for f in torch_report.layers]
-    for a, b in zip(torch_report.layers, onnx_report.layers):
+    for a, b in zip(torch_report.layers, onnx_report.layers, strict=False):
         assert b.activation_var == pytest.approx(a.activation_var, rel=0.05), a.name
         assert b.variance_ratio == pytest.approx(a.variance_ratio, rel=0.05), a.name
     # a fixed batch of 1 in the graph: run 32 times on the same seeded stream as torch's batch of 32
@@ -76,7 +81,7 @@ def test_torch_and_onnx_backends_agree(tmp_path):
     t = initdoctor.diagnose(mlp, probe=True, batch_size=32)
     o = initdoctor.diagnose(fixed, probe=True, batch_size=32)
     assert o.probe["runs"] == 32 and "fixed at 1" in o.probe["notes"][0]
-    for a, b in zip(t.layers, o.layers):
+    for a, b in zip(t.layers, o.layers, strict=False):
         assert b.activation_var == pytest.approx(a.activation_var, rel=1e-4), a.name
 
 
@@ -130,7 +135,7 @@ class Exploding(nn.Module):
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
-        y = self.fc(x)
+        self.fc(x)
         raise RuntimeError("shape mismatch in my custom block\nsecond line")
 
 
@@ -165,8 +170,10 @@ def test_same_seed_same_report_bit_for_bit(tmp_path):
 
 def test_state_dict_alone_is_static_with_a_note_and_a_factory_gives_it_a_graph(tmp_path):
     (tmp_path / "nets.py").write_text(
-        "import sys\nsys.path.insert(0, %r)\nfrom examples.models import plain_mlp\n"
-        "def mlp():\n    return plain_mlp(depth=6, width=32)\n" % str(__import__("tests.conftest").conftest.ROOT)
+        "import sys\nsys.path.insert(0, {!r})\nfrom examples.models import plain_mlp\n"
+        "def mlp():\n    return plain_mlp(depth=6, width=32)\n".format(
+            str(__import__("tests.conftest").conftest.ROOT)
+        )
     )
     torch.save(plain_mlp(depth=6, width=32, init="xavier").state_dict(), tmp_path / "w.pt")
     _, static = cli_json(str(tmp_path / "w.pt"))
@@ -189,14 +196,20 @@ def test_onnx_dynamic_dimension_needs_a_shape(tmp_path):
             return self.fc(self.emb(ids)).relu()
 
     path = tmp_path / "seq.onnx"
-    torch.onnx.export(Seq(), (torch.randint(0, 50, (2, 5)),), str(path), dynamo=False,
-                      input_names=["ids"], dynamic_axes={"ids": {0: "batch", 1: "seq"}})  # fmt: skip
+    torch.onnx.export(
+        Seq(),
+        (torch.randint(0, 50, (2, 5)),),
+        str(path),
+        dynamo=False,
+        input_names=["ids"],
+        dynamic_axes={"ids": {0: "batch", 1: "seq"}},
+    )
     proc = run_cli("inspect", str(path))
     assert proc.returncode == 2
     assert "dynamic dimension 'seq' (axis 1)" in proc.stderr and "--input-shape" in proc.stderr
     code, data = cli_json(str(path), "--input-shape", "4,7")
     assert data["probe"]["inputs"] == [{"shape": [4, 7], "dtype": "int64"}]
-    fc = next(l for l in data["layers"] if l["name"] == "fc")
+    fc = next(row for row in data["layers"] if row["name"] == "fc")
     # token ids drawn inside the table: E[x²] of embedding rows ≈ Var of N(0,1) init = 1
     assert fc["input_second_moment"] == pytest.approx(1.0, abs=0.25)
     assert fc["activation_var"] > 0
@@ -204,7 +217,9 @@ def test_onnx_dynamic_dimension_needs_a_shape(tmp_path):
 
 def test_plot_png(tmp_path):
     path = tmp_path / "m.onnx"
-    torch.onnx.export(plain_mlp(depth=10, width=32, init="xavier"), (torch.randn(1, 64),), str(path), dynamo=False)
+    torch.onnx.export(
+        plain_mlp(depth=10, width=32, init="xavier"), (torch.randn(1, 64),), str(path), dynamo=False
+    )
     png = tmp_path / "depth.png"
     proc = run_cli("inspect", str(path), "--plot", str(png))
     assert proc.returncode == 1
@@ -226,7 +241,7 @@ def test_onnx_strategies_agree_and_groups_bound_what_is_fetched(tmp_path):
     assert batches == 16  # fixed batch 2 in the graph, --batch-size 32
     assert exposed.probe["runs"] == batches and grouped.probe["runs"] == 6 * batches
     assert "6 output groups" in grouped.probe["notes"][-1]
-    for a, b, c in zip(reduce.layers, exposed.layers, grouped.layers):
+    for a, b, c in zip(reduce.layers, exposed.layers, grouped.layers, strict=False):
         assert a.activation_var == pytest.approx(b.activation_var, rel=1e-5)
         assert c.activation_var == b.activation_var and c.input_second_moment == b.input_second_moment
         assert a.dead_fraction == b.dead_fraction == c.dead_fraction
@@ -256,7 +271,9 @@ def test_probe_timeout_and_input_cap(tmp_path):
     assert proc.stderr.strip() == (
         "initdoctor: error: the model's code did not finish within 1 s (--timeout): its forward hangs"
     )
-    proc = run_cli("inspect", "examples.models:kaiming_mlp", "--input-shape", "100000,64", "--max-input-mib", "8")
+    proc = run_cli(
+        "inspect", "examples.models:kaiming_mlp", "--input-shape", "100000,64", "--max-input-mib", "8"
+    )
     assert proc.returncode == 2 and "would take 24 MiB" in proc.stderr and "cap is 8 MiB" in proc.stderr
 
 

@@ -13,22 +13,37 @@ transformers = pytest.importorskip("transformers")
 
 def gpt2():
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=500, n_positions=64,
-                                     bos_token_id=0, eos_token_id=0, use_cache=False)  # fmt: skip
+    config = transformers.GPT2Config(
+        n_layer=4,
+        n_embd=128,
+        n_head=4,
+        vocab_size=500,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def bert():
     torch.manual_seed(0)
-    config = transformers.BertConfig(num_hidden_layers=2, hidden_size=128, num_attention_heads=4,
-                                     intermediate_size=256, vocab_size=500)  # fmt: skip
+    config = transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256, vocab_size=500
+    )
     return transformers.BertModel(config).eval()
 
 
 def vit():
     torch.manual_seed(0)
-    config = transformers.ViTConfig(image_size=32, patch_size=8, num_hidden_layers=2, hidden_size=64,
-                                    num_attention_heads=4, intermediate_size=128)  # fmt: skip
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+    )
     return transformers.ViTModel(config).eval()
 
 
@@ -44,9 +59,13 @@ def test_library_default_init_is_not_an_error(tmp_path, build):
     assert "torch.export" in static.notes[0]  # torch.fx cannot trace them: the graph came from torch.export
     linears = [f for f in static.layers if f.kind in ("linear", "matmul")]
     # judged by the residual stream (heads such as BERT's pooler: output layers); none as a plain chain
-    assert {f.role for f in linears} <= {"residual", "output"} and sum(f.role == "residual" for f in linears) >= 8
+    assert {f.role for f in linears} <= {"residual", "output"} and sum(
+        f.role == "residual" for f in linears
+    ) >= 8
     # N(0, 0.02) on a width-128 layer: std ratio 0.02·sqrt(128) = 0.23 for a gain-1 layer
-    attn = next(f for f in static.layers if f.name.endswith(("attn.c_attn", "attention.self.query", "q_proj")))
+    attn = next(
+        f for f in static.layers if f.name.endswith(("attn.c_attn", "attention.self.query", "q_proj"))
+    )
     assert attn.weight_std == pytest.approx(0.02, rel=0.05)
     growth = [b.growth for b in probed.residual_blocks]
     assert len(growth) >= 4 and all(g is not None for g in growth)

@@ -92,10 +92,18 @@ def write_fixtures(folder: Path) -> None:
         shard = f"model-0000{i}-of-00002.safetensors"
         save_file({k: state[k] for k in part}, str(sharded / shard))
         weight_map.update(dict.fromkeys(part, shard))
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     proto = onnx.load(str(folder / "xavier.onnx"))
-    onnx.save_model(proto, str(folder / "external.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="external.onnx.data", size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        proto,
+        str(folder / "external.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="external.onnx.data",
+        size_threshold=0,
+    )
     torch.jit.save(torch.jit.trace(xavier, example), str(folder / "xavier_ts.bin"))
     torch.export.save(torch.export.export(xavier, (example,)), str(folder / "xavier.pt2"))
     torch.save(xavier, folder / "pickled.pt")
@@ -131,15 +139,49 @@ CASES: dict[str, list[str]] = {
     "factory_tanh_graph": ["inspect", "tests.zoo:tanh_mlp"],
     "weights_with_model": ["inspect", "{d}/resnet_plain.pt", "--model", "examples.resnets:resnet_plain"],
     # settings
-    "settings_tanh_fan_out": ["inspect", "{d}/kaiming.safetensors", "--nonlinearity", "tanh", "--mode", "fan_out"],
-    "settings_leaky": ["inspect", "{d}/kaiming.pt", "--nonlinearity", "leaky_relu", "--negative-slope", "0.2",
-                       "--warn-threshold", "1.5", "--error-threshold", "3", "--compound-threshold", "8"],
-    "settings_probe_inputs": ["inspect", "examples.models:xavier_mlp", "--input-shape", "16,64", "--seed", "3"],
+    "settings_tanh_fan_out": [
+        "inspect",
+        "{d}/kaiming.safetensors",
+        "--nonlinearity",
+        "tanh",
+        "--mode",
+        "fan_out",
+    ],
+    "settings_leaky": [
+        "inspect",
+        "{d}/kaiming.pt",
+        "--nonlinearity",
+        "leaky_relu",
+        "--negative-slope",
+        "0.2",
+        "--warn-threshold",
+        "1.5",
+        "--error-threshold",
+        "3",
+        "--compound-threshold",
+        "8",
+    ],
+    "settings_probe_inputs": [
+        "inspect",
+        "examples.models:xavier_mlp",
+        "--input-shape",
+        "16,64",
+        "--seed",
+        "3",
+    ],
     # fix (nothing written: --check / --dry-run) and compare
     "fix_check_safetensors": ["fix", "{d}/xavier.safetensors", "--check", "--format", "json"],
     "fix_dry_onnx_error": ["fix", "{d}/xavier.onnx", "--dry-run", "--fail-on", "error", "--format", "json"],
     "fix_check_kaiming": ["fix", "{d}/kaiming.pt", "--check", "--format", "json"],
-    "fix_dry_lsuv_factory": ["fix", "examples.models:xavier_mlp", "--method", "lsuv", "--dry-run", "--format", "json"],
+    "fix_dry_lsuv_factory": [
+        "fix",
+        "examples.models:xavier_mlp",
+        "--method",
+        "lsuv",
+        "--dry-run",
+        "--format",
+        "json",
+    ],
     "compare_onnx": ["compare", "{d}/xavier.onnx", "{d}/kaiming.onnx", "--format", "json"],
 }
 
@@ -193,7 +235,9 @@ def same(a: Any, b: Any, where: str = "$", rel: float = 1e-6) -> list[str]:
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{where}: {len(a)} items != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{where}[{i}]", rel)]
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{where}[{i}]", rel)
+        ]
     return [f"{where}: {a!r} != {b!r}"]
 
 
@@ -207,10 +251,10 @@ def _same_text(a: str, b: str) -> bool:
     if number.sub("#", a) != number.sub("#", b):
         return False
     return all(
-        math.isclose(float(x), float(y), rel_tol=1e-2) for x, y in zip(number.findall(a), number.findall(b), strict=True)
+        math.isclose(float(x), float(y), rel_tol=1e-2)
+        for x, y in zip(number.findall(a), number.findall(b), strict=True)
     )
 
 
 def golden_path(case: str) -> Path:
     return GOLDEN / f"{case}.json"
-

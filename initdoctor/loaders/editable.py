@@ -423,7 +423,7 @@ class Safetensors(_TorchTensors):
         try:
             with safe_open(str(path), framework="pt") as handle:
                 self.metadata = handle.metadata()
-                self.tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                self.tensors = {key: handle.get_tensor(key) for key in handle}
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
 
@@ -480,7 +480,7 @@ def _write_all(out: Any, data: Any) -> None:
     """Write every byte to the unbuffered ``out`` (a raw write may take fewer than it is given)."""
     view = memoryview(data).cast("B")
     while view:
-        view = view[out.write(view):]
+        view = view[out.write(view) :]
 
 
 def _safetensors_twin(path: Path) -> StreamedSafetensors | Safetensors:
@@ -610,8 +610,14 @@ class Onnx(Editable):
         def write(folder: Path) -> None:
             copy = onnx.ModelProto()
             copy.CopyFrom(self.model)
-            onnx.save_model(copy, str(folder / dst.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)  # fmt: skip
+            onnx.save_model(
+                copy,
+                str(folder / dst.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
 
         return _save_with_data(dst, data_name, write)
 
@@ -717,7 +723,9 @@ class StreamedOnnx(Editable):
         dtype = self._dtype(key)
         flat = np.asarray(values, dtype=np.float64).reshape(-1)
         if flat.size != int(np.prod(self._shape(key), dtype=np.int64)):
-            raise InputError(f"initializer {key!r} holds {int(np.prod(self._shape(key)))} values, got {flat.size}")
+            raise InputError(
+                f"initializer {key!r} holds {int(np.prod(self._shape(key)))} values, got {flat.size}"
+            )
         self.factors.pop(key, None)
         self.values[key] = flat.astype(dtype)
 
@@ -749,7 +757,7 @@ class StreamedOnnx(Editable):
                             tensor.ClearField(field)
                     continue
                 target, offset, dtype, count = extent
-                src = sources.get(target) or sources.setdefault(target, open(target, "rb"))
+                src = sources.get(target) or sources.setdefault(target, open(target, "rb"))  # noqa: SIM115 (closed in the finally below)
                 start = data.tell()
                 if key in self.values:
                     _write_all(data, self.values[key])
@@ -760,7 +768,11 @@ class StreamedOnnx(Editable):
                     _copy_range(src, data, offset, offset + count * dtype.itemsize)
                 del tensor.external_data[:]
                 tensor.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_name), ("offset", str(start)), ("length", str(data.tell() - start))):
+                for k, v in (
+                    ("location", data_name),
+                    ("offset", str(start)),
+                    ("length", str(data.tell() - start)),
+                ):
                     tensor.external_data.add(key=k, value=v)
         finally:
             for handle in sources.values():

@@ -66,7 +66,9 @@ def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
     elif fmt == "torch-zip" or fmt == "torch-legacy":
         state = find_state_dict(load_torch_object(path, trust=trust), path)
     else:
-        raise InputError(f"{path}: --weights takes a state_dict (.pt/.pth/.bin) or .safetensors file, not {fmt}")
+        raise InputError(
+            f"{path}: --weights takes a state_dict (.pt/.pth/.bin) or .safetensors file, not {fmt}"
+        )
     result = model.load_state_dict(state, strict=False)
     problems = []
     if result.missing_keys:

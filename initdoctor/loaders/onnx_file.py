@@ -15,9 +15,9 @@ Gather         input 0 (the table)              embedding ``[num, dim]``
 A layer's name is its weight initializer's name without a ``.weight`` suffix; when the exporter
 made the initializer itself (a pre-transposed copy of ``fc1.weight`` named ``onnx::MatMul_14`` or
 ``val_0``), the module path comes from the node: the dynamo exporter's ``pkg.torch.onnx.name_scopes``
-metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``). External data is
-streamed per initializer by offset and length (:func:`~initdoctor.stats.file_stats`), and a location that resolves outside
-the model's folder (``..``, an absolute path, a symlink) is refused.
+metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``).
+External data is streamed per initializer by offset and length (:func:`~initdoctor.stats.file_stats`),
+and a location that resolves outside the model's folder (``..``, an absolute path, a symlink) is refused.
 """
 
 from __future__ import annotations
@@ -36,18 +36,35 @@ from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats, array_stats, file_stats
 
 _ACTIVATIONS = {
-    "Relu": "relu", "LeakyRelu": "leaky_relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
-    "Selu": "selu", "Gelu": "gelu",
-}  # fmt: skip
+    "Relu": "relu",
+    "LeakyRelu": "leaky_relu",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "Selu": "selu",
+    "Gelu": "gelu",
+}
 _PASS = {
-    "Reshape", "Flatten", "Transpose", "Identity", "Dropout", "MaxPool", "AveragePool",
-    "GlobalAveragePool", "GlobalMaxPool", "Squeeze", "Unsqueeze", "Cast",
-}  # fmt: skip
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Identity",
+    "Dropout",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Squeeze",
+    "Unsqueeze",
+    "Cast",
+}
 _NORMS = {
-    "BatchNormalization": "batchnorm", "LayerNormalization": "layernorm",
-    "GroupNormalization": "groupnorm", "InstanceNormalization": "instancenorm",
-    "RMSNormalization": "rmsnorm", "SimplifiedLayerNormalization": "rmsnorm",
-}  # fmt: skip
+    "BatchNormalization": "batchnorm",
+    "LayerNormalization": "layernorm",
+    "GroupNormalization": "groupnorm",
+    "InstanceNormalization": "instancenorm",
+    "RMSNormalization": "rmsnorm",
+    "SimplifiedLayerNormalization": "rmsnorm",
+}
 
 
 def load_onnx_proto(path: Path) -> Any:
@@ -105,7 +122,9 @@ def _external_extent(tensor: Any, base: Path) -> tuple[Path, int, np.dtype, int]
     try:
         size = target.stat().st_size
     except OSError:
-        raise InputError(f"{base}: external data file {target.name!r} of {tensor.name!r} is missing") from None
+        raise InputError(
+            f"{base}: external data file {target.name!r} of {tensor.name!r} is missing"
+        ) from None
     if offset < 0 or (length is not None and length < needed) or offset + needed > size:
         raise InputError(
             f"{base}: external data of {tensor.name!r} is truncated ({size} bytes in "
@@ -200,14 +219,18 @@ def describe_onnx_model(
         users = [u for out in node.output for u in readers.get(out, [])]
         op, param = "other", None
         t = node.op_type
-        data_input = node.input[1] if t == "Gather" and len(node.input) > 1 else (node.input[0] if node.input else "")
+        data_input = (
+            node.input[1] if t == "Gather" and len(node.input) > 1 else (node.input[0] if node.input else "")
+        )
         if t in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
             dims = tuple(int(d) for d in inits[node.input[1]].dims)
             rank = len(dims) - 2
             kind = f"conv{rank}d" if t == "Conv" else f"conv_transpose{rank}d"
             found.append((nid, node.input[1], kind, dims, int(_attr(node, "group", 1))))
             op = "weighted"
-        elif t == "Gemm" and len(node.input) > 1 and node.input[1] in inits and node.input[0] not in constants:
+        elif (
+            t == "Gemm" and len(node.input) > 1 and node.input[1] in inits and node.input[0] not in constants
+        ):
             dims = tuple(int(d) for d in inits[node.input[1]].dims)
             torch_shape = dims if _attr(node, "transB", 0) else dims[::-1]
             found.append((nid, node.input[1], "linear", torch_shape, 1))
@@ -220,7 +243,9 @@ def describe_onnx_model(
                 found.append((nid, hit[0], "matmul", torch_shape, 1))
                 op = "weighted"
         elif t == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
-            found.append((nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1))
+            found.append(
+                (nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1)
+            )
             op = "weighted"
         elif t in _NORMS:
             op = "norm"
@@ -244,7 +269,9 @@ def describe_onnx_model(
             op = "gelu"  # the x · (1 + erf(…)) product: GELU's output
         elif t in ("Div", "Mul") and _feeds_erf(node, readers, graph.node, constants):
             op = "pass"  # x / √2 on the way into GELU's Erf
-        produced = [str(index_of[id(producers[x])]) for x in node.input if x in producers and x not in constants]
+        produced = [
+            str(index_of[id(producers[x])]) for x in node.input if x in producers and x not in constants
+        ]
         nodes[nid] = OpNode(nid, op, users, param, produced, node.output[0] if node.output else None)
         node_names[nid] = _scope_name(node)
         if op == "weighted":
@@ -269,20 +296,29 @@ def describe_onnx_model(
         if hit is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
         layers.append(layer)
-    norms = [
-        NormLayer(
-            w[: -len(".weight")] if w.endswith(".weight") else w, kind, w,
-            tuple(int(d) for d in inits[w].dims), _stats(inits[w], base),
-            _stats(inits[b], base) if b else None,
-        )
-        for w, kind, b in norm_found
-    ] if with_stats else []
+    norms = (
+        [
+            NormLayer(
+                w[: -len(".weight")] if w.endswith(".weight") else w,
+                kind,
+                w,
+                tuple(int(d) for d in inits[w].dims),
+                _stats(inits[w], base),
+                _stats(inits[b], base) if b else None,
+            )
+            for w, kind, b in norm_found
+        ]
+        if with_stats
+        else []
+    )
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
     layer_of = {nid: layer_name(init_name, node_names[nid]) for nid, init_name, _, _, _ in found}
     blocks = residual_blocks(nodes, layer_of)
     feeders = stream_inputs(nodes, layer_of, blocks)
-    return ModelDescription(str(path), "onnx", params, layers, norms, True, "execution", notes, blocks, feeders)
+    return ModelDescription(
+        str(path), "onnx", params, layers, norms, True, "execution", notes, blocks, feeders
+    )
 
 
 def _feeds_erf(node: Any, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
@@ -293,7 +329,9 @@ def _feeds_erf(node: Any, readers: dict[str, list[str]], nodes: Any, constants: 
     return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Erf"
 
 
-def _is_gelu(erf: Any, producers: dict[str, Any], readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
+def _is_gelu(
+    erf: Any, producers: dict[str, Any], readers: dict[str, list[str]], nodes: Any, constants: set[str]
+) -> bool:
     """``0.5 · x · (1 + erf(x / √2))``: the Erf's input is ``x/√2`` and its output, plus one, is
     multiplied back into ``x`` — the legacy exporter's GELU."""
     scaled = producers.get(erf.input[0]) if erf.input else None

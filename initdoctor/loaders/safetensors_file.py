@@ -40,16 +40,31 @@ def shard_files(index_path: Path) -> dict[str, Path]:
 
 #: safetensors dtype → (numpy dtype of the stored bits, is bfloat16)
 _DTYPES = {
-    "F64": ("<f8", False), "F32": ("<f4", False), "F16": ("<f2", False), "BF16": ("<u2", True),
-    "I64": ("<i8", False), "I32": ("<i4", False), "I16": ("<i2", False), "I8": ("i1", False),
-    "U8": ("u1", False), "BOOL": ("u1", False),
-}  # fmt: skip
+    "F64": ("<f8", False),
+    "F32": ("<f4", False),
+    "F16": ("<f2", False),
+    "BF16": ("<u2", True),
+    "I64": ("<i8", False),
+    "I32": ("<i4", False),
+    "I16": ("<i2", False),
+    "I8": ("i1", False),
+    "U8": ("u1", False),
+    "BOOL": ("u1", False),
+}
 MAX_HEADER = 100 * 2**20
 #: safetensors dtype → the torch-style name reported in ``dtype``
 _NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-}  # fmt: skip
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
@@ -87,7 +102,9 @@ def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], 
             begin, end = (int(o) for o in offsets)
             need = math.prod(shape) * np.dtype(_DTYPES[dtype][0]).itemsize
             if not 0 <= begin <= end <= data_size or end - begin != need:
-                raise ValueError(f"tensor {name!r}: data offsets {offsets} do not hold shape {shape} of {dtype}")
+                raise ValueError(
+                    f"tensor {name!r}: data offsets {offsets} do not hold shape {shape} of {dtype}"
+                )
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
     return header, metadata, 8 + n

@@ -116,7 +116,9 @@ def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
                 f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - a garbled stream raises IndexError, struct.error...
-            raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})") from None
+            raise InputError(
+                f"{path}: truncated or corrupt PyTorch checkpoint ({_first_line(exc)})"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
@@ -216,7 +218,9 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as archive, open(path, "rb") as fh:
-            order = next((n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"), None)
+            order = next(
+                (n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"), None
+            )
             if order is not None and archive.read(order).strip() not in (b"little", b""):
                 return None
             records: dict[int, zipfile.ZipInfo] = {}
@@ -251,10 +255,20 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
                 f"offset {offset}, the archive has {have} there)"
             )
         if (t.storage_offset() + t.numel()) * item > need:
-            raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} runs past its storage)")
-        plan[key] = ZipTensor(dtype, tuple(int(d) for d in t.shape), tuple(int(d) for d in t.stride()),
-                              int(offset) + t.storage_offset() * item, t.numel(), stored, bf16, info,
-                              int(offset))  # fmt: skip
+            raise InputError(
+                f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} runs past its storage)"
+            )
+        plan[key] = ZipTensor(
+            dtype,
+            tuple(int(d) for d in t.shape),
+            tuple(int(d) for d in t.stride()),
+            int(offset) + t.storage_offset() * item,
+            t.numel(),
+            stored,
+            bf16,
+            info,
+            int(offset),
+        )
     return plan
 
 
@@ -294,7 +308,7 @@ def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     """The view covers ``numel`` consecutive elements (contiguous, or a permutation of a contiguous
     layout such as a transposed weight): then its statistics are those of that flat range."""
     expected = 1
-    for dim, step in sorted(zip(shape, stride), key=lambda p: p[1]):
+    for dim, step in sorted(zip(shape, stride, strict=False), key=lambda p: p[1]):
         if dim == 1:
             continue
         if step != expected:

@@ -54,25 +54,75 @@ _ACTIVATION_CLASSES = {
     "SiLU": "silu",
 }
 _PASS_CLASSES = {
-    "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Flatten",
-    "Unflatten", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
-    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d",
-    "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
-}  # fmt: skip
+    "Identity",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "Flatten",
+    "Unflatten",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
+}
 
 # Function / method / ATen op names (``aten.relu.default`` → ``relu``).
 _ACTIVATION_NAMES = {
-    "relu": "relu", "relu_": "relu", "leaky_relu": "leaky_relu", "leaky_relu_": "leaky_relu",
-    "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "selu": "selu",
-    "selu_": "selu", "gelu": "gelu", "silu": "silu", "silu_": "silu",
-}  # fmt: skip
+    "relu": "relu",
+    "relu_": "relu",
+    "leaky_relu": "leaky_relu",
+    "leaky_relu_": "leaky_relu",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "selu": "selu",
+    "selu_": "selu",
+    "gelu": "gelu",
+    "silu": "silu",
+    "silu_": "silu",
+}
 _PASS_NAMES = {
-    "view", "reshape", "flatten", "t", "permute", "transpose", "dropout", "dropout_", "clone",
-    "contiguous", "squeeze", "unsqueeze", "_to_copy", "to", "alias", "detach", "getitem",
-    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "max_pool2d_with_indices",
-    "_adaptive_avg_pool2d", "mean",
-}  # fmt: skip
+    "view",
+    "reshape",
+    "flatten",
+    "t",
+    "permute",
+    "transpose",
+    "dropout",
+    "dropout_",
+    "clone",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "_to_copy",
+    "to",
+    "alias",
+    "detach",
+    "getitem",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "max_pool2d_with_indices",
+    "_adaptive_avg_pool2d",
+    "mean",
+}
 
 
 def _class_names(module: Any) -> list[str]:
@@ -139,10 +189,17 @@ def _module_op(module: Any) -> tuple[str, float | None]:
 
 
 _NORM_NAMES = {
-    "layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm", "native_layer_norm",
-    "native_batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+    "layer_norm",
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+    "native_layer_norm",
+    "native_batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional",
     "native_group_norm",
-}  # fmt: skip
+}
 
 
 def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] | None:
@@ -227,7 +284,11 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             bias = getattr(mod, "bias", None)
             norms.append(
                 NormLayer(
-                    name, norm_kind, f"{name}.weight", tuple(weight.shape), tensor_stats(weight),
+                    name,
+                    norm_kind,
+                    f"{name}.weight",
+                    tuple(weight.shape),
+                    tensor_stats(weight),
                     tensor_stats(bias) if isinstance(bias, torch.Tensor) else None,
                 )
             )
@@ -265,7 +326,14 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         fan_in, fan_out = fans(kind, shape, groups)
         bias = getattr(mod, "bias", None)
         layer = Layer(
-            name, kind, f"{name}.weight", shape, fan_in, fan_out, tensor_stats(weight), groups,
+            name,
+            kind,
+            f"{name}.weight",
+            shape,
+            fan_in,
+            fan_out,
+            tensor_stats(weight),
+            groups,
             bias_key=f"{name}.bias" if isinstance(bias, torch.Tensor) else None,
         )
         hit = follow.get(name)
@@ -359,7 +427,11 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
 
     params = dict(program.graph_signature.inputs_to_parameters)
     signature = program.graph_signature
-    constant = set(params) | set(signature.inputs_to_buffers) | set(getattr(signature, "inputs_to_lifted_tensor_constants", {}))
+    constant = (
+        set(params)
+        | set(signature.inputs_to_buffers)
+        | set(getattr(signature, "inputs_to_lifted_tensor_constants", {}))
+    )
     state = program.state_dict
     nodes: dict[str, OpNode] = {}
     found: list[tuple[str, str, str, int]] = []  # (node, fqn, kind, groups)
@@ -378,8 +450,14 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                 if name in ("addmm", "mm", "matmul"):
                     kind = "matmul"
                     if rank != 2:
-                        nodes[node.name] = OpNode(node.name, "other", [u.name for u in node.users], None,
-                                                  [a.name for a in node.all_input_nodes if a.name not in constant], node.name)  # fmt: skip
+                        nodes[node.name] = OpNode(
+                            node.name,
+                            "other",
+                            [u.name for u in node.users],
+                            None,
+                            [a.name for a in node.all_input_nodes if a.name not in constant],
+                            node.name,
+                        )
                         continue
                 elif name in ("linear", "embedding"):
                     kind = name
@@ -421,14 +499,29 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
         layers.append(layer)
     norms = [
-        NormLayer(fqn[: -len(".weight")], "norm", fqn, tuple(t.shape), tensor_stats(t),
-                  tensor_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None)
+        NormLayer(
+            fqn[: -len(".weight")],
+            "norm",
+            fqn,
+            tuple(t.shape),
+            tensor_stats(t),
+            tensor_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None,
+        )
         for fqn, t in state.items()
         if fqn.endswith(".weight") and t.dim() == 1 and fqn not in seen
-    ]  # fmt: skip
-    layer_of = {node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn) for node_name, fqn, _, _ in found}
+    ]
+    layer_of = {
+        node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn)
+        for node_name, fqn, _, _ in found
+    }
     return ModelDescription(
-        path, "torch.export", count_parameters(list(state.values())), layers, norms, True, "execution",
+        path,
+        "torch.export",
+        count_parameters(list(state.values())),
+        layers,
+        norms,
+        True,
+        "execution",
         blocks=(blocks := residual_blocks(nodes, layer_of)),
         stream_inputs=stream_inputs(nodes, layer_of, blocks),
     )

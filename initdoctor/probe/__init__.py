@@ -28,8 +28,8 @@ Backends: ``torch_backend`` (forward hooks, reductions on the fly, nothing kept)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -140,7 +140,7 @@ class Collector:
     """Running statistics of one layer's input and output over every call and run (numpy only,
     shared by both backends so the definitions cannot drift apart)."""
 
-    def __init__(self, name: str, kind: str, relu: bool, ticker: "Ticker | None" = None) -> None:
+    def __init__(self, name: str, kind: str, relu: bool, ticker: Ticker | None = None) -> None:
         self.name = name
         self.kind = kind
         self.ticker = ticker
@@ -221,7 +221,9 @@ class Collector:
 
 
 def random_inputs(
-    specs: list[tuple[tuple[int, ...], str]], rng: np.random.Generator, vocab: int | None,
+    specs: list[tuple[tuple[int, ...], str]],
+    rng: np.random.Generator,
+    vocab: int | None,
     max_input_mib: float = 1024.0,
 ) -> list[np.ndarray]:
     """Seeded inputs as numpy arrays (the same for every backend): N(0, 1) for float dtypes,
@@ -246,20 +248,29 @@ def default_vocab(desc: Any, settings: ProbeSettings) -> int | None:
     return min(tables) if tables else None
 
 
-def infer_input_shape(first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int) -> tuple[int, ...]:
+def infer_input_shape(
+    first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int
+) -> tuple[int, ...]:
     """An input shape for a model whose first weighted layer is ``first_kind``.
 
-    Linear ``[out, in]`` and MatMul ``[in, out]`` (as stored) → ``[B, in]``; ConvNd ``[out, in/g, *k]`` → ``[B, in, S…]`` with
-    ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` → ``[B, in, S…]``;
-    Embedding → token ids ``[B, 16]``.
+    Linear ``[out, in]`` and MatMul ``[in, out]`` (as stored) → ``[B, in]``; ConvNd ``[out, in/g, *k]`` →
+    ``[B, in, S…]`` with ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` →
+    ``[B, in, S…]``; Embedding → token ids ``[B, 16]``.
     """
     if first_kind in ("linear", "matmul"):
-        return (batch, first_shape[-1] if first_kind == "linear" else first_shape[0])  # matmul stores [in, out]
+        return (
+            batch,
+            first_shape[-1] if first_kind == "linear" else first_shape[0],
+        )  # matmul stores [in, out]
     if first_kind == "embedding":
         return (batch, 16)
     rank = len(first_shape) - 2
     side = {1: 64, 2: 32, 3: 16}.get(rank, 16)
-    channels = first_shape[1] * groups if first_kind.startswith("conv") and "transpose" not in first_kind else first_shape[0]
+    channels = (
+        first_shape[1] * groups
+        if first_kind.startswith("conv") and "transpose" not in first_kind
+        else first_shape[0]
+    )
     return (batch, channels) + (side,) * rank
 
 
@@ -297,7 +308,12 @@ class time_limit:
         import signal
         import threading
 
-        if self.seconds > 0 and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        if (
+            self.seconds > 0
+            and hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+        ):
+
             def fire(signum: int, frame: Any) -> None:
                 raise _Timeout()
 
@@ -320,26 +336,38 @@ class time_limit:
 
 def _check_input_size(specs: list[tuple[tuple[int, ...], str]], settings: ProbeSettings) -> None:
     """Refuse a probe batch larger than ``max_input_mib`` before allocating it."""
-    total = sum(math.prod(shape) * np.dtype(dtype.replace("bfloat16", "float16")).itemsize for shape, dtype in specs)
+    total = sum(
+        math.prod(shape) * np.dtype(dtype.replace("bfloat16", "float16")).itemsize for shape, dtype in specs
+    )
     if total > settings.max_input_mib * 2**20:
         raise ProbeError(
-            f"the probe batch would take {total / 2**20:.0f} MiB (inputs {[list(s) for s, _ in specs]}); the cap is "
+            f"the probe batch would take {total / 2**20:.0f} MiB (inputs "
+            f"{[list(s) for s, _ in specs]}); the cap is "
             f"{settings.max_input_mib:g} MiB — lower --batch-size or --input-shape"
         )
 
 
-def _dispatch(loaded: Any, settings: ProbeSettings, progress: Progress | None, example_inputs: Any) -> ProbeResult:
+def _dispatch(
+    loaded: Any, settings: ProbeSettings, progress: Progress | None, example_inputs: Any
+) -> ProbeResult:
     if loaded.backend == "onnx":
         from .onnx_backend import probe_onnx
 
         if settings.backward:
-            raise ProbeError("--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)")
+            raise ProbeError(
+                "--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)"
+            )
         inputs = None
         if example_inputs is not None:
-            inputs = [np.asarray(x) for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])]
+            inputs = [
+                np.asarray(x)
+                for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])
+            ]
         result = probe_onnx(loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress)
     else:
         from .torch_backend import probe_torch
 
-        result = probe_torch(loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs)
+        result = probe_torch(
+            loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs
+        )
     return result

@@ -34,10 +34,10 @@ from ..model import ModelDescription
 from ..stats import Moments, fast_moments
 from . import (
     Collector,
-    Progress,
     ProbeError,
     ProbeResult,
     ProbeSettings,
+    Progress,
     Ticker,
     default_vocab,
     extra_tensors,
@@ -47,7 +47,9 @@ from . import (
 _ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64"}
 
 
-def _input_specs(graph: Any, init_names: set[str], settings: ProbeSettings) -> list[tuple[str, tuple[int, ...], str]]:
+def _input_specs(
+    graph: Any, init_names: set[str], settings: ProbeSettings
+) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of each real graph input; dynamic dims from --batch-size / --input-shape."""
     real = [i for i in graph.input if i.name not in init_names]
     if settings.input_shapes and len(settings.input_shapes) != len(real):
@@ -60,11 +62,15 @@ def _input_specs(graph: Any, init_names: set[str], settings: ProbeSettings) -> l
         tensor_type = inp.type.tensor_type
         dtype = _ONNX_TO_NUMPY.get(tensor_type.elem_type)
         if dtype is None:
-            raise ProbeError(f"input {inp.name!r} has an element type initdoctor cannot generate ({tensor_type.elem_type})")
+            raise ProbeError(
+                f"input {inp.name!r} has an element type initdoctor cannot generate ({tensor_type.elem_type})"
+            )
         if settings.input_shapes:
             shape = tuple(settings.input_shapes[k])
             if len(shape) != len(tensor_type.shape.dim):
-                raise ProbeError(f"input {inp.name!r} has rank {len(tensor_type.shape.dim)}, --input-shape gave {shape}")
+                raise ProbeError(
+                    f"input {inp.name!r} has rank {len(tensor_type.shape.dim)}, --input-shape gave {shape}"
+                )
         else:
             dims = []
             for axis, dim in enumerate(tensor_type.shape.dim):
@@ -75,14 +81,17 @@ def _input_specs(graph: Any, init_names: set[str], settings: ProbeSettings) -> l
                 else:
                     label = dim.dim_param or "?"
                     raise ProbeError(
-                        f"input {inp.name!r} has a dynamic dimension {label!r} (axis {axis}); pass --input-shape"
+                        f"input {inp.name!r} has a dynamic dimension {label!r} (axis {axis}); pass "
+                        "--input-shape"
                     )
             shape = tuple(dims)
         specs.append((inp.name, shape, "float32" if dtype in ("float16", "bfloat16") else dtype))
     return specs
 
 
-def _infer(model: Any, specs: list[tuple[str, tuple[int, ...], str]]) -> dict[str, tuple[int, tuple[int, ...] | None]]:
+def _infer(
+    model: Any, specs: list[tuple[str, tuple[int, ...], str]]
+) -> dict[str, tuple[int, tuple[int, ...] | None]]:
     """``{value: (elem_type, shape or None)}`` for the given input shapes (ONNX shape inference on a
     weight-less copy of the graph); values inference cannot type are missing."""
     import onnx
@@ -94,11 +103,13 @@ def _infer(model: Any, specs: list[tuple[str, tuple[int, ...], str]]) -> dict[st
     by_name = {name: shape for name, shape, _ in specs}
     for inp in probe.graph.input:
         if inp.name in by_name:
-            for dim, value in zip(inp.type.tensor_type.shape.dim, by_name[inp.name]):
+            for dim, value in zip(inp.type.tensor_type.shape.dim, by_name[inp.name], strict=False):
                 dim.Clear()
                 dim.dim_value = value
     for init in model.graph.initializer:  # initializers as typed inputs so inference sees their shapes
-        probe.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        probe.graph.input.append(
+            onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        )
     try:
         inferred = onnx.shape_inference.infer_shapes(probe)
     except Exception:  # noqa: BLE001 - an estimate only
@@ -122,7 +133,9 @@ def _tensor_bytes(info: dict[str, tuple[int, tuple[int, ...] | None]]) -> dict[s
     return sizes
 
 
-def _groups(layers: list[tuple[str, str, str]], sizes: dict[str, int], budget: int) -> list[list[tuple[str, str, str]]]:
+def _groups(
+    layers: list[tuple[str, str, str]], sizes: dict[str, int], budget: int
+) -> list[list[tuple[str, str, str]]]:
     """Split (name, x, y) triples, in execution order, into groups of at most ``budget`` bytes."""
     default = max(sizes.values()) if sizes else 0
     groups: list[list[tuple[str, str, str]]] = []
@@ -191,16 +204,22 @@ class _Weights:
         if self.names:
             options.add_external_initializers(self.names, self.values)
         try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # noqa: BLE001
-            raise ProbeError(f"onnxruntime cannot load the model: {first_line(exc, type(exc).__name__)}") from None
+            raise ProbeError(
+                f"onnxruntime cannot load the model: {first_line(exc, type(exc).__name__)}"
+            ) from None
 
 
 def _run(session: Any, fetch: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
     try:
         return session.run(fetch, feed)
     except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"onnxruntime failed to run the model: {first_line(exc, type(exc).__name__)}") from None
+        raise ProbeError(
+            f"onnxruntime failed to run the model: {first_line(exc, type(exc).__name__)}"
+        ) from None
 
 
 class _Inputs:
@@ -220,8 +239,15 @@ class _Inputs:
         self.rng = np.random.default_rng(self.seed)
 
     def next(self) -> dict[str, np.ndarray]:
-        arrays = self.fixed if self.fixed is not None else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab, self.max_input_mib)
-        feed = {name: arr.astype(np.dtype(dtype), copy=False) for (name, _, dtype), arr in zip(self.specs, arrays)}
+        arrays = (
+            self.fixed
+            if self.fixed is not None
+            else random_inputs([(s, d) for _, s, d in self.specs], self.rng, self.vocab, self.max_input_mib)
+        )
+        feed = {
+            name: arr.astype(np.dtype(dtype), copy=False)
+            for (name, _, dtype), arr in zip(self.specs, arrays, strict=False)
+        }
         if not self.used:
             self.used = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in feed.values()]
         return feed
@@ -247,16 +273,22 @@ def probe_onnx(
     wanted = {layer.name: layer for layer in desc.layers}
     init_names = {t.name for t in model.graph.initializer}
     specs = _input_specs(model.graph, init_names, settings)
-    triples = [(layer.name, *layer.tensors) for layer in graph_desc.layers if layer.name in wanted and layer.tensors]
+    triples = [
+        (layer.name, *layer.tensors) for layer in graph_desc.layers if layer.name in wanted and layer.tensors
+    ]
     info = _infer(model, specs)
     batch = specs[0][1][0] if specs and specs[0][1] else 1
-    repeats = 1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
+    repeats = (
+        1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
+    )
 
     def collectors() -> dict[str, Collector]:
         ticker = Ticker(len(triples) * repeats, progress)
         return {
             name: Collector(
-                name, wanted[name].kind, (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output,
+                name,
+                wanted[name].kind,
+                (wanted[name].nonlinearity or "relu") == "relu" and not wanted[name].is_output,
                 ticker,
             )
             for name, _, _ in triples
@@ -273,7 +305,9 @@ def probe_onnx(
             strategy = "expose"
     if strategy == "expose":
         feeds = _Inputs(specs, desc, settings, inputs)
-        result = _probe_expose(model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes)
+        result = _probe_expose(
+            model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes
+        )
         extra = {t: Moments() for t in extra_tensors(desc)}
         _expose_extra(model, weights, feeds, repeats, extra)
     cols, runs = result
@@ -332,11 +366,26 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
             outs["max"] = f"{key}::max"
             if opset >= 18:
                 const = f"{key}::axes"
-                nodes.append(helper.make_node("Constant", [], [const], name=f"{key}::axes_c",
-                                              value=helper.make_tensor(const, TensorProto.INT64, [len(axes)], axes)))  # fmt: skip
-                nodes.append(helper.make_node("ReduceMax", [src, const], [outs["max"]], keepdims=0, name=f"{key}::rmax"))
+                nodes.append(
+                    helper.make_node(
+                        "Constant",
+                        [],
+                        [const],
+                        name=f"{key}::axes_c",
+                        value=helper.make_tensor(const, TensorProto.INT64, [len(axes)], axes),
+                    )
+                )
+                nodes.append(
+                    helper.make_node(
+                        "ReduceMax", [src, const], [outs["max"]], keepdims=0, name=f"{key}::rmax"
+                    )
+                )
             else:
-                nodes.append(helper.make_node("ReduceMax", [src], [outs["max"]], axes=axes, keepdims=0, name=f"{key}::rmax"))
+                nodes.append(
+                    helper.make_node(
+                        "ReduceMax", [src], [outs["max"]], axes=axes, keepdims=0, name=f"{key}::rmax"
+                    )
+                )
         reductions[tensor] = nodes
         model.graph.output.extend(onnx.ValueInfoProto(name=o) for o in outs.values())
         fetch_of[tensor] = outs
@@ -370,7 +419,7 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
     unmeasured: set[str] = set()
     for _ in range(repeats):
         feed = feeds.next()
-        values = dict(zip(fetch, _run(session, fetch, feed)))
+        values = dict(zip(fetch, _run(session, fetch, feed), strict=False))
         runs += 1
         for name, x, y in triples:
             c = collectors[name]
@@ -381,13 +430,21 @@ def _probe_reduce(model, weights, triples, info, feeds, collectors, repeats, ext
                 x_m = _reduced_moments(*(values[fetch_of[x][k]] for k in ("n", "sum", "sq")))
                 if x_m is None:
                     return None
-            y_m = _reduced_moments(*(values[fetch_of[y][k]] for k in ("n", "sum", "sq"))) if y in fetch_of else None
+            y_m = (
+                _reduced_moments(*(values[fetch_of[y][k]] for k in ("n", "sum", "sq")))
+                if y in fetch_of
+                else None
+            )
             if y in fetch_of and y_m is None:
                 return None
             peak = values.get(fetch_of[y]["max"]) if y in fetch_of and "max" in fetch_of[y] else None
             c.add(x_m, 0, y_m, 0, 0, np.asarray(peak) if peak is not None else None)
         for t in extra:  # block tensors: an untrustworthy sum leaves that block unmeasured, no fallback
-            m = _reduced_moments(*(values[fetch_of[t][k]] for k in ("n", "sum", "sq"))) if t in fetch_of else None
+            m = (
+                _reduced_moments(*(values[fetch_of[t][k]] for k in ("n", "sum", "sq")))
+                if t in fetch_of
+                else None
+            )
             if m is not None:
                 extra[t].merge_moments(m)
             else:
@@ -412,7 +469,7 @@ def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, gro
         feeds.restart()
         for _ in range(repeats):
             feed = feeds.next()
-            values = dict(zip(fetch, _run(session, fetch, feed)))
+            values = dict(zip(fetch, _run(session, fetch, feed), strict=False))
             runs += 1
             values.update(feed)
             for name, x, y in group:
@@ -431,7 +488,7 @@ def _expose_extra(model, weights, feeds, repeats, extra: dict[str, Moments]) -> 
     session = _session_with_outputs(model, weights, fetch)
     feeds.restart()
     for _ in range(repeats):
-        for t, value in zip(fetch, _run(session, fetch, feeds.next())):
+        for t, value in zip(fetch, _run(session, fetch, feeds.next()), strict=False):
             if np.asarray(value).dtype.kind == "f":
                 extra[t].merge_moments(fast_moments(np.asarray(value))[0])
 

@@ -19,10 +19,10 @@ from ..model import ModelDescription
 from ..stats import Moments, fast_moments
 from . import (
     Collector,
-    Progress,
     ProbeError,
     ProbeResult,
     ProbeSettings,
+    Progress,
     Ticker,
     default_vocab,
     extra_tensors,
@@ -32,10 +32,19 @@ from . import (
 
 # ATen op → (input arg index, weight arg index)
 _WEIGHTED_ATEN = {
-    "linear": (0, 1), "conv1d": (0, 1), "conv2d": (0, 1), "conv3d": (0, 1), "convolution": (0, 1),
-    "conv_transpose1d": (0, 1), "conv_transpose2d": (0, 1), "conv_transpose3d": (0, 1),
-    "embedding": (1, 0), "addmm": (1, 2), "mm": (0, 1), "matmul": (0, 1),
-}  # fmt: skip
+    "linear": (0, 1),
+    "conv1d": (0, 1),
+    "conv2d": (0, 1),
+    "conv3d": (0, 1),
+    "convolution": (0, 1),
+    "conv_transpose1d": (0, 1),
+    "conv_transpose2d": (0, 1),
+    "conv_transpose3d": (0, 1),
+    "embedding": (1, 0),
+    "addmm": (1, 2),
+    "mm": (0, 1),
+    "matmul": (0, 1),
+}
 
 
 def _np(t: Any) -> np.ndarray | None:
@@ -50,12 +59,16 @@ def _np(t: Any) -> np.ndarray | None:
     return t.cpu().numpy()
 
 
-def input_specs(desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None) -> list[tuple[tuple[int, ...], str]]:
+def input_specs(
+    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
+) -> list[tuple[tuple[int, ...], str]]:
     """Shapes and dtypes of the probe inputs: ``--input-shape``, a torch.export program's own
     example inputs, or inferred from the first weighted layer."""
     if settings.input_shapes:
         embedding_first = bool(desc.layers) and desc.layers[0].kind == "embedding"
-        dtype = "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
+        dtype = (
+            "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
+        )
         return [(shape, dtype) for shape in settings.input_shapes]
     if example:
         return [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in example]
@@ -66,12 +79,18 @@ def input_specs(desc: ModelDescription, settings: ProbeSettings, example: list[A
     return [(shape, "int64" if first.kind == "embedding" else settings.input_dtype)]
 
 
-def make_inputs(desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None) -> list[Any]:
+def make_inputs(
+    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
+) -> list[Any]:
     import torch
 
     specs = input_specs(desc, settings, example)
-    arrays = random_inputs(specs, np.random.default_rng(settings.seed), default_vocab(desc, settings), settings.max_input_mib)
-    return [torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs)]
+    arrays = random_inputs(
+        specs, np.random.default_rng(settings.seed), default_vocab(desc, settings), settings.max_input_mib
+    )
+    return [
+        torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs, strict=False)
+    ]
 
 
 def probe_torch(
@@ -116,7 +135,9 @@ def probe_torch(
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
             call = _interpreter(module, by_weight, settings.backward, extra).run
         else:
-            handles = [_hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers]
+            handles = [
+                _hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers
+            ]
             call = module
             if extra:  # residual blocks: run the fx graph so that functional adds can be measured
                 import torch.fx
@@ -126,7 +147,9 @@ def probe_torch(
             try:
                 output = call(*inputs)
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
-                raise ProbeError(f"the model's forward raised {type(exc).__name__}: {first_line(exc)}") from None
+                raise ProbeError(
+                    f"the model's forward raised {type(exc).__name__}: {first_line(exc)}"
+                ) from None
             if settings.backward:
                 _backward(output, module, settings.seed)
     finally:
@@ -164,7 +187,9 @@ def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
     return target.register_forward_hook(hook)
 
 
-def _interpreter(module: Any, by_weight: dict[str, Collector], backward: bool, extra: dict[str, Moments]) -> Any:
+def _interpreter(
+    module: Any, by_weight: dict[str, Collector], backward: bool, extra: dict[str, Moments]
+) -> Any:
     import torch.fx
 
     class StatsInterpreter(torch.fx.Interpreter):
@@ -201,7 +226,9 @@ def _backward(output: Any, module: Any, seed: int) -> None:
     if not outs:
         raise ProbeError("--backward: the model's output does not depend on its weights")
     rng = np.random.default_rng(seed + 1)
-    grads = [torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.dtype) for t in outs]
+    grads = [
+        torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.dtype) for t in outs
+    ]
     weights = [p for p in module.parameters() if p.requires_grad]
     torch.autograd.grad(outs, weights, grads, allow_unused=True)
 
@@ -257,13 +284,19 @@ def _probe_torchscript(
     from .onnx_backend import probe_onnx
 
     if settings.backward:
-        raise ProbeError("--backward is not available for TorchScript (no hooks); use a factory or torch.export")
+        raise ProbeError(
+            "--backward is not available for TorchScript (no hooks); use a factory or torch.export"
+        )
     inputs = make_inputs(desc, settings)
     buffer = io.BytesIO()
     try:
         torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)
     except Exception as exc:  # noqa: BLE001
-        raise ProbeError(f"cannot run the TorchScript model through ONNX for the probe: {first_line(exc)}") from None
-    result = probe_onnx(buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs], progress=progress)
+        raise ProbeError(
+            f"cannot run the TorchScript model through ONNX for the probe: {first_line(exc)}"
+        ) from None
+    result = probe_onnx(
+        buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs], progress=progress
+    )
     result.backend = "torchscript→onnx"
     return result
