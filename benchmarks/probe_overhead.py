@@ -65,8 +65,8 @@ def child(mode: str, args: argparse.Namespace) -> dict:
         import onnxruntime as ort
 
         from initdoctor.loaders.onnx_file import describe_onnx
-        from initdoctor.probe import ProbeSettings
         from initdoctor.probe.onnx_backend import probe_onnx
+        from initdoctor.settings import ProbeSettings
 
         path = Path(args.onnx)
         del model
@@ -86,8 +86,8 @@ def child(mode: str, args: argparse.Namespace) -> dict:
             op = lambda: probe_onnx(path, desc, settings)  # noqa: E731
     else:
         from initdoctor.loaders.torch_module import describe_module
-        from initdoctor.probe import ProbeSettings
         from initdoctor.probe.torch_backend import probe_torch
+        from initdoctor.settings import ProbeSettings
 
         if mode == "torch-plain":
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .inspector import Settings
     from .report import Report
+    from .settings import Settings
 
 __version__ = "0.7.0"
 
@@ -46,7 +46,7 @@ from .errors import InitDoctorError, InitializationError, InputError, SettingsEr
 def __getattr__(name: str) -> Any:
     """``Settings`` and ``Report`` on first use, so that ``initdoctor --help`` does not import numpy."""
     if name == "Settings":
-        from .inspector import Settings
+        from .settings import Settings
 
         return Settings
     if name == "Report":
@@ -126,8 +126,7 @@ def _split_settings(settings: dict[str, Any]) -> tuple[Settings, Any]:
     an unknown key is a :class:`SettingsError` naming it."""
     import dataclasses
 
-    from .inspector import Settings
-    from .probe import ProbeSettings
+    from .settings import ProbeSettings, Settings
 
     inspect_keys = {f.name for f in dataclasses.fields(Settings)}
     probe_keys = {f.name for f in dataclasses.fields(ProbeSettings)}

@@ -36,57 +36,12 @@ import fnmatch
 import math
 from dataclasses import asdict, dataclass
 
-from .errors import SettingsError
-from .gains import NONLINEARITIES, calculate_gain, expected_std
+from .gains import calculate_gain, expected_std
 from .model import Layer, ModelDescription, NormLayer
 from .probe import ProbeResult
 from .report import BlockFinding, LayerFinding, NormFinding, Report, Summary, worse
+from .settings import Settings
 from .stats import is_float_dtype
-
-MODES = ("fan_in", "fan_out")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Inspection settings (the CLI's options, the config keys of a later release)."""
-
-    nonlinearity: str = "relu"
-    negative_slope: float = 0.01
-    mode: str = "fan_in"
-    warn_threshold: float = 1.25
-    error_threshold: float = 4.0
-    compound_threshold: float = 16.0
-    probe_warn_threshold: float = 2.0
-    dead_threshold: float = 0.9
-    #: layer-name globs not judged (status ``skip``)
-    ignore: tuple[str, ...] = ()
-    #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
-    overrides: tuple[tuple[str, str, float | None], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.nonlinearity not in NONLINEARITIES:
-            raise SettingsError(
-                f"unknown nonlinearity {self.nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
-            )
-        if self.mode not in MODES:
-            raise SettingsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if not 1 < self.warn_threshold < self.error_threshold:
-            raise SettingsError(
-                "thresholds must satisfy 1 < warn_threshold < error_threshold, got "
-                f"{self.warn_threshold} and {self.error_threshold}"
-            )
-        if not self.compound_threshold > 1:
-            raise SettingsError(f"compound_threshold must be > 1, got {self.compound_threshold}")
-        if not self.probe_warn_threshold > 1:
-            raise SettingsError(f"probe_warn_threshold must be > 1, got {self.probe_warn_threshold}")
-        if not 0 < self.dead_threshold <= 1:
-            raise SettingsError(f"dead_threshold must be in (0, 1], got {self.dead_threshold}")
-        for pattern, nonlinearity, _ in self.overrides:
-            if nonlinearity not in NONLINEARITIES:
-                raise SettingsError(
-                    f"override {pattern!r}: unknown nonlinearity {nonlinearity!r}; valid: "
-                    f"{', '.join(NONLINEARITIES)}"
-                )
 
 
 def sampling_allowance(numel: int) -> float:

@@ -75,3 +75,29 @@ class ModelDescription:
     blocks: list[Block] = field(default_factory=list)
     #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
     stream_inputs: list[str] = field(default_factory=list)
+
+
+def infer_input_shape(
+    first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int
+) -> tuple[int, ...]:
+    """An input shape for a model whose first weighted layer is ``first_kind``.
+
+    Linear ``[out, in]`` and MatMul ``[in, out]`` (as stored) → ``[B, in]``; ConvNd ``[out, in/g, *k]`` →
+    ``[B, in, S…]`` with ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` →
+    ``[B, in, S…]``; Embedding → token ids ``[B, 16]``.
+    """
+    if first_kind in ("linear", "matmul"):
+        return (
+            batch,
+            first_shape[-1] if first_kind == "linear" else first_shape[0],
+        )  # matmul stores [in, out]
+    if first_kind == "embedding":
+        return (batch, 16)
+    rank = len(first_shape) - 2
+    side = {1: 64, 2: 32, 3: 16}.get(rank, 16)
+    channels = (
+        first_shape[1] * groups
+        if first_kind.startswith("conv") and "transpose" not in first_kind
+        else first_shape[0]
+    )
+    return (batch, channels) + (side,) * rank

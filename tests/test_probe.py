@@ -280,7 +280,7 @@ def test_probe_timeout_and_input_cap(tmp_path):
 def test_inferred_input_for_a_first_layer_stored_in_out():
     """A first layer whose weight is stored [in, out] (ONNX MatMul, Hugging Face Conv1D) takes
     inputs of width ``in``: the probe infers [B, 128] for a 128 → 512 layer."""
-    from initdoctor.probe import infer_input_shape
+    from initdoctor.model import infer_input_shape
 
     assert infer_input_shape("matmul", (128, 512), 1, 4) == (4, 128)
     assert infer_input_shape("linear", (512, 128), 1, 4) == (4, 128)

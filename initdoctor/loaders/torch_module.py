@@ -350,7 +350,7 @@ def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
     import torch
 
-    from ..probe import infer_input_shape
+    from ..model import infer_input_shape
 
     if not weighted:
         return None

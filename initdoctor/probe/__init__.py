@@ -34,46 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InitDoctorError, SettingsError
+from ..errors import InitDoctorError
+from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments, scan
-
-INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 
 
 class ProbeError(InitDoctorError):
     """The model could not be run: a forward that raises, inputs that do not fit."""
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """How the probe feeds the model. ``input_shapes`` empty: inferred (see :func:`infer_input_shape`)."""
-
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtype: str = "float32"
-    batch_size: int = 32
-    seed: int = 0
-    vocab_size: int | None = None
-    backward: bool = False
-    #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
-    #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
-    onnx_strategy: str = "reduce"
-    #: seconds the probe may run (0: no limit); a forward that never returns becomes a clear error
-    timeout: float = 0.0
-    #: most MiB of probe input the seeded batch may take (a clear error instead of a huge allocation)
-    max_input_mib: float = 1024.0
-    #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
-    group_bytes: int = 256 << 20
-
-    def __post_init__(self) -> None:
-        if self.input_dtype not in INPUT_DTYPES:
-            raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
-        if self.onnx_strategy not in ("reduce", "expose"):
-            raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
-        if self.batch_size < 1:
-            raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
-        for shape in self.input_shapes:
-            if not shape or any(d < 1 for d in shape):
-                raise SettingsError(f"input shape {shape} must be positive integers, e.g. 8,3,32,32")
 
 
 @dataclass
@@ -246,32 +213,6 @@ def default_vocab(desc: Any, settings: ProbeSettings) -> int | None:
         return settings.vocab_size
     tables = [layer.shape[0] for layer in desc.layers if layer.kind == "embedding"]
     return min(tables) if tables else None
-
-
-def infer_input_shape(
-    first_kind: str, first_shape: tuple[int, ...], groups: int, batch: int
-) -> tuple[int, ...]:
-    """An input shape for a model whose first weighted layer is ``first_kind``.
-
-    Linear ``[out, in]`` and MatMul ``[in, out]`` (as stored) → ``[B, in]``; ConvNd ``[out, in/g, *k]`` →
-    ``[B, in, S…]`` with ``S`` = 64 (1d), 32 (2d), 16 (3d); ConvTransposeNd ``[in, out/g, *k]`` →
-    ``[B, in, S…]``; Embedding → token ids ``[B, 16]``.
-    """
-    if first_kind in ("linear", "matmul"):
-        return (
-            batch,
-            first_shape[-1] if first_kind == "linear" else first_shape[0],
-        )  # matmul stores [in, out]
-    if first_kind == "embedding":
-        return (batch, 16)
-    rank = len(first_shape) - 2
-    side = {1: 64, 2: 32, 3: 16}.get(rank, 16)
-    channels = (
-        first_shape[1] * groups
-        if first_kind.startswith("conv") and "transpose" not in first_kind
-        else first_shape[0]
-    )
-    return (batch, channels) + (side,) * rank
 
 
 def run_probe(

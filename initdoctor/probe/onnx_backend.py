@@ -31,12 +31,12 @@ import numpy as np
 
 from ..errors import first_line
 from ..model import ModelDescription
+from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from . import (
     Collector,
     ProbeError,
     ProbeResult,
-    ProbeSettings,
     Progress,
     Ticker,
     default_vocab,

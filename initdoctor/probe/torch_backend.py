@@ -15,18 +15,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line
-from ..model import ModelDescription
+from ..model import ModelDescription, infer_input_shape
+from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from . import (
     Collector,
     ProbeError,
     ProbeResult,
-    ProbeSettings,
     Progress,
     Ticker,
     default_vocab,
     extra_tensors,
-    infer_input_shape,
     random_inputs,
 )
 

@@ -1,0 +1,92 @@
+"""Settings of the judgement (:class:`Settings`) and of the probe (:class:`ProbeSettings`).
+
+Every field has its default here; the command line and ``[tool.initdoctor]`` resolve to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SettingsError
+from .gains import NONLINEARITIES
+
+MODES = ("fan_in", "fan_out")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Inspection settings (the CLI's options, the config keys of a later release)."""
+
+    nonlinearity: str = "relu"
+    negative_slope: float = 0.01
+    mode: str = "fan_in"
+    warn_threshold: float = 1.25
+    error_threshold: float = 4.0
+    compound_threshold: float = 16.0
+    probe_warn_threshold: float = 2.0
+    dead_threshold: float = 0.9
+    #: layer-name globs not judged (status ``skip``)
+    ignore: tuple[str, ...] = ()
+    #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
+    overrides: tuple[tuple[str, str, float | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.nonlinearity not in NONLINEARITIES:
+            raise SettingsError(
+                f"unknown nonlinearity {self.nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
+            )
+        if self.mode not in MODES:
+            raise SettingsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if not 1 < self.warn_threshold < self.error_threshold:
+            raise SettingsError(
+                "thresholds must satisfy 1 < warn_threshold < error_threshold, got "
+                f"{self.warn_threshold} and {self.error_threshold}"
+            )
+        if not self.compound_threshold > 1:
+            raise SettingsError(f"compound_threshold must be > 1, got {self.compound_threshold}")
+        if not self.probe_warn_threshold > 1:
+            raise SettingsError(f"probe_warn_threshold must be > 1, got {self.probe_warn_threshold}")
+        if not 0 < self.dead_threshold <= 1:
+            raise SettingsError(f"dead_threshold must be in (0, 1], got {self.dead_threshold}")
+        for pattern, nonlinearity, _ in self.overrides:
+            if nonlinearity not in NONLINEARITIES:
+                raise SettingsError(
+                    f"override {pattern!r}: unknown nonlinearity {nonlinearity!r}; valid: "
+                    f"{', '.join(NONLINEARITIES)}"
+                )
+
+
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probe feeds the model. ``input_shapes`` empty: inferred
+    (see :func:`initdoctor.model.infer_input_shape`)."""
+
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtype: str = "float32"
+    batch_size: int = 32
+    seed: int = 0
+    vocab_size: int | None = None
+    backward: bool = False
+    #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
+    #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
+    onnx_strategy: str = "reduce"
+    #: seconds the probe may run (0: no limit); a forward that never returns becomes a clear error
+    timeout: float = 0.0
+    #: most MiB of probe input the seeded batch may take (a clear error instead of a huge allocation)
+    max_input_mib: float = 1024.0
+    #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
+    group_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        if self.input_dtype not in INPUT_DTYPES:
+            raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
+        if self.onnx_strategy not in ("reduce", "expose"):
+            raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
+        if self.batch_size < 1:
+            raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
+        for shape in self.input_shapes:
+            if not shape or any(d < 1 for d in shape):
+                raise SettingsError(f"input shape {shape} must be positive integers, e.g. 8,3,32,32")
