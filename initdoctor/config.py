@@ -1,29 +1,13 @@
 """``[tool.initdoctor]`` in ``pyproject.toml``: project defaults for the command line.
 
+The keys, their types and defaults come from the option table (:mod:`initdoctor.options`).
 Found like ruff and black find theirs: the closest ``pyproject.toml`` with a ``[tool.initdoctor]``
 table, walking up from the current folder. Keys are the long option names; precedence is
 command line > file > built-in defaults; an unknown key or a wrong type is an error naming it.
 
-=====================  ==========  =================================================================
-key                    type        meaning (the option of the same name)
-=====================  ==========  =================================================================
-nonlinearity           str         assumed where no graph shows one
-negative-slope         float       for leaky_relu
-mode                   str         fan_in | fan_out
-warn-threshold         float       per-layer variance band for warn
-error-threshold        float       per-layer variance band for error
-compound-threshold     float       chain product band
-fail-on                str         warn | error | never (``inspect``)
-probe                  bool        run the probe
-input-shape            [str]       probe input shapes, e.g. ["8,3,32,32"]
-input-dtype            str         probe input dtype
-batch-size             int         probe batch size
-seed                   int         probe seed
-vocab-size             int         token id range
-trust                  bool        allow code-executing formats
-ignore                 [str]       glob patterns of layer names not judged (status ``skip``)
-overrides              table       glob → {nonlinearity = "...", negative-slope = ...}
-=====================  ==========  =================================================================
+The keys are the options marked ``config`` in the table, with their types and defaults:
+``python -c "from initdoctor.options import CONFIG_KEYS; print(*CONFIG_KEYS)"`` lists them
+(``overrides`` maps a layer glob to ``{nonlinearity = "...", negative-slope = ...}``).
 
 Example::
 
@@ -41,26 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError
+from .options import BY_NAME, CONFIG_KEYS, OVERRIDE_KEYS, config_types, default
 
-KEYS: dict[str, tuple[type, ...]] = {
-    "nonlinearity": (str,),
-    "negative-slope": (int, float),
-    "mode": (str,),
-    "warn-threshold": (int, float),
-    "error-threshold": (int, float),
-    "compound-threshold": (int, float),
-    "fail-on": (str,),
-    "probe": (bool,),
-    "input-shape": (list,),
-    "input-dtype": (str,),
-    "batch-size": (int,),
-    "seed": (int,),
-    "vocab-size": (int,),
-    "trust": (bool,),
-    "ignore": (list,),
-    "overrides": (dict,),
-}
-OVERRIDE_KEYS = ("nonlinearity", "negative-slope")
+#: ``[tool.initdoctor]`` keys and the Python types their values may have (from the option table)
+KEYS: dict[str, tuple[type, ...]] = {name: config_types(option) for name, option in CONFIG_KEYS.items()}
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -111,3 +79,52 @@ def overrides_setting(table: dict[str, Any]) -> tuple[tuple[str, str, float | No
         )
         for pattern, o in table.get("overrides", {}).items()
     )
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"8,3,32,32"`` (or ``8x3x32x32``) → ``(8, 3, 32, 32)``."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(
+            f"--input-shape {text!r}: expected integers separated by commas, e.g. 8,3,32,32"
+        ) from None
+    if not shape:
+        raise SettingsError(f"--input-shape {text!r}: empty")
+    return shape
+
+
+def resolve(cli: dict[str, Any], start: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Command line > ``[tool.initdoctor]`` > defaults, for every config key.
+
+    ``cli`` holds a command's parameters by their Python names (``warn_threshold``); ``None`` or
+    ``[]`` means "not given". Returns (the library settings for :func:`initdoctor.diagnose`, by
+    field name; the resolved options by long name)."""
+    table, _ = load_config(start)
+    opts: dict[str, Any] = {}
+    for key, option in CONFIG_KEYS.items():
+        value = cli.get(option.param)
+        if value is None or value == []:
+            value = table.get(key, default(key))
+        opts[key] = value
+    settings: dict[str, Any] = {}
+    for key, value in opts.items():
+        field = BY_NAME[key].field
+        if field is None:
+            continue
+        if key == "input-shape":
+            value = tuple(
+                parse_shape(",".join(map(str, t)) if isinstance(t, list) else str(t)) for t in value
+            )
+        elif key == "ignore":
+            value = tuple(value)
+        elif key == "overrides":
+            value = overrides_setting({"overrides": value})
+        elif BY_NAME[key].type is float:
+            value = float(value)
+        elif BY_NAME[key].type is int and value is not None:
+            value = int(value)
+        settings[field] = value
+    if opts["fail-on"] not in BY_NAME["fail-on"].choices:
+        raise SettingsError(f"fail-on must be warn, error or never, got {opts['fail-on']!r}")
+    return settings, opts

@@ -9,22 +9,21 @@ from dataclasses import dataclass
 
 from .errors import SettingsError
 from .gains import NONLINEARITIES
-
-MODES = ("fan_in", "fan_out")
+from .options import INPUT_DTYPES, MODES, ONNX_STRATEGIES, default
 
 
 @dataclass(frozen=True)
 class Settings:
     """Inspection settings (the CLI's options, the config keys of a later release)."""
 
-    nonlinearity: str = "relu"
-    negative_slope: float = 0.01
-    mode: str = "fan_in"
-    warn_threshold: float = 1.25
-    error_threshold: float = 4.0
-    compound_threshold: float = 16.0
-    probe_warn_threshold: float = 2.0
-    dead_threshold: float = 0.9
+    nonlinearity: str = default("nonlinearity")
+    negative_slope: float = default("negative-slope")
+    mode: str = default("mode")
+    warn_threshold: float = default("warn-threshold")
+    error_threshold: float = default("error-threshold")
+    compound_threshold: float = default("compound-threshold")
+    probe_warn_threshold: float = default("probe-warn-threshold")
+    dead_threshold: float = default("dead-threshold")
     #: layer-name globs not judged (status ``skip``)
     ignore: tuple[str, ...] = ()
     #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
@@ -56,34 +55,31 @@ class Settings:
                 )
 
 
-INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
-
-
 @dataclass(frozen=True)
 class ProbeSettings:
     """How the probe feeds the model. ``input_shapes`` empty: inferred
     (see :func:`initdoctor.model.infer_input_shape`)."""
 
     input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtype: str = "float32"
-    batch_size: int = 32
-    seed: int = 0
-    vocab_size: int | None = None
-    backward: bool = False
+    input_dtype: str = default("input-dtype")
+    batch_size: int = default("batch-size")
+    seed: int = default("seed")
+    vocab_size: int | None = default("vocab-size")
+    backward: bool = default("backward")
     #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
     #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
-    onnx_strategy: str = "reduce"
+    onnx_strategy: str = default("onnx-strategy")
     #: seconds the probe may run (0: no limit); a forward that never returns becomes a clear error
-    timeout: float = 0.0
+    timeout: float = default("timeout")
     #: most MiB of probe input the seeded batch may take (a clear error instead of a huge allocation)
-    max_input_mib: float = 1024.0
+    max_input_mib: float = default("max-input-mib")
     #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
-    group_bytes: int = 256 << 20
+    group_bytes: int = default("group-bytes")
 
     def __post_init__(self) -> None:
         if self.input_dtype not in INPUT_DTYPES:
             raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
-        if self.onnx_strategy not in ("reduce", "expose"):
+        if self.onnx_strategy not in ONNX_STRATEGIES:
             raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
         if self.batch_size < 1:
             raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")

@@ -1,0 +1,174 @@
+"""The option table: every option of initdoctor stated once.
+
+Each :class:`Option` gives a name (the long CLI flag ``--name`` and the ``[tool.initdoctor]`` key),
+its type, default, help, the commands that take it, the library field it fills
+(:class:`~initdoctor.settings.Settings`, :class:`~initdoctor.settings.ProbeSettings` or a
+:func:`~initdoctor.api.fix_model` argument) and its valid values. Derived from it:
+
+* the typer options of every command (``cli.py`` builds each command's signature from it),
+* the config keys and their types (``config.py``), precedence command line > file > default,
+* the library defaults (the dataclass fields in ``settings.py`` read :func:`default`).
+
+Adding an option is one entry here (and the code that reads it). Where one flag has two meanings
+(``--fail-on`` in ``inspect`` vs ``fix``), there are two entries with the same ``flag``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Nonlinearities with a Kaiming gain (:func:`initdoctor.gains.calculate_gain` is the reference).
+NONLINEARITY_NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "linear")
+MODES = ("fan_in", "fan_out")
+INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
+FAIL_ON = ("warn", "error", "never")
+FORMATS = ("table", "json", "markdown")
+METHODS = ("kaiming", "lsuv", "reinit")
+ONNX_STRATEGIES = ("reduce", "expose")
+
+INSPECT, CHECK, COMPARE, FIX = "inspect", "check", "compare", "fix"
+MODEL_COMMANDS = (INSPECT, FIX)  # commands that take one model and the judgement's settings
+ALL_COMMANDS = (INSPECT, CHECK, COMPARE, FIX)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. ``type`` is the value's type (``list`` = repeatable, ``dict`` = a table);
+    ``choices`` are checked by the command line parser (other values are checked by the settings);
+    ``flag`` the CLI declaration when it is not ``--name`` (``"--probe/--no-probe"``);
+    ``field`` the library field it fills (None: read by the CLI itself); ``config``: a
+    ``[tool.initdoctor]`` key; ``cli_help``: a command's own wording of the help."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    commands: tuple[str, ...] = ()
+    field: str | None = None
+    config: bool = False
+    choices: tuple[str, ...] = ()
+    flag: str | None = None
+    short: str | None = None
+    cli_help: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name in a command's signature (``warn_threshold``; a command's own
+        variant ``fix-fail-on`` is ``fail_on``)."""
+        return self.name.removeprefix("fix-").removeprefix("check-").replace("-", "_")
+
+    def help_for(self, command: str) -> str:
+        return dict(self.cli_help).get(command, self.help)
+
+
+_PROBE_HELP = (
+    "Run a seeded random batch through the model (when it has a graph) and measure each layer's "
+    "activation variance [default: probe]."
+)
+
+OPTIONS: tuple[Option, ...] = (
+    # --- where the model comes from
+    Option("weights", Path, None, "State_dict or safetensors file to load into a factory's model.",
+           MODEL_COMMANDS),
+    Option("trust", bool, False, "Allow formats whose loading runs code from the file: full pickles, "
+           "TorchScript, torch.export.", ALL_COMMANDS, config=True, flag="--trust/--no-trust"),
+    Option("model-factory", str, None, "Factory package.module:function that builds the model whose weights "
+           "MODEL holds (gives a state_dict a graph to probe).", MODEL_COMMANDS, flag="--model"),
+    # --- the judgement (Settings)
+    Option("nonlinearity", str, "relu", "Nonlinearity assumed after each layer where no graph shows it: "
+           + ", ".join(NONLINEARITY_NAMES) + ".", MODEL_COMMANDS, "nonlinearity", True),
+    Option("negative-slope", float, 0.01, "Slope for --nonlinearity leaky_relu.", MODEL_COMMANDS,
+           "negative_slope", True),
+    Option("mode", str, "fan_in", "fan_in keeps the forward signal (He eq. 10), fan_out the backward one "
+           "(eq. 14).", MODEL_COMMANDS, "mode", True, MODES),
+    Option("warn-threshold", float, 1.25, "Variance factor beyond which a layer warns (either way).",
+           MODEL_COMMANDS, "warn_threshold", True),
+    Option("error-threshold", float, 4.0, "Variance factor beyond which a layer is an error.", MODEL_COMMANDS,
+           "error_threshold", True),
+    Option("compound-threshold", float, 16.0, "Variance factor over the whole chain of hidden layers beyond "
+           "which the model is an error.", MODEL_COMMANDS, "compound_threshold", True),
+    Option("probe-warn-threshold", float, 2.0, "Measured variance ratio beyond which a Kaiming layer warns "
+           "(finite-width fluctuation).", (), "probe_warn_threshold"),
+    Option("dead-threshold", float, 0.9, "Fraction of ReLU units zero for the whole batch beyond which a "
+           "layer warns.", (), "dead_threshold"),
+    Option("ignore", list, [], "Layer-name globs not judged (status skip).", (), "ignore", True),
+    Option("overrides", dict, {}, "glob → {nonlinearity, negative-slope}: the nonlinearity of matching "
+           "layers.", (), "overrides", True),
+    # --- the probe (ProbeSettings)
+    Option("probe", bool, True, _PROBE_HELP, (INSPECT, COMPARE, FIX), config=True, flag="--probe/--no-probe",
+           cli_help=((COMPARE, "Probe both (when they have a graph) [default: probe]."),
+                     (FIX, "Probe the written model to check the fix (when it has a graph) [default: probe]; "
+                      "--no-probe checks it statically, without running it."))),
+    Option("check-probe", bool, False, "Also run the probe (slower; static by default here).", (CHECK,),
+           flag="--probe/--no-probe"),
+    Option("input-shape", list, [], "Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: "
+           "the ONNX graph's, else inferred from the first layer.", MODEL_COMMANDS, "input_shapes", True),
+    Option("input-dtype", str, "float32", "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ".",
+           MODEL_COMMANDS, "input_dtype", True),  # validated by ProbeSettings (its message), not by click
+    Option("batch-size", int, 32, "Probe batch size (fills a dynamic batch dimension).", MODEL_COMMANDS,
+           "batch_size", True),
+    Option("seed", int, 0, "Seed of the probe's inputs (and of --method reinit): the same seed gives the "
+           "same result.", MODEL_COMMANDS, "seed", True),
+    Option("vocab-size", int, None, "Range of integer (token id) inputs; default: the smallest embedding "
+           "table.", MODEL_COMMANDS, "vocab_size", True),
+    Option("backward", bool, False, "Also run one backward pass and report gradient variance per layer "
+           "(torch models).", (INSPECT,), "backward", flag="--backward"),
+    Option("timeout", float, 0.0, "Seconds the probe may run (0: no limit).", (INSPECT,), "timeout"),
+    Option("max-input-mib", float, 1024.0, "Largest probe batch, in MiB.", (INSPECT,), "max_input_mib"),
+    Option("onnx-strategy", str, "reduce", "ONNX: reduce adds reduction nodes to the graph (memory ≈ plain "
+           "inference, one run); expose fetches the intermediate tensors in groups.", (), "onnx_strategy",
+           choices=ONNX_STRATEGIES),
+    Option("group-bytes", int, 256 << 20, "ONNX expose strategy: most bytes of intermediate tensors fetched "
+           "per onnxruntime run.", (), "group_bytes"),
+    # --- output
+    Option("plot", Path, None, "Write a PNG of activation variance across depth (needs the 'plot' extra: "
+           "matplotlib).", (INSPECT,)),
+    Option("fail-on", str, "error", "Lowest status that makes the exit code 1.", (INSPECT, CHECK),
+           config=True, choices=FAIL_ON),
+    Option("format", str, "table", "Output format.", (INSPECT, COMPARE, FIX), choices=FORMATS, short="-f",
+           cli_help=((COMPARE, "table or json."), (FIX, "Output format (table or json)."))),
+    Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT,), short="-o"),
+    Option("quiet", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--quiet", short="-q"),
+    # --- fix
+    Option("fix-output", Path, None, "Where to write the repaired model, in MODEL's own format (a folder "
+           "for a sharded checkpoint; a state_dict for a factory).", (FIX,), flag="--output", short="-o"),
+    Option("method", str, "kaiming", "kaiming: rescale W to the Kaiming std; lsuv: rescale until the "
+           "measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
+           choices=METHODS),
+    Option("fix-fail-on", str, "warn", "Fix the layers whose status reaches this (kaiming, reinit).", (FIX,),
+           choices=FAIL_ON, flag="--fail-on"),
+    Option("all-layers", bool, False, "Fix every weighted layer.", (FIX,), flag="--all"),
+    Option("zero-bias", bool, False, "Also set the fixed layers' biases to zero.", (FIX,),
+           flag="--zero-bias"),
+    Option("tol", float, 0.05, "lsuv: stop when |variance ratio - 1| < tol.", (FIX,)),
+    Option("max-iter", int, 10, "lsuv: most iterations per layer.", (FIX,)),
+    Option("in-place", bool, False, "Overwrite MODEL, keeping MODEL.bak first.", (FIX,), flag="--in-place"),
+    Option("dry-run", bool, False, "Print what would change; write nothing.", (FIX,), flag="--dry-run"),
+    Option("check", bool, False, "CI mode: exit 1 and list the layers if a fix would change anything; write "
+           "nothing.", (FIX,), flag="--check"),
+    Option("debug", bool, False, "Show tracebacks.", ALL_COMMANDS, flag="--debug/--no-debug"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+#: ``[tool.initdoctor]`` keys (kebab-case) → their options
+CONFIG_KEYS: dict[str, Option] = {o.name: o for o in OPTIONS if o.config}
+#: keys of one ``overrides`` entry
+OVERRIDE_KEYS = ("nonlinearity", "negative-slope")
+
+
+def default(name: str) -> Any:
+    """The built-in default of option ``name`` (a fresh copy for lists and tables)."""
+    value = BY_NAME[name].default
+    return type(value)(value) if isinstance(value, (list, dict)) else value
+
+
+def for_command(command: str) -> list[Option]:
+    """The options ``command`` takes, in table order."""
+    return [o for o in OPTIONS if command in o.commands]
+
+
+def config_types(option: Option) -> tuple[type, ...]:
+    """Python types a ``[tool.initdoctor]`` value of ``option`` may have (TOML ints are floats too)."""
+    return (int, float) if option.type is float else (option.type,)
