@@ -118,7 +118,7 @@ def _source(model: str, model_factory: str | None, weights: Path | None) -> tupl
 @command("inspect")
 def inspect_(model: ModelArg, **opts: Any) -> None:
     """Report, per weighted layer, how far its weights are from Kaiming initialization."""
-    from . import diagnose
+    from .api import diagnose
     from .render import ProgressBar
 
     with _errors(opts["debug"]):
@@ -150,7 +150,7 @@ def check(
     **opts: Any,
 ) -> None:
     """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
-    from . import diagnose
+    from .api import diagnose
 
     worst = 0
     with _errors(opts["debug"]):
@@ -171,7 +171,7 @@ def compare(
     **opts: Any,
 ) -> None:
     """Two reports side by side with per-layer deltas (before/after fix, torch vs its ONNX export)."""
-    from . import diagnose
+    from .api import diagnose
     from .render import compare_rows, render_compare
 
     with _errors(opts["debug"]):
@@ -196,7 +196,7 @@ def compare(
 @command("fix")
 def fix(model: ModelArg, **opts: Any) -> None:
     """Rescale (or redraw) drifting layers and write the repaired model, never touching the input."""
-    from .fix import fix_model
+    from .api import fix_model
     from .render import ProgressBar
 
     with _errors(opts["debug"]):

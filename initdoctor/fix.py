@@ -19,7 +19,6 @@ Biases are left alone unless ``zero_bias``; normalization layers are never touch
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InitDoctorError, SettingsError
+from .errors import SettingsError
+from .options import METHODS
 from .report import Report, at_least
-
-METHODS = ("kaiming", "lsuv", "reinit")
 
 
 @dataclass
@@ -173,99 +171,3 @@ def _lsuv_layer(
         total *= step
     change.factor = total
     change.new_std = editable.std(change.weight_key)
-
-
-def fix_model(
-    source: Any,
-    *,
-    method: str = "kaiming",
-    output: str | Path | None = None,
-    in_place: bool = False,
-    dry_run: bool = False,
-    fail_on: str = "warn",
-    all_layers: bool = False,
-    zero_bias: bool = False,
-    tol: float = 0.05,
-    max_iter: int = 10,
-    seed: int = 0,
-    trust: bool = False,
-    weights: Any = None,
-    probe: bool = True,
-    progress: Any = None,
-    **settings: Any,
-) -> FixResult:
-    """Plan and apply a repair. An in-memory ``nn.Module`` is changed in place; a file is written to
-    ``output`` (or, with ``in_place``, over itself after a ``.bak`` copy) in its own format, then
-    reloaded and re-inspected (``result.after``; probed when the output has a graph, unless
-    ``probe=False``). ``dry_run`` plans only. ``progress``: a ``progress(done, total)`` callback,
-    or an object with ``phase(label)`` giving one per phase (the CLI's bar). ``settings`` are
-    :func:`initdoctor.diagnose` settings (nonlinearity, thresholds, probe inputs)."""
-    from . import _is_torch_module, _split_settings, load
-    from .fileio import backup
-    from .inspector import inspect_description
-    from .loaders.editable import TorchModule, open_editable
-    from .probe import run_probe
-
-    if method not in METHODS:
-        raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if not 0 < tol < 1:
-        raise SettingsError(f"tol must be in (0, 1), got {tol}")
-    if method == "lsuv" and not probe:
-        raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
-    inspect_settings, probe_settings = _split_settings(settings)
-    phase = getattr(progress, "phase", None)
-    loaded = load(source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None)
-    in_memory = _is_torch_module(source)
-    probed = None
-    if method == "lsuv":
-        if loaded.runnable is None:
-            raise InitDoctorError(
-                f"--method lsuv needs a graph to run; a {loaded.description.format} file has none "
-                "(give the model's factory with --model, or use --method kaiming)"
-            )
-        probed = run_probe(loaded, probe_settings)
-    before = inspect_description(loaded.description, inspect_settings, probed)
-    changes, skipped = plan(before, method, fail_on, all_layers, tol)
-    result = FixResult(changes, skipped, before)
-    if dry_run or not changes:
-        return result
-    if not in_memory and output is None and not in_place:
-        raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
-    editable = (
-        TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
-    )
-    gains = {f.name: f.gain for f in before.layers}
-    apply(
-        editable,
-        changes,
-        zero_bias=zero_bias,
-        seed=seed,
-        progress=phase("fixing layers") if phase else progress,
-        lsuv={
-            "loaded": loaded,
-            "probe_settings": probe_settings,
-            "gains": gains,
-            "tol": tol,
-            "max_iter": max_iter,
-        },
-    )
-    run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
-    if in_memory or loaded.description.format == "factory":
-        target = editable.model
-    else:
-        dst = Path(source) if in_place else Path(output)
-        if in_place:
-            if Path(source).is_dir() or loaded.description.format == "safetensors-sharded":
-                raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
-            result.backup = backup(Path(source))
-        target = editable.save(dst)
-        result.output = target
-    if loaded.description.format == "factory" and not in_memory:
-        result.output = Path(editable.save(Path(output))) if output else None
-    after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
-    from . import diagnose
-
-    result.after = diagnose(
-        target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
-    )
-    return result

@@ -115,7 +115,8 @@ OPTIONS: tuple[Option, ...] = (
            "table.", MODEL_COMMANDS, "vocab_size", True),
     Option("backward", bool, False, "Also run one backward pass and report gradient variance per layer "
            "(torch models).", (INSPECT,), "backward", flag="--backward"),
-    Option("timeout", float, 0.0, "Seconds the probe may run (0: no limit).", (INSPECT,), "timeout"),
+    Option("timeout", float, 0.0, "Seconds loading and probing may run (0: no limit).", MODEL_COMMANDS,
+           "timeout"),
     Option("max-input-mib", float, 1024.0, "Largest probe batch, in MiB.", (INSPECT,), "max_input_mib"),
     Option("onnx-strategy", str, "reduce", "ONNX: reduce adds reduction nodes to the graph (memory ≈ plain "
            "inference, one run); expose fetches the intermediate tensors in groups.", (), "onnx_strategy",

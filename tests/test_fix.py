@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -562,3 +563,23 @@ def test_fix_reports_progress_per_phase(tmp_path):
     assert recorder.seen["reading weights"][0] == recorder.seen["reading weights"][1] > 0
     proc = run_cli("fix", str(src), "-o", str(tmp_path / "q.safetensors"), "--quiet", "--format", "json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["written"] is True
+
+
+def test_fix_timeout_bounds_loading_and_probing(tmp_path):
+    """``fix --timeout`` bounds the factory's own code (building, tracing) and the probe, as
+    ``inspect --timeout`` does (0.7.0 ran fix's load and probe without the limit)."""
+    (tmp_path / "slow.py").write_text(
+        "import time\nfrom torch import nn\n"
+        "def hangs_when_built():\n    while True:\n        time.sleep(0.01)\n"
+        "class Slow(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n        while True:\n            time.sleep(0.01)\n"
+        "def hangs_in_forward():\n    return Slow()\n"
+    )
+    message = "initdoctor: error: the model's code did not finish within 1 s (--timeout): its forward hangs"
+    for factory, extra in (("slow:hangs_when_built", ()), ("slow:hangs_in_forward", ("--method", "lsuv"))):
+        started = time.monotonic()
+        proc = run_cli("fix", factory, "--timeout", "1", "--dry-run", *extra, cwd=tmp_path)
+        assert proc.returncode == 2, (factory, proc.stderr)
+        assert proc.stderr.strip() == message, factory
+        assert time.monotonic() - started < 60, factory

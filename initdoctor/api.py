@@ -1,0 +1,288 @@
+"""The pipeline: load → probe → judge, in one place for every entry point.
+
+:func:`diagnose`, :func:`assert_healthy_init`, :func:`fix_model` and the ``check``/``inspect``
+commands all run :func:`run`: the model is read (:mod:`initdoctor.formats`), a seeded batch is
+run through it when it has a graph (:mod:`initdoctor.probe`), and every layer is judged
+(:mod:`initdoctor.checks`). The time limit and the progress display are applied here, once.
+
+The time limit is a ``SIGALRM`` timer. It is used only where it is safe: on the main thread, when
+``SIGALRM`` has no handler of the user's and no timer is pending; otherwise the run is unbounded
+and the report says so in a note (training loops, callbacks and torch.distributed ranks keep their
+own signals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InitDoctorError, InitializationError, SettingsError
+from .options import default
+
+if TYPE_CHECKING:
+    from .fix import FixResult
+    from .loaders import LoadedModel
+    from .probe import ProbeResult
+    from .report import Report
+    from .settings import ProbeSettings, Settings
+
+
+@dataclass
+class Run:
+    """What one pass of the pipeline produced."""
+
+    loaded: LoadedModel
+    probe: ProbeResult | None
+    report: Report
+
+
+def is_torch_module(obj: Any) -> bool:
+    """True for an in-memory ``torch.nn.Module`` (without importing torch when nobody has)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None) -> LoadedModel:
+    """Read a model into a :class:`~initdoctor.formats.LoadedModel` (description + runnable).
+
+    ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
+    ``torch.nn.Module``.
+    """
+    from .loaders import LoadedModel
+    from .loaders import load as load_file
+
+    if is_torch_module(source):
+        from .loaders.torch_module import describe_module_graph
+
+        return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
+    return load_file(source, trust=trust, weights=weights, progress=progress)
+
+
+def describe(source: Any, *, trust: bool = False, weights: Any = None) -> Any:
+    """Read a model into a :class:`~initdoctor.model.ModelDescription` (no tensors kept)."""
+    return load(source, trust=trust, weights=weights).description
+
+
+def split_settings(settings: dict[str, Any]) -> tuple[Settings, ProbeSettings]:
+    """Route keyword settings to :class:`Settings` and :class:`ProbeSettings`; an unknown key is a
+    :class:`SettingsError` naming it."""
+    from .settings import ProbeSettings, Settings
+
+    inspect_keys = {f.name for f in dataclasses.fields(Settings)}
+    probe_keys = {f.name for f in dataclasses.fields(ProbeSettings)}
+    unknown = sorted(set(settings) - inspect_keys - probe_keys)
+    if unknown:
+        valid = ", ".join(sorted(inspect_keys | probe_keys))
+        raise SettingsError(f"unknown setting {unknown[0]!r}; valid: {valid}")
+    return (
+        Settings(**{k: v for k, v in settings.items() if k in inspect_keys}),
+        ProbeSettings(**{k: v for k, v in settings.items() if k in probe_keys}),
+    )
+
+
+def run(
+    source: Any,
+    inspect_settings: Settings,
+    probe_settings: ProbeSettings,
+    *,
+    trust: bool = False,
+    weights: Any = None,
+    probe: bool = False,
+    progress: Any = None,
+    example_inputs: Any = None,
+    need_graph: str | None = None,
+) -> Run:
+    """Load ``source``, probe it (``probe`` and a graph), judge it. The time limit
+    (``probe_settings.timeout``) bounds loading and probing: both run the model's code (tracing a
+    factory, a TorchScript file). ``need_graph``: the message of the error raised when the probe is
+    asked for and the model has no graph (default: a note, and a static judgement)."""
+    from .inspector import inspect_description
+    from .probe import run_probe, time_limit
+
+    result = None
+    notes: list[str] = []
+    phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
+    with time_limit(probe_settings.timeout):
+        loaded = load(
+            source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
+        )
+        if probe and loaded.runnable is None:
+            if need_graph:
+                raise InitDoctorError(need_graph.format(format=loaded.description.format))
+            notes.append(
+                f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
+                "give the model's factory (--model pkg.mod:fn) to measure activations"
+            )
+        elif probe:
+            result = run_probe(loaded, probe_settings, progress, example_inputs)
+    report = inspect_description(loaded.description, inspect_settings, result)
+    report.notes.extend(notes)
+    return Run(loaded, result, report)
+
+
+def diagnose(
+    source: Any,
+    *,
+    trust: bool = False,
+    weights: Any = None,
+    probe: bool = False,
+    progress: Any = None,
+    example_inputs: Any = None,
+    **settings: Any,
+) -> Report:
+    """Inspect ``source`` and return a :class:`~initdoctor.report.Report`.
+
+    ``probe=True`` also runs a seeded random batch through the model (see :mod:`initdoctor.probe`)
+    when it has a graph; a bare state_dict/safetensors file stays static-only, with a note.
+    ``settings`` are :class:`~initdoctor.settings.Settings` fields (``nonlinearity``, ``mode``,
+    thresholds…) and :class:`~initdoctor.settings.ProbeSettings` fields (``input_shapes``,
+    ``batch_size``, ``seed``, ``vocab_size``, ``backward``, ``input_dtype``, ``timeout``).
+    ``progress(done, total)`` is told of the probe's progress. ``example_inputs`` (a tensor or a
+    tuple of tensors) replaces the seeded random batch for a torch model.
+    """
+    inspect_settings, probe_settings = split_settings(settings)
+    return run(
+        source,
+        inspect_settings,
+        probe_settings,
+        trust=trust,
+        weights=weights,
+        probe=probe,
+        progress=progress,
+        example_inputs=example_inputs,
+    ).report
+
+
+def assert_healthy_init(
+    model: Any,
+    example_inputs: Any = None,
+    *,
+    fail_on: str = "error",
+    probe: bool | None = None,
+    **settings: Any,
+) -> Report:
+    """Raise :class:`~initdoctor.errors.InitializationError` when ``model``'s initialization has
+    findings at or above ``fail_on`` — for users' own test suites and a pre-training check::
+
+        def test_init():
+            initdoctor.assert_healthy_init(build_model())
+
+    The probe runs when ``example_inputs`` are given (or ``probe=True``). Returns the report.
+    """
+    probe = bool(example_inputs is not None) if probe is None else probe
+    report = diagnose(model, probe=probe, example_inputs=example_inputs, **settings)
+    if report.exit_code(fail_on):
+        failing = report.failing(fail_on)
+        lines = [f"  {f.name} ({f.status}): {f.message}" for f in failing[:20]]
+        more = f"\n  … and {len(failing) - 20} more" if len(failing) > 20 else ""
+        raise InitializationError(
+            f"initialization check failed: {report.summary.message}\n" + "\n".join(lines) + more, report
+        )
+    return report
+
+
+def fix_model(
+    source: Any,
+    *,
+    method: str = default("method"),
+    output: str | Path | None = None,
+    in_place: bool = False,
+    dry_run: bool = False,
+    fail_on: str = default("fix-fail-on"),
+    all_layers: bool = False,
+    zero_bias: bool = False,
+    tol: float = default("tol"),
+    max_iter: int = default("max-iter"),
+    seed: int = default("seed"),
+    trust: bool = False,
+    weights: Any = None,
+    probe: bool = True,
+    progress: Any = None,
+    **settings: Any,
+) -> FixResult:
+    """Plan and apply a repair (:mod:`initdoctor.fix`). An in-memory ``nn.Module`` is changed in
+    place; a file is written to ``output`` (or, with ``in_place``, over itself after a ``.bak``
+    copy) in its own format, then reloaded and re-inspected (``result.after``; probed when the
+    output has a graph, unless ``probe=False``). ``dry_run`` plans only. ``progress``: a
+    ``progress(done, total)`` callback, or an object with ``phase(label)`` giving one per phase (the
+    CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
+    ``timeout``: it bounds loading and probing, before and after the fix)."""
+    from .fileio import backup
+    from .fix import METHODS, FixResult, apply, plan
+    from .loaders.editable import TorchModule, open_editable
+
+    if method not in METHODS:
+        raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if not 0 < tol < 1:
+        raise SettingsError(f"tol must be in (0, 1), got {tol}")
+    if method == "lsuv" and not probe:
+        raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
+    inspect_settings, probe_settings = split_settings(settings)
+    phase = getattr(progress, "phase", None)
+    needs = (
+        "--method lsuv needs a graph to run; a {format} file has none "
+        "(give the model's factory with --model, or use --method kaiming)"
+    )
+    first = run(
+        source,
+        inspect_settings,
+        probe_settings,
+        trust=trust,
+        weights=weights,
+        probe=method == "lsuv",
+        progress=_phases_only(progress),
+        need_graph=needs,
+    )
+    loaded, before = first.loaded, first.report
+    in_memory = is_torch_module(source)
+    changes, skipped = plan(before, method, fail_on, all_layers, tol)
+    result = FixResult(changes, skipped, before)
+    if dry_run or not changes:
+        return result
+    if not in_memory and output is None and not in_place:
+        raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
+    editable = (
+        TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
+    )
+    gains = {f.name: f.gain for f in before.layers}
+    lsuv = {
+        "loaded": loaded,
+        "probe_settings": probe_settings,
+        "gains": gains,
+        "tol": tol,
+        "max_iter": max_iter,
+    }
+    apply(
+        editable,
+        changes,
+        zero_bias=zero_bias,
+        seed=seed,
+        progress=phase("fixing layers") if phase else progress,
+        lsuv=lsuv,
+    )
+    run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
+    if in_memory or loaded.description.format == "factory":
+        target = editable.model
+    else:
+        dst = Path(source) if in_place else Path(output)  # type: ignore[arg-type]  # checked above
+        if in_place:
+            if Path(source).is_dir() or loaded.description.format == "safetensors-sharded":
+                raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
+            result.backup = backup(Path(source))
+        target = editable.save(dst)
+        result.output = target
+    if loaded.description.format == "factory" and not in_memory:
+        result.output = Path(editable.save(Path(output))) if output else None
+    after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
+    result.after = diagnose(
+        target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
+    )
+    return result
+
+
+def _phases_only(progress: Any) -> Any:
+    """The progress object when it has phases (the CLI's bar); a bare callback is for the fix."""
+    return progress if getattr(progress, "phase", None) else None
