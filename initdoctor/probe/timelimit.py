@@ -94,13 +94,12 @@ class time_limit:
             signal.signal(signal.SIGALRM, self.previous)
             self.installed = False
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             self._disarm()
         except _Timeout:  # the one-shot timer fired as the body ended: it did end, put things back
             self._disarm()
-        if isinstance(exc, _Timeout):
+        if isinstance(exc, _Timeout) and self.status.enforced:  # ours, not an outer limit's
             raise ProbeError(
                 f"the model's code did not finish within {self.seconds:g} s (--timeout): its forward hangs"
             ) from None
-        return False
