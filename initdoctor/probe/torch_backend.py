@@ -18,16 +18,9 @@ from ..errors import first_line
 from ..model import ModelDescription, infer_input_shape
 from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
-from . import (
-    Collector,
-    ProbeError,
-    ProbeResult,
-    Progress,
-    Ticker,
-    default_vocab,
-    extra_tensors,
-    random_inputs,
-)
+from .collector import Collector, Ticker
+from .inputs import default_vocab, extra_tensors, random_inputs
+from .types import ProbeError, ProbeResult, Progress
 
 # ATen op → (input arg index, weight arg index)
 _WEIGHTED_ATEN = {

@@ -1,0 +1,52 @@
+"""Which backend runs a loaded model: onnxruntime for ONNX, torch for everything else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..settings import ProbeSettings
+from .types import ProbeError, ProbeResult, Progress
+
+
+def run_probe(
+    loaded: Any, settings: ProbeSettings, progress: Progress | None = None, example_inputs: Any = None
+) -> ProbeResult:
+    """Probe a :class:`~initdoctor.loaders.LoadedModel`. Raises :class:`ProbeError` when the model
+    has no graph to run or its forward fails. ``progress(done, total)`` is told of each measured
+    layer call."""
+    if loaded.runnable is None:
+        raise ProbeError(
+            f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
+            "to run; give the model's factory (--model pkg.mod:fn --weights FILE) to probe it"
+        )
+    result = _dispatch(loaded, settings, progress, example_inputs)
+    result.seed, result.backward = settings.seed, settings.backward
+    return result
+
+
+def _dispatch(
+    loaded: Any, settings: ProbeSettings, progress: Progress | None, example_inputs: Any
+) -> ProbeResult:
+    if loaded.backend == "onnx":
+        from .onnx_backend import probe_onnx
+
+        if settings.backward:
+            raise ProbeError(
+                "--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)"
+            )
+        inputs = None
+        if example_inputs is not None:
+            inputs = [
+                np.asarray(x)
+                for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])
+            ]
+        result = probe_onnx(loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress)
+    else:
+        from .torch_backend import probe_torch
+
+        result = probe_torch(
+            loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs
+        )
+    return result
