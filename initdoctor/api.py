@@ -105,7 +105,7 @@ def run(
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout):
+    with time_limit(probe_settings.timeout) as limit:
         loaded = load(
             source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
         )
@@ -120,6 +120,8 @@ def run(
             result = run_probe(loaded, probe_settings, progress, example_inputs)
     report = inspect_description(loaded.description, inspect_settings, result)
     report.notes.extend(notes)
+    if probe_settings.timeout and not limit.enforced:
+        report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
     return Run(loaded, result, report)
 
 

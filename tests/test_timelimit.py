@@ -117,3 +117,24 @@ def test_nested_limit_leaves_the_outer_one_in_charge():
         _slow(5.0)
     assert (outer.enforced, inner.enforced, inner.reason) == (True, False, "SIGALRM already has a handler")
     assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+
+def test_diagnose_off_the_main_thread_says_the_limit_was_not_enforced():
+    """In a worker thread (a training callback, a torch.distributed helper) diagnose runs, and the
+    report says that its time limit could not be enforced."""
+    import threading
+
+    import initdoctor
+    from examples.models import plain_mlp
+
+    reports = []
+    thread = threading.Thread(
+        target=lambda: reports.append(initdoctor.diagnose(plain_mlp(depth=3, width=8), timeout=5.0))
+    )
+    thread.start()
+    thread.join(60)
+    (report,) = reports
+    assert report.notes[-1] == "time limit of 5 s not enforced: not on the main thread"
+    assert report.summary.ok + report.summary.warn + report.summary.error == 3
+    on_main = initdoctor.diagnose(plain_mlp(depth=3, width=8), timeout=5.0)
+    assert not any("not enforced" in note for note in on_main.notes)
