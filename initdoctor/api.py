@@ -267,6 +267,7 @@ def fix_model(
     )
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
     if in_memory or loaded.description.format == "factory":
+        assert isinstance(editable, TorchModule)  # the twin of an in-memory module or a factory's
         target = editable.model
     else:
         dst = Path(source) if in_place else Path(output)  # type: ignore[arg-type]  # checked above

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -63,9 +63,9 @@ def _parameter(option: Option, command: str) -> inspect.Parameter:
     Configurable options default to ``None`` ("not given") so that the config file can fill them."""
     decls = [option.flag or f"--{option.name}", *([option.short] if option.short else [])]
     extra: dict[str, Any] = {}
-    value_type: Any = {list: list[str], dict: str}.get(option.type, option.type)
+    value_type: Any = list[str] if option.type is list else str if option.type is dict else option.type
     if option.choices:  # click checks them: an Enum of the valid values, passed on as plain strings
-        value_type = StrEnum(option.param, {choice: choice for choice in option.choices})
+        value_type = cast(Any, StrEnum)(option.param, {choice: choice for choice in option.choices})
     configurable = option.config and option.name in CONFIG_KEYS
     if configurable:
         extra["show_default"] = False if option.type is bool else _shown(option.default)
@@ -99,7 +99,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     return register
 
 
-def _library_settings(command_name: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _library_settings(command_name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Resolve ``opts`` (a command's parameters): the library settings and the resolved options."""
     from .config import resolve
 
@@ -269,11 +269,9 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)):
-            return False
-        if self.debug:
-            return False
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)) or self.debug:
+            return
         if isinstance(exc, InitDoctorError):
             message = str(exc)
         elif isinstance(exc, OSError):

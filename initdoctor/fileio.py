@@ -20,7 +20,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(dst: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> Path:
+def atomic_write(dst: Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
     """Call ``write(tmp)`` for a temp path beside ``dst``, fsync it, then ``os.replace`` it onto
     ``dst``. On any failure the temp file is removed and ``dst`` is untouched."""
     dst = Path(dst)
@@ -44,7 +44,7 @@ def atomic_write_text(dst: Path, text: str) -> Path:
     return atomic_write(dst, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_dir(dst: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
     """Build a folder with ``write(tmpdir)`` beside ``dst``, then rename it onto ``dst`` (which must
     not exist or be empty). On failure the temp folder is removed."""
     dst = Path(dst)

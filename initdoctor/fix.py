@@ -96,7 +96,7 @@ def plan(
                 (f.name, "NaN/Inf, all-zero or constant weights cannot be rescaled: use --method reinit")
             )
             continue
-        factor = f.expected_std / f.weight_std if method == "kaiming" else None
+        factor = f.expected_std / f.weight_std if method == "kaiming" and f.weight_std else None
         changes.append(
             Change(
                 f.name,
@@ -127,9 +127,9 @@ def apply(
     ``progress(done, total)`` after each layer."""
     rng = np.random.default_rng(seed)
     for done, change in enumerate(changes, 1):
-        if change.method == "kaiming":
+        if change.method == "kaiming" and change.factor is not None:
             editable.scale(change.weight_key, change.factor)
-        elif change.method == "reinit":
+        elif change.method == "reinit" and change.expected_std is not None:
             editable.assign(change.weight_key, rng.standard_normal(change.shape) * change.expected_std)
         elif change.method == "lsuv":
             _lsuv_layer(editable, change, **(lsuv or {}))

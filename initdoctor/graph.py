@@ -88,17 +88,16 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
         side_a = [name for bit, name in weighted_bits.items() if only_a >> bit & 1]
         side_b = [name for bit, name in weighted_bits.items() if only_b >> bit & 1]
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
-        if not branch or nodes[skip_id].tensor is None:
+        skip_tensor = nodes[skip_id].tensor
+        if not branch or skip_tensor is None:
             continue
         # the block's output: the add, or the activation right after it (a basic block's post-add ReLU)
-        end = node
+        end: str = node.tensor
         if len(node.users) == 1 and node.users[0] in nodes:
             nxt = nodes[node.users[0]]
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
-                end = nxt
-        blocks.append(
-            Block(_common_prefix(branch) or f"block{len(blocks)}", nodes[skip_id].tensor, end.tensor, branch)
-        )
+                end = nxt.tensor
+        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
     return blocks
 
 

@@ -32,8 +32,8 @@ def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.
     layers = [f for f in report.layers if f.role != "embedding"]
     measured = [f for f in layers if f.activation_var is not None and f.activation_var > 0]
     panels = 2 if measured else 1
-    fig, axes = plt.subplots(panels, 1, figsize=size, dpi=dpi, squeeze=False)
-    axes = [row[0] for row in axes]
+    fig, grid = plt.subplots(panels, 1, figsize=size, dpi=dpi, squeeze=False)
+    axes = [row[0] for row in grid]
     names = [f.name for f in layers]
     if measured:
         ax = axes[0]

@@ -103,7 +103,7 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
                     f"{variances[-1]:.3g}"
                 )
             )
-        parts += [Text(f"probe: {note}", style="dim") for note in report.probe.get("notes", [])]
+        parts += [Text(f"probe: {note}", style="dim") for note in (report.probe or {}).get("notes", [])]
     flagged = [f for f in report.layers if f.status in ("warn", "error")]
     for f in flagged[:max_findings]:
         parts.append(Text.assemble((_ICON[f.status], _STYLE[f.status]), f" {f.name}: {f.message}"))
@@ -324,7 +324,7 @@ def compare_rows(a: Report, b: Report) -> list[dict[str, Any]]:
         def get(f: Any, attr: str) -> Any:
             return getattr(f, attr) if f is not None else None
 
-        row = {"name": name}
+        row: dict[str, Any] = {"name": name}
         for attr in ("std_ratio", "variance_ratio", "weight_std", "status"):
             row[f"{attr}_a"], row[f"{attr}_b"] = get(fa, attr), get(fb, attr)
         for attr in ("std_ratio", "variance_ratio"):

@@ -164,7 +164,7 @@ def scan_file(
         with open(path, "rb", buffering=0) as fh:
             for start in range(lo, hi, BLOCK):
                 n = min(hi, start + BLOCK) - start
-                view = memoryview(raw[:n]).cast("B")
+                view = raw[:n].data.cast("B")
                 fh.seek(offset + start * size)
                 got = 0
                 while got < len(view):

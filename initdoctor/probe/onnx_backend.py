@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,7 @@ def probe_onnx(
         )
         extra = {t: Moments() for t in extra_tensors(desc)}
         _expose_extra(model, weights, feeds, repeats, extra)
+    assert result is not None  # the expose strategy always measures
     cols, runs = result
     out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
     out.tensor_vars = {t: m.var for t, m in extra.items() if m.count}
@@ -141,7 +143,17 @@ def _groups(
     return groups
 
 
-def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, group_bytes, notes):
+def _probe_expose(
+    model: Any,
+    weights: Any,
+    triples: list[tuple[str, str, str]],
+    info: dict[str, Any],
+    feeds: Any,
+    collectors: dict[str, Any],
+    repeats: int,
+    group_bytes: int,
+    notes: list[str],
+) -> tuple[dict[str, Any], int]:
     """Intermediate tensors fetched as outputs, in groups of at most ``group_bytes``: one session
     per group with only that group's tensors marked as outputs (onnxruntime keeps every graph
     output of a run alive, fetched or not), each fed the same seeded inputs."""
@@ -166,7 +178,7 @@ def _probe_expose(model, weights, triples, info, feeds, collectors, repeats, gro
     return collectors, runs
 
 
-def _expose_extra(model, weights, feeds, repeats, extra: dict[str, Moments]) -> None:
+def _expose_extra(model: Any, weights: Any, feeds: Any, repeats: int, extra: dict[str, Moments]) -> None:
     """Residual-block tensors, fetched as outputs in one more session (the ``expose`` fallback)."""
     feed_names = {name for name, _, _ in feeds.specs}
     fetch = [t for t in extra if t not in feed_names]

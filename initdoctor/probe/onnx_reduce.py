@@ -29,7 +29,16 @@ def _reduced_moments(n: Any, total: Any, squares: Any) -> Moments | None:
     return Moments(n, mean, m2)
 
 
-def probe_reduce(model, weights, triples, info, feeds, collectors, repeats, extra):
+def probe_reduce(
+    model: Any,
+    weights: Any,
+    triples: list[tuple[str, str, str]],
+    info: dict[str, Any],
+    feeds: Any,
+    collectors: dict[str, Any],
+    repeats: int,
+    extra: dict[str, Moments],
+) -> tuple[dict[str, Any], int] | None:
     """Reduction nodes in the graph; returns None when a result cannot be trusted."""
     import onnx
     from onnx import TensorProto, helper

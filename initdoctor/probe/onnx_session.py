@@ -166,7 +166,13 @@ def run_session(session: Any, fetch: list[str], feed: dict[str, np.ndarray]) -> 
 class Feeds:
     """Seeded feeds, drawn from one stream so that repeated runs see fresh samples."""
 
-    def __init__(self, specs, desc, settings, fixed: list[np.ndarray] | None) -> None:
+    def __init__(
+        self,
+        specs: list[tuple[str, tuple[int, ...], str]],
+        desc: Any,
+        settings: Any,
+        fixed: list[np.ndarray] | None,
+    ) -> None:
         self.specs = specs
         self.seed = settings.seed
         self.rng = np.random.default_rng(settings.seed)
@@ -194,7 +200,7 @@ class Feeds:
         return feed
 
 
-def session_with_outputs(model, weights, names: list[str]) -> Any:
+def session_with_outputs(model: Any, weights: Weights, names: list[str]) -> Any:
     """A session in which ``names`` are graph outputs; the caller's proto is left as it was."""
     import onnx
 

@@ -51,6 +51,13 @@ def _np(t: Any) -> np.ndarray | None:
     return t.cpu().numpy()
 
 
+def _array(t: Any) -> np.ndarray:
+    """A gradient as a numpy array (a gradient is always a tensor)."""
+    array = _np(t)
+    assert array is not None
+    return array
+
+
 def input_specs(
     desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
 ) -> list[tuple[tuple[int, ...], str]]:
@@ -165,9 +172,9 @@ def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
 
     collector.forward(_np(x), _np(y))
     if backward and isinstance(y, torch.Tensor) and y.requires_grad:
-        y.register_hook(lambda g: collector.grad_output(_np(g)))
+        y.register_hook(lambda g: collector.grad_output(_array(g)))
         if isinstance(x, torch.Tensor) and x.requires_grad:
-            x.register_hook(lambda g: collector.grad_input(_np(g)))
+            x.register_hook(lambda g: collector.grad_input(_array(g)))
 
 
 def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
@@ -282,7 +289,8 @@ def _probe_torchscript(
     inputs = make_inputs(desc, settings)
     buffer = io.BytesIO()
     try:
-        torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)
+        # torch.onnx.export documents a file object as ``f``; its annotation says path only
+        torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001
         raise ProbeError(
             f"cannot run the TorchScript model through ONNX for the probe: {first_line(exc)}"
