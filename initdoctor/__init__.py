@@ -10,7 +10,7 @@ per weighted layer, how far its weights are from that.
 >>> report.summary.status                                     # doctest: +SKIP
 'ok'
 
-Importing this package does not import torch or onnxruntime (loaders import them when used), nor
+Importing this package does not import torch or onnxruntime (format readers import them when used), nor
 numpy until a model is read.
 """
 
@@ -57,18 +57,18 @@ def __getattr__(name: str) -> Any:
 
 
 def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None):
-    """Read a model into a :class:`~initdoctor.loaders.LoadedModel` (description + runnable).
+    """Read a model into a :class:`~initdoctor.formats.LoadedModel` (description + runnable).
 
     ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
     ``torch.nn.Module``.
     """
-    from .loaders import LoadedModel
+    from .formats import LoadedModel
 
     if _is_torch_module(source):
-        from .loaders.torch_module import describe_module_graph
+        from .formats.torch_module import describe_module_graph
 
         return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
-    from .loaders import load as _load
+    from .formats import load as _load
 
     return _load(source, trust=trust, weights=weights, progress=progress)
 
