@@ -64,7 +64,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     if mode.startswith("onnx"):
         import onnxruntime as ort
 
-        from initdoctor.loaders.onnx_file import describe_onnx
+        from initdoctor.formats.onnx import describe_onnx
         from initdoctor.probe.onnx_backend import probe_onnx
         from initdoctor.settings import ProbeSettings
 
@@ -85,7 +85,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
             settings = ProbeSettings(input_shapes=(shape,), onnx_strategy=strategy, group_bytes=group)
             op = lambda: probe_onnx(path, desc, settings)  # noqa: E731
     else:
-        from initdoctor.loaders.torch_module import describe_module
+        from initdoctor.formats.torch_module import describe_module
         from initdoctor.probe.torch_backend import probe_torch
         from initdoctor.settings import ProbeSettings
 

@@ -24,7 +24,7 @@ from .options import default
 
 if TYPE_CHECKING:
     from .fix import FixResult
-    from .loaders import LoadedModel
+    from .formats import LoadedModel
     from .probe import ProbeResult
     from .report import Report
     from .settings import ProbeSettings, Settings
@@ -51,11 +51,11 @@ def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any
     ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
     ``torch.nn.Module``.
     """
-    from .loaders import LoadedModel
-    from .loaders import load as load_file
+    from .formats import LoadedModel
+    from .formats import load as load_file
 
     if is_torch_module(source):
-        from .loaders.torch_module import describe_module_graph
+        from .formats.torch_module import describe_module_graph
 
         return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
     return load_file(source, trust=trust, weights=weights, progress=progress)
@@ -214,7 +214,7 @@ def fix_model(
     ``timeout``: it bounds loading and probing, before and after the fix)."""
     from .fileio import backup
     from .fix import METHODS, FixResult, apply, plan
-    from .loaders.editable import TorchModule, open_editable
+    from .formats import TorchModule, open_editable
 
     if method not in METHODS:
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")

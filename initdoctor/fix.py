@@ -1,4 +1,4 @@
-"""Repairing an initialization: plan (pure) and apply (through the loaders' editable twins).
+"""Repairing an initialization: plan (pure) and apply (through the formats' editable twins).
 
 Methods, for each selected layer with weight ``W``, Kaiming std ``σ* = gain / sqrt(fan)``:
 
@@ -123,7 +123,7 @@ def apply(
     lsuv: dict[str, Any] | None = None,
     progress: Any = None,
 ) -> None:
-    """Carry out ``changes`` on an :class:`~initdoctor.loaders.editable.Editable`;
+    """Carry out ``changes`` on an :class:`~initdoctor.formats.Editable`;
     ``progress(done, total)`` after each layer."""
     rng = np.random.default_rng(seed)
     for done, change in enumerate(changes, 1):
@@ -152,7 +152,7 @@ def _lsuv_layer(
     tol: float,
     max_iter: int,
 ) -> None:
-    from .loaders import LoadedModel
+    from .formats import LoadedModel
     from .probe import run_probe
 
     total = 1.0

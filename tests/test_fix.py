@@ -353,7 +353,7 @@ def test_streamed_safetensors_fix_rounds_like_torch_and_keeps_every_other_byte(t
     """A safetensors file is fixed without loading it: the scaled tensors equal torch's
     ``(t.double() * f).to(dtype)`` bit for bit in every float dtype (across block edges), a
     replaced tensor holds its new values, and the header and untouched bytes are unchanged."""
-    from initdoctor.loaders.editable import StreamedSafetensors
+    from initdoctor.formats.safetensors import StreamedSafetensors
 
     torch.manual_seed(0)
     dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -396,7 +396,7 @@ def test_streamed_onnx_fix_matches_the_in_memory_twin_and_runs(tmp_path):
     twin writes, onnxruntime runs the output, and the input files are untouched."""
     import onnxruntime as ort
 
-    from initdoctor.loaders.editable import Onnx, StreamedOnnx
+    from initdoctor.formats.onnx_edit import Onnx, StreamedOnnx
 
     model = plain_mlp(depth=6, width=48, init="xavier").eval()
     x = torch.randn(4, 64)
@@ -467,7 +467,7 @@ def test_fix_no_probe_checks_the_output_statically(tmp_path):
 
 
 def test_streamed_fix_refuses_a_source_that_shrank_meanwhile(tmp_path):
-    from initdoctor.loaders.editable import StreamedSafetensors
+    from initdoctor.formats.safetensors import StreamedSafetensors
 
     src = tmp_path / "m.safetensors"
     save_file({"a.weight": torch.randn(300, 500)}, str(src))
@@ -486,8 +486,9 @@ def test_streamed_checkpoint_fix_equals_torch_and_is_a_valid_zip(tmp_path):
     and data.pkl plus every untouched record keep their bytes."""
     import zipfile
 
-    from initdoctor.loaders.editable import StreamedCheckpoint, TorchCheckpoint
-    from initdoctor.loaders.torch_file import load_torch_object, zip_tensor_plan
+    from initdoctor.formats.torch_pickle import load_torch_object
+    from initdoctor.formats.torch_state_dict import TorchCheckpoint
+    from initdoctor.formats.torch_state_dict_stream import StreamedCheckpoint, zip_tensor_plan
 
     torch.manual_seed(0)
     state = plain_mlp(depth=5, width=48, init="xavier").state_dict()

@@ -227,7 +227,7 @@ def test_zip_state_dict_is_streamed_from_the_file_with_records_checked(tmp_path)
     inside an otherwise valid archive is refused (torch's own mmap path would read past it)."""
     import zipfile
 
-    from initdoctor.loaders.torch_file import describe_streamed_state_dict
+    from initdoctor.formats.torch_state_dict_stream import describe_streamed_state_dict
 
     torch.manual_seed(0)
     sd = {

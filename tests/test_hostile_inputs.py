@@ -31,7 +31,7 @@ onnx = pytest.importorskip("onnx")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from initdoctor.errors import InputError, UntrustedFormatError  # noqa: E402
-from initdoctor.loaders import describe  # noqa: E402
+from initdoctor.formats import describe  # noqa: E402
 
 nn = torch.nn
 

@@ -13,7 +13,7 @@ from .types import ProbeError, ProbeResult, Progress
 def run_probe(
     loaded: Any, settings: ProbeSettings, progress: Progress | None = None, example_inputs: Any = None
 ) -> ProbeResult:
-    """Probe a :class:`~initdoctor.loaders.LoadedModel`. Raises :class:`ProbeError` when the model
+    """Probe a :class:`~initdoctor.formats.LoadedModel`. Raises :class:`ProbeError` when the model
     has no graph to run or its forward fails. ``progress(done, total)`` is told of each measured
     layer call."""
     if loaded.runnable is None:

@@ -56,7 +56,8 @@ def probe_onnx(
 ) -> ProbeResult:
     import onnx
 
-    from ..loaders.onnx_file import describe_onnx_model, load_onnx_proto
+    from ..formats.onnx_data import load_onnx_proto
+    from ..formats.onnx_graph import describe_onnx_model
 
     if isinstance(source, bytes):
         model, base = onnx.load_from_string(source), None

@@ -5,7 +5,7 @@ A ``.onnx`` file with weights inside the protobuf (``raw_data``) would be parsed
 protobuf wire level: the bytes of every ``TensorProto.raw_data`` of the graph's initializers are
 left out of the message that protobuf parses, and each such initializer is rewritten as *external
 data pointing into the .onnx file itself* (``location`` = the file's name, ``offset``/``length`` =
-where the raw bytes sit). Readers of external data — :func:`initdoctor.loaders.onnx_file.initializer_array`
+where the raw bytes sit). Readers of external data — :func:`initdoctor.formats.onnx_data.initializer_array`
 (``np.memmap``) and onnxruntime — then read the weights straight from the file, one at a time.
 
 Wire format (protobuf encoding): each field is a varint key ``(number << 3) | wire_type``; wire

@@ -3,6 +3,10 @@
 The module is imported (the current directory is on ``sys.path``, as with ``python -m``) and the
 callable is called with no arguments; it must return an ``nn.Module``. ``weights`` optionally
 loads a state_dict file into it (``torch.load(weights_only=True)`` or safetensors), strictly.
+
+fix edits the live model through :class:`TorchModule` (also the twin of every other live torch
+model: a trusted pickle, TorchScript, ``torch.export``) and saves a factory's weights as a
+state_dict.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..fileio import atomic_write
+from .base import Editable, Format, LoadedModel, TorchTensors
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -52,8 +58,8 @@ def build_from_factory(spec: str, weights: str | None = None, *, trust: bool = F
 
 
 def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
-    from . import detect_format
-    from .torch_file import find_state_dict, load_torch_object
+    from .detect import detect_format
+    from .torch_pickle import find_state_dict, load_torch_object
 
     fmt = detect_format(path)
     if fmt == "safetensors":
@@ -77,3 +83,50 @@ def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
         problems.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
     if problems:
         raise InputError(f"{path}: weights do not match the model ({'; '.join(problems)})")
+
+
+class TorchModule(TorchTensors):
+    """A live model: ``nn.Module`` (factory or trusted pickle), TorchScript, or ``ExportedProgram``."""
+
+    probe_backend = "torch"
+
+    def __init__(self, model: Any, fmt: str) -> None:
+        self.model = model
+        self.fmt = fmt
+
+    def _tensors(self) -> Any:
+        import torch
+
+        if isinstance(self.model, torch.export.ExportedProgram):
+            return self.model.state_dict
+        return self.model.state_dict(keep_vars=True)
+
+    def runnable(self) -> Any:
+        return self.model
+
+    def save(self, dst: Path) -> Path:
+        import torch
+
+        if self.fmt == "factory":
+            state = {k: v.detach() for k, v in self._tensors().items()}
+            return atomic_write(dst, lambda tmp: torch.save(state, tmp))
+        if self.fmt == "torchscript":
+            return atomic_write(dst, lambda tmp: torch.jit.save(self.model, str(tmp)))
+        if self.fmt == "torch.export":
+            return atomic_write(dst, lambda tmp: torch.export.save(self.model, str(tmp)), suffix=".pt2")
+        return atomic_write(dst, lambda tmp: torch.save(self.model, tmp))
+
+
+# --- registry entry ------------------------------------------------------------------------------
+def load(source: str, name: str, *, trust: bool, weights: str | None, progress: Any) -> LoadedModel:
+    from .torch_module import describe_module_graph
+
+    model = build_from_factory(source, str(weights) if weights else None, trust=trust)
+    return LoadedModel(*describe_module_graph(model, path=source, fmt="factory"))
+
+
+def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
+    return TorchModule(loaded.runnable, loaded.description.format)
+
+
+FORMAT = Format(("factory",), load, open_editable)

@@ -1,39 +1,21 @@
-"""ONNX graphs, with weights inline or in external data files. torch is never imported here.
-
-Weighted layers are read from the graph, in node (execution) order:
-
-=============  ===============================  ======================================
-op             weight                           stored layout → torch layout
-=============  ===============================  ======================================
-Conv           input 1 (initializer)            ``[out, in/groups, *k]`` (same)
-ConvTranspose  input 1                          ``[in, out/groups, *k]`` (same as torch)
-Gemm           input 1                          ``[out, in]`` if ``transB=1`` else ``[in, out]``
-MatMul         input 1, or Transpose(input 1)   ``[in, out]`` (or ``[out, in]`` behind Transpose)
-Gather         input 0 (the table)              embedding ``[num, dim]``
-=============  ===============================  ======================================
-
-A layer's name is its weight initializer's name without a ``.weight`` suffix; when the exporter
-made the initializer itself (a pre-transposed copy of ``fc1.weight`` named ``onnx::MatMul_14`` or
-``val_0``), the module path comes from the node: the dynamo exporter's ``pkg.torch.onnx.name_scopes``
-metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``).
-External data is streamed per initializer by offset and length (:func:`~initdoctor.stats.file_stats`),
-and a location that resolves outside the model's folder (``..``, an absolute path, a symlink) is refused.
+"""Describe an ONNX graph (a parsed ``ModelProto``): weighted layers in node (execution) order,
+their layouts, names and the nonlinearity that follows each (see :mod:`.onnx`). torch is never
+imported here.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from ..gains import fans
 from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
-from ..stats import WeightStats, array_stats, file_stats
+from ..stats import WeightStats
+from .onnx_data import external_extent, weight_stats
 
 _ACTIVATIONS = {
     "Relu": "relu",
@@ -67,72 +49,6 @@ _NORMS = {
 }
 
 
-def load_onnx_proto(path: Path) -> Any:
-    """Parse the graph without pulling weights into memory: external data stays external and large
-    inline initializers become external references into the file itself (:mod:`.onnx_lean`)."""
-    from .onnx_lean import load_lean
-
-    model = load_lean(path)
-    if not model.graph.node:
-        raise InputError(f"{path}: not a readable ONNX model (the graph has no nodes)")
-    return model
-
-
-def _external_location(tensor: Any, base: Path) -> tuple[Path, int, int | None]:
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    root = base.resolve()
-    target = (root / location).resolve()
-    if not location or os.path.isabs(location) or root not in target.parents:
-        raise InputError(
-            f"{base}: external data of {tensor.name!r} points outside the model folder ({location!r})"
-        )
-    offset = int(info.get("offset", 0) or 0)
-    length = int(info["length"]) if info.get("length") else None
-    return target, offset, length
-
-
-def initializer_array(tensor: Any, base: Path) -> np.ndarray:
-    """The initializer's values as numpy (memory-mapped for external data)."""
-    import onnx
-    from onnx import numpy_helper
-
-    shape = tuple(int(d) for d in tensor.dims)
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        try:
-            return numpy_helper.to_array(tensor)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{base}: initializer {tensor.name!r} is corrupt ({exc})") from None
-    target, offset, dtype, count = _external_extent(tensor, base)
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(target, dtype=dtype, mode="r", offset=offset, shape=shape)
-
-
-def _external_extent(tensor: Any, base: Path) -> tuple[Path, int, np.dtype, int]:
-    """File, offset, dtype and element count of an external initializer, checked (inside the
-    model folder, present, long enough) without reading it."""
-    import onnx
-
-    shape = tuple(int(d) for d in tensor.dims)
-    target, offset, length = _external_location(tensor, base)
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    needed = count * dtype.itemsize
-    try:
-        size = target.stat().st_size
-    except OSError:
-        raise InputError(
-            f"{base}: external data file {target.name!r} of {tensor.name!r} is missing"
-        ) from None
-    if offset < 0 or (length is not None and length < needed) or offset + needed > size:
-        raise InputError(
-            f"{base}: external data of {tensor.name!r} is truncated ({size} bytes in "
-            f"{target.name!r}, needs {offset + needed})"
-        )
-    return target, offset, dtype, count
-
-
 def _attr(node: Any, name: str, default: Any) -> Any:
     import onnx
 
@@ -140,21 +56,6 @@ def _attr(node: Any, name: str, default: Any) -> Any:
         if attribute.name == name:
             return onnx.helper.get_attribute_value(attribute)
     return default
-
-
-def describe_onnx(path: Path, progress: Any = None) -> ModelDescription:
-    """Describe an ONNX file. The graph is untrusted input: anything that breaks while reading
-    it (a name that is not valid UTF-8 after a flipped byte, an attribute of the wrong type...)
-    is reported as a malformed model, not a crash."""
-    from ..errors import InitDoctorError
-
-    model = load_onnx_proto(path)
-    try:
-        return describe_onnx_model(model, path, path.parent, progress=progress)
-    except InitDoctorError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - malformed graph structure of any kind
-        raise InputError(f"{path}: malformed ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def describe_onnx_model(
@@ -168,7 +69,7 @@ def describe_onnx_model(
     inits = {t.name: t for t in graph.initializer}
     for tensor in graph.initializer:  # all external data, not only the weights read below
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _external_extent(tensor, base)
+            external_extent(tensor, base)
     constants = set(inits)
     producers: dict[str, Any] = {}
     for node in graph.node:
@@ -288,7 +189,7 @@ def describe_onnx_model(
         fan_in, fan_out = fans(kind, torch_shape, groups)
         name = layer_name(init_name, node_names[nid])
         stored = tuple(int(d) for d in tensor.dims)
-        stats = _stats(tensor, base) if with_stats else _NO_STATS
+        stats = weight_stats(tensor, base) if with_stats else _NO_STATS
         if progress is not None and with_stats:
             progress(len(seen), total)
         layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
@@ -303,8 +204,8 @@ def describe_onnx_model(
                 kind,
                 w,
                 tuple(int(d) for d in inits[w].dims),
-                _stats(inits[w], base),
-                _stats(inits[b], base) if b else None,
+                weight_stats(inits[w], base),
+                weight_stats(inits[b], base) if b else None,
             )
             for w, kind, b in norm_found
         ]
@@ -382,21 +283,3 @@ def layer_name(initializer: str, scope: str) -> str:
     if scope and (initializer.startswith("onnx::") or initializer.startswith("val_")):
         return scope
     return initializer
-
-
-def _stats(tensor: Any, base: Path) -> WeightStats:
-    """External data (and large inline data, made external by the lean loader) is streamed from
-    the file (:func:`~initdoctor.stats.file_stats`); small inline tensors go through numpy."""
-    import onnx
-
-    dtype = onnx.helper.tensor_dtype_to_string(tensor.data_type).replace("TensorProto.", "").lower()
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        target, offset, stored, count = _external_extent(tensor, base)
-        if stored.kind in "fiub":
-            return file_stats(target, offset, count, stored.newbyteorder("<"), dtype)
-        if dtype == "bfloat16":
-            return file_stats(target, offset, count, "<u2", dtype, bfloat16=True)
-    array = initializer_array(tensor, base)
-    if array.dtype.kind == "V" or "bfloat16" in str(array.dtype):  # float8 & co. via ml_dtypes
-        array = array.astype(np.float32)
-    return array_stats(array, dtype=dtype)

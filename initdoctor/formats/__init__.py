@@ -1,0 +1,84 @@
+"""Model formats: each module reads its format into a :class:`LoadedModel` (a
+:class:`~initdoctor.model.ModelDescription` plus, where the format has one, something that runs the
+model) and writes it back through its editable twin (:class:`Editable`, used by ``fix``).
+
+One dispatch: :func:`detect_format` names the file's format (or ``factory`` for a
+``package.module:function`` spec), and that name picks the :class:`Format` entry both :func:`load`
+and :func:`open_editable` go through (the name is kept in ``LoadedModel.format_name``). Formats
+that execute code when loaded (full pickles, TorchScript, torch.export) need ``trust``.
+
+To add a format: write ``formats/<fmt>.py`` with ``load(source, name, *, trust, weights,
+progress) -> LoadedModel`` and ``open_editable(loaded, source, *, trust) -> Editable`` (its twin:
+``array``/``scale``/``assign``/``std``/``save``/``runnable``, see :mod:`.base`) and
+``FORMAT = Format((name, ...), load, open_editable)``; make :func:`detect_format`
+(:mod:`.detect`) return that name; add the module's ``FORMAT`` to :data:`FORMATS` below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..model import ModelDescription
+from . import factory, onnx, safetensors, torch_code, torch_state_dict
+from .base import Editable, Format, LoadedModel
+from .detect import detect_format
+from .factory import TorchModule, is_factory_spec
+
+__all__ = [
+    "FORMATS",
+    "Editable",
+    "Format",
+    "LoadedModel",
+    "TorchModule",
+    "describe",
+    "detect_format",
+    "load",
+    "open_editable",
+]
+
+#: Every format, each under the names :func:`detect_format` gives it.
+FORMATS: tuple[Format, ...] = (
+    safetensors.FORMAT,
+    torch_state_dict.FORMAT,
+    torch_code.FORMAT,
+    onnx.FORMAT,
+    factory.FORMAT,
+)
+_BY_NAME = {name: entry for entry in FORMATS for name in entry.names}
+
+
+def describe(
+    source: str | Path, *, trust: bool = False, weights: str | Path | None = None
+) -> ModelDescription:
+    """Read ``source`` (a file path or ``package.module:callable``) into a description."""
+    return load(source, trust=trust, weights=weights).description
+
+
+def load(
+    source: str | Path, *, trust: bool = False, weights: str | Path | None = None, progress: Any = None
+) -> LoadedModel:
+    """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible).
+    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors)."""
+    text = str(source)
+    if is_factory_spec(text):
+        name = "factory"
+    else:
+        if weights:
+            raise InputError("--weights goes with a factory source (package.module:function)")
+        name = detect_format(Path(text))
+    entry = _BY_NAME.get(name)
+    if entry is None:  # pragma: no cover - detect_format only names registered formats
+        raise InputError(f"{Path(text)}: unsupported format {name}")
+    loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
+    loaded.format_name = name
+    return loaded
+
+
+def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
+    """The editable twin of a :class:`LoadedModel`, from the entry that loaded it."""
+    entry = _BY_NAME.get(loaded.format_name or "")
+    if entry is None:
+        raise InputError(f"{source}: cannot write the {loaded.description.format} format")
+    return entry.open_editable(loaded, str(source), trust=trust)

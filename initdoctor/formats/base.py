@@ -1,0 +1,147 @@
+"""What every format module shares: :class:`LoadedModel` (the read side's result), the
+:class:`Editable` interface (the write side, used by :mod:`initdoctor.fix`), the :class:`Format`
+registry entry, the dtype tables, and :class:`TorchTensors` (edits held torch tensors in place).
+
+Nothing here imports numpy or torch at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import InputError
+from ..model import ModelDescription
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass
+class LoadedModel:
+    """A description plus, where the format has one, something that can run the model.
+
+    ``runnable`` is an ``nn.Module`` (factory, trusted pickle), a TorchScript module, a
+    ``torch.export.ExportedProgram``, or the path of an ONNX file; ``None`` for a bare state_dict
+    or safetensors file, which holds weights but no graph. ``format_name`` is the registry name
+    the file was read as (:func:`~initdoctor.formats.detect_format`'s answer, or ``factory``):
+    :func:`~initdoctor.formats.open_editable` reopens the file through the same entry.
+    """
+
+    description: ModelDescription
+    runnable: Any = None
+    backend: str | None = None  # "torch" | "torchscript" | "torch.export" | "onnx" | None
+    format_name: str | None = None
+
+
+class Editable(Protocol):
+    """A model held in its own format: named tensors changed (scale, replace), then saved —
+    atomically — in that same format; tensors that are not edited are written back unchanged,
+    bit for bit. Each format module defines its twins; they subclass this protocol to share the
+    defaults below."""
+
+    probe_backend: str | None = None  # "torch" / "onnx" when the held model can be probed
+
+    def array(self, key: str) -> np.ndarray:
+        """The tensor's values as float64 numpy (a copy)."""
+        ...
+
+    def scale(self, key: str, factor: float) -> None: ...
+
+    def assign(self, key: str, values: np.ndarray) -> None: ...
+
+    def std(self, key: str) -> float:
+        """Population std of the tensor as it now is (in its own dtype)."""
+        return float(self.array(key).std())
+
+    def save(self, dst: Path) -> Path: ...
+
+    def runnable(self) -> Any:
+        """What :func:`initdoctor.probe.run_probe` runs (the held model, or ONNX bytes)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Format:
+    """One format's registry entry.
+
+    ``names``: the names :func:`~initdoctor.formats.detect_format` gives files of this format
+    (``factory`` for a ``package.module:function`` spec). ``load(source, name, *, trust, weights,
+    progress)`` → :class:`LoadedModel` (``source`` the path or spec as given, ``name`` the one
+    detected); ``open_editable(loaded, source, *, trust)`` → :class:`Editable` (the twin fix writes
+    through).
+    """
+
+    names: tuple[str, ...]
+    load: Callable[..., LoadedModel]
+    open_editable: Callable[..., Editable]
+
+
+# --- dtype tables -------------------------------------------------------------------------------
+#: safetensors dtype → (numpy dtype of the stored bits, is bfloat16)
+SAFETENSORS_DTYPES = {
+    "F64": ("<f8", False),
+    "F32": ("<f4", False),
+    "F16": ("<f2", False),
+    "BF16": ("<u2", True),
+    "I64": ("<i8", False),
+    "I32": ("<i4", False),
+    "I16": ("<i2", False),
+    "I8": ("i1", False),
+    "U8": ("u1", False),
+    "BOOL": ("u1", False),
+}
+#: safetensors dtype → the torch-style name reported in ``dtype``
+DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+#: torch dtype name → (stored numpy dtype, bfloat16 widening) for the streamed state_dict path:
+#: the same table the safetensors reader uses, keyed by torch's names instead of its codes
+STREAMABLE = {DTYPE_NAMES[code]: stored for code, stored in SAFETENSORS_DTYPES.items()}
+#: safetensors float codes → stored numpy dtype (bfloat16 as its ``<u2`` bits): what fix rescales
+FLOAT_CODES = {code: SAFETENSORS_DTYPES[code][0] for code in ("F64", "F32", "F16", "BF16")}
+#: torch dtype name → dtype code of :data:`FLOAT_CODES`
+TORCH_CODES = {DTYPE_NAMES[code]: code for code in FLOAT_CODES}
+
+
+# --- torch tensors held in memory ---------------------------------------------------------------
+class TorchTensors(Editable):
+    """Edits a mapping of torch tensors in place, in each tensor's own dtype."""
+
+    def _tensors(self) -> Any:
+        raise NotImplementedError
+
+    def _get(self, key: str) -> Any:
+        tensors = self._tensors()
+        if key not in tensors:
+            raise InputError(f"tensor {key!r} not found in the model")
+        return tensors[key]
+
+    def array(self, key: str) -> np.ndarray:
+        return self._get(key).detach().double().cpu().numpy().copy()
+
+    def scale(self, key: str, factor: float) -> None:
+        import torch
+
+        t = self._get(key)
+        with torch.no_grad():
+            t.copy_((t.double() * factor).to(t.dtype))
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        import numpy as np
+        import torch
+
+        t = self._get(key)
+        with torch.no_grad():
+            t.copy_(torch.from_numpy(np.asarray(values, dtype=np.float64)).to(t.dtype).reshape(t.shape))

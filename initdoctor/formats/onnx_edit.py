@@ -1,0 +1,271 @@
+"""The ONNX twins fix writes through: :class:`Onnx` (the ``ModelProto`` with every weight in
+memory, initializers edited in place; ``onnx.save_model``, external data staying external) and
+:class:`StreamedOnnx` (a model with external data edited without loading its weights)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..fileio import atomic_write, atomic_write_dir
+from .base import Editable
+from .onnx_data import external_extent, load_onnx_proto
+from .streaming import copy_range, read_exactly, std_of_blocks, write_all
+
+
+def _save_with_data(dst: Path, data_name: str, write: Any) -> Path:
+    """A model file + its data file: ``write(folder)`` builds both in a temp folder beside ``dst``,
+    then each is moved into place atomically, the data first (the graph never points at a data
+    file that is not there yet)."""
+    stage = dst.resolve().parent / f".{dst.name}.stage"
+    atomic_write_dir(stage, write)
+    try:
+        atomic_write(dst.with_name(data_name), lambda tmp: shutil.move(str(stage / data_name), tmp))
+        atomic_write(dst, lambda tmp: shutil.move(str(stage / dst.name), tmp))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dst
+
+
+class Onnx(Editable):
+    """An ONNX model with all its weights in memory; saved with external data when it had some."""
+
+    probe_backend = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        import onnx
+
+        lean = load_onnx_proto(path)  # validates, refusing external data outside the model folder
+        self.external = any(
+            t.data_location == onnx.TensorProto.EXTERNAL
+            and {e.key: e.value for e in t.external_data}.get("location") != path.name
+            for t in lean.graph.initializer
+        )
+        try:
+            self.model = onnx.load(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: cannot read the ONNX model's weights ({exc})") from None
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+
+    def _tensor(self, key: str) -> Any:
+        if key not in self.inits:
+            raise InputError(f"initializer {key!r} not found in the model")
+        return self.inits[key]
+
+    def array(self, key: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self._tensor(key)).astype(np.float64)
+
+    def _store(self, key: str, values: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        tensor = self._tensor(key)
+        old = numpy_helper.to_array(tensor)
+        new = numpy_helper.from_array(np.asarray(values).astype(old.dtype).reshape(old.shape), tensor.name)
+        tensor.ClearField("raw_data")
+        for field in ("float_data", "double_data", "int32_data", "int64_data"):
+            tensor.ClearField(field)
+        tensor.raw_data = new.raw_data
+
+    def scale(self, key: str, factor: float) -> None:
+        self._store(key, self.array(key) * factor)
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        self._store(key, values)
+
+    def runnable(self) -> Any:
+        return self.model.SerializeToString()
+
+    def save(self, dst: Path) -> Path:
+        import onnx
+
+        if not self.external:
+            return atomic_write(dst, lambda tmp: onnx.save_model(self.model, str(tmp)), suffix=".onnx")
+        data_name = dst.name + ".data"
+
+        def write(folder: Path) -> None:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(self.model)
+            onnx.save_model(
+                copy,
+                str(folder / dst.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+
+        return _save_with_data(dst, data_name, write)
+
+
+class StreamedOnnx(Editable):
+    """An ONNX model with external data, edited without loading its weights: the graph is read
+    lean (every weight an external reference), a rescale is kept as a factor and new values as an
+    array; :meth:`save` writes one new data file ``<OUT>.data`` sequentially — each weight copied
+    or rescaled block by block — then the graph pointing at it. Values are rounded as the
+    in-memory twin rounds them (``(x · f).astype(dtype)`` in numpy)."""
+
+    probe_backend = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.model = load_onnx_proto(path)  # validates, refusing external data outside the model folder
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+        self.factors: dict[str, float] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self._live: Onnx | None = None
+
+    @property
+    def has_data_files(self) -> bool:
+        """The model keeps weights in files of their own (only then is the output split too)."""
+        import onnx
+
+        return any(
+            t.data_location == onnx.TensorProto.EXTERNAL
+            and {e.key: e.value for e in t.external_data}.get("location") != self.path.name
+            for t in self.model.graph.initializer
+        )
+
+    def _tensor(self, key: str) -> Any:
+        if key not in self.inits:
+            raise InputError(f"initializer {key!r} not found in the model")
+        return self.inits[key]
+
+    def _extent(self, key: str) -> tuple[Path, int, np.dtype, int] | None:
+        """(file, byte offset, dtype, count) of an external initializer; None when inline."""
+        import onnx
+
+        tensor = self._tensor(key)
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            return None
+        return external_extent(tensor, self.path.parent)
+
+    def _stored(self, key: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        extent = self._extent(key)
+        if extent is None:
+            return numpy_helper.to_array(self._tensor(key)).reshape(-1)
+        target, offset, dtype, count = extent
+        return np.fromfile(target, dtype=dtype, count=count, offset=offset)
+
+    def _shape(self, key: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._tensor(key).dims)
+
+    def _dtype(self, key: str) -> np.dtype:
+        import onnx
+
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self._tensor(key).data_type))
+
+    def array(self, key: str) -> np.ndarray:
+        if key in self.values:
+            return self.values[key].astype(np.float64).reshape(self._shape(key))
+        stored = self._stored(key)
+        values = stored.astype(np.float64)
+        if key in self.factors:
+            values = (values * self.factors[key]).astype(stored.dtype).astype(np.float64)
+        return values.reshape(self._shape(key))
+
+    def _scaled_blocks(self, key: str, src: Any) -> Iterator[np.ndarray]:
+        from ..stats import BLOCK
+
+        _, offset, dtype, count = self._extent(key)  # type: ignore[misc]
+        for start in range(0, count, BLOCK):
+            src.seek(offset + start * dtype.itemsize)
+            raw = read_exactly(src, dtype, min(BLOCK, count - start))
+            yield (raw.astype(np.float64) * self.factors[key]).astype(dtype)
+
+    def std(self, key: str) -> float:
+        """Streamed for a rescaled external weight: memory stays at one block."""
+        if key not in self.factors or self._extent(key) is None:
+            return super().std(key)
+        with open(self._extent(key)[0], "rb") as src:  # type: ignore[index]
+            return std_of_blocks(block.astype(np.float64) for block in self._scaled_blocks(key, src))
+
+    def scale(self, key: str, factor: float) -> None:
+        self._live = None
+        if key in self.values:
+            self.values[key] = (self.values[key].astype(np.float64) * factor).astype(self.values[key].dtype)
+        else:
+            self._tensor(key)  # it exists
+            self.factors[key] = self.factors.get(key, 1.0) * factor
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        self._live = None
+        dtype = self._dtype(key)
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        if flat.size != int(np.prod(self._shape(key), dtype=np.int64)):
+            raise InputError(
+                f"initializer {key!r} holds {int(np.prod(self._shape(key)))} values, got {flat.size}"
+            )
+        self.factors.pop(key, None)
+        self.values[key] = flat.astype(dtype)
+
+    def runnable(self) -> Any:
+        """The edited model as bytes (``--method lsuv`` probes it between steps): built in memory."""
+        if self._live is None:
+            live = Onnx(self.path)
+            for key, values in self.values.items():
+                live.assign(key, values.astype(np.float64))
+            for key, factor in self.factors.items():
+                live.scale(key, factor)
+            self._live = live
+        return self._live.runnable()
+
+    def _write_data(self, model: Any, data: Any, data_name: str) -> None:
+        """Write every external weight of ``model`` into ``data`` in graph order and point the
+        graph at it; edited inline tensors get their new bytes."""
+        import onnx
+
+        sources: dict[Path, Any] = {}
+        try:
+            for tensor in model.graph.initializer:
+                key = tensor.name
+                extent = self._extent(key)
+                if extent is None:
+                    if key in self.values or key in self.factors:
+                        tensor.raw_data = self.array(key).astype(self._dtype(key)).tobytes()
+                        for field in ("float_data", "double_data", "int32_data", "int64_data"):
+                            tensor.ClearField(field)
+                    continue
+                target, offset, dtype, count = extent
+                src = sources.get(target) or sources.setdefault(target, open(target, "rb"))  # noqa: SIM115 (closed in the finally below)
+                start = data.tell()
+                if key in self.values:
+                    write_all(data, self.values[key])
+                elif key in self.factors:
+                    for block in self._scaled_blocks(key, src):
+                        write_all(data, block)
+                else:
+                    copy_range(src, data, offset, offset + count * dtype.itemsize)
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for k, v in (
+                    ("location", data_name),
+                    ("offset", str(start)),
+                    ("length", str(data.tell() - start)),
+                ):
+                    tensor.external_data.add(key=k, value=v)
+        finally:
+            for handle in sources.values():
+                handle.close()
+
+    def save(self, dst: Path) -> Path:
+        import onnx
+
+        data_name = dst.name + ".data"
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+
+        def write(folder: Path) -> None:
+            with open(folder / data_name, "wb", buffering=0) as data:
+                self._write_data(model, data, data_name)
+            (folder / dst.name).write_bytes(model.SerializeToString())
+
+        return _save_with_data(dst, data_name, write)

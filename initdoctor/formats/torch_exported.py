@@ -1,0 +1,139 @@
+"""Describe a ``torch.export.ExportedProgram`` from its ATen graph (a ``.pt2`` file, or the program
+:mod:`.torch_module` exports when torch.fx cannot trace a module)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..gains import fans
+from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..model import Layer, ModelDescription, NormLayer
+from .torch_ops import ACTIVATION_NAMES, NORM_NAMES, PASS_NAMES, count_parameters, tensor_stats
+
+_EXPORT_WEIGHTED = {
+    # aten op name: (weight arg index, groups arg index or None, transposed)
+    "linear": (1, None, False),
+    "conv1d": (1, 6, False),
+    "conv2d": (1, 6, False),
+    "conv3d": (1, 6, False),
+    "conv_transpose1d": (1, 6, True),
+    "conv_transpose2d": (1, 6, True),
+    "conv_transpose3d": (1, 6, True),
+    "convolution": (1, 8, None),
+    "embedding": (0, None, False),
+    # x @ W with W stored [in, out] (Hugging Face's Conv1D: addmm(bias, x, W))
+    "addmm": (2, None, False),
+    "mm": (1, None, False),
+    "matmul": (1, None, False),
+}
+
+
+def _aten_name(target: Any) -> str:
+    name = getattr(target, "__name__", str(target))  # "relu.default"
+    return name.split(".")[0]
+
+
+def describe_exported(program: Any, *, path: str) -> ModelDescription:
+    """Describe a ``torch.export.ExportedProgram`` from its ATen graph."""
+    import torch
+
+    params = dict(program.graph_signature.inputs_to_parameters)
+    signature = program.graph_signature
+    constant = (
+        set(params)
+        | set(signature.inputs_to_buffers)
+        | set(getattr(signature, "inputs_to_lifted_tensor_constants", {}))
+    )
+    state = program.state_dict
+    nodes: dict[str, OpNode] = {}
+    found: list[tuple[str, str, str, int]] = []  # (node, fqn, kind, groups)
+    for node in program.graph.nodes:
+        op, param = "other", None
+        if node.op == "call_function":
+            name = _aten_name(node.target)
+            spec = _EXPORT_WEIGHTED.get(name)
+            weight_arg = node.args[spec[0]] if spec and len(node.args) > spec[0] else None
+            if spec and isinstance(weight_arg, torch.fx.Node) and weight_arg.name in params:
+                fqn = params[weight_arg.name]
+                widx, gidx, transposed = spec
+                if name == "convolution":
+                    transposed = bool(node.args[6])
+                rank = state[fqn].dim()
+                if name in ("addmm", "mm", "matmul"):
+                    kind = "matmul"
+                    if rank != 2:
+                        nodes[node.name] = OpNode(
+                            node.name,
+                            "other",
+                            [u.name for u in node.users],
+                            None,
+                            [a.name for a in node.all_input_nodes if a.name not in constant],
+                            node.name,
+                        )
+                        continue
+                elif name in ("linear", "embedding"):
+                    kind = name
+                else:
+                    kind = f"conv_transpose{rank - 2}d" if transposed else f"conv{rank - 2}d"
+                groups = int(node.args[gidx]) if gidx is not None and len(node.args) > gidx else 1
+                found.append((node.name, fqn, kind, groups))
+                op = "weighted"
+            elif name in ("add", "add_"):
+                flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.name not in constant]
+                op = "pass" if len(flowing) <= 1 else "residual"
+            elif name in NORM_NAMES:
+                op = "norm"
+            elif name in ACTIVATION_NAMES:
+                op = ACTIVATION_NAMES[name]
+                if op == "leaky_relu":
+                    param = float(node.args[1]) if len(node.args) > 1 else 0.01
+            elif name in PASS_NAMES:
+                op = "pass"
+        elif node.op == "output":
+            op = "output"
+        inputs = [a.name for a in node.all_input_nodes if a.name not in constant]
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
+
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    for node_name, fqn, kind, groups in found:
+        if fqn in seen:
+            continue
+        seen.add(fqn)
+        weight = state[fqn]
+        shape = tuple(int(s) for s in weight.shape)
+        fan_in, fan_out = fans(kind, shape[::-1] if kind == "matmul" else shape, groups)  # matmul: [in, out]
+        name = fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn
+        bias_key = f"{name}.bias" if f"{name}.bias" in state else None
+        layer = Layer(name, kind, fqn, shape, fan_in, fan_out, tensor_stats(weight), groups, bias_key)
+        hit = following_nonlinearity(nodes, node_name)
+        if hit is not None:
+            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+        layers.append(layer)
+    norms = [
+        NormLayer(
+            fqn[: -len(".weight")],
+            "norm",
+            fqn,
+            tuple(t.shape),
+            tensor_stats(t),
+            tensor_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None,
+        )
+        for fqn, t in state.items()
+        if fqn.endswith(".weight") and t.dim() == 1 and fqn not in seen
+    ]
+    layer_of = {
+        node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn)
+        for node_name, fqn, _, _ in found
+    }
+    return ModelDescription(
+        path,
+        "torch.export",
+        count_parameters(list(state.values())),
+        layers,
+        norms,
+        True,
+        "execution",
+        blocks=(blocks := residual_blocks(nodes, layer_of)),
+        stream_inputs=stream_inputs(nodes, layer_of, blocks),
+    )

@@ -1,0 +1,224 @@
+"""Describe a live torch model: an ``nn.Module`` (factory, trusted pickle), a TorchScript module,
+or a ``torch.export`` program (:mod:`.torch_exported`; op tables in :mod:`.torch_ops`).
+
+Execution order and the nonlinearity after each layer come from a graph where one is available:
+``torch.fx.symbolic_trace`` for an ``nn.Module``, the ATen graph of an ``ExportedProgram``. When
+tracing fails (data-dependent control flow) and for TorchScript, the fallback is the module
+registration order and the next leaf module (``nn.Sequential``-style models read exactly).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+from ..gains import fans
+from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..model import Layer, ModelDescription, NormLayer
+from .torch_exported import describe_exported
+from .torch_ops import (
+    ACTIVATION_NAMES,
+    NORM_CLASSES,
+    NORM_NAMES,
+    PASS_NAMES,
+    WEIGHTED_CLASSES,
+    count_parameters,
+    lookup,
+    module_op,
+    tensor_stats,
+)
+
+
+def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] | None:
+    """Trace ``root`` with torch.fx; return (weighted module paths in call order, nodes, path→node id)."""
+    import torch.fx
+
+    try:
+        traced = torch.fx.symbolic_trace(root)
+    except Exception:  # noqa: BLE001 - any tracing failure means "no simple graph"
+        return None
+    modules = dict(traced.named_modules())
+    nodes: dict[str, OpNode] = {}
+    call_order: list[str] = []
+    node_of: dict[str, str] = {}
+    for node in traced.graph.nodes:
+        op, param = "other", None
+        if node.op == "call_module":
+            op, param = module_op(modules[node.target])
+            if op == "weighted" and node.target not in node_of:
+                call_order.append(node.target)
+                node_of[node.target] = node.name
+        elif node.op in ("call_function", "call_method"):
+            name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+            if node.target in (operator.add, operator.iadd) or name in ("add", "add_"):
+                op = _add_op(node)
+            elif name in ACTIVATION_NAMES:
+                op = ACTIVATION_NAMES[name]
+                if op == "leaky_relu":
+                    slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+                    param = float(slope)
+            elif name in PASS_NAMES:
+                op = "pass"
+            elif name in NORM_NAMES:
+                op = "norm"
+        elif node.op == "output":
+            op = "output"
+        inputs = [a.name for a in node.all_input_nodes if a.op != "get_attr"]
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
+    return call_order, nodes, node_of
+
+
+def _add_op(node: Any) -> str:
+    """A bias add (one operand a constant or an attribute) passes through; a residual add does not."""
+    import torch.fx
+
+    flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.op not in ("get_attr",)]
+    return "pass" if len(flowing) <= 1 else "residual"
+
+
+def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
+    """Describe an ``nn.Module`` or TorchScript module."""
+    return describe_module_graph(module, path=path, fmt=fmt)[0]
+
+
+def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDescription, Any, str]:
+    """Describe a module and say what runs it for the probe: the module itself (backend
+    ``torch``/``torchscript``) or, when only ``torch.export`` could read its graph, that program
+    (``torch.export``; its parameters are the module's own)."""
+    import torch
+
+    weighted: dict[str, tuple[Any, str]] = {}
+    norms: list[NormLayer] = []
+    leaves: list[tuple[str, Any]] = []
+    seen_weights: set[int] = set()
+    notes: list[str] = []
+    for name, mod in module.named_modules():
+        if not list(mod.children()):
+            leaves.append((name, mod))
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        hit, kind = lookup(mod, WEIGHTED_CLASSES)
+        if hit and kind:
+            if id(weight) in seen_weights:
+                notes.append(f"{name}: weight shared with an earlier layer, counted once")
+                continue
+            seen_weights.add(id(weight))
+            weighted[name] = (mod, kind)
+            continue
+        hit, norm_kind = lookup(mod, NORM_CLASSES)
+        if hit and weight.dim() >= 1:
+            bias = getattr(mod, "bias", None)
+            norms.append(
+                NormLayer(
+                    name,
+                    norm_kind,
+                    f"{name}.weight",
+                    tuple(weight.shape),
+                    tensor_stats(weight),
+                    tensor_stats(bias) if isinstance(bias, torch.Tensor) else None,
+                )
+            )
+
+    traced = None if isinstance(module, torch.jit.ScriptModule) else _fx_graph(module)
+    if traced is None and not isinstance(module, torch.jit.ScriptModule):
+        program = export_for_graph(module, weighted)
+        if program is not None:
+            desc = describe_exported(program, path=path)
+            desc.format = fmt
+            desc.notes.append("graph read from torch.export (torch.fx could not trace the model)")
+            return desc, program, "torch.export"
+    if traced is not None:
+        call_order, nodes, node_of = traced
+        order = [n for n in call_order if n in weighted] + [n for n in weighted if n not in node_of]
+        follow = {n: following_nonlinearity(nodes, node_of[n]) for n in order if n in node_of}
+        order_kind = "execution"
+        layer_nodes = {node: path for path, node in node_of.items() if path in weighted}
+        blocks = residual_blocks(nodes, layer_nodes)
+        feeders = stream_inputs(nodes, layer_nodes, blocks)
+    else:
+        order = list(weighted)
+        follow = _follow_by_module_order(leaves, weighted)
+        order_kind = "module"
+        blocks, feeders = [], []
+        if not isinstance(module, torch.jit.ScriptModule):
+            notes.append("torch.fx could not trace the model: module order and neighbours used")
+
+    layers = []
+    for name in order:
+        mod, kind = weighted[name]
+        weight = mod.weight
+        groups = int(getattr(mod, "groups", 1) or 1)
+        shape = tuple(int(s) for s in weight.shape)
+        fan_in, fan_out = fans(kind, shape, groups)
+        bias = getattr(mod, "bias", None)
+        layer = Layer(
+            name,
+            kind,
+            f"{name}.weight",
+            shape,
+            fan_in,
+            fan_out,
+            tensor_stats(weight),
+            groups,
+            bias_key=f"{name}.bias" if isinstance(bias, torch.Tensor) else None,
+        )
+        hit = follow.get(name)
+        if hit is not None:
+            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+        layers.append(layer)
+    params = count_parameters(list(module.state_dict(keep_vars=True).values()))
+    desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders)
+    return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
+
+
+def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
+    """``torch.export`` the model on a small example input inferred from its first weighted module
+    (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
+    import torch
+
+    from ..model import infer_input_shape
+
+    if not weighted:
+        return None
+    first, kind = next(iter(weighted.values()))
+    shape = tuple(int(d) for d in first.weight.shape)
+    if kind == "linear" and type(first).__name__ == "Conv1D":
+        shape = shape[::-1]
+    example_shape = infer_input_shape(kind, shape, int(getattr(first, "groups", 1) or 1), 2)
+    if kind == "embedding":
+        example = torch.randint(0, shape[0], example_shape, generator=torch.Generator().manual_seed(0))
+    else:
+        example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
+    was_training = module.training
+    try:
+        module.eval()
+        return torch.export.export(module, (example,), strict=False)
+    except Exception:  # noqa: BLE001 - any export failure means "no graph"
+        return None
+    finally:
+        module.train(was_training)
+
+
+def _follow_by_module_order(
+    leaves: list[tuple[str, Any]], weighted: dict[str, Any]
+) -> dict[str, tuple[str, float | None, bool] | None]:
+    """Nonlinearity after each weighted leaf: the next non-pass leaf module in registration order."""
+    out: dict[str, tuple[str, float | None, bool] | None] = {}
+    for i, (name, _) in enumerate(leaves):
+        if name not in weighted:
+            continue
+        result: tuple[str, float | None, bool] | None = ("linear", None, True)
+        for _, nxt in leaves[i + 1 :]:
+            op, param = module_op(nxt)
+            if op == "pass":
+                continue
+            if op == "weighted":
+                result = ("linear", None, False)
+            elif op == "other":
+                result = None
+            else:
+                result = (op, param, False)
+            break
+        out[name] = result
+    return out

@@ -1,0 +1,192 @@
+"""What torch modules and ops are, for describing a live torch model: class-name and op-name
+tables (weighted, norm, activation, pass-through), and the statistics of a torch tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Module class name → layer kind (matched along the MRO, so subclasses count; TorchScript
+# modules expose the original class name as ``original_name``).
+WEIGHTED_CLASSES = {
+    "Linear": "linear",
+    "Bilinear": None,
+    "Conv1d": "conv1d",
+    "Conv2d": "conv2d",
+    "Conv3d": "conv3d",
+    "ConvTranspose1d": "conv_transpose1d",
+    "ConvTranspose2d": "conv_transpose2d",
+    "ConvTranspose3d": "conv_transpose3d",
+    "Embedding": "embedding",
+    "EmbeddingBag": "embedding",
+    "Conv1D": "linear",  # Hugging Face transformers' Conv1D: a Linear storing W as [in, out]
+}
+NORM_CLASSES = {
+    "BatchNorm1d": "batchnorm",
+    "BatchNorm2d": "batchnorm",
+    "BatchNorm3d": "batchnorm",
+    "SyncBatchNorm": "batchnorm",
+    "LayerNorm": "layernorm",
+    "GroupNorm": "groupnorm",
+    "InstanceNorm1d": "instancenorm",
+    "InstanceNorm2d": "instancenorm",
+    "InstanceNorm3d": "instancenorm",
+    "RMSNorm": "rmsnorm",
+}
+_ACTIVATION_CLASSES = {
+    "ReLU": "relu",
+    "ReLU6": None,
+    "LeakyReLU": "leaky_relu",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "SELU": "selu",
+    "GELU": "gelu",
+    "SiLU": "silu",
+}
+_PASS_CLASSES = {
+    "Identity",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "Flatten",
+    "Unflatten",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
+}
+
+# Function / method / ATen op names (``aten.relu.default`` → ``relu``).
+ACTIVATION_NAMES = {
+    "relu": "relu",
+    "relu_": "relu",
+    "leaky_relu": "leaky_relu",
+    "leaky_relu_": "leaky_relu",
+    "tanh": "tanh",
+    "tanh_": "tanh",
+    "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid",
+    "selu": "selu",
+    "selu_": "selu",
+    "gelu": "gelu",
+    "silu": "silu",
+    "silu_": "silu",
+}
+PASS_NAMES = {
+    "view",
+    "reshape",
+    "flatten",
+    "t",
+    "permute",
+    "transpose",
+    "dropout",
+    "dropout_",
+    "clone",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "_to_copy",
+    "to",
+    "alias",
+    "detach",
+    "getitem",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "max_pool2d_with_indices",
+    "_adaptive_avg_pool2d",
+    "mean",
+}
+
+
+def _class_names(module: Any) -> list[str]:
+    original = getattr(module, "original_name", None)  # TorchScript
+    names = [original] if isinstance(original, str) else []
+    return names + [cls.__name__ for cls in type(module).__mro__]
+
+
+def lookup(module: Any, table: dict[str, Any]) -> tuple[bool, Any]:
+    for name in _class_names(module):
+        if name in table:
+            return True, table[name]
+    return False, None
+
+
+def tensor_stats(tensor: Any):
+    """:class:`~initdoctor.stats.WeightStats` of a torch tensor (float64 accumulation)."""
+    import torch
+
+    from ..stats import array_stats
+
+    t = tensor.detach()
+    if t.is_quantized:
+        t = t.int_repr()
+    dtype = str(t.dtype).replace("torch.", "")
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return array_stats(t.reshape(-1).numpy(), dtype=dtype)
+
+
+def count_parameters(tensors: Any) -> int:
+    """Number of elements over tensors, counting storage shared by several names (tied) once."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    total = 0
+    for t in tensors:
+        try:
+            ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        except (RuntimeError, NotImplementedError):
+            ident = (id(t), 0, tuple(t.shape))
+        if ident in seen and ident[0] != 0:
+            continue
+        seen.add(ident)
+        total += int(t.numel())
+    return total
+
+
+def module_op(module: Any) -> tuple[str, float | None]:
+    hit, kind = lookup(module, WEIGHTED_CLASSES)
+    if hit and kind:
+        return "weighted", None
+    hit, act = lookup(module, _ACTIVATION_CLASSES)
+    if hit and act:
+        param = float(getattr(module, "negative_slope", 0.01)) if act == "leaky_relu" else None
+        return act, param
+    if any(name in _PASS_CLASSES for name in _class_names(module)):
+        return "pass", None
+    if lookup(module, NORM_CLASSES)[0]:
+        return "norm", None
+    return "other", None
+
+
+NORM_NAMES = {
+    "layer_norm",
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "rms_norm",
+    "native_layer_norm",
+    "native_batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional",
+    "native_group_norm",
+}

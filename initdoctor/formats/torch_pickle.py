@@ -1,0 +1,165 @@
+"""Reading ``torch.save`` files: which torch archive a zip is, ``torch.load`` under the restricted
+unpickler (or, with ``trust``, the full one), telling damage from untrusted content, and finding the
+state_dict inside a checkpoint (Lightning and other wrappers).
+
+========================  =====================================  ====================================
+format                    how it is recognised (by content)      loaded with
+========================  =====================================  ====================================
+state_dict (zip, legacy)  zip with ``data.pkl`` / pickle header  ``torch.load(weights_only=True)`` ¹
+full pickled module       same, but needs globals beyond tensors ``torch.load`` — ``trust`` only
+TorchScript               zip with a ``code/`` folder            ``torch.jit.load`` — ``trust`` only
+torch.export (``.pt2``)   zip with ``archive_format``            ``torch.export.load`` — ``trust`` only
+========================  =====================================  ====================================
+
+¹ A zip state_dict is unpickled on the meta device and streamed from the file, both to inspect
+it and to fix it (:mod:`.torch_state_dict_stream`); legacy files are loaded whole
+(:mod:`.torch_state_dict`). TorchScript and torch.export: :mod:`.torch_code`.
+
+``weights_only=True`` uses torch's restricted unpickler, which refuses any global outside a small
+allow-list of tensor types, so a malicious pickle is rejected before it runs anything.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, UntrustedFormatError, first_line
+
+#: Keys under which checkpoints commonly wrap their state_dict (Lightning uses ``state_dict``).
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
+
+TRUST_HINT = "re-run with --trust only if you trust where the file comes from"
+
+
+def zip_kind(path: Path) -> str:
+    """Classify a torch zip archive: ``torchscript``, ``torch.export`` or ``torch-zip``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+        # NotImplementedError: a garbled header claiming an unsupported zip version or compression
+        raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
+    if any("/code/" in n or n.startswith("code/") for n in names):
+        return "torchscript"
+    if any(n.endswith("archive_format") or "/models/" in n for n in names):
+        return "torch.export"
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch-zip"
+    raise InputError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def find_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
+    """The state_dict inside a checkpoint: the object itself, or one wrapped under a known key."""
+    if _is_tensor_dict(obj):
+        return obj
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            inner = obj.get(key)
+            if _is_tensor_dict(inner):
+                return inner
+        candidates = [v for v in obj.values() if _is_tensor_dict(v)]
+        if len(candidates) == 1:
+            return candidates[0]
+        tensors = {k: v for k, v in obj.items() if _tensor_like(v)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise InputError(f"{path}: no state_dict found in the checkpoint (top-level keys: {keys})")
+    raise InputError(f"{path}: holds a {type(obj).__name__}, not a state_dict or module")
+
+
+def _tensor_like(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
+    """``torch.load`` a zip or legacy checkpoint: restricted unpickler unless ``trust``.
+    ``meta=True`` (zip only): tensors land on the meta device, no data is read."""
+    import torch
+
+    if not trust:
+        try:
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 127" on a garbled file
+                warnings.simplefilter("ignore")
+                if meta:
+                    return torch.load(path, map_location="meta", weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=_use_mmap(path))
+        except pickle.UnpicklingError as exc:
+            damage = _pickle_damage(path)
+            if damage:
+                raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({damage})") from None
+            detail = str(exc).splitlines()
+            culprit = next((line.strip() for line in detail if "Unsupported global" in line), "")
+            culprit = f" ({culprit.rstrip('.')})" if culprit else ""
+            raise UntrustedFormatError(
+                f"{path}: the checkpoint holds pickled Python objects beyond tensors{culprit}, "
+                f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a garbled stream raises IndexError, struct.error...
+            raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({error_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
+        raise InputError(f"{path}: cannot unpickle the checkpoint ({error_line(exc)})") from None
+
+
+def _pickle_damage(path: Path) -> str | None:
+    """Why the checkpoint's pickle is cut short or garbled (a corrupt file, not an untrusted one),
+    or None. Read with ``pickletools.genops``, which only parses opcodes and builds nothing."""
+    import pickletools
+
+    try:
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                with archive.open(name) as fh:
+                    for _ in pickletools.genops(fh):
+                        pass
+        else:
+            with open(path, "rb") as fh:
+                for _ in range(4):  # legacy: magic number, protocol, sys_info, the object
+                    for _ in pickletools.genops(fh):
+                        pass
+    except Exception as exc:  # noqa: BLE001 - ValueError, BadZipFile, MemoryError on a garbled length...
+        return error_line(exc)
+    return None
+
+
+#: Zip checkpoints above this size are memory-mapped instead of read. torch 2.13's mmap path does
+#: not check a tensor record's length against the tensor (a short record reads past its end), so
+#: files that fit comfortably in memory are read normally, where torch does check.
+MMAP_ABOVE_BYTES = 2 << 30
+
+
+def _use_mmap(path: Path) -> bool:
+    return _is_zip(path) and path.stat().st_size > MMAP_ABOVE_BYTES
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def error_line(exc: BaseException) -> str:
+    """:func:`~initdoctor.errors.first_line` prefixed with the exception's type (torch's own
+    messages often do not say what went wrong without it)."""
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
