@@ -98,7 +98,7 @@ def diagnose(
     probe's progress. ``example_inputs`` (a tensor or a tuple of tensors) replaces the seeded random
     batch for a torch model.
     """
-    from .inspector import inspect_description
+    from .checks import inspect_description
     from .probe import run_probe, time_limit
 
     inspect_settings, probe_settings = _split_settings(settings)

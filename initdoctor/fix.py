@@ -201,8 +201,8 @@ def fix_model(
     or an object with ``phase(label)`` giving one per phase (the CLI's bar). ``settings`` are
     :func:`initdoctor.diagnose` settings (nonlinearity, thresholds, probe inputs)."""
     from . import _is_torch_module, _split_settings, load
+    from .checks import inspect_description
     from .fileio import backup
-    from .inspector import inspect_description
     from .loaders.editable import TorchModule, open_editable
     from .probe import run_probe
 
