@@ -21,7 +21,8 @@ batch-size             int         probe batch size
 seed                   int         probe seed
 vocab-size             int         token id range
 trust                  bool        allow code-executing formats
-ignore                 [str]       glob patterns of layer names not judged (status ``skip``)
+ignore                 [str]       layer-name globs not judged (status ``skip``) and rule codes
+                                   not applied (``C501``, prefix ``K1``; docs/rules.md)
 overrides              table       glob → {nonlinearity = "...", negative-slope = ...}
 =====================  ==========  =================================================================
 

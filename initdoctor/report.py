@@ -74,7 +74,7 @@ class Source(StrEnum):
 
 #: Statuses in increasing severity.
 STATUSES = tuple(Status)
-_RANK = {Status.SKIP: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
+_RANK: dict[str, int] = {Status.SKIP: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
 
 #: ``fail_on`` values: the lowest status that makes the exit code 1 (``never``: always 0).
 FAIL_ON = ("warn", "error", "never")

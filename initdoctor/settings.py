@@ -25,7 +25,7 @@ class Settings:
     compound_threshold: float = 16.0
     probe_warn_threshold: float = 2.0
     dead_threshold: float = 0.9
-    #: layer-name globs not judged (status ``skip``)
+    #: layer-name globs not judged (status ``skip``) and rule codes not applied (``C501``, ``K1``)
     ignore: tuple[str, ...] = ()
     #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
     overrides: tuple[tuple[str, str, float | None], ...] = ()

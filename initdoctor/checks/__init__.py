@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from ..errors import SettingsError
 from ..report import LayerFinding, Report, Role
 from ..settings import Settings
 from . import blocks, chain, measured, norms, skips, weights
@@ -43,8 +44,6 @@ def rule_text(code: str | None) -> str:
         return REGISTRY.listing()
     rule = REGISTRY.get(code)
     if rule is None:
-        from ..errors import SettingsError
-
         raise SettingsError(f"unknown rule {code!r}; `initdoctor rule --all` lists them")
     return rule.doc()
 

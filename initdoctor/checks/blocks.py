@@ -75,8 +75,8 @@ def judge_blocks(
         blocks.append(BlockFinding(b.name, list(b.layers), growth, Status.OK, ""))
     growths = [b.growth for b in blocks if b.growth is not None and b.growth > 0]
     if not growths:
-        for b in blocks:
-            b.message = "growth not measured (no probe)"
+        for bf in blocks:
+            bf.message = "growth not measured (no probe)"
         return blocks, None
     late = growths[len(growths) // 2 :]
     late_geo = math.exp(sum(math.log(g) for g in late) / len(late))  # later half's geometric mean
@@ -85,18 +85,18 @@ def judge_blocks(
     status = Status.OK
     if late_geo >= 1.5:  # R301: a constant factor; error when prod(growth) > T_chain
         status = Status.ERROR if total > s.compound_threshold else Status.WARN
-    for b in blocks:
-        if b.growth is None:
-            b.message = "growth not measured"
+    for bf in blocks:
+        if bf.growth is None:
+            bf.message = "growth not measured"
             continue
-        b.message = f"Var[out]/Var[skip] = {b.growth:.3g}"
-        if status != Status.OK and b.growth >= 1.5:
-            b.message += "; " + R301.message("block")
-            flag(b, R301, status, ignored)
+        bf.message = f"Var[out]/Var[skip] = {bf.growth:.3g}"
+        if status != Status.OK and bf.growth >= 1.5:
+            bf.message += "; " + R301.message("block")
+            flag(bf, R301, status, ignored)
     healthy = HEALTHY.format(geo=geo, total=total, n=len(growths))
     if status == Status.OK:
         return blocks, Stream(geo, healthy, status)
-    flagged = [b.name for b in blocks if b.growth is not None and b.growth >= 1.5]
+    flagged = [bf.name for bf in blocks if bf.growth is not None and bf.growth >= 1.5]
     names = f"{', '.join(flagged[:6])}{'…' if len(flagged) > 6 else ''}"
     message = R301.message(late=late_geo, total=total, n=len(growths), flagged=names)
     if R301.code in ignored:

@@ -172,7 +172,7 @@ def apply_probe(
             f.message += "; " + P202.message(fraction=f.dead_fraction)
             flag(f, P202, Status.WARN, ignored)
 
-    chain_ratio, systematic = None, False
+    chain_ratio, systematic, mean_ln = None, False, 0.0
     if chain:
         logs = [ln for _, ln in chain]
         mean_ln = sum(logs) / len(logs)
@@ -183,7 +183,7 @@ def apply_probe(
             systematic = abs(mean_ln) > math.log(s.warn_threshold) + 3 * sd / math.sqrt(len(logs))
     drift = systematic and P203.code not in ignored
     for f, ln_r in chain:
-        if drift and ln_r * math.log(chain_ratio) > 0 and abs(ln_r) > math.log(s.warn_threshold):
+        if drift and ln_r * mean_ln > 0 and abs(ln_r) > math.log(s.warn_threshold):
             if f.status != Status.ERROR:
                 f.message += "; " + P203.message("layer", ratio=f.variance_ratio, mean=chain_ratio)
                 flag(f, P203, Status.ERROR, ignored)

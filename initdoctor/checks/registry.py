@@ -123,7 +123,8 @@ class Registry:
             if not _NAME.match(r.name):
                 raise ValueError(f"rule {r.code}: name {r.name!r} is not kebab-case")
             self._rules[r.code] = r
-        self._rules = dict(sorted(self._rules.items()))
+        order = list(FAMILIES)  # by family (S, K, P, R, N, C), then code
+        self._rules = dict(sorted(self._rules.items(), key=lambda kv: (order.index(kv[0][0]), kv[0])))
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self._rules.values())

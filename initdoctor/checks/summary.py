@@ -35,8 +35,8 @@ def summarize(
     for f in findings:
         counts[f.status] += 1
         status = worse(status, f.status)
-    for n in norms:
-        status = worse(status, n.status)
+    for norm in norms:
+        status = worse(status, norm.status)
     notes: list[str] = []  # model-level rules that would fire but are ignored
 
     def applies(rule_code: str, fires: bool) -> bool:
@@ -48,11 +48,10 @@ def summarize(
     compound = math.exp(ln_compound) if ln_compound is not None else None
     chain_broken = applies(C501.code, broken(ln_compound, s))  # |Σ ln r| > ln T_chain
     systematic = applies(P203.code, measured is not None and measured.systematic)
+    depth = measured.depth_ratio if measured is not None else None
+    # P205: |ln depth_ratio| > ln T_chain
     depth_drift = applies(
-        P205.code,
-        measured is not None
-        and bool(measured.depth_ratio)
-        and abs(math.log(measured.depth_ratio)) > math.log(s.compound_threshold),  # |ln depth| > ln T
+        P205.code, bool(depth) and abs(math.log(depth or 1.0)) > math.log(s.compound_threshold)
     )
     if chain_broken:
         status = Status.ERROR

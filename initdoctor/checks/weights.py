@@ -213,7 +213,7 @@ def judge_layer(
     f.expected_std = exp
     zero = st.all_zero
     if f.role in (Role.NORMALIZED, Role.RESIDUAL):
-        judge_structural(f, layer, block, zero, ignored)
+        judge_structural(f, layer, exp, block, zero, ignored)
         return None
     if zero:
         f.std_ratio = f.weight_variance_ratio = 0.0
@@ -277,14 +277,14 @@ def judge_layer(
 
 
 def judge_structural(
-    f: LayerFinding, layer: Layer, block: str | None, zero: bool, ignored: frozenset[str]
+    f: LayerFinding, layer: Layer, exp: float, block: str | None, zero: bool, ignored: frozenset[str]
 ) -> None:
     """Layers whose weight scale does not set the forward signal by itself: followed by a
     normalization (``normalized``), or inside a residual branch (``residual``, judged by the
     block's measured growth instead of against Kaiming)."""
     st = layer.stats
     if not zero and st.std > 0:
-        f.std_ratio = st.std / f.expected_std
+        f.std_ratio = st.std / exp
         f.weight_variance_ratio = f.std_ratio**2
     if f.role == Role.NORMALIZED:
         f.message = NORMALIZED
