@@ -99,7 +99,7 @@ def run(
     (``probe_settings.timeout``) bounds loading and probing: both run the model's code (tracing a
     factory, a TorchScript file). ``need_graph``: the message of the error raised when the probe is
     asked for and the model has no graph (default: a note, and a static judgement)."""
-    from .inspector import inspect_description
+    from .checks import inspect_description
     from .probe import run_probe, time_limit
 
     result = None

@@ -236,6 +236,21 @@ def fix(model: ModelArg, **opts: Any) -> None:
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)
 
 
+@app.command()
+def rule(
+    code: Annotated[str | None, typer.Argument(help="A rule code, e.g. K101 (a finding's `rule`).")] = None,
+    all_rules: Annotated[bool, typer.Option("--all", help="List every rule.")] = False,
+) -> None:
+    """Explain a rule by its code (as `ruff rule`), or list every rule with --all."""
+    from .checks import rule_text
+
+    if (code is None) != all_rules:
+        typer.echo("initdoctor: error: give one rule code, or --all", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    with _errors(debug=False):
+        typer.echo(rule_text(code), nl=False)
+
+
 def _emit(report: Any, fmt: str, output: Path | None) -> None:
     from . import render
 

@@ -7,7 +7,9 @@ command line > file > built-in defaults; an unknown key or a wrong type is an er
 
 The keys are the options marked ``config`` in the table, with their types and defaults:
 ``python -c "from initdoctor.options import CONFIG_KEYS; print(*CONFIG_KEYS)"`` lists them
-(``overrides`` maps a layer glob to ``{nonlinearity = "...", negative-slope = ...}``).
+(``ignore`` holds layer-name globs not judged (status ``skip``) and rule codes not applied,
+``C501`` or a prefix ``K1`` (docs/rules.md); ``overrides`` maps a layer glob to
+``{nonlinearity = "...", negative-slope = ...}``).
 
 Example::
 
@@ -70,7 +72,7 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
 
 
 def overrides_setting(table: dict[str, Any]) -> tuple[tuple[str, str, float | None], ...]:
-    """``overrides`` as the inspector's ``(glob, nonlinearity, negative slope)`` triples."""
+    """``overrides`` as the checks' ``(glob, nonlinearity, negative slope)`` triples."""
     return tuple(
         (
             pattern,

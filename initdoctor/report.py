@@ -10,20 +10,25 @@ and a CHANGELOG line)::
      "layers": [{"name", "kind", "role", "shape", "fan_in", "fan_out", "groups", "nonlinearity",
                  "nonlinearity_source", "gain", "dtype", "numel", "weight_mean", "weight_std",
                  "expected_std", "std_ratio", "weight_variance_ratio", "suggested_scale",
-                 "nan_count", "inf_count", "status", "message",
+                 "nan_count", "inf_count", "status", "message", "rule",
                  # measured by the probe, null without one:
                  "input_second_moment", "activation_var", "variance_ratio", "measured_scale",
                  "depth_ratio", "dead_fraction", "grad_var", "grad_ratio"}],
      "norm_layers": [{"name", "kind", "shape", "weight_mean", "weight_std", "bias_mean",
-                      "bias_std", "status", "message"}],
-     "residual_blocks": [{"name", "layers", "growth", "status", "message"}],
+                      "bias_std", "status", "message", "rule"}],
+     "residual_blocks": [{"name", "layers", "growth", "status", "message", "rule"}],
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
                  "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
-                 "grad_depth_ratio", "residual_growth"},
+                 "grad_depth_ratio", "residual_growth", "rule"},
      "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
      "notes": [str]}
 
-Numbers that do not exist (a ratio of a skipped layer) are ``null``.
+Numbers that do not exist (a ratio of a skipped layer) are ``null``. ``status`` is one of
+:class:`Status` (``skip``, ``ok``, ``warn``, ``error``), ``role`` one of :class:`Role`,
+``nonlinearity_source`` one of :class:`Source`. ``rule`` is the code of the rule that set a
+non-``ok`` status (``initdoctor rule CODE`` explains it; docs/rules.md lists them all), ``null`` for
+a plain ``ok``; the summary's is the model-level rule that decided it, or ``null`` when the layers'
+own statuses did.
 """
 
 from __future__ import annotations
@@ -31,19 +36,56 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 SCHEMA = "initdoctor.report/1"
 
-#: Statuses in increasing severity. ``skip`` = not judged (embedding, integer weights, empty).
-STATUSES = ("skip", "ok", "warn", "error")
-_RANK = {"skip": 0, "ok": 1, "warn": 2, "error": 3}
+
+class Status(StrEnum):
+    """A finding's verdict, in increasing severity. ``skip`` = not judged (embedding, integer
+    weights, empty, ignored by a layer-name glob)."""
+
+    SKIP = "skip"
+    OK = "ok"
+    WARN = "warn"
+    ERROR = "error"
+
+
+class Role(StrEnum):
+    """What a weighted layer is in the model, which decides the rule that judges it."""
+
+    HIDDEN = "hidden"  # followed by a nonlinearity in the chain: judged against Kaiming
+    OUTPUT = "output"  # feeds a model output (logits): judged against gain 1, only too large flagged
+    EMBEDDING = "embedding"  # a lookup table: no fan-in, not judged
+    RESIDUAL = "residual"  # inside a residual branch: judged by the block's growth
+    STREAM = "stream"  # feeds the residual stream (its starting scale): at most a warning
+    NORMALIZED = "normalized"  # followed by a normalization: its scale does not set the signal
+
+
+class Source(StrEnum):
+    """Where a layer's nonlinearity came from."""
+
+    GRAPH = "graph"  # read from the model's graph
+    FLAG = "flag"  # the ``nonlinearity`` setting (no graph shows one)
+    RULE = "rule"  # a fixed rule (embeddings; the last layer of a graph-less file is linear)
+    CONFIG = "config"  # an ``overrides`` entry of the configuration
+
+
+#: Statuses in increasing severity.
+STATUSES = tuple(Status)
+_RANK: dict[str, int] = {Status.SKIP: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
 
 #: ``fail_on`` values: the lowest status that makes the exit code 1 (``never``: always 0).
 FAIL_ON = ("warn", "error", "never")
 
 
-def worse(a: str, b: str) -> str:
+def rank(status: str) -> int:
+    """0 (skip) … 3 (error)."""
+    return _RANK[status]
+
+
+def worse(a: Status, b: Status) -> Status:
     return a if _RANK[a] >= _RANK[b] else b
 
 
@@ -55,13 +97,13 @@ def at_least(status: str, threshold: str) -> bool:
 class LayerFinding:
     name: str
     kind: str
-    role: str  # "hidden" | "output" | "embedding"
+    role: Role
     shape: list[int]
     fan_in: int
     fan_out: int
     groups: int
     nonlinearity: str
-    nonlinearity_source: str  # "graph" | "flag" | "rule"
+    nonlinearity_source: Source
     gain: float
     dtype: str
     numel: int
@@ -73,8 +115,9 @@ class LayerFinding:
     suggested_scale: float | None
     nan_count: int
     inf_count: int
-    status: str
+    status: Status
     message: str
+    rule: str | None = None  # code of the rule that set a non-ok status (see initdoctor.checks)
     weight_key: str = ""
     bias_key: str | None = None
     # measured by the probe (None without one); see initdoctor.probe
@@ -97,8 +140,9 @@ class NormFinding:
     weight_std: float | None
     bias_mean: float | None
     bias_std: float | None
-    status: str
+    status: Status
     message: str
+    rule: str | None = None
 
 
 @dataclass
@@ -108,13 +152,14 @@ class BlockFinding:
     name: str
     layers: list[str]
     growth: float | None
-    status: str
+    status: Status
     message: str
+    rule: str | None = None
 
 
 @dataclass
 class Summary:
-    status: str
+    status: Status
     ok: int
     warn: int
     error: int
@@ -126,6 +171,7 @@ class Summary:
     measured_chain_ratio: float | None = None
     grad_depth_ratio: float | None = None
     residual_growth: float | None = None  # geometric mean of the blocks' growth
+    rule: str | None = None  # the model-level rule that decided the summary (None: the layers did)
 
 
 @dataclass

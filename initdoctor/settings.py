@@ -24,7 +24,7 @@ class Settings:
     compound_threshold: float = default("compound-threshold")
     probe_warn_threshold: float = default("probe-warn-threshold")
     dead_threshold: float = default("dead-threshold")
-    #: layer-name globs not judged (status ``skip``)
+    #: layer-name globs not judged (status ``skip``) and rule codes not applied (``C501``, ``K1``)
     ignore: tuple[str, ...] = ()
     #: ``(glob, nonlinearity, negative slope or None)``: the nonlinearity for matching layers
     overrides: tuple[tuple[str, str, float | None], ...] = ()

@@ -1,0 +1,103 @@
+"""The verdict: judge every layer of a model description against its rules and build the report.
+
+Each rule has a stable code (docs/rules.md, ``initdoctor rule CODE``); the rules live by family:
+:mod:`.skips` (S0xx, not judged), :mod:`.weights` (K1xx, static per layer, He et al. 2015),
+:mod:`.measured` (P2xx, the probe), :mod:`.blocks` (R3xx, residual growth), :mod:`.norms`
+(N4xx), :mod:`.chain` (C5xx, compounding), :mod:`.summary` (the model-level verdict);
+:mod:`.roles` resolves what each layer is. This module only runs them in order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from ..errors import SettingsError
+from ..report import LayerFinding, Report, Role
+from ..settings import Settings
+from . import blocks, chain, measured, norms, skips, weights
+from .registry import CODE, Registry, Rule, mark_skip
+from .roles import new_finding
+from .summary import summarize
+
+if TYPE_CHECKING:
+    from ..model import ModelDescription
+    from ..probe import ProbeResult
+
+__all__ = ["REGISTRY", "Rule", "inspect_description", "rule_text", "rules_markdown"]
+
+REGISTRY = Registry(
+    [*skips.RULES, *weights.RULES, *measured.RULES, *blocks.RULES, *norms.RULES, *chain.RULES]
+)
+
+
+def rules_markdown() -> str:
+    """docs/rules.md, generated from the registry."""
+    return REGISTRY.markdown()
+
+
+def rule_text(code: str | None) -> str:
+    """``initdoctor rule CODE``: the rule's doc; ``None``: one line per rule. An unknown code is
+    a :class:`~initdoctor.errors.SettingsError`."""
+    if code is None:
+        return REGISTRY.listing()
+    rule = REGISTRY.get(code)
+    if rule is None:
+        raise SettingsError(f"unknown rule {code!r}; `initdoctor rule --all` lists them")
+    return rule.doc()
+
+
+def inspect_description(
+    desc: ModelDescription, settings: Settings | None = None, probe: ProbeResult | None = None
+) -> Report:
+    """Judge every layer of ``desc`` (and, given a probe result, what the signal did)."""
+    s = settings or Settings()
+    ignored = REGISTRY.ignored(s.ignore)  # rule codes; the other entries are layer-name globs
+    globs = [entry for entry in s.ignore if not CODE.match(entry)]
+    judged = [layer for layer in desc.layers if layer.kind != "embedding"]
+    last_name = judged[-1].name if judged else None
+    findings: list[LayerFinding] = []
+    hidden_chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
+    branch_of = {name: block.name for block in desc.blocks for name in block.layers}
+    feeders = set(desc.stream_inputs)
+    for layer in desc.layers:
+        finding = new_finding(layer, desc, s, last_name, branch_of, feeders)
+        findings.append(finding)
+        if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in globs):
+            mark_skip(finding, skips.S004, skips.S004.message())
+        elif weights.precheck(finding, layer, ignored):
+            pass  # integer, empty or non-finite weights: nothing more to judge
+        elif finding.role == Role.EMBEDDING:
+            mark_skip(finding, skips.S003, skips.S003.message())
+        else:
+            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name))
+            if ln_r is not None:
+                hidden_chain.append((finding, ln_r))
+
+    ln_compound = chain.compound(hidden_chain, s, ignored)
+    measures = measured.apply_probe(findings, probe, s, ignored) if probe is not None else None
+    norm_findings = [norms.judge_norm(n, ignored) for n in desc.norms]
+    block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored)
+    summary = summarize(findings, norm_findings, ln_compound, s, ignored, measures, stream)
+    model = {
+        "path": desc.path,
+        "format": desc.format,
+        "parameters": desc.parameters,
+        "layer_order": desc.order,
+        "has_graph": desc.has_graph,
+    }
+    probe_info = None
+    if probe is not None:
+        probe_info = {
+            "backend": probe.backend,
+            "inputs": probe.inputs,
+            "seed": probe.seed,
+            "runs": probe.runs,
+            "backward": probe.backward,
+            "notes": list(probe.notes),
+        }
+    notes = list(desc.notes)
+    if desc.blocks and probe is None:
+        notes.append(f"{len(desc.blocks)} residual blocks found; their growth needs the probe")
+    return Report(model, asdict(s), findings, norm_findings, summary, notes, probe_info, block_findings)

@@ -1,0 +1,201 @@
+"""P2xx: what the probe measured — merged into the findings and judged.
+
+* ``variance_ratio = Var[y] / (gain² · E[x²])`` per layer; ``measured_scale = 1/sqrt(it)``.
+* **systematic** drift (P203): the geometric mean of ``variance_ratio`` over the hidden chain,
+  ``G``, beyond ``[1/T_warn, T_warn]`` widened by 3 standard errors of that mean
+  (``3 · sd(ln r) / sqrt(L)``): an ``error``, as for the static check.
+* **fluctuation** (P204): one layer's measured ratio beyond ``[1/T_probe, T_probe]`` (default 2)
+  while its weights are within the Kaiming band: at most ``warn``, naming finite-width fluctuation
+  and the data-driven fix; likewise depth drift beyond the compound threshold (P205, summary).
+* NaN/Inf produced by the forward: ``error`` (P201). Dead units above ``dead_threshold``: ``warn``
+  (P202).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..report import LayerFinding, Role, Status
+from .registry import Rule, flag
+
+if TYPE_CHECKING:
+    from ..probe import ProbeResult
+    from ..settings import Settings
+
+_PROBE = "Run without the probe (`--no-probe`) to judge the weights alone"
+
+P201 = Rule(
+    code="P201",
+    name="nonfinite-activations",
+    severities=(Status.ERROR,),
+    applies_to="layer (measured)",
+    title="The forward pass produces NaN or Inf at this layer.",
+    what="NaN and Inf values in the layer's output for the probe's seeded batch, its input being finite.",
+    why="Overflow (weights or activations too large for the dtype) or a NaN source: training "
+    "cannot start from it.",
+    formula="`nan_count + inf_count > 0` in the layer's output.",
+    silence=f"Fix the scale that overflows. {_PROBE}.",
+    messages={"default": "the forward produces {nan} NaN and {inf} Inf values here"},
+)
+
+P202 = Rule(
+    code="P202",
+    name="dead-units",
+    severities=(Status.WARN,),
+    applies_to="layer (role hidden, measured)",
+    title="Most of the layer's ReLU units are zero for the whole probe batch.",
+    what="`dead_fraction`: the share of units (features / channels) whose ReLU output is zero for "
+    "every sample and position of the batch.",
+    why="A dead unit passes no signal and gets no gradient; a large share usually means a large "
+    "negative bias or a badly scaled input.",
+    formula="warn when `dead_fraction ≥ dead_threshold` (default 0.9).",
+    silence=f"Check the biases and the input scale; raise `dead_threshold` (library). {_PROBE}.",
+    messages={"default": "{fraction:.0%} of its ReLU units are zero for the whole probe batch (dead)"},
+)
+
+P203 = Rule(
+    code="P203",
+    name="systematic-drift",
+    severities=(Status.ERROR,),
+    applies_to="model (the hidden chain, measured) and its drifting layers",
+    title="Measured: the signal's variance changes by a constant factor per layer.",
+    what="The geometric mean `G` of the measured `variance_ratio = Var[y] / (gain² · E[x²])` over "
+    "the hidden chain.",
+    why="A systematic per-layer factor compounds with depth like a scale error in the weights "
+    "(He et al. 2015, eq. 7: `Var[y] = fan_in · Var[w] · E[x²]`).",
+    formula="error when `|ln G| > ln T_warn + 3·sd(ln r)/sqrt(L)` (3 standard errors of the mean "
+    "of `L ≥ 2` layers); each layer beyond `T_warn` in the same direction becomes error.",
+    silence=f"Fix the per-layer scales (`initdoctor fix`). {_PROBE}.",
+    messages={
+        "default": "measured: the signal's variance changes ×{ratio:.3g} per layer on average "
+        "(geometric mean over the chain): a systematic scale error",
+        "layer": "measured ×{ratio:.3g} here, part of a systematic drift "
+        "(geometric mean ×{mean:.3g} per layer)",
+    },
+)
+
+P204 = Rule(
+    code="P204",
+    name="measured-fluctuation",
+    severities=(Status.WARN,),
+    applies_to="layer (role hidden, measured)",
+    title="Measured: one layer's variance ratio is off although its weights are Kaiming.",
+    what="The layer's measured `variance_ratio` while its weights are within the Kaiming band.",
+    why="Finite width: a layer's realized variance ratio fluctuates around 1 for a given input; "
+    "a data-driven init (LSUV, Mishkin & Matas 2016) removes it.",
+    formula="warn when `|ln variance_ratio| > ln T_probe` (`probe_warn_threshold`, default 2).",
+    silence=f"`initdoctor fix --method lsuv`, or raise `probe_warn_threshold` (library). {_PROBE}.",
+    messages={
+        "default": "measured variance ratio {ratio:.3g} although the weights are Kaiming: "
+        "finite-width fluctuation for this input; data-driven fix (LSUV): rescale by {scale:.3g}"
+    },
+)
+
+P205 = Rule(
+    code="P205",
+    name="depth-drift",
+    severities=(Status.WARN,),
+    applies_to="model (the hidden chain, measured)",
+    title="Measured: the signal's variance drifts from the first to the last layer.",
+    what="`depth_ratio = Var[y_last] / Var[y_first]` over the plain chain of hidden layers.",
+    why="With Kaiming weights the drift is finite-width fluctuation compounding over depth; "
+    "a data-driven init (LSUV) fixes it.",
+    formula="warn when `|ln depth_ratio| > ln T_chain` (`compound-threshold`).",
+    silence=f"`initdoctor fix --method lsuv`, or raise `compound-threshold`. {_PROBE}.",
+    messages={
+        "default": "measured: the signal's variance drifts ×{ratio:.3g} from first to last layer "
+        "although the weights are Kaiming: finite-width fluctuation; data-driven init (LSUV) fixes it"
+    },
+)
+
+RULES = (P201, P202, P203, P204, P205)
+NOT_MEASURED = "not measured: its input already carries NaN/Inf from an earlier layer"
+
+
+@dataclass
+class Measured:
+    """Chain-level results of the probe (see :func:`apply_probe`)."""
+
+    chain_ratio: float | None  # geometric mean of measured variance ratios over the hidden chain
+    systematic: bool  # P203's test (True even when P203 is ignored)
+    depth_ratio: float | None
+    grad_depth_ratio: float | None
+
+
+def apply_probe(
+    findings: list[LayerFinding], probe: ProbeResult, s: Settings, ignored: frozenset[str]
+) -> Measured:
+    """Merge measured statistics into the findings and judge them (see the module docstring)."""
+    first_var: float | None = None
+    first_grad: float | None = None
+    last_hidden_grad: float | None = None
+    chain: list[tuple[LayerFinding, float]] = []
+    for f in findings:
+        a = probe.layers.get(f.name)
+        if a is None:
+            continue
+        f.input_second_moment = a.input_second_moment
+        f.activation_var = a.activation_var
+        f.dead_fraction = a.dead_fraction
+        f.grad_var = a.grad_var
+        if f.role == Role.EMBEDDING:
+            continue
+        plain = f.role in (Role.HIDDEN, Role.OUTPUT)  # depth is a plain chain's notion
+        if plain and first_var is None and math.isfinite(a.activation_var) and a.activation_var > 0:
+            first_var = a.activation_var
+        if first_var and math.isfinite(a.activation_var):
+            f.depth_ratio = a.activation_var / first_var  # Var[y_l] / Var[y_first]
+        if a.input_nonfinite:
+            f.input_second_moment = f.activation_var = f.depth_ratio = None
+            f.message += "; " + NOT_MEASURED
+            continue
+        if a.nan_count or a.inf_count:
+            f.message += "; " + P201.message(nan=a.nan_count, inf=a.inf_count)
+            flag(f, P201, Status.ERROR, ignored)
+            continue
+        ex2 = a.input_second_moment
+        if math.isfinite(ex2) and ex2 > 0 and math.isfinite(a.activation_var) and a.activation_var > 0:
+            f.variance_ratio = a.activation_var / (f.gain**2 * ex2)  # Var[y] / (gain² · E[x²])
+            f.measured_scale = 1.0 / math.sqrt(f.variance_ratio)
+            if f.role == Role.HIDDEN and f.status != Status.SKIP:
+                chain.append((f, math.log(f.variance_ratio)))
+        if a.input_grad_second_moment and a.output_grad_second_moment:
+            # E[(∂L/∂x)²] / (gain² · E[(∂L/∂y)²]): He et al. 2015, eq. 14
+            f.grad_ratio = a.input_grad_second_moment / (f.gain**2 * a.output_grad_second_moment)
+        if a.grad_var is not None and f.role == Role.HIDDEN:
+            first_grad = a.grad_var if first_grad is None else first_grad
+            last_hidden_grad = a.grad_var
+        # P202: dead_fraction ≥ dead_threshold
+        if f.dead_fraction is not None and f.dead_fraction >= s.dead_threshold and f.role == Role.HIDDEN:
+            f.message += "; " + P202.message(fraction=f.dead_fraction)
+            flag(f, P202, Status.WARN, ignored)
+
+    chain_ratio, systematic, mean_ln = None, False, 0.0
+    if chain:
+        logs = [ln for _, ln in chain]
+        mean_ln = sum(logs) / len(logs)
+        chain_ratio = math.exp(mean_ln)  # G = exp(mean ln r)
+        if len(logs) >= 2:
+            sd = math.sqrt(sum((x - mean_ln) ** 2 for x in logs) / (len(logs) - 1))
+            # P203: |ln G| > ln T_warn + 3 · sd(ln r) / sqrt(L)
+            systematic = abs(mean_ln) > math.log(s.warn_threshold) + 3 * sd / math.sqrt(len(logs))
+    drift = systematic and P203.code not in ignored
+    for f, ln_r in chain:
+        if drift and ln_r * mean_ln > 0 and abs(ln_r) > math.log(s.warn_threshold):
+            if f.status != Status.ERROR:
+                f.message += "; " + P203.message("layer", ratio=f.variance_ratio, mean=chain_ratio)
+                flag(f, P203, Status.ERROR, ignored)
+        elif abs(ln_r) > math.log(s.probe_warn_threshold) and f.status == Status.OK:
+            # P204: |ln variance_ratio| > ln T_probe with Kaiming weights
+            f.message += "; " + P204.message(ratio=f.variance_ratio, scale=f.measured_scale)
+            flag(f, P204, Status.WARN, ignored)
+    last = next(
+        (f for f in reversed(findings) if f.depth_ratio is not None and f.role in (Role.HIDDEN, Role.OUTPUT)),
+        None,
+    )
+    if not chain:
+        last = None  # no plain chain of hidden layers (normalized or residual nets): no depth verdict
+    grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
+    return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)

@@ -1,0 +1,118 @@
+"""The summary: the worst of the findings' statuses, then the model-level rules in order — C501
+(compounding), P203 (systematic measured drift), P205 (measured depth drift), R301 (residual
+growth). ``summary.rule`` is the model-level rule whose message the summary carries (None when
+the layers' own statuses decided it); an ignored model-level rule that would have fired is named
+at the end of the message."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ..report import LayerFinding, NormFinding, Role, Status, Summary, worse
+from .blocks import R301, Stream
+from .chain import C501, broken
+from .measured import P203, P205, Measured
+from .registry import ignored_note
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+_BADNESS = {Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
+
+
+def summarize(
+    findings: list[LayerFinding],
+    norms: list[NormFinding],
+    ln_compound: float | None,
+    s: Settings,
+    ignored: frozenset[str],
+    measured: Measured | None = None,
+    stream: Stream | None = None,
+) -> Summary:
+    counts = {status: 0 for status in Status}
+    status = Status.OK
+    for f in findings:
+        counts[f.status] += 1
+        status = worse(status, f.status)
+    for norm in norms:
+        status = worse(status, norm.status)
+    notes: list[str] = []  # model-level rules that would fire but are ignored
+
+    def applies(rule_code: str, fires: bool) -> bool:
+        if fires and rule_code in ignored:
+            notes.append(ignored_note(_RULES[rule_code]))
+            return False
+        return fires
+
+    compound = math.exp(ln_compound) if ln_compound is not None else None
+    chain_broken = applies(C501.code, broken(ln_compound, s))  # |Σ ln r| > ln T_chain
+    systematic = applies(P203.code, measured is not None and measured.systematic)
+    depth = measured.depth_ratio if measured is not None else None
+    # P205: |ln depth_ratio| > ln T_chain
+    depth_drift = applies(
+        P205.code, bool(depth) and abs(math.log(depth or 1.0)) > math.log(s.compound_threshold)
+    )
+    if chain_broken:
+        status = Status.ERROR
+    scored = [f for f in findings if f.status != Status.SKIP]
+    worst = None
+    if scored:
+
+        def badness(f: LayerFinding) -> tuple[int, float]:
+            dev = abs(math.log(f.weight_variance_ratio)) if f.weight_variance_ratio else math.inf
+            if f.role == Role.OUTPUT and f.status == Status.OK:
+                dev = 0.0
+            return (_BADNESS[f.status], dev)
+
+        worst = max(scored, key=badness).name
+    n = len(findings)
+    rule = None
+    if not n:
+        message = "no weighted layers found"
+    elif chain_broken:
+        message, rule = C501.message(total=compound, threshold=s.compound_threshold), C501.code
+    elif systematic:
+        assert measured is not None
+        status = Status.ERROR
+        message, rule = P203.message(ratio=measured.chain_ratio), P203.code
+    elif depth_drift:
+        assert measured is not None
+        status = worse(status, Status.WARN)
+        message, rule = P205.message(ratio=measured.depth_ratio), P205.code
+    elif status == Status.OK:
+        message = f"{counts[Status.OK]} of {n} layers within Kaiming bands"
+    else:
+        message = f"{counts[Status.ERROR]} error, {counts[Status.WARN]} warn of {n} layers; worst: {worst}"
+    # counts after the summary-level rules
+    counts = {k: sum(1 for f in findings if f.status == k) for k in Status}
+    summary = Summary(
+        status,
+        counts[Status.OK],
+        counts[Status.WARN],
+        counts[Status.ERROR],
+        counts[Status.SKIP],
+        worst,
+        compound,
+        message,
+        rule=rule,
+    )
+    if measured is not None:
+        summary.depth_ratio = measured.depth_ratio
+        summary.measured_chain_ratio = measured.chain_ratio
+        summary.grad_depth_ratio = measured.grad_depth_ratio
+    if stream is not None:
+        summary.residual_growth = stream.growth
+        if stream.status != Status.OK:  # R301
+            summary.status = worse(summary.status, stream.status)
+            if summary.status == stream.status:
+                summary.message, summary.rule = stream.message, R301.code
+            else:
+                summary.message = f"{summary.message}; {stream.message}"
+        elif stream.ignored:
+            notes.append(ignored_note(R301))
+    summary.message += "".join(notes)
+    return summary
+
+
+_RULES = {r.code: r for r in (C501, P203, P205)}

@@ -1,0 +1,304 @@
+"""K1xx: static per-layer rules — each weighted layer's std against Kaiming, without running the model.
+
+For a layer with weight std ``s``, fan ``n`` (``fan_in`` or ``fan_out`` by ``mode``) followed by a
+nonlinearity with gain ``g`` (:func:`initdoctor.gains.calculate_gain`)::
+
+    expected_std    = g / sqrt(n)                      (He et al. 2015, eq. 10 / eq. 14)
+    std_ratio       = s / expected_std
+    weight_variance_ratio = std_ratio²                 (1.0 is Kaiming-exact: the layer keeps
+                                                        the signal's variance)
+    suggested_scale = 1 / std_ratio                    (multiply W by it to make it Kaiming)
+
+Thresholds are variance factors, symmetric in log space, all configurable:
+
+* **hidden layers** (K101) — ``warn`` when ``weight_variance_ratio`` is outside
+  ``[1/T_warn, T_warn]`` (default ``T_warn = 1.25``, std off by ±12%), ``error`` outside
+  ``[1/T_err, T_err]`` (default ``T_err = 4``, std off by 2×). Each band is widened by 4 standard
+  errors of the std estimate, ``exp(8 / sqrt(2(numel − 1)))`` (:func:`sampling_allowance`), so a
+  tiny layer is not flagged for sampling noise (a 64×64 Linear: ×1.09; a 4-weight layer is
+  effectively never flagged).
+* **output (logit) layer** (K102) — judged against gain 1 (no nonlinearity after it); small is
+  fine (zero init included, a common choice for logits), only too large is flagged: ``warn`` above
+  ``2·T_warn``, ``error`` above ``2·T_err`` (the 2 lets a ReLU-gain Kaiming logit layer pass).
+  It is the layer the graph shows feeding a model output, or without a graph the last weighted
+  layer in order. It is not part of the chain.
+* **stream layers** (K103) — feed the residual stream: the hidden band, at most ``warn``.
+* NaN/Inf values (K105), all-zero (K106) and constant (K107) hidden weights are ``error``; a mean
+  larger than half the std is ``warn`` (K104: Kaiming assumes zero-mean weights).
+* **structural** layers — followed by a normalization, or inside a residual branch: not judged
+  against Kaiming (their scale does not set the forward signal), only K106/K107.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ..gains import expected_std
+from ..report import LayerFinding, Role, Status
+from ..stats import is_float_dtype
+from .registry import Rule, flag, mark_skip
+from .skips import S001, S002
+
+if TYPE_CHECKING:
+    from ..model import Layer
+    from ..settings import Settings
+
+_BANDS = (
+    "Widen with `warn-threshold` / `error-threshold`, or give the layer its true nonlinearity "
+    "(`overrides`), or rescale W by `suggested_scale` (`initdoctor fix`)."
+)
+
+K101 = Rule(
+    code="K101",
+    name="hidden-variance-off-kaiming",
+    severities=(Status.WARN, Status.ERROR),
+    applies_to="layer (role hidden)",
+    title="A hidden layer's weight variance is off Kaiming's.",
+    what="`weight_variance_ratio = (std / expected_std)²`, `expected_std = gain / sqrt(fan)`.",
+    why="A hidden layer multiplies the signal's variance by its `weight_variance_ratio`; away from "
+    "1 the signal shrinks or grows at every such layer and vanishes or explodes with depth.",
+    formula="He et al. 2015, eq. 10 (`fan_in`) / eq. 14 (`fan_out`): `Var[w] = gain² / fan`. "
+    "warn when `|ln r| > ln T_warn + a`, error when `|ln r| > ln T_err + a`, with the sampling "
+    "allowance `a = 8 / sqrt(2(numel − 1))` (4 standard errors of `ln Var` from `numel` samples).",
+    silence=_BANDS,
+    messages={
+        "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
+    },
+)
+
+K102 = Rule(
+    code="K102",
+    name="output-too-large",
+    severities=(Status.WARN, Status.ERROR),
+    applies_to="layer (role output)",
+    title="The output (logit) layer's weights are too large.",
+    what="The output layer's `weight_variance_ratio` against gain 1; only too large is flagged.",
+    why="Large logits start the softmax saturated: confident wrong predictions and tiny gradients. "
+    "Small output weights (zero init included) are a common, harmless choice.",
+    formula="Gain 1 (no nonlinearity after it); warn when `ln r > ln(2·T_warn) + a`, error when "
+    "`ln r > ln(2·T_err) + a` (the 2 lets a ReLU-gain Kaiming logit layer pass).",
+    silence="Scale the logit layer down (`initdoctor fix --all`), or widen the thresholds.",
+    messages={
+        "default": "output layer, judged against gain {gain:.3g}: {what}; too large: logits start saturated",
+        "ok": "output layer, judged against gain {gain:.3g}: {what}; fine",
+    },
+)
+
+K103 = Rule(
+    code="K103",
+    name="stream-variance-off-kaiming",
+    severities=(Status.WARN,),
+    applies_to="layer (role stream)",
+    title="A layer feeding the residual stream is off Kaiming (at most a warning).",
+    what="As K101, for a layer whose output starts the residual stream.",
+    why="It sets the stream's starting scale, which the residual blocks then carry; it does not "
+    "compound like a chain layer, so it is never more than a warning.",
+    formula="As K101 (He et al. 2015, eq. 10 / 14, with the sampling allowance), capped at warn.",
+    silence=_BANDS,
+    messages={
+        "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
+        "note": "feeds the residual stream (its starting scale): at most a warning",
+    },
+)
+
+K104 = Rule(
+    code="K104",
+    name="nonzero-mean",
+    severities=(Status.WARN,),
+    applies_to="layer (roles hidden, stream)",
+    title="The weights' mean is large against their std.",
+    what="`|mean| / std` of the weights.",
+    why="Kaiming's derivation assumes zero-mean weights; a mean shifts every unit the same way.",
+    formula="warn when `|mean| > 0.5·std` and `|mean| > 4·std / sqrt(n)` (beyond 4 standard "
+    "errors of the mean of `n` finite values).",
+    silence="Re-initialize with a zero-mean distribution.",
+    messages={"default": "mean {mean:.3g} is {times:.2f}× the std (Kaiming assumes zero mean)"},
+)
+
+K105 = Rule(
+    code="K105",
+    name="nonfinite-weights",
+    severities=(Status.ERROR,),
+    applies_to="layer (every role)",
+    title="NaN or Inf values in the weight.",
+    what="The count of NaN and Inf values in the weight tensor.",
+    why="One NaN weight makes every output it touches NaN.",
+    formula="`nan_count + inf_count > 0`.",
+    silence="Re-initialize or repair the checkpoint.",
+    messages={"default": "{nan} NaN and {inf} Inf values in the weight"},
+)
+
+K106 = Rule(
+    code="K106",
+    name="all-zero-weights",
+    severities=(Status.ERROR,),
+    applies_to="layer (roles hidden, stream, normalized)",
+    title="Every weight is zero.",
+    what="Whether every weight value is zero (an all-zero output layer or residual-branch layer "
+    "is fine and not flagged).",
+    why="No signal passes and no gradient reaches earlier layers; before a normalization, the "
+    "normalization divides zero by ~0.",
+    formula="`all(w == 0)`.",
+    silence="Initialize the layer (zero-init is meant for logits and a residual branch's last layer).",
+    messages={
+        "default": "all weights are zero: no signal passes, no gradient reaches earlier layers",
+        "normalized": "all weights are zero: the normalization then divides zero by ~0",
+    },
+)
+
+K107 = Rule(
+    code="K107",
+    name="constant-weights",
+    severities=(Status.ERROR,),
+    applies_to="layer (every judged role)",
+    title="Every weight has the same (non-zero) value.",
+    what="The weights' std being exactly 0 with a non-zero mean.",
+    why="All units compute the same function and receive the same gradient: the symmetry is never broken.",
+    formula="`std == 0`.",
+    silence="Initialize with a random distribution.",
+    messages={"default": "constant weights (every value {mean:.3g}): all units compute the same function"},
+)
+
+RULES = (K101, K102, K103, K104, K105, K106, K107)
+
+#: the plain ``ok`` texts (no rule fired)
+WHAT = "std {std:.3g} is {ratio:.2f}× Kaiming {expected:.3g} ({nonlinearity}, {mode} {fan})"
+ZERO_OUTPUT = "all-zero output layer: a common choice for logits"
+NORMALIZED = (
+    "followed by a normalization layer: its scale does not set the forward signal; not judged against Kaiming"
+)
+ZERO_RESIDUAL = "all-zero, inside residual block {block}: the block starts as the identity (zero-init)"
+RESIDUAL = (
+    "inside residual block {block}: std is {ratio:.2f}× Kaiming; judged by the block's "
+    "measured growth (residual stream), not per layer"
+)
+
+
+def sampling_allowance(numel: int) -> float:
+    """Log-space widening of a band: 4 standard errors of ``ln(variance)`` from ``numel`` samples.
+
+    The relative standard error of a sample std is ``1 / sqrt(2(n − 1))`` (normal weights), so that
+    of the variance in log space is twice that: 4 of them = ``8 / sqrt(2(n − 1))``.
+    """
+    if numel < 2:
+        return math.inf
+    return 8.0 / math.sqrt(2.0 * (numel - 1))
+
+
+def precheck(finding: LayerFinding, layer: Layer, ignored: frozenset[str]) -> bool:
+    """Findings that come before any ratio: dtype (S001), empty (S002), NaN/Inf (K105).
+    True when one of them decided the layer (no further judgement)."""
+    st = layer.stats
+    if not is_float_dtype(st.dtype):
+        mark_skip(finding, S001, S001.message(dtype=st.dtype))
+    elif st.numel == 0:
+        mark_skip(finding, S002, S002.message())
+    elif st.nan_count or st.inf_count:
+        finding.message = K105.message(nan=st.nan_count, inf=st.inf_count)
+        flag(finding, K105, Status.ERROR, ignored)
+    else:
+        return False
+    return True
+
+
+def judge_layer(
+    f: LayerFinding, layer: Layer, s: Settings, ignored: frozenset[str], block: str | None
+) -> float | None:
+    """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
+    layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None."""
+    st = layer.stats
+    fan = layer.fan_in if s.mode == "fan_in" else layer.fan_out
+    exp = expected_std(f.gain, max(fan, 1))  # g / sqrt(n): He et al. 2015, eq. 10 / eq. 14
+    f.expected_std = exp
+    zero = st.all_zero
+    if f.role in (Role.NORMALIZED, Role.RESIDUAL):
+        judge_structural(f, layer, exp, block, zero, ignored)
+        return None
+    if zero:
+        f.std_ratio = f.weight_variance_ratio = 0.0
+        if f.role == Role.OUTPUT:
+            f.message = ZERO_OUTPUT
+        else:
+            f.message = K106.message()
+            flag(f, K106, Status.ERROR, ignored)
+        return None
+    if st.std == 0.0:
+        f.std_ratio = f.weight_variance_ratio = 0.0
+        f.message = K107.message(mean=st.mean)
+        flag(f, K107, Status.ERROR, ignored)
+        return None
+    ratio = st.std / exp
+    f.std_ratio = ratio
+    f.weight_variance_ratio = ratio * ratio  # r = (s / expected_std)²
+    f.suggested_scale = 1.0 / ratio
+    ln_r = math.log(f.weight_variance_ratio)
+    allow = sampling_allowance(st.finite_count)  # a = 8 / sqrt(2(n − 1))
+    what = WHAT.format(
+        std=st.std, ratio=ratio, expected=exp, nonlinearity=f.nonlinearity, mode=s.mode, fan=fan
+    )
+    status = Status.OK
+    if f.role == Role.OUTPUT:
+        # K102: only too large; gain 1, bands doubled: ln r > ln(2·T) + a
+        if ln_r > math.log(2 * s.error_threshold) + allow:
+            status = Status.ERROR
+        elif ln_r > math.log(2 * s.warn_threshold) + allow:
+            status = Status.WARN
+        f.message = K102.message("default" if status is not Status.OK else "ok", gain=f.gain, what=what)
+        if status is not Status.OK:
+            flag(f, K102, status, ignored)
+        return None
+    rule = K103 if f.role == Role.STREAM else K101
+    # K101 / K103: |ln r| > ln T + a, the band widened by the sampling allowance
+    if abs(ln_r) > math.log(s.error_threshold) + allow:
+        status = Status.ERROR if rule is K101 else Status.WARN  # a stream layer: at most warn
+    elif abs(ln_r) > math.log(s.warn_threshold) + allow:
+        status = Status.WARN
+    if status is Status.OK:
+        f.message = f"{what}: ok"
+    else:
+        change = "shrinks" if ln_r < 0 else "grows"
+        f.message = rule.message(
+            what=what, change=change, ratio=f.weight_variance_ratio, scale=f.suggested_scale
+        )
+        flag(f, rule, status, ignored)
+    # K104: |mean| > 0.5·std and beyond 4 standard errors of the mean, 4·std / sqrt(n)
+    if (
+        st.mean is not None
+        and abs(st.mean) > 0.5 * st.std
+        and abs(st.mean) > 4 * st.std / math.sqrt(st.finite_count)
+    ):
+        f.message += "; " + K104.message(mean=st.mean, times=abs(st.mean) / st.std)
+        flag(f, K104, Status.WARN, ignored)
+    if f.role == Role.STREAM:
+        f.message += "; " + K103.message("note")
+        return None
+    return ln_r
+
+
+def judge_structural(
+    f: LayerFinding, layer: Layer, exp: float, block: str | None, zero: bool, ignored: frozenset[str]
+) -> None:
+    """Layers whose weight scale does not set the forward signal by itself: followed by a
+    normalization (``normalized``), or inside a residual branch (``residual``, judged by the
+    block's measured growth instead of against Kaiming)."""
+    st = layer.stats
+    if not zero and st.std > 0:
+        f.std_ratio = st.std / exp
+        f.weight_variance_ratio = f.std_ratio**2
+    if f.role == Role.NORMALIZED:
+        f.message = NORMALIZED
+        if zero:
+            f.message = K106.message("normalized")
+            flag(f, K106, Status.ERROR, ignored)
+        elif st.std == 0:
+            f.message = K107.message(mean=st.mean)
+            flag(f, K107, Status.ERROR, ignored)
+        return
+    if zero:
+        f.message = ZERO_RESIDUAL.format(block=block)
+    elif st.std == 0:
+        f.message = K107.message(mean=st.mean)
+        flag(f, K107, Status.ERROR, ignored)
+    else:
+        f.message = RESIDUAL.format(block=block, ratio=f.std_ratio)
