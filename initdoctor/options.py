@@ -93,7 +93,8 @@ OPTIONS: tuple[Option, ...] = (
            "(finite-width fluctuation).", (), "probe_warn_threshold"),
     Option("dead-threshold", float, 0.9, "Fraction of ReLU units zero for the whole batch beyond which a "
            "layer warns.", (), "dead_threshold"),
-    Option("ignore", list, [], "Layer-name globs not judged (status skip).", (), "ignore", True),
+    Option("ignore", list, [], "A rule code (K101), a code prefix (K1) or a layer-name glob (head.*) not to "
+           "judge (repeat for several; replaces the config's list).", ALL_COMMANDS, "ignore", True),
     Option("overrides", dict, {}, "glob → {nonlinearity, negative-slope}: the nonlinearity of matching "
            "layers.", (), "overrides", True),
     # --- the probe (ProbeSettings)

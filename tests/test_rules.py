@@ -172,3 +172,19 @@ def test_ignore_codes_from_pyproject(tmp_path):
 
 def test_inspect_description_is_the_public_entry():
     assert initdoctor.checks.inspect_description is inspect_description
+
+
+def test_ignore_on_the_command_line_takes_codes_and_globs(tmp_path):
+    """``--ignore`` (repeatable) on the command line, as the config's ``ignore`` list: the xavier
+    MLP's summary loses its C501 verdict; a glob skips the first layer (the one error left)."""
+    torch.save(plain_mlp(init="xavier").state_dict(), tmp_path / "m.pt")
+    code, data = cli_json(str(tmp_path / "m.pt"), "--ignore", "C501")
+    assert code == 1 and data["settings"]["ignore"] == ["C501"]
+    assert (data["summary"]["rule"], data["summary"]["warn"], data["summary"]["error"]) == (None, 28, 1)
+    code, data = cli_json(str(tmp_path / "m.pt"), "--ignore", "C501", "--ignore", "0")
+    assert code == 0 and data["settings"]["ignore"] == ["C501", "0"]
+    first = data["layers"][0]
+    assert (first["name"], first["status"], first["rule"]) == ("0", "skip", "S004")
+    assert (data["summary"]["status"], data["summary"]["warn"], data["summary"]["skip"]) == ("warn", 28, 1)
+    proc = run_cli("check", str(tmp_path / "m.pt"), "--ignore", "C501", "--ignore", "0")
+    assert proc.returncode == 0 and proc.stdout.startswith(f"{tmp_path / 'm.pt'}: warn")
