@@ -31,7 +31,7 @@ FAMILIES = {
 }
 
 IGNORING = """\
-An `ignore` entry (`[tool.initdoctor] ignore`, `Settings.ignore`) matching `^[A-Z]+[0-9]+$` is a
+An `ignore` entry (`--ignore`, `[tool.initdoctor] ignore`, `Settings.ignore`) matching `^[A-Z]+[0-9]+$` is a
 rule code: it selects every rule whose code starts with it, so `K101` selects one rule and `K1`
 the whole K1xx family (a prefix needs at least one digit: a bare letter is a layer-name glob).
 An ignored rule is not applied: its finding does not raise the layer's or the summary's status,
