@@ -127,7 +127,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
         with ProgressBar("probing layers", quiet=opts["quiet"]) as bar:
             report = diagnose(
                 source,
-                trust=resolved["trust"],
+                trust=opts["trust"],
                 weights=weights_file,
                 probe=resolved["probe"],
                 progress=bar,
@@ -156,7 +156,7 @@ def check(
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("check", opts)
         for source in models:
-            report = diagnose(source, trust=resolved["trust"], probe=opts["probe"], **settings)
+            report = diagnose(source, trust=opts["trust"], probe=opts["probe"], **settings)
             s = report.summary
             code = report.exit_code(resolved["fail-on"])
             worst = max(worst, code)
@@ -176,8 +176,8 @@ def compare(
 
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("compare", opts)
-        a = diagnose(before, trust=resolved["trust"], probe=resolved["probe"], **settings)
-        b = diagnose(after, trust=resolved["trust"], probe=resolved["probe"], **settings)
+        a = diagnose(before, trust=opts["trust"], probe=resolved["probe"], **settings)
+        b = diagnose(after, trust=opts["trust"], probe=resolved["probe"], **settings)
         if opts["format"] == "json":
             import json
 
@@ -217,7 +217,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 zero_bias=opts["zero_bias"],
                 tol=opts["tol"],
                 max_iter=opts["max_iter"],
-                trust=resolved["trust"],
+                trust=opts["trust"],
                 weights=weights_file,
                 probe=bool(resolved["probe"]),
                 progress=bar,

@@ -54,6 +54,11 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
     if path is None:
         return {}, None
     table = tomllib.loads(path.read_text(encoding="utf-8"))["tool"]["initdoctor"]
+    if "trust" in table:  # a cloned repository's pyproject.toml must not turn on unpickling
+        raise SettingsError(
+            f"{path}: [tool.initdoctor] trust: running code from a model file is allowed from the command "
+            "line only (--trust), never from a config file; remove the key"
+        )
     for key, value in table.items():
         if key not in KEYS:
             raise SettingsError(f"{path}: unknown key {key!r} in [tool.initdoctor]; valid: {', '.join(KEYS)}")

@@ -73,7 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("weights", Path, None, "State_dict or safetensors file to load into a factory's model.",
            MODEL_COMMANDS),
     Option("trust", bool, False, "Allow formats whose loading runs code from the file: full pickles, "
-           "TorchScript, torch.export.", ALL_COMMANDS, config=True, flag="--trust/--no-trust"),
+           "TorchScript, torch.export. Command line only: never from a config file.", ALL_COMMANDS,
+           flag="--trust/--no-trust"),
     Option("model-factory", str, None, "Factory package.module:function that builds the model whose weights "
            "MODEL holds (gives a state_dict a graph to probe).", MODEL_COMMANDS, flag="--model"),
     # --- the judgement (Settings)
