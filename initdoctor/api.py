@@ -61,6 +61,18 @@ def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any
     return load_file(source, trust=trust, weights=weights, progress=progress)
 
 
+def input_files(source: Any, weights: Any = None) -> list[Path]:
+    """The files a run reads its model from (every file of a sharded or external-data model, and a
+    ``--weights`` file): no output may replace one of them."""
+    from .formats import model_files
+
+    files: list[Path] = []
+    for path in (source, weights):
+        if isinstance(path, (str, Path)) and Path(path).exists():
+            files += model_files(Path(path))
+    return files
+
+
 def describe(source: Any, *, trust: bool = False, weights: Any = None) -> Any:
     """Read a model into a :class:`~initdoctor.model.ModelDescription` (no tensors kept)."""
     return load(source, trust=trust, weights=weights).description
@@ -212,7 +224,7 @@ def fix_model(
     ``progress(done, total)`` callback, or an object with ``phase(label)`` giving one per phase (the
     CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
     ``timeout``: it bounds loading and probing, before and after the fix)."""
-    from .fileio import backup
+    from .fileio import backup_all, check_output
     from .fix import METHODS, FixResult, apply, plan
     from .formats import TorchModule, open_editable
 
@@ -246,6 +258,12 @@ def fix_model(
         return result
     if not in_memory and output is None and not in_place:
         raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
+    if output is not None and not in_place:  # checked before any work: never replace an input
+        inputs = input_files(source, weights)
+        folder = loaded.description.format == "safetensors-sharded"
+        check_output(Path(output), inputs, folder=folder)
+        if loaded.format_name == "onnx":  # the twin may write <OUT>.data beside it
+            check_output(Path(output).with_name(Path(output).name + ".data"), inputs)
     editable = (
         TorchModule(source, "torch-module") if in_memory else open_editable(loaded, str(source), trust=trust)
     )
@@ -274,7 +292,9 @@ def fix_model(
         if in_place:
             if Path(source).is_dir() or loaded.description.format == "safetensors-sharded":
                 raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
-            result.backup = backup(Path(source))
+            backups = backup_all(input_files(source))  # the graph and its external data alike
+            result.backup = backups[0]
+            result.notes += [f"also backed up: {path}" for path in backups[1:]]
         target = editable.save(dst)
         result.output = target
     if loaded.description.format == "factory" and not in_memory:

@@ -110,6 +110,17 @@ def _library_settings(command_name: str, opts: dict[str, Any]) -> tuple[dict[str
     return settings, resolved
 
 
+def _check_outputs(source: str, weights: Path | None, *outputs: Path | None) -> None:
+    """Before any work: no output (``-o``, ``--plot``) may replace an input or a non-regular file."""
+    from .api import input_files
+    from .fileio import check_output
+
+    inputs = input_files(source, weights)
+    for output in outputs:
+        if output is not None:
+            check_output(output, inputs)
+
+
 def _source(model: str, model_factory: str | None, weights: Path | None) -> tuple[str, Path | None]:
     """``inspect weights.pt --model pkg:fn`` is ``inspect pkg:fn --weights weights.pt``."""
     return (model_factory, Path(model)) if model_factory else (model, weights)
@@ -124,6 +135,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
     with _errors(opts["debug"]):
         source, weights_file = _source(model, opts["model_factory"], opts["weights"])
         settings, resolved = _library_settings("inspect", opts)
+        _check_outputs(source, weights_file, opts["output"], opts["plot"])
         with ProgressBar("probing layers", quiet=opts["quiet"]) as bar:
             report = diagnose(
                 source,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import InputError
@@ -24,6 +24,7 @@ def atomic_write(dst: Path, write: Callable[[Path], object], suffix: str = ".tmp
     """Call ``write(tmp)`` for a temp path beside ``dst``, fsync it, then ``os.replace`` it onto
     ``dst``. On any failure the temp file is removed and ``dst`` is untouched."""
     dst = Path(dst)
+    check_output(dst)
     folder = dst.resolve().parent
     if not folder.is_dir():
         raise InputError(f"{dst}: folder {folder} does not exist")
@@ -48,6 +49,7 @@ def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
     """Build a folder with ``write(tmpdir)`` beside ``dst``, then rename it onto ``dst`` (which must
     not exist or be empty). On failure the temp folder is removed."""
     dst = Path(dst)
+    check_output(dst, folder=True)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise InputError(f"{dst}: exists and is not an empty folder; choose a new output folder")
     folder = dst.resolve().parent
@@ -67,8 +69,43 @@ def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
 
 def backup(path: Path) -> Path:
     """Copy ``path`` to ``path.bak`` (refusing to overwrite an existing backup)."""
-    bak = path.with_name(path.name + ".bak")
-    if bak.exists():
-        raise InputError(f"{bak}: a backup already exists; move it away before --in-place")
-    atomic_write(bak, lambda tmp: shutil.copyfile(path, tmp))
-    return bak
+    return backup_all([path])[0]
+
+
+def backup_all(paths: Iterable[Path]) -> list[Path]:
+    """Copy each of ``paths`` to ``<path>.bak`` — every file a model consists of (an ONNX graph and
+    its external data, so that restoring the ``.bak`` files gives the original pair). Refuses
+    before copying anything when one of the backups already exists."""
+    pairs = [(Path(p), Path(p).with_name(Path(p).name + ".bak")) for p in paths]
+    for _, bak in pairs:
+        if bak.exists() or bak.is_symlink():
+            raise InputError(f"{bak}: a backup already exists; move it away before --in-place")
+    for path, bak in pairs:
+        atomic_write(bak, lambda tmp, src=path: shutil.copyfile(src, tmp))
+    return [bak for _, bak in pairs]
+
+
+def check_output(dst: Path, inputs: Iterable[Path] = (), *, folder: bool = False) -> None:
+    """Refuse an output path that would destroy something the user did not ask to replace:
+
+    * a symbolic link (refused, not followed: ``os.replace`` would cut the link, writing through
+      it would change a file elsewhere) — give the real path;
+    * an existing OUT that is not a regular file (a FIFO, a socket, a device node such as the null
+      device: it would be replaced by a regular file), or a directory unless ``folder``;
+    * one of this run's ``inputs`` (the same file by inode, whatever the path's spelling).
+    """
+    dst = Path(dst)
+    if dst.is_symlink():
+        raise InputError(f"{dst}: is a symbolic link; give the path of a regular file as the output")
+    if not dst.exists():
+        return
+    if dst.is_dir() if folder else not dst.is_file():
+        kind = "a directory" if dst.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise InputError(f"{dst}: exists and is {kind}; refusing to replace it with the output")
+    for path in inputs:
+        try:
+            same = os.path.samefile(dst, path)
+        except OSError:
+            continue
+        if same:
+            raise InputError(f"{dst}: is an input of this run ({path}); write the output elsewhere")

@@ -35,6 +35,7 @@ __all__ = [
     "describe",
     "detect_format",
     "load",
+    "model_files",
     "open_editable",
 ]
 
@@ -82,3 +83,16 @@ def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
     if entry is None:
         raise InputError(f"{source}: cannot write the {loaded.description.format} format")
     return entry.open_editable(loaded, str(source), trust=trust)
+
+
+def model_files(path: Path, format_name: str | None = None) -> list[Path]:
+    """Every file the model at ``path`` consists of — a sharded index and its shards, an ONNX graph
+    and its external data, else the file itself: what ``--in-place`` backs up and what no output
+    may replace."""
+    name = format_name or detect_format(path)
+    if name in ("safetensors-index", "safetensors-sharded"):
+        index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
+        return [index, *dict.fromkeys(sorted(safetensors.shard_files(index).values()))]
+    if name == "onnx":
+        return [path, *onnx.external_files(path)]
+    return [path]

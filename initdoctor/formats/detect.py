@@ -20,6 +20,8 @@ def detect_format(path: Path) -> str:
         if len(index) == 1:
             return "safetensors-index"
         raise InputError(f"{path}: is a directory; point at a model file")
+    if not path.is_file():  # a FIFO would block the first read forever, a device never ends
+        raise InputError(f"{path}: not a regular file (a FIFO, socket or device); point at a model file")
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)

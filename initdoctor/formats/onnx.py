@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import InputError
 from ..model import ModelDescription
 from .base import Editable, Format, LoadedModel
-from .onnx_data import load_onnx_proto
+from .onnx_data import external_location, load_onnx_proto
 from .onnx_edit import Onnx, StreamedOnnx
 from .onnx_graph import describe_onnx_model
 
@@ -63,3 +63,21 @@ def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
 
 
 FORMAT = Format(("onnx",), load, open_editable)
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external data files the graph at ``path`` points into (its weights), without reading
+    them: what a backup must hold besides the graph."""
+    import onnx
+
+    from .onnx_lean import load_lean
+
+    proto = load_lean(path)
+    found: dict[Path, None] = {}
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if location and location != path.name:  # load_lean points inline weights into the file itself
+            found[external_location(tensor, path.parent)[0]] = None
+    return list(found)

@@ -36,6 +36,8 @@ def external_location(tensor: Any, base: Path) -> tuple[Path, int, int | None]:
         raise InputError(
             f"{base}: external data of {tensor.name!r} points outside the model folder ({location!r})"
         )
+    if target.exists() and not target.is_file():  # a FIFO would block the read forever
+        raise InputError(f"{base}: external data of {tensor.name!r} is not a regular file ({location!r})")
     offset = int(info.get("offset", 0) or 0)
     length = int(info["length"]) if info.get("length") else None
     return target, offset, length
