@@ -20,13 +20,12 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import InitDoctorError, InitializationError, InputError, SettingsError, UntrustedFormatError
+from .version import __version__
 
 if TYPE_CHECKING:
     from .api import assert_healthy_init, describe, diagnose, fix_model, load
     from .report import Report
     from .settings import Settings
-
-__version__ = "0.7.0"
 
 #: public name → the module that defines it (imported on first use)
 _LAZY = {

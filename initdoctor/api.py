@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import render  # noqa: F401  # registers how reports display themselves (report.display)
 from .errors import InitDoctorError, InitializationError, SettingsError
 from .options import default
 
 if TYPE_CHECKING:
-    from .fix import FixResult
     from .formats import LoadedModel
     from .probe import ProbeResult
-    from .report import Report
+    from .report import FixResult, Report
     from .settings import ProbeSettings, Settings
 
 
@@ -225,8 +225,9 @@ def fix_model(
     CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
     ``timeout``: it bounds loading and probing, before and after the fix)."""
     from .fileio import backup_all, check_output
-    from .fix import METHODS, FixResult, apply, plan
+    from .fix import METHODS, apply, plan
     from .formats import TorchModule, open_editable
+    from .report import FixResult
 
     if method not in METHODS:
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")

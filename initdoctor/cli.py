@@ -16,9 +16,9 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from . import __version__
 from .errors import InitDoctorError
 from .options import CONFIG_KEYS, Option, for_command
+from .version import __version__
 
 app = typer.Typer(
     name="initdoctor",
@@ -184,7 +184,8 @@ def compare(
 ) -> None:
     """Two reports side by side with per-layer deltas (before/after fix, torch vs its ONNX export)."""
     from .api import diagnose
-    from .render import compare_rows, render_compare
+    from .render import render_compare
+    from .report import compare_to_dict
 
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("compare", opts)
@@ -193,13 +194,7 @@ def compare(
         if opts["format"] == "json":
             import json
 
-            data = {
-                "schema": "initdoctor.compare/1",
-                "a": a.model,
-                "b": b.model,
-                "layers": compare_rows(a, b),
-                "summary": {"a": a.summary.status, "b": b.summary.status},
-            }
+            data = compare_to_dict(a, b)
             sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
         else:
             render_compare(a, b)
@@ -235,7 +230,8 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 progress=bar,
                 **settings,
             )
-        from .render import fix_to_dict, render_fix
+        from .render import render_fix
+        from .report import fix_to_dict
 
         if opts["format"] == "json":
             import json

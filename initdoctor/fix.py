@@ -20,49 +20,17 @@ Biases are left alone unless ``zero_bias``; normalization layers are never touch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import SettingsError
 from .options import METHODS
-from .report import Report, at_least
+from .report import Change, FixResult, Report, at_least
 
-
-@dataclass
-class Change:
-    """One layer's repair: ``factor`` for rescales (None for a redraw)."""
-
-    name: str
-    weight_key: str
-    method: str
-    old_std: float | None
-    new_std: float | None
-    factor: float | None
-    status_before: str
-    bias_zeroed: bool = False
-    iterations: int = 0
-    bias_key: str | None = None
-    expected_std: float | None = None
-    shape: tuple[int, ...] = ()
-
-
-@dataclass
-class FixResult:
-    changes: list[Change]
-    skipped: list[tuple[str, str]]
-    before: Report
-    after: Report | None = None
-    output: Path | None = None
-    backup: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def healthy(self) -> bool:
-        report = self.after or self.before
-        return report.summary.status != "error"
+# Change and FixResult (the result's data) live in initdoctor.report; re-exported here, where they
+# were before
+__all__ = ["METHODS", "Change", "FixResult", "apply", "plan"]
 
 
 def plan(

@@ -1,6 +1,11 @@
-"""Rendering a :class:`~initdoctor.report.Report`: rich table, Markdown, JSON.
+"""Rendering: a :class:`~initdoctor.report.Report` as a rich table, Markdown or HTML; a fix
+result and a comparison as tables; the progress bar.
 
-The only module that imports rich. Rendering never computes anything the report does not hold.
+The only module that imports rich. It formats what :mod:`initdoctor.report` holds and computes
+(the comparison's deltas included: :func:`~initdoctor.report.compare_to_dict`), nothing but the
+layout; the JSON forms are :mod:`initdoctor.report`'s too. Importing it registers the report's
+display hooks (``rich.print(report)``, ``report.to_markdown()``, ``report._repr_html_()``; see
+:mod:`initdoctor.report.display`).
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .report import LayerFinding, Report
+from .report import FixResult, LayerFinding, Report, compare_to_dict, register_display
 
 _STYLE = {"ok": "green", "warn": "yellow", "error": "bold red", "skip": "dim"}
 _ICON = {"ok": "ok", "warn": "WARN", "error": "ERROR", "skip": "skip"}
@@ -226,29 +231,7 @@ class ProgressBar:
             self.bar.stop()
 
 
-def fix_to_dict(result: Any, dry: bool) -> dict[str, Any]:
-    """JSON form of a :class:`~initdoctor.fix.FixResult` (schema ``initdoctor.fix/1``)."""
-    from dataclasses import asdict
-
-    from .report import _clean
-
-    return _clean(
-        {
-            "schema": "initdoctor.fix/1",
-            "written": not dry and bool(result.changes),
-            "output": str(result.output) if result.output else None,
-            "backup": str(result.backup) if result.backup else None,
-            "changes": [
-                {k: v for k, v in asdict(c).items() if k not in ("bias_key", "shape")} for c in result.changes
-            ],
-            "skipped": [{"name": n, "reason": r} for n, r in result.skipped],
-            "before": asdict(result.before.summary),
-            "after": asdict(result.after.summary) if result.after else None,
-        }
-    )
-
-
-def render_fix(result: Any, dry: bool, console: Any | None = None) -> None:
+def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None:
     """Before → after per changed layer, then where the result went and how healthy it is."""
     from rich.console import Console
     from rich.table import Table
@@ -307,34 +290,8 @@ def report_html(report: Report) -> str:
     return console.export_html(inline_styles=True)
 
 
-def compare_rows(a: Report, b: Report) -> list[dict[str, Any]]:
-    """Per-layer pairs by name (a's order, then b-only layers): std ratio, measured variance ratio
-    and status on each side, and the deltas."""
-    from .report import _clean
-
-    right = {f.name: f for f in b.layers}
-    names = [f.name for f in a.layers] + [
-        f.name for f in b.layers if f.name not in {x.name for x in a.layers}
-    ]
-    left = {f.name: f for f in a.layers}
-    rows = []
-    for name in names:
-        fa, fb = left.get(name), right.get(name)
-
-        def get(f: Any, attr: str) -> Any:
-            return getattr(f, attr) if f is not None else None
-
-        row: dict[str, Any] = {"name": name}
-        for attr in ("std_ratio", "variance_ratio", "weight_std", "status"):
-            row[f"{attr}_a"], row[f"{attr}_b"] = get(fa, attr), get(fb, attr)
-        for attr in ("std_ratio", "variance_ratio"):
-            x, y = row[f"{attr}_a"], row[f"{attr}_b"]
-            row[f"{attr}_delta"] = y - x if x is not None and y is not None else None
-        rows.append(row)
-    return _clean(rows)
-
-
 def render_compare(a: Report, b: Report, console: Any | None = None) -> None:
+    """The two reports' layers side by side (:func:`~initdoctor.report.compare_to_dict`'s rows)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -355,7 +312,7 @@ def render_compare(a: Report, b: Report, console: Any | None = None) -> None:
         "status B",
     ):
         table.add_column(h, justify="left" if h in ("layer", "status A", "status B") else "right")
-    for r in compare_rows(a, b):
+    for r in compare_to_dict(a, b)["layers"]:
         changed = r["status_a"] != r["status_b"]
         table.add_row(
             r["name"],
@@ -372,3 +329,8 @@ def render_compare(a: Report, b: Report, console: Any | None = None) -> None:
     console.print(table)
     console.print(f"A: {a.summary.status.upper()} {a.summary.message}", highlight=False)
     console.print(f"B: {b.summary.status.upper()} {b.summary.message}", highlight=False)
+
+
+register_display("rich", report_renderable)
+register_display("markdown", render_markdown)
+register_display("html", report_html)

@@ -1,45 +1,19 @@
-"""The report: per-layer findings, a summary and the exit code — data only, no rendering.
+"""The report's data: per-layer findings, a summary and the exit code (no rendering, no I/O).
 
-JSON schema ``initdoctor.report/1`` (a contract with users' CI; changed only with a version bump
-and a CHANGELOG line)::
-
-    {"schema": "initdoctor.report/1", "initdoctor_version": str,
-     "model": {"path", "format", "parameters", "layer_order", "has_graph"},
-     "settings": {"nonlinearity", "negative_slope", "mode", "warn_threshold", "error_threshold",
-                  "compound_threshold"},
-     "layers": [{"name", "kind", "role", "shape", "fan_in", "fan_out", "groups", "nonlinearity",
-                 "nonlinearity_source", "gain", "dtype", "numel", "weight_mean", "weight_std",
-                 "expected_std", "std_ratio", "weight_variance_ratio", "suggested_scale",
-                 "nan_count", "inf_count", "status", "message", "rule",
-                 # measured by the probe, null without one:
-                 "input_second_moment", "activation_var", "variance_ratio", "measured_scale",
-                 "depth_ratio", "dead_fraction", "grad_var", "grad_ratio"}],
-     "norm_layers": [{"name", "kind", "shape", "weight_mean", "weight_std", "bias_mean",
-                      "bias_std", "status", "message", "rule"}],
-     "residual_blocks": [{"name", "layers", "growth", "status", "message", "rule"}],
-     "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
-                 "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
-                 "grad_depth_ratio", "residual_growth", "rule"},
-     "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
-     "notes": [str]}
-
-Numbers that do not exist (a ratio of a skipped layer) are ``null``. ``status`` is one of
-:class:`Status` (``skip``, ``ok``, ``warn``, ``error``), ``role`` one of :class:`Role`,
-``nonlinearity_source`` one of :class:`Source`. ``rule`` is the code of the rule that set a
-non-``ok`` status (``initdoctor rule CODE`` explains it; docs/rules.md lists them all), ``null`` for
-a plain ``ok``; the summary's is the model-level rule that decided it, or ``null`` when the layers'
-own statuses did.
+The JSON form (:meth:`Report.to_dict`, schema ``initdoctor.report/1``) is described in
+:mod:`initdoctor.report.schema`; how a report displays itself in :mod:`initdoctor.report.display`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-SCHEMA = "initdoctor.report/1"
+from ..version import __version__
+from .display import display
+from .schema import REPORT_SCHEMA, clean
 
 
 class Status(StrEnum):
@@ -198,17 +172,16 @@ class Report:
         return [layer for layer in self.layers if at_least(layer.status, fail_on)]
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
-
+        """The JSON form (schema ``initdoctor.report/1``): NaN/Inf are ``null``."""
         layers = []
         for layer in self.layers:
             row = asdict(layer)
             row.pop("weight_key")
             row.pop("bias_key")
             layers.append(row)
-        return _clean(
+        return clean(
             {
-                "schema": SCHEMA,
+                "schema": REPORT_SCHEMA,
                 "initdoctor_version": __version__,
                 "model": self.model,
                 "settings": self.settings,
@@ -225,28 +198,13 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def to_markdown(self) -> str:
-        from .render import render_markdown
-
-        return render_markdown(self)
+        """A Markdown report (a CI step summary), by :mod:`initdoctor.render`."""
+        return str(display("markdown", self))
 
     def __rich__(self) -> object:
         """Rendered as the report table by rich (``rich.print(report)``, a terminal or notebook)."""
-        from .render import report_renderable
-
-        return report_renderable(self)
+        return display("rich", self)
 
     def _repr_html_(self) -> str:
-        from .render import report_html
-
-        return report_html(self)
-
-
-def _clean(value: Any) -> Any:
-    """NaN/Inf → None (JSON has neither), tuples → lists, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+        """HTML for notebooks: the rich table exported as HTML."""
+        return str(display("html", self))
