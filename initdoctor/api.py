@@ -294,8 +294,7 @@ def fix_model(
             if Path(source).is_dir() or loaded.description.format == "safetensors-sharded":
                 raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
             backups = backup_all(input_files(source))  # the graph and its external data alike
-            result.backup = backups[0]
-            result.notes += [f"also backed up: {path}" for path in backups[1:]]
+            result.backup, result.backups = backups[0], backups
         target = editable.save(dst)
         result.output = target
     if loaded.description.format == "factory" and not in_memory:

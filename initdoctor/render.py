@@ -262,8 +262,8 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
     if dry:
         console.print(f"{len(result.changes)} layers would change (nothing written)", highlight=False)
         return
-    if result.backup:
-        console.print(f"backup: {result.backup}", highlight=False)
+    if result.backups:
+        console.print(f"backup: {', '.join(map(str, result.backups))}", highlight=False)
     where = f" → {result.output}" if result.output else " (in memory)"
     s = result.after.summary if result.after else result.before.summary
     depth = f"; depth ratio {s.depth_ratio:.3g}" if s.depth_ratio is not None else ""

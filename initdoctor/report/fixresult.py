@@ -36,6 +36,8 @@ class FixResult:
     after: Report | None = None
     output: Path | None = None
     backup: Path | None = None
+    #: every backup ``--in-place`` made: the model file first, then its other files (ONNX external data)
+    backups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -20,7 +20,7 @@ _CHANGE_INTERNAL = ("bias_key", "shape")
 def fix_to_dict(result: FixResult, dry: bool) -> dict[str, Any]:
     """JSON form of a :class:`FixResult` (schema ``initdoctor.fix/1``)::
 
-        {"schema", "written", "output", "backup",
+        {"schema", "written", "output", "backup", "backups",
          "changes": [{"name", "weight_key", "method", "old_std", "new_std", "factor",
                       "status_before", "bias_zeroed", "iterations", "expected_std"}],
          "skipped": [{"name", "reason"}], "before": summary, "after": summary | null}
@@ -34,6 +34,7 @@ def fix_to_dict(result: FixResult, dry: bool) -> dict[str, Any]:
             "written": not dry and bool(result.changes),
             "output": str(result.output) if result.output else None,
             "backup": str(result.backup) if result.backup else None,
+            "backups": [str(path) for path in result.backups],
             "changes": [
                 {k: v for k, v in asdict(c).items() if k not in _CHANGE_INTERNAL} for c in result.changes
             ],
