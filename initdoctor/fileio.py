@@ -3,6 +3,7 @@ fsync, ``os.replace``. An interrupted write leaves the destination as it was and
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -81,7 +82,7 @@ def backup_all(paths: Iterable[Path]) -> list[Path]:
         if bak.exists() or bak.is_symlink():
             raise InputError(f"{bak}: a backup already exists; move it away before --in-place")
     for path, bak in pairs:
-        atomic_write(bak, lambda tmp, src=path: shutil.copyfile(src, tmp))
+        atomic_write(bak, functools.partial(shutil.copyfile, path))
     return [bak for _, bak in pairs]
 
 

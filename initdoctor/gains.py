@@ -17,23 +17,7 @@ import math
 from collections.abc import Sequence
 
 from .errors import SettingsError
-
-#: Nonlinearities with a closed-form gain (the ``torch.nn.init.calculate_gain`` table) plus
-#: GELU and SiLU, whose gains follow He et al. eq. 7 numerically (see :func:`calculate_gain`).
-NONLINEARITIES = (
-    "linear",
-    "identity",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "selu",
-    "gelu",
-    "silu",
-)
+from .options import NONLINEARITIES  # the valid names live with the other option values
 
 # gain = 1 / sqrt(E[f(z)^2]) for z ~ N(0, 1): the factor that makes Var[f(W x)] match the input's
 # second moment (He et al. eq. 7 generalised). Computed once with 200-point Gauss-Hermite quadrature:

@@ -19,6 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: Nonlinearities with a closed-form gain (the ``torch.nn.init.calculate_gain`` table) plus GELU
+#: and SiLU, whose gains follow He et al. eq. 7 numerically (see :func:`initdoctor.gains.calculate_gain`).
+NONLINEARITIES = (
+    "linear",
+    "identity",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+    "gelu",
+    "silu",
+)
 #: Nonlinearities with a Kaiming gain (:func:`initdoctor.gains.calculate_gain` is the reference).
 NONLINEARITY_NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "linear")
 MODES = ("fan_in", "fan_out")

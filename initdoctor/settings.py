@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import SettingsError
-from .gains import NONLINEARITIES
-from .options import INPUT_DTYPES, MODES, ONNX_STRATEGIES, default
+from .options import INPUT_DTYPES, MODES, NONLINEARITIES, ONNX_STRATEGIES, default
 
 
 @dataclass(frozen=True)

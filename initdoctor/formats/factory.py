@@ -15,6 +15,7 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
     from .torch_pickle import find_state_dict, load_torch_object
 
     fmt = detect_format(path)
+    state: Mapping[str, Any]
     if fmt == "safetensors":
         from safetensors.torch import load_file
 

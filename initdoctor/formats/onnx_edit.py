@@ -172,10 +172,13 @@ class StreamedOnnx(Editable):
             values = (values * self.factors[key]).astype(stored.dtype).astype(np.float64)
         return values.reshape(self._shape(key))
 
-    def _scaled_blocks(self, key: str, src: Any) -> Iterator[np.ndarray]:
+    def _scaled_blocks(
+        self, key: str, extent: tuple[Path, int, np.dtype, int], src: Any
+    ) -> Iterator[np.ndarray]:
+        """The rescaled external weight ``key`` (at ``extent``, see :meth:`_extent`), block by block."""
         from ..stats import BLOCK
 
-        _, offset, dtype, count = self._extent(key)  # type: ignore[misc]
+        _, offset, dtype, count = extent
         for start in range(0, count, BLOCK):
             src.seek(offset + start * dtype.itemsize)
             raw = read_exactly(src, dtype, min(BLOCK, count - start))
@@ -183,10 +186,11 @@ class StreamedOnnx(Editable):
 
     def std(self, key: str) -> float:
         """Streamed for a rescaled external weight: memory stays at one block."""
-        if key not in self.factors or self._extent(key) is None:
+        extent = self._extent(key) if key in self.factors else None
+        if extent is None:
             return super().std(key)
-        with open(self._extent(key)[0], "rb") as src:  # type: ignore[index]
-            return std_of_blocks(block.astype(np.float64) for block in self._scaled_blocks(key, src))
+        with open(extent[0], "rb") as src:
+            return std_of_blocks(block.astype(np.float64) for block in self._scaled_blocks(key, extent, src))
 
     def scale(self, key: str, factor: float) -> None:
         self._live = None
@@ -240,7 +244,7 @@ class StreamedOnnx(Editable):
                 if key in self.values:
                     write_all(data, self.values[key])
                 elif key in self.factors:
-                    for block in self._scaled_blocks(key, src):
+                    for block in self._scaled_blocks(key, extent, src):
                         write_all(data, block)
                 else:
                     copy_range(src, data, offset, offset + count * dtype.itemsize)

@@ -193,9 +193,9 @@ def describe_onnx_model(
         if progress is not None and with_stats:
             progress(len(seen), total)
         layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
-        hit = following_nonlinearity(nodes, nid)
-        if hit is not None:
-            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+        follows = following_nonlinearity(nodes, nid)
+        if follows is not None:
+            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
         layers.append(layer)
     norms = (
         [

@@ -17,6 +17,7 @@ type 2 is a varint length followed by that many bytes. ``ModelProto.graph`` = 7,
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _fields(buf: Any, start: int, end: int):
+def _fields(buf: Any, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """Yield (field number, wire type, field start, payload start, payload end) over a message."""
     pos = start
     while pos < end:

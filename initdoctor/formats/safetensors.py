@@ -141,8 +141,8 @@ def describe_safetensors(path: Path, *, index: bool = False, progress: Any = Non
         with _open(owner[key]) as handle:
             return tensor_stats(handle.get_tensor(key))
 
-    stats_of = counted(stats_of, weight_count(list(shapes)), progress)
-    return describe_tensors(items, stats_of, path=str(path), fmt=fmt, order="natural", parameters=params)
+    reported = counted(stats_of, weight_count(list(shapes)), progress)
+    return describe_tensors(items, reported, path=str(path), fmt=fmt, order="natural", parameters=params)
 
 
 # --- the write side (fix) ---------------------------------------------------------------------

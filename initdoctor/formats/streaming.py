@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -132,6 +132,10 @@ class StreamedTensors(Editable):
         return sorted((self._entry(key)[0], key) for key in {*self.values, *self.factors})
 
 
+@overload
+def copy_range(src: Any, out: Any, start: int, end: int, *, crc: None = None) -> None: ...
+@overload
+def copy_range(src: Any, out: Any, start: int, end: int, *, crc: int) -> int: ...
 def copy_range(src: Any, out: Any, start: int, end: int, *, crc: int | None = None) -> int | None:
     """Append bytes ``[start, end)`` of ``src`` to the unbuffered ``out`` (``os.copy_file_range``
     where the system has it). With ``crc``, the bytes are read and written through Python and

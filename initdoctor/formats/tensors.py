@@ -71,9 +71,9 @@ def describe_tensors(
         bias_key = f"{prefix}bias" if f"{prefix}bias" in present else None
         display = name or "(root)"
         if len(shape) == 1:
-            kind = "batchnorm" if f"{prefix}running_mean" in present else "norm"
+            norm_kind = "batchnorm" if f"{prefix}running_mean" in present else "norm"
             bias_stats = stats_of(bias_key) if bias_key else None
-            desc.norms.append(NormLayer(display, kind, key, tuple(shape), stats_of(key), bias_stats))
+            desc.norms.append(NormLayer(display, norm_kind, key, tuple(shape), stats_of(key), bias_stats))
             continue
         kind = kind_from_shape(name, shape)
         if kind is None:
@@ -85,7 +85,9 @@ def describe_tensors(
     return desc
 
 
-def counted(stats_of: Callable[[str], WeightStats], total: int, progress: Callable[[int, int], None] | None):
+def counted(
+    stats_of: Callable[[str], WeightStats], total: int, progress: Callable[[int, int], None] | None
+) -> Callable[[str], WeightStats]:
     """``stats_of`` that also reports ``progress(done, total)`` after each tensor it reduces."""
     if progress is None:
         return stats_of

@@ -163,9 +163,9 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             groups,
             bias_key=f"{name}.bias" if isinstance(bias, torch.Tensor) else None,
         )
-        hit = follow.get(name)
-        if hit is not None:
-            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+        follows = follow.get(name)
+        if follows is not None:
+            layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
     desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders)

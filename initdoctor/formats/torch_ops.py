@@ -4,7 +4,10 @@ tables (weighted, norm, activation, pass-through), and the statistics of a torch
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..stats import WeightStats
 
 # Module class name → layer kind (matched along the MRO, so subclasses count; TorchScript
 # modules expose the original class name as ``original_name``).
@@ -128,7 +131,7 @@ def lookup(module: Any, table: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def tensor_stats(tensor: Any):
+def tensor_stats(tensor: Any) -> WeightStats:
     """:class:`~initdoctor.stats.WeightStats` of a torch tensor (float64 accumulation)."""
     import torch
 

@@ -26,7 +26,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import InputError, UntrustedFormatError, first_line
 
@@ -53,7 +53,7 @@ def zip_kind(path: Path) -> str:
     raise InputError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
 
 
-def _is_tensor_dict(obj: Any) -> bool:
+def _is_tensor_dict(obj: Any) -> TypeGuard[Mapping[str, Any]]:
     import torch
 
     return (

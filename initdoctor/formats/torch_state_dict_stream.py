@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..model import ModelDescription
+from ..stats import WeightStats
 from .base import STREAMABLE, TORCH_CODES
 from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, weight_count
@@ -92,12 +93,12 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
             return None
         stored, bf16 = STREAMABLE[dtype]
         item = np.dtype(stored).itemsize
-        info = records.get(int(offset))
+        record = records.get(int(offset))
         need = storage.nbytes()
-        if info is not None and info.compress_type != zipfile.ZIP_STORED:
+        if record is not None and record.compress_type != zipfile.ZIP_STORED:
             return None  # torch never writes compressed records; whoever did, torch.load decides
-        if info is None or info.file_size < need or offset + need > size:
-            have = "no record" if info is None else f"a record of {info.file_size} bytes"
+        if record is None or record.file_size < need or offset + need > size:
+            have = "no record" if record is None else f"a record of {record.file_size} bytes"
             raise InputError(
                 f"{path}: truncated or corrupt PyTorch checkpoint (tensor {key!r} needs {need} bytes at "
                 f"offset {offset}, the archive has {have} there)"
@@ -114,7 +115,7 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
             t.numel(),
             stored,
             bf16,
-            info,
+            record,
             int(offset),
         )
     return plan
@@ -131,7 +132,7 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
     if plan is None:
         return None
 
-    def stats_of(key: str):
+    def stats_of(key: str) -> WeightStats:
         t = plan[key]
         return file_stats(path, t.offset, t.count, t.stored, t.dtype, bfloat16=t.bfloat16)
 
@@ -216,7 +217,7 @@ class StreamedCheckpoint(StreamedTensors):
                 for offset, key in tensors:
                     crc = copy_range(src, out, cur, offset, crc=crc)
                     for block in self._new_blocks(key, src):
-                        crc = zlib.crc32(memoryview(block).cast("B"), crc)
+                        crc = zlib.crc32(block.data.cast("B"), crc)
                         write_all(out, block)
                     cur = out.tell()
                 crc = copy_range(src, out, cur, start + info.file_size, crc=crc)

@@ -290,7 +290,7 @@ def _probe_torchscript(
     buffer = io.BytesIO()
     try:
         # torch.onnx.export documents a file object as ``f``; its annotation says path only
-        torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)  # type: ignore[arg-type]
+        torch.onnx.export(module, tuple(inputs), buffer, dynamo=False)  # type: ignore[arg-type]  # f: a file object
     except Exception as exc:  # noqa: BLE001
         raise ProbeError(
             f"cannot run the TorchScript model through ONNX for the probe: {first_line(exc)}"
