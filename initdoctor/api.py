@@ -233,6 +233,8 @@ def fix_model(
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 < tol < 1:
         raise SettingsError(f"tol must be in (0, 1), got {tol}")
+    if in_place and output is not None:
+        raise SettingsError("--in-place writes over MODEL (keeping MODEL.bak); it takes no --output")
     if method == "lsuv" and not probe:
         raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
     inspect_settings, probe_settings = split_settings(settings)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from .errors import InitDoctorError
+from .errors import InitDoctorError, SettingsError
 from .options import CONFIG_KEYS, Option, for_command
 from .version import __version__
 
@@ -210,7 +210,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
         source, weights_file = _source(model, opts["model_factory"], opts["weights"])
         settings, resolved = _library_settings("fix", opts)
         if opts["fail_on"] == "never" and not opts["all_layers"]:
-            raise typer.BadParameter("--fail-on never would fix nothing; use warn, error or --all")
+            raise SettingsError("--fail-on never would fix nothing; use warn, error or --all")
         dry = opts["dry_run"] or opts["check"]
         with ProgressBar("probing layers", quiet=opts["quiet"]) as bar:
             result = fix_model(
@@ -308,6 +308,13 @@ class _errors:
 
 
 def main() -> None:
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the writers' cleanup, as Ctrl-C does
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     app()
 
 

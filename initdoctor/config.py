@@ -38,14 +38,34 @@ def find_config(start: Path | None = None) -> Path | None:
     folder = (start or Path.cwd()).resolve()
     for candidate in [folder, *folder.parents]:
         path = candidate / "pyproject.toml"
-        if path.is_file():
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise SettingsError(f"{path}: cannot read ({exc})") from None
-            if "initdoctor" in data.get("tool", {}):
-                return path
+        if path.is_file() and _table(path) is not None:
+            return path
     return None
+
+
+def _table(path: Path) -> dict[str, Any] | None:
+    """``[tool.initdoctor]`` of ``path``, or None when the file has none. A file that cannot be
+    read or parsed is skipped unless it names ``tool.initdoctor`` (an unrelated, broken
+    pyproject.toml up the tree must not break every command); then it is an error naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    ours = b"tool.initdoctor" in raw or b'"initdoctor"' in raw or b"[tool]" in raw and b"initdoctor" in raw
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        if not ours:
+            return None
+        reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc) or type(exc).__name__
+        raise SettingsError(f"{path}: cannot read ({reason})") from None
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or "initdoctor" not in tool:
+        return None
+    table = tool["initdoctor"]
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: [tool.initdoctor] must be a table, got {type(table).__name__}")
+    return table
 
 
 def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]:
@@ -53,7 +73,7 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
     path = find_config(start)
     if path is None:
         return {}, None
-    table = tomllib.loads(path.read_text(encoding="utf-8"))["tool"]["initdoctor"]
+    table = _table(path) or {}
     if "trust" in table:  # a cloned repository's pyproject.toml must not turn on unpickling
         raise SettingsError(
             f"{path}: [tool.initdoctor] trust: running code from a model file is allowed from the command "
@@ -66,12 +86,31 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
             raise SettingsError(
                 f"{path}: [tool.initdoctor] {key} has the wrong type ({type(value).__name__})"
             )
+    if not all(isinstance(item, str) for item in table.get("ignore", [])):
+        raise SettingsError(
+            f"{path}: [tool.initdoctor] ignore: every entry must be a string (a code or a glob)"
+        )
+    for shape in table.get("input-shape", []):
+        parts = shape if isinstance(shape, list) else [shape]
+        if not all(isinstance(part, (str, int)) and not isinstance(part, bool) for part in parts):
+            raise SettingsError(
+                f'{path}: [tool.initdoctor] input-shape: {shape!r} is not a shape like "8,3,32,32"'
+            )
     for pattern, override in table.get("overrides", {}).items():
         if not isinstance(override, dict) or set(override) - set(OVERRIDE_KEYS):
             bad = sorted(set(override) - set(OVERRIDE_KEYS)) if isinstance(override, dict) else [pattern]
             raise SettingsError(
                 f"{path}: [tool.initdoctor.overrides] {pattern!r}: unknown key {bad[0]!r}; valid: "
                 f"{', '.join(OVERRIDE_KEYS)}"
+            )
+        slope = override.get("negative-slope", 0.0)
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+            raise SettingsError(
+                f"{path}: [tool.initdoctor.overrides] {pattern!r}: negative-slope must be a number"
+            )
+        if not isinstance(override.get("nonlinearity", ""), str):
+            raise SettingsError(
+                f"{path}: [tool.initdoctor.overrides] {pattern!r}: nonlinearity must be a string"
             )
     return table, path
 

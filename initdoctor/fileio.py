@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +22,30 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc (Linux ≥ 4.7) where it can be, so that no other thread
+    ever sees a changed mask; else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(dst: Path) -> int:
+    """The permissions a new output gets: those of the file it replaces (``--in-place`` keeps
+    MODEL's), else what ``open()`` would give (0666 less the umask) — not mkstemp's 0600."""
+    try:
+        return stat.S_IMODE(os.stat(dst).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(dst: Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
     """Call ``write(tmp)`` for a temp path beside ``dst``, fsync it, then ``os.replace`` it onto
     ``dst``. On any failure the temp file is removed and ``dst`` is untouched."""
@@ -34,6 +59,7 @@ def atomic_write(dst: Path, write: Callable[[Path], object], suffix: str = ".tmp
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, _mode_for(dst))
         _fsync_path(tmp)
         os.replace(tmp, dst)
     except BaseException:
@@ -59,6 +85,7 @@ def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{dst.name}."))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
         for child in tmp.iterdir():
             _fsync_path(child)
         os.replace(tmp, dst)

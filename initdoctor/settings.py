@@ -5,6 +5,7 @@ Every field has its default here; the command line and ``[tool.initdoctor]`` res
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import SettingsError
@@ -33,6 +34,8 @@ class Settings:
             raise SettingsError(
                 f"unknown nonlinearity {self.nonlinearity!r}; valid: {', '.join(NONLINEARITIES)}"
             )
+        if not math.isfinite(self.negative_slope):
+            raise SettingsError(f"negative_slope must be a finite number, got {self.negative_slope}")
         if self.mode not in MODES:
             raise SettingsError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
         if not 1 < self.warn_threshold < self.error_threshold:
@@ -82,6 +85,16 @@ class ProbeSettings:
             raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
         if self.batch_size < 1:
             raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.seed < 2**63:
+            raise SettingsError(f"seed must be an integer in [0, 2^63), got {self.seed}")
+        if not (math.isfinite(self.timeout) and self.timeout >= 0):
+            raise SettingsError(f"timeout must be finite seconds ≥ 0 (0: no limit), got {self.timeout}")
+        if not (math.isfinite(self.max_input_mib) and self.max_input_mib > 0):
+            raise SettingsError(f"max_input_mib must be a finite number > 0, got {self.max_input_mib}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise SettingsError(f"vocab size must be at least 1, got {self.vocab_size}")
+        if self.group_bytes < 1:
+            raise SettingsError(f"group_bytes must be at least 1, got {self.group_bytes}")
         for shape in self.input_shapes:
             if not shape or any(d < 1 for d in shape):
                 raise SettingsError(f"input shape {shape} must be positive integers, e.g. 8,3,32,32")
