@@ -13,14 +13,16 @@ own signals).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import render  # noqa: F401  # registers how reports display themselves (report.display)
-from .errors import InitDoctorError, InitializationError, SettingsError
+from .errors import InitDoctorError, InitializationError, InputError, SettingsError, Terminated
 from .options import default
 
 if TYPE_CHECKING:
@@ -117,7 +119,7 @@ def run(
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout) as limit:
+    with time_limit(probe_settings.timeout) as limit, _no_exit_from_model_code():
         loaded = load(
             source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
         )
@@ -135,6 +137,20 @@ def run(
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
     return Run(loaded, result, report)
+
+
+@contextlib.contextmanager
+def _no_exit_from_model_code() -> Iterator[None]:
+    """A factory or forward that calls ``sys.exit`` (0.7.0 then exited 0 with no output) is an
+    error naming it; a :class:`~initdoctor.errors.Terminated` (SIGTERM) passes through."""
+    try:
+        yield
+    except Terminated:
+        raise
+    except SystemExit as exc:
+        raise InputError(
+            f"the model's code called sys.exit({exc.code!r}) while it was loaded or run"
+        ) from None
 
 
 def diagnose(

@@ -16,7 +16,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from .errors import InitDoctorError, SettingsError
+from .errors import InitDoctorError, SettingsError, Terminated
 from .options import CONFIG_KEYS, Option, for_command
 from .version import __version__
 
@@ -290,7 +290,13 @@ class _errors:
         self.debug = debug
 
     def __enter__(self) -> None:
-        return None
+        if not self.debug:  # one clean line per problem: libraries' warnings and logs under --debug
+            import logging
+            import warnings
+
+            warnings.simplefilter("ignore")
+            for name in ("torch", "onnxscript", "transformers"):
+                logging.getLogger(name).setLevel(logging.ERROR)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)) or self.debug:
@@ -311,7 +317,7 @@ def main() -> None:
     import signal
 
     def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwinds through the writers' cleanup, as Ctrl-C does
+        raise Terminated(128 + signum)  # unwinds through the writers' cleanup, as Ctrl-C does
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)

@@ -31,6 +31,11 @@ class SettingsError(InitDoctorError):
     """An invalid option value (thresholds, nonlinearity, mode...)."""
 
 
+class Terminated(SystemExit):
+    """Raised by the command line's SIGTERM/SIGHUP handler: unwinds through every writer's cleanup
+    (unlike a model's own ``sys.exit``, which :func:`initdoctor.api.run` turns into an error)."""
+
+
 class InitializationError(AssertionError):
     """Raised by :func:`initdoctor.assert_healthy_init`: the model's initialization has findings at
     or above ``fail_on``. ``report`` holds the full report; the message lists the failing layers."""

@@ -129,3 +129,24 @@ def test_sigterm_during_a_fix_leaves_no_temp_file(tmp_path):
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         assert leftovers == [], (sig, leftovers)
         assert proc.returncode == 128 + sig, proc.returncode  # stopped mid-write, cleaned up
+
+
+def test_a_factory_that_exits_or_warns(tmp_path):
+    """0.7.0: a factory calling ``sys.exit(0)`` made initdoctor exit 0 with no output, and library
+    warnings printed lines of noise. Now the exit is an error naming it, and warnings appear only
+    under ``--debug``."""
+    (tmp_path / "nets.py").write_text(
+        "import sys, warnings\nfrom torch import nn\n"
+        "def exits():\n    sys.exit(0)\n"
+        "class Noisy(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n        warnings.warn('something deprecated', UserWarning)\n"
+        "        return self.fc(x)\n"
+        "def noisy():\n    return Noisy()\n"
+    )
+    line = assert_one_line_error(cli("inspect", "nets:exits", cwd=tmp_path))
+    assert line == "initdoctor: error: the model's code called sys.exit(0) while it was loaded or run"
+    quiet = cli("inspect", "nets:noisy", "-q", "-f", "json", cwd=tmp_path)
+    assert quiet.returncode in (0, 1) and quiet.stderr == ""
+    loud = cli("inspect", "nets:noisy", "-q", "-f", "json", "--debug", cwd=tmp_path)
+    assert "something deprecated" in loud.stderr
