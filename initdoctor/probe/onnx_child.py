@@ -53,6 +53,7 @@ from .timelimit import ONNX_SESSION, current_limit, timeout_message
 from .types import ProbeError, ProbeResult, Progress
 
 PROGRESS_EVERY = 0.05  # seconds between two progress messages from the child
+GRACE = 1.0  # seconds past the deadline the parent waits before it gives up on its own
 _INT = struct.Struct("<q")
 _lock = threading.Lock()  # one probe at a time through the host
 _host: _Host | None = None
@@ -176,7 +177,9 @@ class _Host:
         self, results: Connection, limit: tuple[float, float] | None, progress: Progress | None
     ) -> ProbeResult:
         while True:
-            wait = None if limit is None else max(0.0, limit[0] - time.monotonic())
+            # SIGALRM interrupts this wait at the deadline (naming the ONNX session); the grace
+            # only matters if it does not
+            wait = None if limit is None else max(0.0, limit[0] + GRACE - time.monotonic())
             if not results.poll(wait):
                 assert limit is not None  # poll(None) waits until there is something
                 raise ProbeError(timeout_message(ONNX_SESSION, limit[1]))
@@ -185,7 +188,7 @@ class _Host:
                 for done, total in payload:
                     progress(done, total)  # type: ignore[misc]  # sent only when progress is given
             elif kind == "result":
-                return payload  # type: ignore[no-any-return]  # a ProbeResult, pickled
+                return payload  # a ProbeResult, pickled
             elif kind == "error":
                 raise payload from None
             else:  # "bug": an exception the probe does not expect, with the child's traceback

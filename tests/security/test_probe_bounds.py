@@ -208,3 +208,177 @@ def test_resnet_blocks_equal_the_bitmask_analysis_in_torch_and_onnx(tmp_path, mo
     assert len(checked) == 2 and len(checked[0]) == len(checked[1]) == 8
     sizes = [len(b.layers) for b in fx_report.residual_blocks]
     assert sizes == [len(b.layers) for b in onnx_report.residual_blocks] and sum(sizes) >= 16
+
+
+# --- 7. the ONNX probe can be stopped, and its memory is capped ----------------------------------
+
+
+def cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "initdoctor", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def one_layer_graph(extra_nodes: list, extra_inits: list, out: str, value: str = "h") -> onnx.ModelProto:
+    """``h = x @ W`` (one weighted layer, batch fixed at 1) followed by ``extra_nodes``, which
+    compute ``out`` from ``h``."""
+    w = numpy_helper.from_array(np.eye(8, dtype=np.float32), "fc.weight")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "fc.weight"], [value]), *extra_nodes],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+        [w, *extra_inits],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def loop_graph(trips: int = 2**62) -> onnx.ModelProto:
+    """A ``Loop`` of ``trips`` iterations of Identity: onnxruntime never returns to Python."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Identity", ["v"], ["v_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    return one_layer_graph([helper.make_node("Loop", ["trips", "cond", "h"], ["y"], body=body)], inits, "y")
+
+
+def constant_of_shape_graph(shape: list[int], *, static: bool) -> onnx.ModelProto:
+    """``y = h + ReduceSum(ConstantOfShape(shape))``: a tensor as large as ``shape`` asks. Static:
+    the shape is a Constant node (shape inference sees it); else an initializer (it does not)."""
+    shape_tensor = numpy_helper.from_array(np.array(shape, np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", 1, [1], [1.0])),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Add", ["h", "total"], ["y"]),
+    ]
+    if static:
+        return one_layer_graph(
+            [helper.make_node("Constant", [], ["shape"], value=shape_tensor), *nodes], [], "y"
+        )
+    return one_layer_graph(nodes, [shape_tensor], "y")
+
+
+def test_onnx_loop_is_killed_at_the_timeout(tmp_path):
+    """0.7.0 ran onnxruntime in-process: a 2⁶²-iteration Loop never returned to Python, so the
+    SIGALRM handler never ran and ``--timeout 2`` was ignored (the process ran until killed). Now the
+    child process running the session is killed at the deadline: one line, exit 2, within seconds."""
+    import time
+
+    onnx.save(loop_graph(), tmp_path / "loop.onnx")
+    assert (tmp_path / "loop.onnx").stat().st_size < 2000
+    started = time.monotonic()
+    proc = cli("inspect", "loop.onnx", "--timeout", "2", cwd=tmp_path, timeout=60)
+    elapsed = time.monotonic() - started
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in both, both
+    assert proc.stderr.strip() == "initdoctor: error: the ONNX session did not finish within 2 s (--timeout)"
+    assert elapsed < 30, elapsed
+
+
+def test_onnx_constant_of_shape_is_refused_within_the_memory_cap(tmp_path):
+    """0.7.0 allocated whatever a ConstantOfShape asked (8.9 GB RSS in the review; 2 GiB here, and
+    the probe succeeded). Now the child's memory is capped at 8 × --max-input-mib + 3 × the model's
+    files (0.125 GiB with --max-input-mib 16): a tensor that shape inference sizes is refused before
+    it runs, and one it cannot size fails on the cap inside the child — one line, exit 2."""
+    shape = [512, 1024, 1024]  # 2 GiB of float32
+    onnx.save(constant_of_shape_graph(shape, static=True), tmp_path / "static.onnx")
+    onnx.save(constant_of_shape_graph(shape, static=False), tmp_path / "dynamic.onnx")
+    cap = "the ONNX probe's memory cap is 0.125 GiB (8 × --max-input-mib + 3 × the model's files)"
+    proc = cli("inspect", "static.onnx", "--max-input-mib", "16", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        f"initdoctor: error: the graph's tensor 'big' would take 2 GiB (shape {shape}); {cap}"
+    )
+    proc = cli("inspect", "dynamic.onnx", "--max-input-mib", "16", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    assert line.startswith(
+        "initdoctor: error: the ONNX session needs more memory than the probe's cap of 0.125 GiB "
+        "(8 × --max-input-mib + 3 × the model's files): "
+    ), line
+    # the default cap (8 GiB) leaves an ordinary graph alone, and the results are the in-process ones
+    proc = cli("inspect", "static.onnx", "--max-input-mib", "1024", "--format", "json", cwd=tmp_path)
+    assert proc.returncode != 2, proc.stderr
+
+
+# --- 8. --timeout returns on time and says what ran; the fixed-batch repeats are capped ----------
+
+
+def sparse_safetensors(path: Path, rows: int, cols: int) -> None:
+    """A legitimate safetensors file of one float32 [rows, cols] weight, all zeros (sparse on disk:
+    nothing to write, but every byte is read and scanned)."""
+    import struct
+
+    header = json.dumps(
+        {"fc.weight": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [0, 4 * rows * cols]}}
+    )
+    header += " " * (-len(header) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(header)) + header.encode())
+        fh.truncate(8 + len(header) + 4 * rows * cols)
+
+
+def test_timeout_stops_the_weight_scan_threads_and_names_reading(tmp_path):
+    """0.7.0 raised the timeout in the main thread but the scan's worker threads read on: the
+    review's checkpoint gave the message at 3 s and exited at 38 s, and the message said "its
+    forward hangs" though no model code ran. Now the scan checks the deadline between blocks: once
+    the error is raised the process uses (almost) no more CPU, and the line says what ran."""
+    sparse_safetensors(tmp_path / "big.safetensors", 32768, 32768)  # 4 GiB: seconds of scanning
+    proc = python(
+        """
+        import json, time
+        import initdoctor
+        from initdoctor.errors import InitDoctorError
+        started = time.monotonic()
+        try:
+            initdoctor.diagnose("big.safetensors", timeout=0.5)
+            message = None
+        except InitDoctorError as exc:
+            message = str(exc)
+        raised = time.monotonic() - started
+        cpu = time.process_time()
+        time.sleep(1.5)
+        print(json.dumps([message, raised, time.process_time() - cpu]))
+        """,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    message, raised, cpu_after = json.loads(proc.stdout)
+    assert message == "reading the weights did not finish within 0.5 s (--timeout)"
+    assert raised < 3.0, raised
+    assert cpu_after < 0.3, cpu_after  # 0.7.0: the worker threads kept scanning (≈ 1.5 s per thread)
+    proc = cli("inspect", "big.safetensors", "--timeout", "0.5", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert (
+        proc.stderr.strip()
+        == "initdoctor: error: reading the weights did not finish within 0.5 s (--timeout)"
+    )
+
+
+def test_batch_size_on_a_fixed_batch_graph_is_capped(tmp_path):
+    """0.7.0 ran a batch-1 graph ceil(--batch-size / 1) times: ``--batch-size 99999999999`` ran
+    forever. Now the runs are capped at 4096: one line, exit 2, at once."""
+    onnx.save(one_layer_graph([helper.make_node("Relu", ["h"], ["y"])], [], "y"), tmp_path / "b1.onnx")
+    proc = cli("inspect", "b1.onnx", "--batch-size", "99999999999", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "initdoctor: error: the graph's batch dimension is fixed at 1: --batch-size 99999999999 would "
+        "take 99999999999 runs (the cap is 4096); lower --batch-size"
+    )
+    proc = cli("inspect", "b1.onnx", "--batch-size", "4096", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["probe"]["runs"] == 4096
