@@ -85,6 +85,8 @@ def probe_onnx_isolated(
     budget = memory_budget(source, settings)
     if not (hasattr(os, "fork") and hasattr(socket, "send_fds")):  # pragma: no cover - Windows
         return probe_onnx(source, desc, settings, inputs, progress, memory_budget=budget)
+    if not isinstance(source, bytes):  # the host's working folder may not be the caller's (os.chdir)
+        source = Path(os.path.abspath(source))  # not resolve(): a symlinked graph keeps its folder
     job = (source, desc, settings, inputs, progress is not None, budget)
     with _lock:
         if _host is None or _host.process.poll() is not None:
