@@ -18,6 +18,7 @@ Loaders for graph formats (ONNX, torch.fx, torch.export) translate their nodes i
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -65,28 +66,24 @@ class Block:
 def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[Block]:
     """Residual adds and the weighted layers of their branches.
 
-    ``nodes`` must be in topological order; ``layer_of`` maps weighted node ids to layer names.
-    For an add with inputs ``a`` and ``b``, the nodes that are ancestors of one input but not of
-    the other form the two sides; the side holding more weighted layers is the branch, the other
-    (identity, or a 1×1 downsampling projection) the skip. Ancestor sets are bit masks.
+    ``nodes`` must be in topological order (an input listed at or after its reader is not followed);
+    ``layer_of`` maps weighted node ids to layer names. For an add with inputs ``a`` and ``b``, the
+    nodes that are ancestors of one input but not of the other form the two sides; the side holding
+    more weighted layers is the branch, the other (identity, or a 1×1 downsampling projection) the
+    skip. The sides come from :func:`_sides`, a walk back from both inputs that stops where the two
+    ancestries meet: each add costs the size of its two sides, not of the whole graph.
     """
-    index = {node_id: i for i, node_id in enumerate(nodes)}
-    ancestors: dict[str, int] = {}
-    for node_id, node in nodes.items():
-        mask = 1 << index[node_id]
-        for inp in node.inputs:
-            mask |= ancestors.get(inp, 0)
-        ancestors[node_id] = mask
-    weighted_bits = {index[n]: name for n, name in layer_of.items() if n in index}
+    ids = list(nodes)
+    index = {node_id: i for i, node_id in enumerate(ids)}
+    order = {n: k for k, n in enumerate(layer_of)}  # the sides list layers in layer_of's order
     blocks: list[Block] = []
     for node in nodes.values():
         if node.op != "residual" or len(node.inputs) != 2 or node.tensor is None:
             continue
         a, b = node.inputs
-        only_a = ancestors.get(a, 0) & ~ancestors.get(b, 0)
-        only_b = ancestors.get(b, 0) & ~ancestors.get(a, 0)
-        side_a = [name for bit, name in weighted_bits.items() if only_a >> bit & 1]
-        side_b = [name for bit, name in weighted_bits.items() if only_b >> bit & 1]
+        only_a, only_b = _sides(nodes, ids, index, a, b)
+        side_a = [layer_of[n] for n in sorted((n for n in only_a if n in order), key=order.__getitem__)]
+        side_b = [layer_of[n] for n in sorted((n for n in only_b if n in order), key=order.__getitem__)]
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
         skip_tensor = nodes[skip_id].tensor
         if not branch or skip_tensor is None:
@@ -101,18 +98,67 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
     return blocks
 
 
+def _sides(
+    nodes: Mapping[str, OpNode], ids: list[str], index: dict[str, int], a: str, b: str
+) -> tuple[list[str], list[str]]:
+    """(ancestors of ``a`` that are not ancestors of ``b``, and the other way round); a node is its
+    own ancestor, and an input is followed only when it comes earlier in ``nodes``' order.
+
+    Nodes are visited from the latest back, so a node's marks (reached from ``a``, from ``b``) are
+    final when it is taken; the walk ends when every node still waiting is reached from both,
+    as all their ancestors are then too.
+    """
+    marks: dict[str, int] = {}
+    heap: list[int] = []  # -index of the nodes waiting: the latest first
+    partial = 0  # nodes waiting in the heap with one mark only
+
+    def reach(node_id: str, mark: int) -> None:
+        nonlocal partial
+        old = marks.get(node_id)
+        if old is None:
+            marks[node_id] = mark
+            heapq.heappush(heap, -index[node_id])
+            partial += mark != BOTH
+        elif old | mark != old:
+            marks[node_id] = old | mark
+            partial -= 1  # it was waiting with one mark and now has both
+
+    for node_id, mark in ((a, 1), (b, 2)):
+        if node_id in index:
+            reach(node_id, mark)
+    only: tuple[list[str], list[str]] = ([], [])
+    while partial:
+        i = -heapq.heappop(heap)
+        node_id = ids[i]
+        mark = marks[node_id]
+        if mark != BOTH:
+            partial -= 1
+            only[mark - 1].append(node_id)
+        for inp in nodes[node_id].inputs:
+            j = index.get(inp)
+            if j is not None and j < i:
+                reach(inp, mark)
+    return only
+
+
+BOTH = 3
+
+
 def stream_inputs(nodes: dict[str, OpNode], layer_of: dict[str, str], blocks: list[Block]) -> list[str]:
     """Weighted layers that feed the residual stream itself: ancestors of a block's skip input that
     sit in no branch (a ViT's patch projection, a ResNet's stem). Their scale is the stream's
-    starting scale, which the blocks' normalization or relative growth makes secondary."""
+    starting scale, which the blocks' normalization or relative growth makes secondary.
+
+    One walk for all blocks (a node seen for an earlier block adds nothing for a later one)."""
     if not blocks:
         return []
     in_branch = {name for b in blocks for name in b.layers}
     by_tensor = {node.tensor: node_id for node_id, node in nodes.items() if node.tensor is not None}
-    found: list[str] = []
+    found: dict[str, None] = {}  # ordered set
+    seen: set[str] = set()
     for block in blocks:
         start = by_tensor.get(block.skip_tensor)
-        frontier, seen = ([start] if start else []), set()
+        frontier = [start] if start else []
         while frontier:
             node_id = frontier.pop()
             if node_id in seen or node_id not in nodes:
@@ -120,11 +166,11 @@ def stream_inputs(nodes: dict[str, OpNode], layer_of: dict[str, str], blocks: li
             seen.add(node_id)
             name = layer_of.get(node_id)
             if name is not None:
-                if name not in in_branch and name not in found:
-                    found.append(name)
+                if name not in in_branch:
+                    found.setdefault(name)
                 continue  # stop at the first weighted layer on each path
             frontier.extend(nodes[node_id].inputs)
-    return found
+    return list(found)
 
 
 def _common_prefix(names: list[str]) -> str:

@@ -5,13 +5,20 @@ squared deviations are computed in float64 and merged with Chan et al.'s paralle
 result does not suffer the cancellation of ``E[x²] − E[x]²`` and memory stays at two blocks per
 thread; large arrays are split across threads (:func:`scan`). NaN and Inf values are counted and
 left out of mean and std. The probe's activations use :func:`fast_moments` (``CHUNK`` elements).
+
+A scan started inside :func:`scan_deadline` checks the deadline between blocks, in every thread it
+runs on, and stops with :class:`DeadlineExceeded` once it has passed (``--timeout``: the worker
+threads must not keep reading a large tensor after the main thread has given up).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +97,26 @@ class Scan:
         self.inf += other.inf
 
 
+class DeadlineExceeded(BaseException):  # not an Exception: passes through the loaders' error handling
+    """A scan passed the deadline of :func:`scan_deadline`."""
+
+
+_deadline = threading.local()
+
+
+@contextmanager
+def scan_deadline(when: float | None) -> Iterator[None]:
+    """Scans started by this thread inside the block raise :class:`DeadlineExceeded` between two
+    blocks once ``time.monotonic()`` is past ``when`` (None: no deadline), in whichever thread
+    they run; the previous deadline is put back on exit."""
+    previous = getattr(_deadline, "when", None)
+    _deadline.when = when
+    try:
+        yield
+    finally:
+        _deadline.when = previous
+
+
 BLOCK = 1 << 17  # 128K elements: 512 KiB of float32 and two 1 MiB float64 buffers stay in a 2 MiB L2
 PARALLEL_MIN = 1 << 21  # from 2M elements (8 MiB of float32) the work is split across threads
 _pool = None
@@ -113,21 +140,23 @@ def _workers() -> int:
     return max(1, min(cpus, 8))
 
 
-def _in_parallel(count: int, reduce_range: Callable[[int, int], Scan]) -> Scan:
+def _in_parallel(count: int, reduce_range: Callable[[int, int, float | None], Scan]) -> Scan:
     """``reduce_range(lo, hi)`` over ``[0, count)`` cut into one block-aligned range per CPU (up
     to 8), run in threads (numpy releases the GIL inside its loops; file reads release it too),
-    the partial results merged with Chan et al.'s formula."""
+    the partial results merged with Chan et al.'s formula. Each range gets this thread's
+    :func:`scan_deadline`."""
     global _pool
+    when = getattr(_deadline, "when", None)
     workers = _workers() if count >= PARALLEL_MIN else 1
     if workers == 1:
-        return reduce_range(0, count)
+        return reduce_range(0, count, when)
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="initdoctor-scan")
     step = -(-count // workers // BLOCK) * BLOCK
     out = Scan(Moments())
-    for part in _pool.map(lambda lo: reduce_range(lo, min(count, lo + step)), range(0, count, step)):
+    for part in _pool.map(lambda lo: reduce_range(lo, min(count, lo + step), when), range(0, count, step)):
         out.merge(part)
     return out
 
@@ -142,7 +171,9 @@ def scan(array: np.ndarray) -> Scan:
         for start in range(lo, hi, BLOCK):
             yield flat[start : min(hi, start + BLOCK)]
 
-    return _in_parallel(int(flat.size), lambda lo, hi: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK)))
+    return _in_parallel(
+        int(flat.size), lambda lo, hi, when: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK), when)
+    )
 
 
 def scan_file(
@@ -180,11 +211,12 @@ def scan_file(
                     np.left_shift(raw[:n], 16, out=wide[:n], dtype=np.uint32)
                     yield wide[:n].view(np.float32)
 
-    return _in_parallel(count, lambda lo, hi: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK)))
+    return _in_parallel(count, lambda lo, hi, when: _reduce_blocks(blocks(lo, hi), min(hi - lo, BLOCK), when))
 
 
-def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int) -> Scan:
-    """Reduce 1-d blocks of at most ``largest`` (≤ :data:`BLOCK`, cache-sized) elements.
+def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int, deadline: float | None = None) -> Scan:
+    """Reduce 1-d blocks of at most ``largest`` (≤ :data:`BLOCK`, cache-sized) elements; past
+    ``deadline`` (``time.monotonic()``), raise :class:`DeadlineExceeded` before the next block.
 
     Per block: copied once into a float64 buffer; its sum and its sum of squares (squared into a
     second buffer, pairwise-summed) — both float64, no BLAS (whose own threads would fight the
@@ -197,6 +229,8 @@ def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int) -> Scan:
     sq_buf = np.empty_like(wide_buf)
     with np.errstate(invalid="ignore", over="ignore"):  # a signalling NaN in a cast, a huge float64
         for chunk in blocks:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded()
             n = int(chunk.size)
             if n == 0:
                 continue

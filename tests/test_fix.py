@@ -577,10 +577,13 @@ def test_fix_timeout_bounds_loading_and_probing(tmp_path):
         "    def forward(self, x):\n        while True:\n            time.sleep(0.01)\n"
         "def hangs_in_forward():\n    return Slow()\n"
     )
-    message = "initdoctor: error: the model's code did not finish within 1 s (--timeout): its forward hangs"
-    for factory, extra in (("slow:hangs_when_built", ()), ("slow:hangs_in_forward", ("--method", "lsuv"))):
+    cases = (
+        ("slow:hangs_when_built", (), "the model's factory"),
+        ("slow:hangs_in_forward", ("--method", "lsuv"), "tracing the model"),  # torch.fx runs the forward
+    )
+    for factory, extra, doing in cases:  # 5 s: importing torch fits in it on a busy machine
         started = time.monotonic()
-        proc = run_cli("fix", factory, "--timeout", "1", "--dry-run", *extra, cwd=tmp_path)
+        proc = run_cli("fix", factory, "--timeout", "5", "--dry-run", *extra, cwd=tmp_path)
         assert proc.returncode == 2, (factory, proc.stderr)
-        assert proc.stderr.strip() == message, factory
+        assert proc.stderr.strip() == f"initdoctor: error: {doing} did not finish within 5 s (--timeout)"
         assert time.monotonic() - started < 60, factory

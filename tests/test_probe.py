@@ -266,11 +266,10 @@ def test_probe_timeout_and_input_cap(tmp_path):
         "    def forward(self, x):\n        while True:\n            time.sleep(0.01)\n"
         "def build():\n    return Slow()\n"
     )
-    proc = run_cli("inspect", "slow:build", "--timeout", "1", cwd=tmp_path)
+    proc = run_cli("inspect", "slow:build", "--timeout", "5", cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (
-        "initdoctor: error: the model's code did not finish within 1 s (--timeout): its forward hangs"
-    )
+    # torch.fx calls the forward to trace it: that is what hangs (5 s: importing torch fits in it)
+    assert proc.stderr.strip() == "initdoctor: error: tracing the model did not finish within 5 s (--timeout)"
     proc = run_cli(
         "inspect", "examples.models:kaiming_mlp", "--input-shape", "100000,64", "--max-input-mib", "8"
     )

@@ -23,11 +23,12 @@ output; per layer ``grad_var = Var[∂L/∂y_l]``, and ``grad_ratio = E[(∂L/�
 
 Backends: ``torch_backend`` (forward hooks, reductions on the fly, nothing kept), ``onnx_backend``
 (onnxruntime: reduction nodes added to the graph by ``onnx_reduce``, or intermediate tensors exposed
-as outputs in bounded groups; sessions and feeds in ``onnx_session``).
+as outputs in bounded groups; sessions and feeds in ``onnx_session``), run in a child process by
+``onnx_child`` (killed at the time limit's deadline, its memory capped).
 
 Modules: ``types`` (results, :class:`ProbeError`), ``collector`` (the statistics both backends
-share), ``inputs`` (seeded inputs), ``timelimit`` (:class:`time_limit`), ``dispatch``
-(:func:`run_probe`, the backend choice). This package only re-exports their public names.
+share), ``inputs`` (seeded inputs), ``timelimit`` (:class:`time_limit`, and what ran when it ran
+out), ``dispatch`` (:func:`run_probe`, the backend choice). This package only re-exports their public names.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Which backend runs a loaded model: onnxruntime for ONNX, torch for everything else."""
+"""Which backend runs a loaded model: onnxruntime for ONNX (in a child process, see
+:mod:`.onnx_child`), torch for everything else."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _dispatch(
     loaded: Any, settings: ProbeSettings, progress: Progress | None, example_inputs: Any
 ) -> ProbeResult:
     if loaded.backend == "onnx":
-        from .onnx_backend import probe_onnx
+        from .onnx_child import probe_onnx_isolated
 
         if settings.backward:
             raise ProbeError(
@@ -42,7 +43,9 @@ def _dispatch(
                 np.asarray(x)
                 for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])
             ]
-        result = probe_onnx(loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress)
+        result = probe_onnx_isolated(
+            loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress
+        )
     else:
         from .torch_backend import probe_torch
 

@@ -18,7 +18,11 @@ Two strategies (``ProbeSettings.onnx_strategy``):
 
 Graph optimizations are off (``ORT_DISABLE_ALL``) so every tensor keeps its name and value. A
 graph with a fixed batch dimension smaller than ``batch_size`` is run repeatedly on fresh seeded
-inputs until ``batch_size`` samples are seen.
+inputs until ``batch_size`` samples are seen, at most :data:`MAX_RUNS` times.
+
+:func:`~.dispatch.run_probe` runs this in a child process (:mod:`.onnx_child`), which passes its
+``memory_budget``: a graph whose inferred shapes give one tensor larger than that is refused
+before onnxruntime allocates it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ from .onnx_session import (
     run_session,
     session_with_outputs,
 )
-from .types import ProbeResult, Progress
+from .types import ProbeError, ProbeResult, Progress
+
+#: most seeded batches run through a graph whose batch dimension is fixed (``--batch-size`` / batch)
+MAX_RUNS = 4096
+#: the ONNX probe's memory budget (:func:`.onnx_child.memory_budget`): this many × --max-input-mib…
+INPUT_MULTIPLE = 8
+#: … plus the model's files this many times
+FILES_MULTIPLE = 3
+BUDGET_RULE = f"{INPUT_MULTIPLE} × --max-input-mib + {FILES_MULTIPLE} × the model's files"
 
 
 def probe_onnx(
@@ -53,6 +65,8 @@ def probe_onnx(
     settings: ProbeSettings,
     inputs: list[np.ndarray] | None = None,
     progress: Progress | None = None,
+    *,
+    memory_budget: int | None = None,
 ) -> ProbeResult:
     import onnx
 
@@ -76,6 +90,13 @@ def probe_onnx(
     repeats = (
         1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
     )
+    if repeats > MAX_RUNS:
+        raise ProbeError(
+            f"the graph's batch dimension is fixed at {batch}: --batch-size {settings.batch_size} would "
+            f"take {repeats} runs (the cap is {MAX_RUNS}); lower --batch-size"
+        )
+    if memory_budget is not None:
+        _check_sizes(info, memory_budget)
 
     def collectors() -> dict[str, Collector]:
         ticker = Ticker(len(triples) * repeats, progress)
@@ -113,6 +134,17 @@ def probe_onnx(
         out.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
     out.notes.extend(notes)
     return out
+
+
+def _check_sizes(info: dict[str, tuple[int, tuple[int, ...] | None]], budget: int) -> None:
+    """Refuse a graph in which shape inference gives one tensor larger than ``budget`` bytes."""
+    for name, size in _tensor_bytes(info).items():
+        if size > budget:
+            shape = list(info[name][1] or ())
+            raise ProbeError(
+                f"the graph's tensor {name!r} would take {size / 2**30:.3g} GiB (shape {shape}); the "
+                f"ONNX probe's memory cap is {budget / 2**30:.3g} GiB ({BUDGET_RULE})"
+            )
 
 
 def _tensor_bytes(info: dict[str, tuple[int, tuple[int, ...] | None]]) -> dict[str, int]:

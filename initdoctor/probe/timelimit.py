@@ -11,16 +11,78 @@ signal, the platform has ``setitimer``, the code runs on the main thread, SIGALR
 its own (default or ignored) and no ``ITIMER_REAL`` timer is pending. Otherwise the body runs
 unbounded and the status says why, in one line, for the caller to report. The previous handler and
 timer state are always put back on exit.
+
+An enforced limit also sets a deadline that code which cannot be interrupted by the signal honours
+on its own: the weight scans' worker threads (:func:`initdoctor.stats.scan_deadline`, checked
+between blocks) and the ONNX probe's child process (:func:`current_limit`, killed then).
+
+The error says what was running when the time ran out (:func:`timeout_message`): reading the
+weights, importing torch, the model's factory, tracing the model, the model's forward, or the ONNX
+session — read from the stack the signal interrupted (else "the model's code").
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..stats import DeadlineExceeded, scan_deadline
 from .types import ProbeError
+
+READING = "reading the weights"
+FACTORY = "the model's factory"
+TRACING = "tracing the model"
+FORWARD = "the model's forward"
+ONNX_SESSION = "the ONNX session"
+IMPORTING_TORCH = "importing torch"
+_PACKAGE = str(Path(__file__).resolve().parents[1])  # the initdoctor package folder
+_TRACERS = (
+    "/torch/fx/",
+    "/torch/export/",
+    "/torch/_export/",
+    "/torch/_dynamo/",
+    "/torch/onnx/",
+    "/torch/jit/",
+)
+_state = threading.local()
+
+
+def timeout_message(doing: str, seconds: float) -> str:
+    """The one line of a time limit that ran out while ``doing`` ran."""
+    return f"{doing} did not finish within {seconds:g} s (--timeout)"
+
+
+def current_limit() -> tuple[float, float] | None:
+    """``(deadline, seconds)`` of the enforced time limit of this thread: when it ends
+    (``time.monotonic()``) and its length; None without one."""
+    return getattr(_state, "limit", None)
+
+
+def _doing(frame: Any) -> str | None:
+    """What the interrupted stack was running, from its innermost recognisable frame."""
+    while frame is not None:
+        filename = frame.f_code.co_filename.replace("\\", "/")
+        if frame.f_code.co_name == "<module>" and "/torch/" in filename:
+            return IMPORTING_TORCH
+        if any(part in filename for part in _TRACERS):
+            return TRACING
+        if filename.startswith(_PACKAGE):
+            module = filename[len(_PACKAGE) :].lstrip("/")
+            if module.startswith("probe/onnx_"):
+                return ONNX_SESSION
+            if module == "probe/torch_backend.py":
+                return FORWARD
+            if module == "formats/factory.py" and frame.f_code.co_name == "build_from_factory":
+                return FACTORY
+            if module.startswith("formats/") or module == "stats.py":
+                return READING
+        frame = frame.f_back
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,11 +96,13 @@ class TimeLimitStatus:
 
 
 class _Timeout(BaseException):  # not an Exception: passes through the forward's error handling
-    pass
+    def __init__(self, doing: str | None = None) -> None:
+        super().__init__(doing)
+        self.doing = doing
 
 
 def _raise_timeout(signum: int, frame: Any) -> None:
-    raise _Timeout()
+    raise _Timeout(_doing(frame))
 
 
 class time_limit:
@@ -55,6 +119,9 @@ class time_limit:
         self.installed = False
         self.previous: Any = None
         self.status = TimeLimitStatus(seconds, False, "not entered")
+        self.deadline: float | None = None
+        self.outer_limit: tuple[float, float] | None = None
+        self.scans: AbstractContextManager[None] | None = None
 
     def _refusal(self) -> str | None:
         """Why SIGALRM must not be used here, or None when it can be."""
@@ -84,6 +151,10 @@ class time_limit:
                 reason = "not on the main thread"
             else:
                 self.installed = True
+                self.deadline = time.monotonic() + self.seconds
+                self.outer_limit, _state.limit = current_limit(), (self.deadline, self.seconds)
+                self.scans = scan_deadline(self.deadline)
+                self.scans.__enter__()
                 signal.setitimer(signal.ITIMER_REAL, self.seconds)
         self.status = TimeLimitStatus(self.seconds, reason is None, reason)
         return self.status
@@ -93,13 +164,23 @@ class time_limit:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
             self.installed = False
+            if self.scans is not None:
+                self.scans.__exit__(None, None, None)
+                self.scans = None
+            _state.limit = self.outer_limit
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             self._disarm()
         except _Timeout:  # the one-shot timer fired as the body ended: it did end, put things back
             self._disarm()
-        if isinstance(exc, _Timeout) and self.status.enforced:  # ours, not an outer limit's
-            raise ProbeError(
-                f"the model's code did not finish within {self.seconds:g} s (--timeout): its forward hangs"
-            ) from None
+        if not self.status.enforced:
+            return
+        if isinstance(exc, _Timeout):  # ours, not an outer limit's
+            raise ProbeError(timeout_message(exc.doing or "the model's code", self.seconds)) from None
+        if (
+            isinstance(exc, DeadlineExceeded)
+            and self.deadline is not None
+            and time.monotonic() >= self.deadline
+        ):
+            raise ProbeError(timeout_message(READING, self.seconds)) from None
