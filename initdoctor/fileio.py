@@ -3,6 +3,7 @@ fsync, ``os.replace``. An interrupted write leaves the destination as it was and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -20,6 +21,13 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames done in ``folder`` durable (the order of two commits survives a power
+    loss). A file system that cannot sync a folder is left as it is."""
+    with contextlib.suppress(OSError):
+        _fsync_path(Path(folder))
 
 
 def _umask() -> int:

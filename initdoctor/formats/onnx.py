@@ -17,9 +17,10 @@ A layer's name is its weight initializer's name without a ``.weight`` suffix; wh
 made the initializer itself (a pre-transposed copy of ``fc1.weight`` named ``onnx::MatMul_14`` or
 ``val_0``), the module path comes from the node: the dynamo exporter's ``pkg.torch.onnx.name_scopes``
 metadata (``['', 'fc1', 'linear']`` → ``fc1``) or the legacy exporter's node name (``/fc1/MatMul``).
-External data is streamed per initializer by offset and length (:mod:`.onnx_data`), and a location
-that resolves outside the model's folder (``..``, an absolute path, a symlink) is refused. The
-graph is read by :mod:`.onnx_graph`; fix writes through the twins of :mod:`.onnx_edit`.
+External data is streamed per initializer by offset and length (:mod:`.onnx_data`, which also
+holds the rules every tensor is checked against: possible shapes, data inside the model's folder,
+no hard links). The graph is read by :mod:`.onnx_graph`; fix writes through the twins of
+:mod:`.onnx_edit`, committed by :mod:`.onnx_save` (the graph and its data file as a pair).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from ..errors import InputError
 from ..model import ModelDescription
 from .base import Editable, Format, LoadedModel
-from .onnx_data import external_location, load_onnx_proto
+from .onnx_data import data_files, load_onnx_proto, model_path
 from .onnx_edit import Onnx, StreamedOnnx
 from .onnx_graph import describe_onnx_model
 
@@ -41,9 +42,10 @@ def describe_onnx(path: Path, progress: Any = None) -> ModelDescription:
     is reported as a malformed model, not a crash."""
     from ..errors import InitDoctorError
 
-    model = load_onnx_proto(path)
+    real = model_path(path)  # a self-contained graph behind a symlink: its real file
+    model = load_onnx_proto(real)
     try:
-        return describe_onnx_model(model, path, path.parent, progress=progress)
+        return describe_onnx_model(model, path, real.parent, progress=progress)
     except InitDoctorError:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed graph structure of any kind
@@ -53,11 +55,11 @@ def describe_onnx(path: Path, progress: Any = None) -> ModelDescription:
 # --- registry entry ------------------------------------------------------------------------------
 def load(source: str, name: str, *, trust: bool, weights: str | None, progress: Any) -> LoadedModel:
     path = Path(source)
-    return LoadedModel(describe_onnx(path, progress), path, "onnx")
+    return LoadedModel(describe_onnx(path, progress), model_path(path), "onnx")
 
 
 def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
-    path = Path(source)
+    path = model_path(Path(source))
     streamed = StreamedOnnx(path)
     return streamed if streamed.has_data_files else Onnx(path)
 
@@ -66,18 +68,8 @@ FORMAT = Format(("onnx",), load, open_editable)
 
 
 def external_files(path: Path) -> list[Path]:
-    """The external data files the graph at ``path`` points into (its weights), without reading
-    them: what a backup must hold besides the graph."""
-    import onnx
-
-    from .onnx_lean import load_lean
-
-    proto = load_lean(path)
-    found: dict[Path, None] = {}
-    for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location")
-        if location and location != path.name:  # load_lean points inline weights into the file itself
-            found[external_location(tensor, path.parent)[0]] = None
-    return list(found)
+    """The external data files the graph at ``path`` points into (its weights and any other
+    tensor's data, ``Constant`` values included), checked but not read: what a backup must hold
+    besides the graph."""
+    real = model_path(path)
+    return data_files(load_onnx_proto(real), real)

@@ -4,7 +4,6 @@ memory, initializers edited in place; ``onnx.save_model``, external data staying
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,24 +11,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_write, atomic_write_dir
 from .base import Editable
-from .onnx_data import external_extent, load_onnx_proto
+from .onnx_data import all_tensors, data_files, external_extent, is_external, load_onnx_proto
+from .onnx_save import externalize, point_at, save_onnx
 from .streaming import copy_range, read_exactly, std_of_blocks, write_all
 
 
-def _save_with_data(dst: Path, data_name: str, write: Any) -> Path:
-    """A model file + its data file: ``write(folder)`` builds both in a temp folder beside ``dst``,
-    then each is moved into place atomically, the data first (the graph never points at a data
-    file that is not there yet)."""
-    stage = dst.resolve().parent / f".{dst.name}.stage"
-    atomic_write_dir(stage, write)
-    try:
-        atomic_write(dst.with_name(data_name), lambda tmp: shutil.move(str(stage / data_name), tmp))
-        atomic_write(dst, lambda tmp: shutil.move(str(stage / dst.name), tmp))
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return dst
+def _keeps_data_files(model: Any, path: Path) -> bool:
+    """The model keeps tensors in files of their own (only then is the output split too)."""
+    return any(
+        is_external(t) and {e.key: e.value for e in t.external_data}.get("location") != path.name
+        for t in all_tensors(model.graph)
+    )
 
 
 class Onnx(Editable):
@@ -41,11 +34,8 @@ class Onnx(Editable):
         import onnx
 
         lean = load_onnx_proto(path)  # validates, refusing external data outside the model folder
-        self.external = any(
-            t.data_location == onnx.TensorProto.EXTERNAL
-            and {e.key: e.value for e in t.external_data}.get("location") != path.name
-            for t in lean.graph.initializer
-        )
+        self.external = _keeps_data_files(lean, path)
+        self.sources = [path, *data_files(lean, path)]
         try:
             self.model = onnx.load(str(path))
         except Exception as exc:  # noqa: BLE001
@@ -83,25 +73,14 @@ class Onnx(Editable):
         return self.model.SerializeToString()
 
     def save(self, dst: Path) -> Path:
+        """``dst`` (and ``<dst>.data`` when the model had external data), committed as a pair
+        (:mod:`.onnx_save`)."""
         import onnx
 
-        if not self.external:
-            return atomic_write(dst, lambda tmp: onnx.save_model(self.model, str(tmp)), suffix=".onnx")
-        data_name = dst.name + ".data"
-
-        def write(folder: Path) -> None:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(self.model)
-            onnx.save_model(
-                copy,
-                str(folder / dst.name),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-
-        return _save_with_data(dst, data_name, write)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self.model)
+        write = None if not self.external else lambda fh, name: externalize(copy, fh, name)
+        return save_onnx(dst, copy, write, self.sources)
 
 
 class StreamedOnnx(Editable):
@@ -116,6 +95,7 @@ class StreamedOnnx(Editable):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.model = load_onnx_proto(path)  # validates, refusing external data outside the model folder
+        self.sources = [path, *data_files(self.model, path)]
         self.inits = {t.name: t for t in self.model.graph.initializer}
         self.factors: dict[str, float] = {}
         self.values: dict[str, np.ndarray] = {}
@@ -123,14 +103,8 @@ class StreamedOnnx(Editable):
 
     @property
     def has_data_files(self) -> bool:
-        """The model keeps weights in files of their own (only then is the output split too)."""
-        import onnx
-
-        return any(
-            t.data_location == onnx.TensorProto.EXTERNAL
-            and {e.key: e.value for e in t.external_data}.get("location") != self.path.name
-            for t in self.model.graph.initializer
-        )
+        """The model keeps tensors in files of their own (only then is the output split too)."""
+        return _keeps_data_files(self.model, self.path)
 
     def _tensor(self, key: str) -> Any:
         if key not in self.inits:
@@ -223,53 +197,45 @@ class StreamedOnnx(Editable):
         return self._live.runnable()
 
     def _write_data(self, model: Any, data: Any, data_name: str) -> None:
-        """Write every external weight of ``model`` into ``data`` in graph order and point the
-        graph at it; edited inline tensors get their new bytes."""
-        import onnx
-
+        """Write every external tensor of ``model`` into ``data`` — the weights (copied, rescaled
+        or replaced) in graph order, then any other (``Constant`` values, subgraphs: copied) — and
+        point the graph at it, so that the output needs no file of the input's folder; edited
+        inline tensors get their new bytes."""
         sources: dict[Path, Any] = {}
+        weights = len(model.graph.initializer)  # all_tensors yields them first
         try:
-            for tensor in model.graph.initializer:
-                key = tensor.name
-                extent = self._extent(key)
-                if extent is None:
+            for number, tensor in enumerate(all_tensors(model.graph)):
+                key, editable = tensor.name, number < weights
+                if not editable and not is_external(tensor):
+                    continue
+                if not is_external(tensor):
                     if key in self.values or key in self.factors:
                         tensor.raw_data = self.array(key).astype(self._dtype(key)).tobytes()
                         for field in ("float_data", "double_data", "int32_data", "int64_data"):
                             tensor.ClearField(field)
                     continue
+                extent = self._extent(key) if editable else external_extent(tensor, self.path.parent)
+                assert extent is not None  # external
                 target, offset, dtype, count = extent
                 src = sources.get(target) or sources.setdefault(target, open(target, "rb"))  # noqa: SIM115 (closed in the finally below)
                 start = data.tell()
-                if key in self.values:
+                if editable and key in self.values:
                     write_all(data, self.values[key])
-                elif key in self.factors:
+                elif editable and key in self.factors:
                     for block in self._scaled_blocks(key, extent, src):
                         write_all(data, block)
                 else:
                     copy_range(src, data, offset, offset + count * dtype.itemsize)
-                del tensor.external_data[:]
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (
-                    ("location", data_name),
-                    ("offset", str(start)),
-                    ("length", str(data.tell() - start)),
-                ):
-                    tensor.external_data.add(key=k, value=v)
+                point_at(tensor, data_name, start, data.tell() - start)
         finally:
             for handle in sources.values():
                 handle.close()
 
     def save(self, dst: Path) -> Path:
+        """``dst`` and its data file, committed as a pair (:mod:`.onnx_save`): one data file
+        written sequentially, each weight copied or rescaled block by block."""
         import onnx
 
-        data_name = dst.name + ".data"
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-
-        def write(folder: Path) -> None:
-            with open(folder / data_name, "wb", buffering=0) as data:
-                self._write_data(model, data, data_name)
-            (folder / dst.name).write_bytes(model.SerializeToString())
-
-        return _save_with_data(dst, data_name, write)
+        return save_onnx(dst, model, lambda fh, name: self._write_data(model, fh, name), self.sources)

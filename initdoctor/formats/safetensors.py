@@ -1,6 +1,9 @@
 """safetensors files and sharded checkpoints (``model.safetensors.index.json``): read and written.
 
-Tensors are read one at a time with ``safe_open``, so memory stays near the largest tensor.
+Headers and indexes are read and checked by :mod:`.safetensors_header` (as strictly as the
+safetensors library; in a sharded checkpoint the index decides which shard holds each tensor, and
+shards that disagree with it are an error). Tensors are read one at a time, so memory stays near
+the largest tensor.
 safetensors keeps no order (its keys come back sorted as strings), so layers are sorted by
 natural module path: ``blocks.2`` before ``blocks.10``.
 
@@ -12,7 +15,6 @@ index + the same per shard, saved into a folder).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -24,73 +26,9 @@ from ..errors import InputError
 from ..fileio import atomic_write, atomic_write_dir
 from ..model import ModelDescription
 from .base import DTYPE_NAMES, FLOAT_CODES, SAFETENSORS_DTYPES, Editable, Format, LoadedModel, TorchTensors
+from .safetensors_header import check_shards, read_header, shard_files
 from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, natural_key, weight_count
-
-
-def shard_files(index_path: Path) -> dict[str, Path]:
-    """Map each tensor name to its shard, refusing shard paths outside the index's folder."""
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{index_path}: not a valid safetensors index ({exc})") from None
-    root = index_path.parent.resolve()
-    out: dict[str, Path] = {}
-    for key, shard in weight_map.items():
-        target = (root / str(shard)).resolve()
-        if root not in target.parents:
-            raise InputError(f"{index_path}: shard {shard!r} points outside the model folder")
-        if not target.is_file():
-            raise InputError(f"{index_path}: shard {shard!r} is missing")
-        out[key] = target
-    return out
-
-
-MAX_HEADER = 100 * 2**20
-
-
-def read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
-    """Parse and check a safetensors header without reading tensor data.
-
-    Format: 8 bytes little-endian header length ``N``, ``N`` bytes of JSON
-    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
-    data; offsets are relative to the data start. Every entry is checked (known dtype, shape of
-    non-negative ints, ``end − begin == prod(shape) · itemsize``, inside the file) so that a
-    declared shape can never make initdoctor allocate more than the file holds.
-    Returns (entries, metadata, data start).
-    """
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than the 8-byte header length")
-            n = int.from_bytes(head, "little")
-            if n <= 1 or n > MAX_HEADER or 8 + n > size:
-                raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
-            header = json.loads(fh.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
-        data_size = size - 8 - n
-        for name, entry in header.items():
-            dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if dtype not in SAFETENSORS_DTYPES:
-                continue  # an exotic dtype (FP8...): left to the safetensors library below
-            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-                raise ValueError(f"tensor {name!r}: bad shape {shape!r}")
-            begin, end = (int(o) for o in offsets)
-            need = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype][0]).itemsize
-            if not 0 <= begin <= end <= data_size or end - begin != need:
-                raise ValueError(
-                    f"tensor {name!r}: data offsets {offsets} do not hold shape {shape} of {dtype}"
-                )
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
-    return header, metadata, 8 + n
 
 
 def _open(path: Path) -> Any:
@@ -115,14 +53,13 @@ def describe_safetensors(path: Path, *, index: bool = False, progress: Any = Non
     owner: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
     starts: dict[Path, int] = {}
+    headers: dict[Path, dict[str, Any]] = {}
     for f in files:
-        header, _, starts[f] = read_header(f)
-        for key, entry in header.items():
+        headers[f], _, starts[f] = read_header(f)
+        for key, entry in headers[f].items():
             owner[key], entries[key] = f, entry
-    if key_to_file:
-        missing = [k for k in key_to_file if k not in owner]
-        if missing:
-            raise InputError(f"{path}: tensor {missing[0]!r} listed in the index is in no shard")
+    if key_to_file is not None:
+        check_shards(path, key_to_file, headers)  # so each key has one shard: the index's
     shapes = {k: tuple(int(d) for d in e["shape"]) for k, e in entries.items()}
     items = [(k, shapes[k]) for k in sorted(shapes, key=natural_key)]
     params = sum(math.prod(shape) for shape in shapes.values())
@@ -220,6 +157,10 @@ def _safetensors_twin(path: Path) -> StreamedSafetensors | Safetensors:
     return streamed if streamed.reads_every_dtype else Safetensors(path)
 
 
+def _keys(twin: StreamedSafetensors | Safetensors) -> dict[str, Any]:
+    return twin.header if isinstance(twin, StreamedSafetensors) else twin.tensors
+
+
 class ShardedSafetensors(Editable):
     """``*.safetensors.index.json`` and its shards; saved as a folder with the same file names,
     each shard streamed (:class:`StreamedSafetensors`) and copied as is when nothing in it changed."""
@@ -228,6 +169,7 @@ class ShardedSafetensors(Editable):
         self.index = index
         self.key_to_file = shard_files(index)
         self.shards = {f: _safetensors_twin(f) for f in sorted(set(self.key_to_file.values()))}
+        check_shards(index, self.key_to_file, {f: _keys(twin) for f, twin in self.shards.items()})
         self.changed: set[Path] = set()
 
     def _shard(self, key: str) -> StreamedSafetensors | Safetensors:
