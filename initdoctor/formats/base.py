@@ -7,7 +7,7 @@ Nothing here imports numpy or torch at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -115,9 +115,76 @@ FLOAT_CODES = {code: SAFETENSORS_DTYPES[code][0] for code in ("F64", "F32", "F16
 TORCH_CODES = {DTYPE_NAMES[code]: code for code in FLOAT_CODES}
 
 
+# --- tensors that share storage (tied weights) -------------------------------------------------
+#: Where a tensor's values live: (the storage, first byte, end byte). Two names with the same region
+#: are one tensor under two names (tied weights): judged once, fixed once, written once.
+Region = tuple[object, int, int]
+
+
+def aliases(regions: Mapping[str, Region | None]) -> dict[str, str]:
+    """Each name whose region equals an earlier name's → that earlier name (in mapping order);
+    names with no region (empty, or a storage that cannot be told apart) alias nothing."""
+    first: dict[Region, str] = {}
+    out: dict[str, str] = {}
+    for key, region in regions.items():
+        if region is None or region[1] >= region[2]:
+            continue
+        if region in first:
+            out[key] = first[region]
+        else:
+            first[region] = key
+    return out
+
+
+class SharedStorage:
+    """Guards the edits of tensors that may share storage: a tensor changed through one name
+    may not be changed again through another name whose values overlap it (that would scale a
+    tied weight once per name, or write one record twice); the same name may be changed again
+    (lsuv does). ``regions`` gives each name's :data:`Region` (None: shares nothing)."""
+
+    def __init__(self, region_of: Callable[[str], Region | None]) -> None:
+        self.region_of = region_of
+        self.edited: dict[str, Region] = {}
+
+    def edit(self, key: str) -> None:
+        region = self.region_of(key)
+        if region is None:
+            return
+        for other, (storage, start, end) in self.edited.items():
+            if other != key and storage == region[0] and start < region[2] and region[1] < end:
+                raise InputError(
+                    f"tensor {key!r} shares its storage with {other!r}, which was already changed: "
+                    "a shared (tied) tensor is fixed once, through one name"
+                )
+        self.edited[key] = region
+
+
+def torch_region(tensor: Any) -> Region | None:
+    """The bytes a torch tensor's values span in its storage, or None (no data: empty, meta,
+    sparse, quantized...)."""
+    import torch
+
+    try:
+        if tensor.layout is not torch.strided or tensor.is_quantized or tensor.device.type == "meta":
+            return None
+        if tensor.numel() == 0:
+            return None
+        ptr = tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    if not ptr:
+        return None
+    item = tensor.element_size()
+    span = 1 + sum((int(n) - 1) * abs(int(s)) for n, s in zip(tensor.shape, tensor.stride(), strict=True))
+    start = int(tensor.storage_offset()) * item
+    return (ptr, start, start + span * item)
+
+
 # --- torch tensors held in memory ---------------------------------------------------------------
 class TorchTensors(Editable):
-    """Edits a mapping of torch tensors in place, in each tensor's own dtype."""
+    """Edits a mapping of torch tensors in place, in each tensor's own dtype. A tensor shared by
+    several names (tied weights) is one tensor: changing it through a second name after the first
+    is refused (:class:`SharedStorage`)."""
 
     def _tensors(self) -> Any:
         raise NotImplementedError
@@ -128,13 +195,21 @@ class TorchTensors(Editable):
             raise InputError(f"tensor {key!r} not found in the model")
         return tensors[key]
 
+    def _edit(self, key: str) -> Any:
+        tensor = self._get(key)
+        guard = self.__dict__.get("_shared")
+        if guard is None:
+            guard = self.__dict__["_shared"] = SharedStorage(lambda k: torch_region(self._get(k)))
+        guard.edit(key)
+        return tensor
+
     def array(self, key: str) -> np.ndarray:
         return self._get(key).detach().double().cpu().numpy().copy()
 
     def scale(self, key: str, factor: float) -> None:
         import torch
 
-        t = self._get(key)
+        t = self._edit(key)
         with torch.no_grad():
             t.copy_((t.double() * factor).to(t.dtype))
 
@@ -142,6 +217,6 @@ class TorchTensors(Editable):
         import numpy as np
         import torch
 
-        t = self._get(key)
+        t = self._edit(key)
         with torch.no_grad():
             t.copy_(torch.from_numpy(np.asarray(values, dtype=np.float64)).to(t.dtype).reshape(t.shape))

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..fileio import atomic_write
 from ..model import ModelDescription
-from .base import Editable, Format, LoadedModel, TorchTensors
+from .base import Editable, Format, LoadedModel, TorchTensors, aliases, torch_region
 from .factory import TorchModule
 from .tensors import counted, describe_tensors, weight_count
 from .torch_code import load_pickled_module
@@ -42,6 +42,7 @@ def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) 
         fmt=fmt,
         order="checkpoint",
         parameters=count_parameters(list(state.values())),
+        aliases=aliases({k: torch_region(v) for k, v in state.items()}),
     )
 
 

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..fileio import atomic_write
 from ..model import ModelDescription
 from ..stats import WeightStats
-from .base import STREAMABLE, TORCH_CODES
+from .base import STREAMABLE, TORCH_CODES, Region, SharedStorage, aliases
 from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, weight_count
 from .torch_pickle import find_state_dict, load_torch_object
@@ -149,7 +149,13 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
         fmt="state_dict",
         order="checkpoint",
         parameters=parameters,
+        aliases=aliases({k: _region(t) for k, t in plan.items()}),
     )
+
+
+def _region(t: ZipTensor) -> Region:
+    """The bytes of the file a planned tensor's values span (its record is the storage)."""
+    return (t.record_start, t.offset, t.offset + t.count * np.dtype(t.stored).itemsize)
 
 
 def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -176,6 +182,29 @@ class StreamedCheckpoint(StreamedTensors):
     def __init__(self, path: Path, plan: dict[str, Any]) -> None:
         super().__init__(path)
         self.plan = plan
+        self.tied = aliases({k: _region(t) for k, t in plan.items()})
+        self.shared = SharedStorage(lambda k: _region(self.plan[k]) if k in self.plan else None)
+
+    def scale(self, key: str, factor: float) -> None:
+        """A tied name is edited as its first name (one record, written once)."""
+        self.shared.edit(key)
+        super().scale(self.tied.get(key, key), factor)
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        self.shared.edit(key)
+        first = self.tied.get(key, key)
+        if first != key:  # same bytes, perhaps another layout: through the file order
+            values = self._logical(self._file_order(values, key), first)
+        super().assign(first, values)
+
+    def array(self, key: str) -> np.ndarray:
+        first = self.tied.get(key, key)
+        if first == key:
+            return super().array(key)
+        return self._logical(self._file_order(super().array(first), first), key)
+
+    def std(self, key: str) -> float:
+        return super().std(self.tied.get(key, key))
 
     def _entry(self, key: str) -> tuple[int, int, str]:
         t = self.plan.get(key)
