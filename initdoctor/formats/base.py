@@ -7,7 +7,8 @@ Nothing here imports numpy or torch at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -206,17 +207,54 @@ class TorchTensors(Editable):
     def array(self, key: str) -> np.ndarray:
         return self._get(key).detach().double().cpu().numpy().copy()
 
+    def std(self, key: str) -> float:
+        """Reduced in blocks (:func:`~initdoctor.formats.torch_ops.tensor_stats`), not through a
+        float64 copy of the tensor."""
+        from .torch_ops import tensor_stats
+
+        return tensor_stats(self._get(key)).std
+
     def scale(self, key: str, factor: float) -> None:
+        """In place, :data:`SCALE_BLOCK` values at a time (a float64 copy of one block, not of the
+        tensor); a broadcast (stride 0) holds one stored value for many positions: each is scaled
+        once."""
         import torch
 
         t = self._edit(key)
-        with torch.no_grad():
-            t.copy_((t.double() * factor).to(t.dtype))
+        with torch.no_grad(), _in_place(key):
+            strides = zip(t.shape, t.stride(), strict=True)
+            distinct = t[tuple(0 if st == 0 and n > 1 else slice(None) for n, st in strides)]
+            if not distinct.is_contiguous():
+                distinct.copy_((distinct.double() * factor).to(t.dtype))
+                return
+            flat = distinct.view(-1)
+            for start in range(0, flat.numel(), SCALE_BLOCK):
+                part = flat[start : start + SCALE_BLOCK]
+                part.copy_((part.double() * factor).to(t.dtype))
 
     def assign(self, key: str, values: np.ndarray) -> None:
         import numpy as np
         import torch
 
         t = self._edit(key)
-        with torch.no_grad():
+        with torch.no_grad(), _in_place(key):
             t.copy_(torch.from_numpy(np.asarray(values, dtype=np.float64)).to(t.dtype).reshape(t.shape))
+
+
+#: Values :meth:`TorchTensors.scale` widens to float64 at a time (8 MiB of float64)
+SCALE_BLOCK = 1 << 20
+
+
+@contextmanager
+def _in_place(key: str) -> Iterator[None]:
+    """torch refuses to write a view whose positions share stored values (a broadcast, overlapping
+    strides): one line instead."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "single memory location" not in str(exc):
+            raise
+        raise InputError(
+            f"tensor {key!r} is a view whose positions share stored values (a broadcast or "
+            "overlapping strides): it cannot be given values one by one"
+        ) from None

@@ -21,6 +21,7 @@ from ..stats import WeightStats
 from .base import STREAMABLE, TORCH_CODES, Region, SharedStorage, aliases
 from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, weight_count
+from .torch_limits import Expansion
 from .torch_pickle import find_state_dict, load_torch_object
 
 
@@ -53,6 +54,8 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     Returns None when the meta load fails or gives no offsets, or a tensor is not plain (a strided
     view that is not dense, a quantized, sparse or exotic tensor, a compressed record, a big-endian
     file): the caller then loads normally, and reports damage or untrusted content from there.
+    A view repeating its storage or a compressed record past the budget of :mod:`.torch_limits`
+    is refused here, before that load.
     """
     import struct
 
@@ -83,20 +86,31 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, KeyError) as exc:
         raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
     plan: dict[str, ZipTensor] = {}
+    budget = Expansion(path)
+    streamable = True
     for key, t in state.items():
         dtype = str(t.dtype).replace("torch.", "")
-        if dtype not in STREAMABLE or t.layout is not torch.strided or t.is_quantized:
-            return None
+        if t.layout is not torch.strided or t.is_quantized:
+            streamable = False
+            continue
         storage = t.untyped_storage()
         offset = getattr(storage, "_checkpoint_offset", None)
-        if offset is None or not _dense(tuple(t.shape), tuple(t.stride())):
-            return None
+        record = records.get(int(offset)) if offset is not None else None
+        need = storage.nbytes()
+        budget.view(key, t, need)  # a view repeating its storage: refused past the budget
+        if record is not None and record.compress_type != zipfile.ZIP_STORED:
+            budget.record(
+                f"tensor {key!r}", record
+            )  # torch never writes compressed records; torch.load reads them
+            streamable = False
+        if not streamable or dtype not in STREAMABLE or offset is None:
+            streamable = False
+            continue
+        if not _dense(tuple(t.shape), tuple(t.stride())):
+            streamable = False
+            continue
         stored, bf16 = STREAMABLE[dtype]
         item = np.dtype(stored).itemsize
-        record = records.get(int(offset))
-        need = storage.nbytes()
-        if record is not None and record.compress_type != zipfile.ZIP_STORED:
-            return None  # torch never writes compressed records; whoever did, torch.load decides
         if record is None or record.file_size < need or offset + need > size:
             have = "no record" if record is None else f"a record of {record.file_size} bytes"
             raise InputError(
@@ -118,7 +132,7 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
             record,
             int(offset),
         )
-    return plan
+    return plan if streamable else None
 
 
 def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:

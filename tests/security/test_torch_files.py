@@ -115,3 +115,174 @@ def test_tied_weights_of_a_factory_are_fixed_once(tmp_path):
     result = cli("inspect", "tiedmodels:LM", "--weights", "lm.safetensors", "--no-probe", cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr
     assert "missing" not in result.stderr
+
+
+# --- 6. memory bounded by the bytes a checkpoint stores ------------------------------------------
+
+BUDGET = "a checkpoint may expand by at most 268435456 bytes (256 MiB) beyond what it stores"
+PEAK = """
+import resource, subprocess, sys
+proc = subprocess.run([sys.executable, "-m", "initdoctor", *sys.argv[1:]], capture_output=True, text=True)
+sys.stdout.write(proc.stdout)
+sys.stderr.write(proc.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(proc.returncode)
+"""
+
+
+def peak_mib(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the CLI under a fresh parent; its peak RSS in MiB (the last line of stderr)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK, *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+    *lines, peak = result.stderr.strip().splitlines()
+    result.stderr = "\n".join(lines) + "\n"
+    return result, int(peak)
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_a_broadcast_view_is_refused_past_the_budget_in_bounded_memory(tmp_path, layout):
+    """A 16 KiB row saved as a stride-0 view declared 65536×4096 (a 20 KB file): 0.7.0 reduced it
+    through a 1 GiB copy (1263 MiB peak) and ``fix`` reached 4.4 GB before an internal error.
+    Now one line naming the tensor and the sizes, under 600 MiB (about 232 of it import torch)."""
+    row = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 0.02
+    torch.save(
+        {"fc.weight": row.expand(65536, 4096)},
+        tmp_path / "m.pt",
+        _use_new_zipfile_serialization=layout == "zip",
+    )
+    want = (
+        f"initdoctor: error: m.pt: tensor 'fc.weight' (65536×4096 float32, strides (0, 1)) repeats its 16384 "
+        f"stored bytes as 1073741824 bytes; {BUDGET} (repeating views and compressed records together)"
+    )
+    for command in (
+        ["inspect", "m.pt", "--no-probe"],
+        ["fix", "m.pt", "-o", "out.pt", "--all", "--no-probe"],
+    ):
+        result, peak = peak_mib(*command, cwd=tmp_path)
+        assert assert_one_line_error(result) == want
+        assert peak < 600, (command, peak)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_deflated_record_is_refused_past_the_budget_in_bounded_memory(tmp_path):
+    """1 GiB of zeros in a deflated zip record (a 1 MB file): 0.7.0 unpacked it whole (about
+    1.3 GB peak). Now one line naming the tensor, the record's two sizes and the budget."""
+    torch.save({"fc.weight": torch.zeros(1 << 14, 1 << 14)}, tmp_path / "big.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "big.pt") as src,
+        zipfile.ZipFile(tmp_path / "m.pt", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    with zipfile.ZipFile(tmp_path / "m.pt") as archive:
+        packed = next(i.compress_size for i in archive.infolist() if i.filename.endswith("/data/0"))
+    want = (
+        f"initdoctor: error: m.pt: tensor 'fc.weight' is a compressed record of {packed} bytes that unpacks "
+        f"to 1073741824 bytes; {BUDGET} (repeating views and compressed records together)"
+    )
+    for command in (
+        ["inspect", "m.pt", "--no-probe"],
+        ["fix", "m.pt", "-o", "out.pt", "--all", "--no-probe"],
+    ):
+        result, peak = peak_mib(*command, cwd=tmp_path)
+        assert assert_one_line_error(result) == want
+        assert peak < 600, (command, peak)
+
+
+def test_a_broadcast_within_the_budget_is_read_and_rescaled_once_per_stored_value(tmp_path):
+    """Within the budget a broadcast is judged like its values and rescaled in place (each
+    stored value once); redrawing it value by value is refused in one line. 0.7.0: internal
+    error (torch refuses to write a stride-0 view)."""
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randn(64, generator=gen) * 0.5
+    torch.save(
+        {"a.weight": row.expand(64, 64), "b.weight": torch.randn(10, 64, generator=gen) * 0.1},
+        tmp_path / "m.pt",
+    )
+    result = cli("fix", "m.pt", "-o", "out.pt", "--no-probe", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    fixed = torch.load(tmp_path / "out.pt", weights_only=True)["a.weight"]
+    assert fixed.stride() == (0, 1)
+    assert fixed.std(correction=0).item() == pytest.approx(TARGET, rel=1e-4)
+    line = assert_one_line_error(
+        cli("fix", "m.pt", "-o", "out2.pt", "--method", "reinit", "--no-probe", cwd=tmp_path)
+    )
+    assert line == (
+        "initdoctor: error: tensor 'a.weight' is a view whose positions share stored values (a broadcast "
+        "or overlapping strides): it cannot be given values one by one"
+    )
+
+
+# --- Medium/Low: torch files that got "internal error" or "truncated or corrupt" ----------------
+
+
+def test_each_odd_torch_file_gets_its_own_line(tmp_path):
+    """0.7.0: a plain pickle, a legacy-format float8 checkpoint and a tar archive were all
+    "truncated or corrupt"; a non-string key was an internal error (AttributeError)."""
+    import io
+    import tarfile
+
+    weights = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    with open(tmp_path / "raw.bin", "wb") as fh:
+        pickle.dump({"fc.weight": weights.numpy()}, fh)
+    torch.save(
+        {"fc.weight": weights.to(torch.float8_e4m3fn)},
+        tmp_path / "f8.pt",
+        _use_new_zipfile_serialization=False,
+    )
+    with tarfile.open(tmp_path / "old.pt", "w") as tar:
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"\x80\x02"))
+    torch.save({1: weights, "fc.weight": weights}, tmp_path / "intkey.pt")
+    expected = {
+        "raw.bin": "raw.bin: a Python pickle, not a torch.save checkpoint (it does not start with torch's "
+        "magic number); save the weights with torch.save or as safetensors",
+        "f8.pt": "f8.pt: a legacy-format (non-zip) checkpoint holding float8 tensors, which torch cannot "
+        "load (its legacy format has no float8 storages); re-save it with torch.save's default zip format",
+        "old.pt": "old.pt: a tar archive: torch's oldest checkpoint format, which only the full unpickler "
+        "reads (it can run code from the file); re-run with --trust only if you trust where the file "
+        "comes from, or re-save it with a current torch.save",
+        "intkey.pt": "intkey.pt: the state_dict has a tensor under the key 1 (int, not a string): not a "
+        "state_dict initdoctor can read",
+    }
+    for name, message in expected.items():
+        assert (
+            assert_one_line_error(cli("inspect", name, "--no-probe", cwd=tmp_path))
+            == f"initdoctor: error: {message}"
+        )
+
+
+def test_float8_sparse_and_meta_tensors_are_reported_not_internal_errors(tmp_path):
+    """0.7.0: internal error for each (numpy has no float8; a sparse tensor has no reshape; a meta
+    tensor has no data). Now float8 weights are skipped as quantized (README: integer/quantized
+    weights are not judged) and fix leaves them bit for bit; sparse and meta tensors are noted."""
+    import json
+
+    weights = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    f8 = weights.to(torch.float8_e4m3fn)
+    torch.save({"fc.weight": f8, "out.weight": weights}, tmp_path / "f8.pt")
+    report = json.loads(cli("inspect", "f8.pt", "--no-probe", "--format", "json", cwd=tmp_path).stdout)
+    fc = next(layer for layer in report["layers"] if layer["name"] == "fc")
+    assert (fc["status"], fc["dtype"]) == ("skip", "float8_e4m3fn")
+    result = cli("fix", "f8.pt", "-o", "out.pt", "--all", "--no-probe", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(
+        torch.load(tmp_path / "out.pt", weights_only=True)["fc.weight"].view(torch.uint8),
+        f8.view(torch.uint8),
+    )
+
+    torch.save(
+        {
+            "fc.weight": weights.to_sparse(),
+            "emb.weight": torch.empty(8, 4, device="meta"),
+            "out.weight": weights,
+        },
+        tmp_path / "odd.pt",
+    )
+    report = json.loads(cli("inspect", "odd.pt", "--no-probe", "--format", "json", cwd=tmp_path).stdout)
+    assert [layer["name"] for layer in report["layers"]] == ["out"]
+    assert "fc.weight: a sparse_coo tensor, not read" in report["notes"]
+    assert "emb.weight: a meta-device tensor (no data), not read" in report["notes"]
