@@ -45,8 +45,11 @@ def plan(
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     changes: list[Change] = []
     skipped: list[tuple[str, str]] = []
+    planned: set[str] = set()
     for f in report.layers:
         if f.role == "embedding" or f.expected_std is None:
+            continue
+        if f.weight_key in planned:  # one tensor reported twice: fixed once (tied weights)
             continue
         if method == "lsuv":
             if f.role == "output" and not all_layers:
@@ -65,6 +68,7 @@ def plan(
             )
             continue
         factor = f.expected_std / f.weight_std if method == "kaiming" and f.weight_std else None
+        planned.add(f.weight_key)
         changes.append(
             Change(
                 f.name,

@@ -49,7 +49,10 @@ class WeightStats:
 
 
 def is_float_dtype(dtype: str) -> bool:
-    """True for the floating dtypes initdoctor judges (float16/32/64, bfloat16)."""
+    """True for the floating dtypes initdoctor judges (float16/32/64, bfloat16). float8 weights
+    are quantized (stored with scales beside them): not judged, like integer ones."""
+    if "float8" in dtype or dtype.startswith("F8"):
+        return False
     return any(tag in dtype for tag in ("float", "bfloat", "half", "double"))
 
 

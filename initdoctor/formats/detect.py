@@ -10,6 +10,12 @@ from ..errors import InputError
 from .torch_pickle import zip_kind
 
 
+def _is_tar(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(257)
+        return fh.read(5) == b"ustar"
+
+
 def detect_format(path: Path) -> str:
     """One of ``torch-zip``, ``torch-legacy``, ``torchscript``, ``torch.export``, ``safetensors``,
     ``safetensors-index``, ``onnx``; raises :class:`InputError` for anything else."""
@@ -38,6 +44,8 @@ def detect_format(path: Path) -> str:
         if 0 < header_len < 100_000_000:
             return "safetensors"
     if head[0] == 0x80 and path.suffix.lower() != ".onnx":  # pickle protocol 2+ (legacy torch.save)
+        return "torch-legacy"
+    if _is_tar(path):  # torch's oldest format: the legacy loader says what it needs
         return "torch-legacy"
     if path.suffix.lower() == ".onnx":
         return "onnx"

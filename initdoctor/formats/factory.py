@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..fileio import atomic_write
-from .base import Editable, Format, LoadedModel, TorchTensors
+from .base import Editable, Format, LoadedModel, TorchTensors, torch_region
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -78,13 +78,23 @@ def _load_weights(model: Any, path: Path, *, trust: bool) -> None:
             f"{path}: --weights takes a state_dict (.pt/.pth/.bin) or .safetensors file, not {fmt}"
         )
     result = model.load_state_dict(state, strict=False)
+    missing = _untied(model, result.missing_keys, state)
     problems = []
-    if result.missing_keys:
-        problems.append(f"missing {', '.join(result.missing_keys[:3])}")
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}")
     if result.unexpected_keys:
         problems.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
     if problems:
         raise InputError(f"{path}: weights do not match the model ({'; '.join(problems)})")
+
+
+def _untied(model: Any, missing: list[str], state: Mapping[str, Any]) -> list[str]:
+    """The missing names that are not tied to a loaded one: a file saved without the tied copies
+    (``save_pretrained``, ``safetensors.torch.save_model``: safetensors refuses shared storage)
+    fills them through the name it kept."""
+    own = model.state_dict(keep_vars=True)
+    loaded = {torch_region(own[k]) for k in state if k in own} - {None}
+    return [k for k in missing if k not in own or torch_region(own[k]) not in loaded]
 
 
 class TorchModule(TorchTensors):

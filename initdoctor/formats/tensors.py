@@ -8,13 +8,14 @@ Without a graph the layer kind comes from the weight's rank and the module path:
   from a convolution without a graph);
 * rank 1 → a normalization layer (``batchnorm`` when ``running_mean`` sits beside it).
 
-Tensors that share storage (tied weights) are counted once in ``parameters``.
+Tensors that share storage (tied weights) are counted once in ``parameters``, and judged once:
+the first name in the file's order stands for the others (``aliases``; a note names them).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..gains import fans
 from ..model import Layer, ModelDescription, NormLayer
@@ -55,17 +56,25 @@ def describe_tensors(
     fmt: str,
     order: str,
     parameters: int,
+    aliases: Mapping[str, str] | None = None,
 ) -> ModelDescription:
     """Build a :class:`ModelDescription` from ``(key, shape)`` pairs in the wanted order.
 
     ``stats_of(key)`` is called once per weight (and norm bias) that is reported, so a streaming
-    loader only ever materialises one tensor at a time.
+    loader only ever materialises one tensor at a time. ``aliases`` maps a name to the earlier
+    name whose values it shares (:func:`~initdoctor.formats.base.aliases`): such a weight is not
+    a layer of its own (one tensor is judged, and fixed, once).
     """
     present = {key for key, _ in keys_shapes}
     desc = ModelDescription(path=path, format=fmt, parameters=parameters, order=order)
+    tied = aliases or {}
     for key, shape in keys_shapes:
         name = split_weight_key(key)
         if name is None:
+            continue
+        if key in tied:
+            note = f"{key} shares its storage with {tied[key]} (tied): judged and fixed once, as that"
+            desc.notes.append(note)
             continue
         prefix = f"{name}." if name else ""
         bias_key = f"{prefix}bias" if f"{prefix}bias" in present else None

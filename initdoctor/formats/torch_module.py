@@ -15,6 +15,7 @@ from typing import Any
 from ..gains import fans
 from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
+from .base import torch_region
 from .torch_exported import describe_exported
 from .torch_ops import (
     ACTIVATION_NAMES,
@@ -90,7 +91,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
     weighted: dict[str, tuple[Any, str]] = {}
     norms: list[NormLayer] = []
     leaves: list[tuple[str, Any]] = []
-    seen_weights: set[int] = set()
+    seen_weights: dict[object, str] = {}  # a weight's identity (its bytes, else the object) → layer
     notes: list[str] = []
     for name, mod in module.named_modules():
         if not list(mod.children()):
@@ -100,10 +101,12 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             continue
         hit, kind = lookup(mod, WEIGHTED_CLASSES)
         if hit and kind:
-            if id(weight) in seen_weights:
-                notes.append(f"{name}: weight shared with an earlier layer, counted once")
+            ident = torch_region(weight) or id(weight)
+            if ident in seen_weights:
+                first = seen_weights[ident]
+                notes.append(f"{name}: weight shared with {first} (tied): judged and fixed once, as that")
                 continue
-            seen_weights.add(id(weight))
+            seen_weights[ident] = name
             weighted[name] = (mod, kind)
             continue
         hit, norm_kind = lookup(mod, NORM_CLASSES)

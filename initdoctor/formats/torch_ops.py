@@ -141,13 +141,24 @@ def tensor_stats(tensor: Any) -> WeightStats:
     if t.is_quantized:
         t = t.int_repr()
     dtype = str(t.dtype).replace("torch.", "")
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.float()
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.float()  # float16, bfloat16, float8: widened exactly
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
     return array_stats(t.reshape(-1).numpy(), dtype=dtype)
+
+
+def unreadable(tensor: Any) -> str | None:
+    """Why a tensor of a state_dict has no values to judge (sparse, on the meta device), or None."""
+    import torch
+
+    if tensor.layout is not torch.strided:
+        return f"{str(tensor.layout).replace('torch.', '')} tensor"
+    if tensor.device.type == "meta":
+        return "meta-device tensor (no data)"
+    return None
 
 
 def count_parameters(tensors: Any) -> int:

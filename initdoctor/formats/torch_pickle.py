@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from ..errors import InputError, UntrustedFormatError, first_line
+from .torch_limits import check_records
 
 #: Keys under which checkpoints commonly wrap their state_dict (Lightning uses ``state_dict``).
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
@@ -78,6 +79,12 @@ def find_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
             return candidates[0]
         tensors = {k: v for k, v in obj.items() if _tensor_like(v)}
         if tensors and len(tensors) >= len(obj) / 2:
+            odd = next((k for k in tensors if not isinstance(k, str)), None)
+            if odd is not None:
+                raise InputError(
+                    f"{path}: the state_dict has a tensor under the key {odd!r} "
+                    f"({type(odd).__name__}, not a string): not a state_dict initdoctor can read"
+                )
             return tensors
         keys = ", ".join(repr(k) for k in list(obj)[:8])
         raise InputError(f"{path}: no state_dict found in the checkpoint (top-level keys: {keys})")
@@ -95,6 +102,11 @@ def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
     ``meta=True`` (zip only): tensors land on the meta device, no data is read."""
     import torch
 
+    if _is_zip(path):
+        if not meta:
+            check_records(path)  # a deflated record may not unpack past the budget
+    else:
+        _check_legacy_header(path)
     if not trust:
         try:
             with warnings.catch_warnings():  # e.g. "Detected pickle protocol 127" on a garbled file
@@ -114,11 +126,64 @@ def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
                 f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - a garbled stream raises IndexError, struct.error...
+            if not _is_zip(path) and _legacy_float8(path):
+                raise InputError(f"{path}: {LEGACY_FLOAT8}") from None
             raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({error_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
+        if not _is_zip(path) and _legacy_float8(path):
+            raise InputError(f"{path}: {LEGACY_FLOAT8}") from None
         raise InputError(f"{path}: cannot unpickle the checkpoint ({error_line(exc)})") from None
+
+
+#: The first pickle of a legacy (non-zip) ``torch.save`` file is this number
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_FLOAT8 = (
+    "a legacy-format (non-zip) checkpoint holding float8 tensors, which torch cannot load (its "
+    "legacy format has no float8 storages); re-save it with torch.save's default zip format"
+)
+
+
+def _check_legacy_header(path: Path) -> None:
+    """A file that is not a zip must start as torch's legacy format does (its magic number
+    pickled); a tar archive is torch's oldest format, which only the full unpickler reads."""
+    import itertools
+    import pickletools
+
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+        if len(head) == 512 and head[257:262] == b"ustar":
+            raise UntrustedFormatError(
+                f"{path}: a tar archive: torch's oldest checkpoint format, which only the full "
+                f"unpickler reads (it can run code from the file); {TRUST_HINT}, or re-save it "
+                "with a current torch.save"
+            )
+        fh.seek(0)
+        try:
+            ops = list(itertools.islice(pickletools.genops(fh), 4))  # PROTO, (FRAME,) LONG1, STOP
+            first = [arg for op, arg, _ in ops if op.name not in ("PROTO", "FRAME", "STOP")]
+        except Exception:  # noqa: BLE001 - damage: torch.load reports it with its own words
+            return
+    if first != [_LEGACY_MAGIC]:
+        raise InputError(
+            f"{path}: a Python pickle, not a torch.save checkpoint (it does not start with torch's "
+            "magic number); save the weights with torch.save or as safetensors"
+        )
+
+
+def _legacy_float8(path: Path) -> bool:
+    """The legacy file's object pickle names a float8 dtype (torch cannot load those back)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as fh:
+            for _ in range(3):  # magic number, protocol, sys_info
+                for _ in pickletools.genops(fh):
+                    pass
+            return any(isinstance(arg, str) and "float8" in arg for _, arg, _ in pickletools.genops(fh))
+    except Exception:  # noqa: BLE001 - a garbled stream: not this case
+        return False
 
 
 def _pickle_damage(path: Path) -> str | None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from ..fileio import atomic_write
 from ..model import ModelDescription
-from .base import Editable, Format, LoadedModel, TorchTensors
+from .base import Editable, Format, LoadedModel, TorchTensors, aliases, torch_region
 from .factory import TorchModule
 from .tensors import counted, describe_tensors, weight_count
 from .torch_code import load_pickled_module
+from .torch_limits import check_loaded
 from .torch_pickle import find_state_dict, load_torch_object
 from .torch_state_dict_stream import StreamedCheckpoint, describe_streamed_state_dict, zip_tensor_plan
 
@@ -28,21 +29,27 @@ def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) 
     import torch
 
     from .torch_module import describe_module
-    from .torch_ops import count_parameters, tensor_stats
+    from .torch_ops import count_parameters, tensor_stats, unreadable
 
     if isinstance(obj, torch.nn.Module):
         return describe_module(obj, path=str(path), fmt="torch-module")
     state = find_state_dict(obj, path)
+    check_loaded(path, state)
+    skipped = {k: why for k, v in state.items() if (why := unreadable(v))}
+    state = {k: v for k, v in state.items() if k not in skipped}
     keys_shapes = [(k, tuple(int(s) for s in v.shape)) for k, v in state.items()]
 
-    return describe_tensors(
+    desc = describe_tensors(
         keys_shapes,
         counted(lambda key: tensor_stats(state[key]), weight_count(list(state)), progress),
         path=str(path),
         fmt=fmt,
         order="checkpoint",
         parameters=count_parameters(list(state.values())),
+        aliases=aliases({k: torch_region(v) for k, v in state.items()}),
     )
+    desc.notes.extend(f"{key}: a {why}, not read" for key, why in skipped.items())
+    return desc
 
 
 class TorchCheckpoint(TorchTensors):
@@ -51,6 +58,7 @@ class TorchCheckpoint(TorchTensors):
     def __init__(self, obj: Any, path: Path) -> None:
         self.obj = obj
         self.state = find_state_dict(obj, path)
+        check_loaded(path, self.state)
 
     def _tensors(self) -> Any:
         return self.state

@@ -18,9 +18,10 @@ from ..errors import InputError
 from ..fileio import atomic_write
 from ..model import ModelDescription
 from ..stats import WeightStats
-from .base import STREAMABLE, TORCH_CODES
+from .base import STREAMABLE, TORCH_CODES, Region, SharedStorage, aliases
 from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, weight_count
+from .torch_limits import Expansion
 from .torch_pickle import find_state_dict, load_torch_object
 
 
@@ -53,6 +54,8 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     Returns None when the meta load fails or gives no offsets, or a tensor is not plain (a strided
     view that is not dense, a quantized, sparse or exotic tensor, a compressed record, a big-endian
     file): the caller then loads normally, and reports damage or untrusted content from there.
+    A view repeating its storage or a compressed record past the budget of :mod:`.torch_limits`
+    is refused here, before that load.
     """
     import struct
 
@@ -83,20 +86,31 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, KeyError) as exc:
         raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
     plan: dict[str, ZipTensor] = {}
+    budget = Expansion(path)
+    streamable = True
     for key, t in state.items():
         dtype = str(t.dtype).replace("torch.", "")
-        if dtype not in STREAMABLE or t.layout is not torch.strided or t.is_quantized:
-            return None
+        if t.layout is not torch.strided or t.is_quantized:
+            streamable = False
+            continue
         storage = t.untyped_storage()
         offset = getattr(storage, "_checkpoint_offset", None)
-        if offset is None or not _dense(tuple(t.shape), tuple(t.stride())):
-            return None
+        record = records.get(int(offset)) if offset is not None else None
+        need = storage.nbytes()
+        budget.view(key, t, need)  # a view repeating its storage: refused past the budget
+        if record is not None and record.compress_type != zipfile.ZIP_STORED:
+            budget.record(
+                f"tensor {key!r}", record
+            )  # torch never writes compressed records; torch.load reads them
+            streamable = False
+        if not streamable or dtype not in STREAMABLE or offset is None:
+            streamable = False
+            continue
+        if not _dense(tuple(t.shape), tuple(t.stride())):
+            streamable = False
+            continue
         stored, bf16 = STREAMABLE[dtype]
         item = np.dtype(stored).itemsize
-        record = records.get(int(offset))
-        need = storage.nbytes()
-        if record is not None and record.compress_type != zipfile.ZIP_STORED:
-            return None  # torch never writes compressed records; whoever did, torch.load decides
         if record is None or record.file_size < need or offset + need > size:
             have = "no record" if record is None else f"a record of {record.file_size} bytes"
             raise InputError(
@@ -118,7 +132,7 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
             record,
             int(offset),
         )
-    return plan
+    return plan if streamable else None
 
 
 def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:
@@ -149,7 +163,13 @@ def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescr
         fmt="state_dict",
         order="checkpoint",
         parameters=parameters,
+        aliases=aliases({k: _region(t) for k, t in plan.items()}),
     )
+
+
+def _region(t: ZipTensor) -> Region:
+    """The bytes of the file a planned tensor's values span (its record is the storage)."""
+    return (t.record_start, t.offset, t.offset + t.count * np.dtype(t.stored).itemsize)
 
 
 def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -176,6 +196,29 @@ class StreamedCheckpoint(StreamedTensors):
     def __init__(self, path: Path, plan: dict[str, Any]) -> None:
         super().__init__(path)
         self.plan = plan
+        self.tied = aliases({k: _region(t) for k, t in plan.items()})
+        self.shared = SharedStorage(lambda k: _region(self.plan[k]) if k in self.plan else None)
+
+    def scale(self, key: str, factor: float) -> None:
+        """A tied name is edited as its first name (one record, written once)."""
+        self.shared.edit(key)
+        super().scale(self.tied.get(key, key), factor)
+
+    def assign(self, key: str, values: np.ndarray) -> None:
+        self.shared.edit(key)
+        first = self.tied.get(key, key)
+        if first != key:  # same bytes, perhaps another layout: through the file order
+            values = self._logical(self._file_order(values, key), first)
+        super().assign(first, values)
+
+    def array(self, key: str) -> np.ndarray:
+        first = self.tied.get(key, key)
+        if first == key:
+            return super().array(key)
+        return self._logical(self._file_order(super().array(first), first), key)
+
+    def std(self, key: str) -> float:
+        return super().std(self.tied.get(key, key))
 
     def _entry(self, key: str) -> tuple[int, int, str]:
         t = self.plan.get(key)
