@@ -62,7 +62,8 @@ def test_markdown_and_output_file(tmp_path):
     assert not list(tmp_path.glob(".report.md.*"))  # no temp file left behind
     table = tmp_path / "report.txt"
     assert run_cli("inspect", str(path), "-o", str(table)).returncode == 0
-    assert "30" not in table.read_text().splitlines()[0] and "OK: 5 of 5 layers" in table.read_text()
+    first = table.read_text().splitlines()[0].replace(str(tmp_path), "<tmp>")  # pytest-130 has a 30
+    assert "30" not in first and "OK: 5 of 5 layers" in table.read_text()
 
 
 def test_norm_layers_reported_separately():

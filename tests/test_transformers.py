@@ -64,7 +64,9 @@ def test_library_default_init_is_not_an_error(tmp_path, build):
     ) >= 8
     # N(0, 0.02) on a width-128 layer: std ratio 0.02·sqrt(128) = 0.23 for a gain-1 layer
     attn = next(
-        f for f in static.layers if f.name.endswith(("attn.c_attn", "attention.self.query", "q_proj"))
+        f
+        for f in static.layers
+        if f.name.endswith(("attn.c_attn", "attention.self.query", "attention.attention.query", "q_proj"))
     )
     assert attn.weight_std == pytest.approx(0.02, rel=0.05)
     growth = [b.growth for b in probed.residual_blocks]

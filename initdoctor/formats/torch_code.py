@@ -7,6 +7,7 @@ same function that wrote it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def load_exported(path: Path, *, trust: bool) -> Any:
     logger, swallowed = logging.getLogger("torch.export"), _Swallow()
     logger.addFilter(swallowed)
     try:
-        return torch.export.load(str(path))
+        with warnings.catch_warnings():  # torch <= 2.12: "The given buffer is not writable" (frombuffer)
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
         cause = swallowed.exception or exc
         raise InputError(f"{path}: cannot load the torch.export archive ({error_line(cause)})") from None
