@@ -159,3 +159,18 @@ def test_the_checks_see_a_violation() -> None:
         assert [name for _, name in _private_uses(sample, text)] == [expected], text
     harmless = "from ..report import __version__\nfrom ._own import x\n_own = 1\n_own._x\n"
     assert _private_uses(sample, harmless) == []
+
+
+def test_the_package_root_only_re_exports_its_public_names():
+    """``initdoctor/__init__.py`` re-exports lazily: ``dir(initdoctor)`` is ``__all__``, and a
+    fresh ``import initdoctor`` imports no torch, numpy, onnx or onnxruntime (issue 12)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, initdoctor; print(sorted(dir(initdoctor)) == sorted(initdoctor.__all__));"
+        "print([m for m in ('torch', 'numpy', 'onnx', 'onnxruntime') if m in sys.modules]);"
+        "print(initdoctor.diagnose.__module__, initdoctor.Report.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == ["True", "[]", "initdoctor.api initdoctor.report.model"]
