@@ -33,13 +33,15 @@ from .options import BY_NAME, CONFIG_KEYS, OVERRIDE_KEYS, config_types, default
 KEYS: dict[str, tuple[type, ...]] = {name: config_types(option) for name, option in CONFIG_KEYS.items()}
 
 
-def find_config(start: Path | None = None) -> Path | None:
-    """The closest ``pyproject.toml`` holding ``[tool.initdoctor]``, from ``start`` upwards."""
+def find_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The closest ``pyproject.toml`` holding ``[tool.initdoctor]``, from ``start`` upwards, and
+    that table (each file is read and parsed once)."""
     folder = (start or Path.cwd()).resolve()
     for candidate in [folder, *folder.parents]:
         path = candidate / "pyproject.toml"
-        if path.is_file() and _table(path) is not None:
-            return path
+        table = _table(path) if path.is_file() else None
+        if table is not None:
+            return path, table
     return None
 
 
@@ -70,10 +72,10 @@ def _table(path: Path) -> dict[str, Any] | None:
 
 def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]:
     """The validated ``[tool.initdoctor]`` table (kebab-case keys) and where it came from."""
-    path = find_config(start)
-    if path is None:
+    found = find_config(start)
+    if found is None:
         return {}, None
-    table = _table(path) or {}
+    path, table = found
     if "trust" in table:  # a cloned repository's pyproject.toml must not turn on unpickling
         raise SettingsError(
             f"{path}: [tool.initdoctor] trust: running code from a model file is allowed from the command "

@@ -103,11 +103,6 @@ def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
     return dst
 
 
-def backup(path: Path) -> Path:
-    """Copy ``path`` to ``path.bak`` (refusing to overwrite an existing backup)."""
-    return backup_all([path])[0]
-
-
 def backup_all(paths: Iterable[Path]) -> list[Path]:
     """Copy each of ``paths`` to ``<path>.bak`` — every file a model consists of (an ONNX graph and
     its external data, so that restoring the ``.bak`` files gives the original pair). Refuses
