@@ -240,7 +240,7 @@ def fix_model(
     ``progress(done, total)`` callback, or an object with ``phase(label)`` giving one per phase (the
     CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
     ``timeout``: it bounds loading and probing, before and after the fix)."""
-    from .fileio import backup_all, check_output
+    from .fileio import backup_all, check_output, commit_staged, stage_path
     from .fix import METHODS, apply, plan
     from .formats import TorchModule, open_editable
     from .report import FixResult
@@ -303,6 +303,7 @@ def fix_model(
         lsuv=lsuv,
     )
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
+    staged = dst = None
     if in_memory or loaded.description.format == "factory":
         assert isinstance(editable, TorchModule)  # the twin of an in-memory module or a factory's
         target = editable.model
@@ -313,14 +314,32 @@ def fix_model(
                 raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
             backups = backup_all(input_files(source))  # the graph and its external data alike
             result.backup, result.backups = backups[0], backups
-        target = editable.save(dst)
-        result.output = target
+        if loaded.format_name == "onnx" or loaded.description.format == "safetensors-sharded":
+            target = editable.save(dst)  # checked by onnxruntime before its commit; a folder
+            result.output = target
+        else:  # one file: written beside dst and re-checked before it replaces anything
+            staged = stage_path(dst)
+            target = editable.save(staged)
+    after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
+    try:
+        result.after = diagnose(
+            target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
+        )
+    except BaseException as exc:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+            for bak in result.backups or []:
+                bak.unlink(missing_ok=True)  # MODEL was not touched: its backup is not needed
+            result.backup, result.backups = None, []
+        if staged is not None and isinstance(exc, InitDoctorError):
+            kept = f"{dst} left unchanged" if in_place else f"{dst} not written"
+            raise type(exc)(f"the fixed model failed its re-check ({exc}); {kept}") from None
+        raise
+    if staged is not None and dst is not None:
+        result.output = commit_staged(staged, dst)
+        result.after.model["path"] = str(dst)
     if loaded.description.format == "factory" and not in_memory:
         result.output = Path(editable.save(Path(output))) if output else None
-    after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
-    result.after = diagnose(
-        target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
-    )
     return result
 
 

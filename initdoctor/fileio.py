@@ -76,6 +76,22 @@ def atomic_write(dst: Path, write: Callable[[Path], object], suffix: str = ".tmp
     return dst
 
 
+def stage_path(dst: Path) -> Path:
+    """A hidden path beside ``dst`` (same suffix, so the format reads the same) where an output is
+    written and checked before :func:`commit_staged` puts it in place."""
+    dst = Path(dst)
+    return dst.with_name(f".{dst.name}.initdoctor-check{dst.suffix}")
+
+
+def commit_staged(staged: Path, dst: Path) -> Path:
+    """Put a checked output in place: the mode of the file it replaces (or a new file's), then
+    ``os.replace`` and a folder sync."""
+    os.chmod(staged, _mode_for(dst))
+    os.replace(staged, dst)
+    fsync_dir(Path(dst).resolve().parent)
+    return Path(dst)
+
+
 def atomic_write_text(dst: Path, text: str) -> Path:
     return atomic_write(dst, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

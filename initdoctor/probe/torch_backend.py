@@ -155,6 +155,7 @@ def probe_torch(
         for handle in handles:
             handle.remove()
         state.restore()
+    state.check_parameters()
     result = ProbeResult(
         backend="torch.export" if exported else "torch",
         layers={name: c.result() for name, c in collectors.items() if c.calls},
@@ -244,19 +245,31 @@ def _tensors(obj: Any) -> list[Any]:
     return []
 
 
+#: Parameters up to this many bytes are copied before the probe, so that a forward that changes
+#: its own weights is undone exactly; above it the change is still detected (version counters).
+SNAPSHOT_BYTES = 256 * 2**20
+
+
 class _ModelState:
-    """Eval mode for the probe (dropout off), BatchNorm on batch statistics, all put back after."""
+    """Eval mode for the probe (dropout off), BatchNorm on batch statistics, all put back after;
+    parameters a forward changes in place are detected (and put back, see :data:`SNAPSHOT_BYTES`)."""
 
     def __init__(self, module: Any) -> None:
         self.module = module
         self.flags: list[tuple[Any, bool]] = []
         self.buffers: list[tuple[Any, Any]] = []
+        self.versions: list[tuple[str, Any, int]] = []
+        self.saved: list[tuple[str, Any, Any]] = []
 
     def prepare(self) -> None:
         import torch
 
         if self.module is None:
             return
+        params = list(self.module.named_parameters())  # shared (tied) parameters listed once
+        self.versions = [(name, p, p._version) for name, p in params]
+        if sum(p.numel() * p.element_size() for _, p in params) <= SNAPSHOT_BYTES:
+            self.saved = [(name, p, p.detach().clone()) for name, p in params]
         self.flags = [(m, m.training) for m in self.module.modules()]
         self.module.eval()
         for m in self.module.modules():
@@ -272,6 +285,25 @@ class _ModelState:
                 buffer.copy_(saved)
         for m, flag in self.flags:
             m.training = flag
+
+    def check_parameters(self) -> None:
+        """Raise when the forward changed a parameter in place (after putting it back where a copy
+        was kept): a probe of a self-modifying forward would measure, and fix would write, another
+        model than the one given."""
+        import torch
+
+        changed = [name for name, p, version in self.versions if p._version != version]
+        changed += [n for n, p, copy in self.saved if n not in changed and not torch.equal(p.detach(), copy)]
+        if not changed:
+            return
+        with torch.no_grad():
+            for _, p, copy in self.saved:
+                p.copy_(copy)
+        undone = "put back as it was" if self.saved else "not put back: too large to keep a copy"
+        raise ProbeError(
+            f"the model's forward changed its own parameter {changed[0]} in place ({undone}); "
+            "initdoctor cannot judge a model whose forward rewrites its weights"
+        )
 
 
 def _probe_torchscript(
