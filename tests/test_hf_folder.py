@@ -244,6 +244,16 @@ def test_new_head_on_a_base_checkpoint_is_listed(tmp_path):
     assert any("new layers): classifier.bias, classifier.weight" in n for n in report.notes)
 
 
+def cli(*args: str) -> tuple[int, str, str]:
+    """``initdoctor ARGS`` in this process (typer's runner): (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from initdoctor.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_remote_code_needs_trust_and_bad_folders_are_one_line(tmp_path):
     folder = save(gpt2(), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
@@ -251,19 +261,41 @@ def test_remote_code_needs_trust_and_bad_folders_are_one_line(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match="auto_map .* --trust"):
         initdoctor.load(folder)
-    proc = run_cli("inspect", str(folder))
-    assert proc.returncode == 2 and "--trust" in proc.stderr and "Traceback" not in proc.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text('{"model_type": "gpt2"}')
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "m", broken)
     (broken / "config.json").write_text('{"model_type": "gpt2", ')
-    for bad, words in ((empty, "without weights"), (broken, "not a valid config.json")):
-        proc = run_cli("inspect", str(bad))
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and words in lines[0], proc.stderr
+    cases = ((folder, "--trust"), (empty, "without weights"), (broken, "not a valid config.json"))
+    for bad, words in cases:
+        code, _, err = cli("inspect", str(bad))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and words in lines[0], err
+    proc = run_cli("inspect", str(folder))  # the real command line: no traceback either
+    assert proc.returncode == 2 and "--trust" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_inspect_and_fix_a_folder(tmp_path):
+    model = llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(100)
+    folder = save(model, tmp_path / "in")
+    code, out, err = cli("inspect", str(folder), "--no-probe", "--format", "json")
+    data = json.loads(out)
+    assert data["model"]["format"] == "hf-folder"
+    up = next(f for f in data["layers"] if f["name"] == "model.layers.0.mlp.up_proj")
+    assert up["weight_std"] == pytest.approx(2.0, rel=0.1) and up["fan_in"] == 32
+    # no output may replace a file of the folder
+    code, _, err = cli("inspect", str(folder), "-o", str(folder / "tokenizer.json"))
+    assert code == 2 and "is an input of this run" in err
+    (tmp_path / "out").mkdir()  # OUT_DIR may exist when it is empty
+    code, out, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "-q")
+    assert code in (0, 1), err
+    assert digest(tmp_path / "out" / "config.json") == digest(folder / "config.json")
+    assert digest(tmp_path / "out" / "model.safetensors") != digest(folder / "model.safetensors")
+    code, _, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "-q")
+    assert code == 2 and "not an empty folder" in err  # and nothing else
 
 
 def test_weight_file_inside_a_folder_points_at_the_folder(tmp_path):
