@@ -51,8 +51,8 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         help=(
-            "Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or "
-            "a factory package.module:function."
+            "Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2), a "
+            "Hugging Face folder (config.json + weights) or a factory package.module:function."
         )
     ),
 ]
