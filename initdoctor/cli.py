@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -297,6 +298,8 @@ class _errors:
             warnings.simplefilter("ignore")
             for name in ("torch", "onnxscript", "transformers"):
                 logging.getLogger(name).setLevel(logging.ERROR)
+            # transformers sets its logger's level when first imported: from this variable
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)) or self.debug:

@@ -17,7 +17,6 @@ import torch
 import initdoctor
 from initdoctor.errors import InputError
 from initdoctor.formats import detect_format, model_files
-from tests.conftest import run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -272,8 +271,75 @@ def test_remote_code_needs_trust_and_bad_folders_are_one_line(tmp_path):
         code, _, err = cli("inspect", str(bad))
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and words in lines[0], err
-    proc = run_cli("inspect", str(folder))  # the real command line: no traceback either
-    assert proc.returncode == 2 and "--trust" in proc.stderr and "Traceback" not in proc.stderr
+
+
+REMOTE_CONFIG = """
+from transformers import PretrainedConfig
+class TinyConfig(PretrainedConfig):
+    model_type = "tinyremote"
+    def __init__(self, width=16, depth=3, **kwargs):
+        self.width, self.depth = width, depth
+        super().__init__(**kwargs)
+"""
+REMOTE_MODEL = """
+import torch
+from transformers import PreTrainedModel
+from .configuration_tiny import TinyConfig
+class TinyModel(PreTrainedModel):
+    config_class = TinyConfig
+    def __init__(self, config):
+        super().__init__(config)
+        width = config.width
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(config.depth))
+        self.post_init()
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+"""
+
+
+def test_remote_code_runs_with_trust_only(tmp_path):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    (folder / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for i in range(3):  # Kaiming normal (ReLU gain): std sqrt(2 / 16) = 0.354
+        state[f"layers.{i}.weight"] = torch.randn(16, 16, generator=gen) * (2 / 16) ** 0.5
+        state[f"layers.{i}.bias"] = torch.zeros(16)
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        "model_type": "tinyremote",
+        "width": 16,
+        "depth": 3,
+        "architectures": ["TinyModel"],
+        "auto_map": {"AutoConfig": "configuration_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}  # transformers copies the code there
+    import subprocess
+
+    def run(
+        *extra: str,
+    ) -> subprocess.CompletedProcess:  # a fresh process: HF_MODULES_CACHE is read at import
+        cmd = [sys.executable, "-m", "initdoctor", "inspect", str(folder), "--format", "json", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    code, _, err = cli("inspect", str(folder))
+    assert code == 2 and "auto_map names model code in the folder" in err and "--trust" in err
+    trusted = run("--trust")
+    assert trusted.returncode == 0, trusted.stderr
+    data = json.loads(trusted.stdout)
+    assert [f["name"] for f in data["layers"]] == ["layers.0", "layers.1", "layers.2"]
+    for f, i in zip(data["layers"], range(3), strict=True):
+        assert f["weight_std"] == pytest.approx(
+            state[f"layers.{i}.weight"].std(unbiased=False).item(), abs=1e-6
+        )
+        assert f["status"] == "ok"
 
 
 def test_cli_inspect_and_fix_a_folder(tmp_path):
