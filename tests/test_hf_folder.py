@@ -230,15 +230,19 @@ def test_fix_in_place_backs_up_what_it_replaces_and_the_backups_restore_it(tmp_p
 
 
 def test_new_head_on_a_base_checkpoint_is_listed(tmp_path):
-    folder = save(bert(), tmp_path / "base")
+    folder = save(bert().to(torch.bfloat16), tmp_path / "base")  # a BertModel checkpoint, bfloat16
     config = json.loads((folder / "config.json").read_text())
     config["architectures"] = ["BertForSequenceClassification"]
     (folder / "config.json").write_text(json.dumps(config))
     loaded = initdoctor.load(folder)
+    again = initdoctor.load(folder)  # new layers are drawn from a fixed seed: the same each run
+    assert torch.equal(loaded.model.classifier.weight, again.model.classifier.weight)
     assert loaded.description.new_layers == ["classifier.bias", "classifier.weight"]
-    assert loaded.model.bert.encoder.layer[0].attention.self.query.weight.std().item() == pytest.approx(
-        bert().encoder.layer[0].attention.self.query.weight.std().item()
-    )  # the backbone came from the file (bert. prefix added)
+    query = loaded.model.bert.encoder.layer[0].attention.self.query.weight
+    want = bert().to(torch.bfloat16).encoder.layer[0].attention.self.query.weight
+    assert torch.equal(query, want)  # the backbone came from the file (bert. prefix added)
+    assert loaded.model.classifier.weight.dtype == torch.bfloat16  # the new head in the file's dtype
+    assert loaded.model.classifier.weight.float().std().item() == pytest.approx(0.02, rel=0.3)  # N(0, 0.02)
     report = initdoctor.diagnose(folder)
     assert any("new layers): classifier.bias, classifier.weight" in n for n in report.notes)
 

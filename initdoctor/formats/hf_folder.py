@@ -59,10 +59,11 @@ def folder_files(folder: Path) -> list[Path]:
     files = [folder / "config.json", weights]
     if weights.name.endswith(".index.json"):
         files += sorted(set(shard_files(weights).values()))
-    files += sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".bak") and p not in files
-    )
-    return list(dict.fromkeys(p.resolve() if p.is_symlink() else p for p in files))
+    files += sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".bak"))
+    unique: dict[Path, Path] = {}
+    for path in files:  # shard_files gives resolved paths: one entry per file
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 # --- config.json → an empty model ----------------------------------------------------------------
@@ -236,9 +237,13 @@ def load_into(
     except TypeError:  # an older signature
         model.tie_weights()
     new = sorted(k for k, v in model.state_dict(keep_vars=True).items() if v.device.type == "meta")
-    _materialize(model)
-    with torch.no_grad():
-        model.initialize_weights()  # only tensors without _is_hf_initialized: new ones, buffers
+    floats = {v.dtype for v in renamed.values() if v.is_floating_point()}
+    _materialize(model, floats.pop() if len(floats) == 1 else None)
+    # only tensors without _is_hf_initialized (new ones, buffers); seeded, so that two runs judge
+    # the same new layers, and in a forked RNG, so that the caller's random state is left alone
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.initialize_weights()
     left = [k for k, v in model.state_dict(keep_vars=True).items() if v.device.type == "meta"]
     if left:
         raise InputError(f"{folder}: could not build {', '.join(left[:3])} from the checkpoint")
@@ -246,15 +251,17 @@ def load_into(
     return new, unused
 
 
-def _materialize(model: Any) -> None:
-    """Give every parameter and buffer still on the meta device CPU storage (values follow)."""
+def _materialize(model: Any, dtype: Any) -> None:
+    """Give every parameter and buffer still on the meta device CPU storage (values follow); a
+    new float parameter takes the checkpoint's float ``dtype`` (a bfloat16 folder: bfloat16)."""
     import torch
 
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is not None and param.device.type == "meta":
+                like = dtype if dtype is not None and param.is_floating_point() else param.dtype
                 module._parameters[name] = torch.nn.Parameter(
-                    torch.empty_like(param, device="cpu"), requires_grad=param.requires_grad
+                    torch.empty_like(param, device="cpu", dtype=like), requires_grad=param.requires_grad
                 )
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.device.type == "meta":
