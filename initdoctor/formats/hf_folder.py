@@ -75,6 +75,12 @@ def _transformers(folder: Path) -> Any:
             f"{folder}: a Hugging Face folder is built with transformers, which is not installed: "
             "pip install 'initdoctor[hf]'"
         ) from None
+    major = transformers.__version__.split(".")[0]
+    if not major.isdigit() or int(major) < 5:  # initialize_weights skipping loaded tensors: 5.0
+        raise InputError(
+            f"{folder}: a Hugging Face folder needs transformers 5 or later (found "
+            f"{transformers.__version__}): pip install 'initdoctor[hf]'"
+        )
     return transformers
 
 
@@ -217,8 +223,9 @@ def load_into(
     ``from_pretrained`` does); returns (the new weights' names, the checkpoint's unused names)."""
     import torch
 
-    renamed = {names[k]: v for k, v in state.items() if names[k] in model.state_dict(keep_vars=True)}
-    unused = sorted(k for k in state if names[k] not in model.state_dict(keep_vars=True))
+    own = model.state_dict(keep_vars=True)
+    renamed = {names[k]: v for k, v in state.items() if names[k] in own}
+    unused = sorted(k for k in state if names[k] not in own)
     if not renamed:
         raise InputError(f"{folder}: no tensor of the checkpoint belongs to the model config.json describes")
     try:
@@ -236,7 +243,8 @@ def load_into(
         model.tie_weights(missing_keys=missing, recompute_mapping=False)
     except TypeError:  # an older signature
         model.tie_weights()
-    new = sorted(k for k, v in model.state_dict(keep_vars=True).items() if v.device.type == "meta")
+    params = dict(model.named_parameters())  # new weights; missing buffers are initialized too
+    new = sorted(k for k, v in params.items() if v.device.type == "meta")
     floats = {v.dtype for v in renamed.values() if v.is_floating_point()}
     _materialize(model, floats.pop() if len(floats) == 1 else None)
     # only tensors without _is_hf_initialized (new ones, buffers); seeded, so that two runs judge
