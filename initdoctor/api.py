@@ -279,7 +279,7 @@ def fix_model(
         raise SettingsError("fix needs --output FILE (or --in-place, --dry-run, --check)")
     if output is not None and not in_place:  # checked before any work: never replace an input
         inputs = input_files(source, weights)
-        folder = loaded.description.format == "safetensors-sharded"
+        folder = loaded.description.format in ("safetensors-sharded", "hf-folder")
         check_output(Path(output), inputs, folder=folder)
         if loaded.format_name == "onnx":  # the twin may write <OUT>.data beside it
             check_output(Path(output).with_name(Path(output).name + ".data"), inputs)
@@ -310,9 +310,13 @@ def fix_model(
     else:
         dst = Path(source) if in_place else Path(output)  # type: ignore[arg-type]  # checked above
         if in_place:
-            if Path(source).is_dir() or loaded.description.format == "safetensors-sharded":
+            hf_folder = loaded.format_name == "hf-folder"
+            if not hf_folder and (
+                Path(source).is_dir() or loaded.description.format == "safetensors-sharded"
+            ):
                 raise SettingsError("--in-place does not work on a sharded checkpoint; give --output FOLDER")
-            backups = backup_all(input_files(source))  # the graph and its external data alike
+            replaced = getattr(editable, "replaced_files", None)  # a folder: only the files it rewrites
+            backups = backup_all(replaced() if replaced else input_files(source))  # ONNX: graph and data
             result.backup, result.backups = backups[0], backups
         if loaded.format_name == "onnx" or loaded.description.format == "safetensors-sharded":
             target = editable.save(dst)  # checked by onnxruntime before its commit; a folder

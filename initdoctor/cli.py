@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -51,8 +52,8 @@ ModelArg = Annotated[
     str,
     typer.Argument(
         help=(
-            "Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2) or "
-            "a factory package.module:function."
+            "Model file (.pt/.pth/.bin, .safetensors or its index .json, .onnx, TorchScript, .pt2), a "
+            "Hugging Face folder (config.json + weights) or a factory package.module:function."
         )
     ),
 ]
@@ -297,6 +298,8 @@ class _errors:
             warnings.simplefilter("ignore")
             for name in ("torch", "onnxscript", "transformers"):
                 logging.getLogger(name).setLevel(logging.ERROR)
+            # transformers sets its logger's level when first imported: from this variable
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)) or self.debug:

@@ -101,8 +101,6 @@ def atomic_write_dir(dst: Path, write: Callable[[Path], object]) -> Path:
     not exist or be empty). On failure the temp folder is removed."""
     dst = Path(dst)
     check_output(dst, folder=True)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise InputError(f"{dst}: exists and is not an empty folder; choose a new output folder")
     folder = dst.resolve().parent
     if not folder.is_dir():
         raise InputError(f"{dst}: folder {folder} does not exist")
@@ -138,7 +136,8 @@ def check_output(dst: Path, inputs: Iterable[Path] = (), *, folder: bool = False
     * a symbolic link (refused, not followed: ``os.replace`` would cut the link, writing through
       it would change a file elsewhere) — give the real path;
     * an existing OUT that is not a regular file (a FIFO, a socket, a device node such as the null
-      device: it would be replaced by a regular file), or a directory unless ``folder``;
+      device: it would be replaced by a regular file); with ``folder``, one that is not an empty
+      folder;
     * one of this run's ``inputs`` (the same file by inode, whatever the path's spelling).
     """
     dst = Path(dst)
@@ -146,7 +145,10 @@ def check_output(dst: Path, inputs: Iterable[Path] = (), *, folder: bool = False
         raise InputError(f"{dst}: is a symbolic link; give the path of a regular file as the output")
     if not dst.exists():
         return
-    if dst.is_dir() if folder else not dst.is_file():
+    if folder:  # a folder output (sharded, Hugging Face): into a new or an empty folder only
+        if not dst.is_dir() or any(dst.iterdir()):
+            raise InputError(f"{dst}: exists and is not an empty folder; choose a new output folder")
+    elif not dst.is_file():
         kind = "a directory" if dst.is_dir() else "not a regular file (a FIFO, socket or device)"
         raise InputError(f"{dst}: exists and is {kind}; refusing to replace it with the output")
     for path in inputs:

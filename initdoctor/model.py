@@ -75,6 +75,9 @@ class ModelDescription:
     blocks: list[Block] = field(default_factory=list)
     #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
     stream_inputs: list[str] = field(default_factory=list)
+    #: weights the checkpoint lacks that the model initialized itself (a Hugging Face folder's new
+    #: head): tensor names, tied copies excluded
+    new_layers: list[str] = field(default_factory=list)
 
 
 def infer_input_shape(

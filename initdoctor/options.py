@@ -89,7 +89,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("weights", Path, None, "State_dict or safetensors file to load into a factory's model.",
            MODEL_COMMANDS),
     Option("trust", bool, False, "Allow formats whose loading runs code from the file: full pickles, "
-           "TorchScript, torch.export. Command line only: never from a config file.", ALL_COMMANDS,
+           "TorchScript, torch.export, a Hugging Face folder's auto_map code. Command line only: never "
+           "from a config file.", ALL_COMMANDS,
            flag="--trust/--no-trust"),
     Option("model-factory", str, None, "Factory package.module:function that builds the model whose weights "
            "MODEL holds (gives a state_dict a graph to probe).", MODEL_COMMANDS, flag="--model"),
@@ -152,7 +153,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("quiet", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--quiet", short="-q"),
     # --- fix
     Option("fix-output", Path, None, "Where to write the repaired model, in MODEL's own format (a folder "
-           "for a sharded checkpoint; a state_dict for a factory).", (FIX,), flag="--output", short="-o"),
+           "for a sharded checkpoint or a Hugging Face folder; a state_dict for a factory).", (FIX,),
+           flag="--output", short="-o"),
     Option("method", str, "kaiming", "kaiming: rescale W to the Kaiming std; lsuv: rescale until the "
            "measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
            choices=METHODS),

@@ -21,9 +21,9 @@ from typing import Any
 
 from ..errors import InputError
 from ..model import ModelDescription
-from . import factory, onnx, safetensors, torch_code, torch_state_dict
+from . import factory, hf_folder, onnx, safetensors, torch_code, torch_state_dict
 from .base import Editable, Format, LoadedModel
-from .detect import detect_format
+from .detect import detect_format, in_hf_folder
 from .factory import TorchModule, is_factory_spec
 
 __all__ = [
@@ -46,6 +46,7 @@ FORMATS: tuple[Format, ...] = (
     torch_code.FORMAT,
     onnx.FORMAT,
     factory.FORMAT,
+    hf_folder.FORMAT,
 )
 _BY_NAME = {name: entry for entry in FORMATS for name in entry.names}
 
@@ -74,6 +75,11 @@ def load(
         raise InputError(f"{Path(text)}: unsupported format {name}")
     loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
     loaded.format_name = name
+    if name not in ("factory", "hf-folder") and in_hf_folder(Path(text)):
+        folder = Path(text).parent
+        loaded.description.notes.append(
+            f"this file is part of a Hugging Face folder: give the folder ({folder}) for a verdict"
+        )
     return loaded
 
 
@@ -86,10 +92,13 @@ def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
 
 
 def model_files(path: Path, format_name: str | None = None) -> list[Path]:
-    """Every file the model at ``path`` consists of — a sharded index and its shards, an ONNX graph
-    and its external data, else the file itself: what ``--in-place`` backs up and what no output
+    """Every file the model at ``path`` consists of — a Hugging Face folder's config, weights and
+    companions, a sharded index and its shards, an ONNX graph and its external data, else the file
+    itself: what ``--in-place`` backs up and what no output
     may replace."""
     name = format_name or detect_format(path)
+    if name == "hf-folder":
+        return hf_folder.folder_files(path)
     if name in ("safetensors-index", "safetensors-sharded"):
         index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
         return [index, *dict.fromkeys(sorted(safetensors.shard_files(index).values()))]

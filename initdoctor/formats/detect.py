@@ -16,16 +16,46 @@ def _is_tar(path: Path) -> bool:
         return fh.read(5) == b"ustar"
 
 
+#: The weight files of a Hugging Face folder, in the order transformers prefers them.
+HF_WEIGHTS = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def hf_weights(folder: Path) -> Path:
+    """The weights of a Hugging Face folder (the first of :data:`HF_WEIGHTS` present)."""
+    for name in HF_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(
+        f"{folder}: a Hugging Face folder (config.json) without weights: expected " + ", ".join(HF_WEIGHTS)
+    )
+
+
+def in_hf_folder(path: Path) -> bool:
+    """``path`` is a weight file that sits beside a config.json (part of a Hugging Face folder)."""
+    return path.is_file() and (path.parent / "config.json").is_file() and path.name != "config.json"
+
+
 def detect_format(path: Path) -> str:
     """One of ``torch-zip``, ``torch-legacy``, ``torchscript``, ``torch.export``, ``safetensors``,
-    ``safetensors-index``, ``onnx``; raises :class:`InputError` for anything else."""
+    ``safetensors-index``, ``onnx``, ``hf-folder`` (a folder with config.json); raises
+    :class:`InputError` for anything else."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         index = sorted(path.glob("*.safetensors.index.json"))
+        if (path / "config.json").is_file():
+            if len(index) == 1 and not any((path / name).is_file() for name in HF_WEIGHTS):
+                return "safetensors-index"  # weights under another name: the index alone
+            hf_weights(path)  # one line when there are none
+            return "hf-folder"
         if len(index) == 1:
             return "safetensors-index"
-        raise InputError(f"{path}: is a directory; point at a model file")
+        raise InputError(f"{path}: is a directory; point at a model file or a Hugging Face folder")
     if not path.is_file():  # a FIFO would block the first read forever, a device never ends
         raise InputError(f"{path}: not a regular file (a FIFO, socket or device); point at a model file")
     try:
