@@ -286,3 +286,13 @@ def normal_branches(model: nn.Module, std: float = 1.0) -> nn.Module:
             if isinstance(m, nn.Conv2d) and name.startswith("layer") and "downsample" not in name:
                 m.weight.normal_(0, std)
     return model
+
+
+def fixup(model: nn.Module, blocks: int = 8) -> nn.Module:
+    """A healthy *unnormalized* ResNet: each branch's last conv scaled by ``blocks^(-1/2)`` (the
+    Fixup idea, Zhang et al. 2019: the stream then grows ×(1 + 1/L)^L ≈ e, not 2^L)."""
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.startswith("layer") and name.endswith("conv2"):
+                m.weight.mul_(blocks**-0.5)
+    return model

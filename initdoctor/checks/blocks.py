@@ -79,7 +79,7 @@ R302 = Rule(
     formula="error when `|ln growth_k| > ln T_chain` (`compound-threshold`, default 16).",
     silence="Rescale the named block's branch (its last layer), or raise `compound-threshold`.",
     messages={
-        "default": "residual block {name} alone changes the stream ×{growth:.3g} (beyond ×{threshold:g})",
+        "default": "residual blocks that alone change the stream beyond ×{threshold:g}: {blocks}",
         "block": "this block alone changes the stream ×{growth:.3g} (beyond ×{threshold:g})",
     },
 )
@@ -167,13 +167,16 @@ def judge_blocks(
     problems: list[tuple[Rule, str]] = []
     # R302: one block alone, |ln growth_k| > ln T_chain
     limit = math.log(s.compound_threshold)
+    jumps: list[str] = []
     for bf in blocks:
         if bf.growth is not None and bf.growth > 0 and abs(math.log(bf.growth)) > limit:
             bf.message += "; " + R302.message("block", growth=bf.growth, threshold=s.compound_threshold)
             flag(bf, R302, Status.ERROR, ignored)
-            problems.append(
-                (R302, R302.message(name=bf.name, growth=bf.growth, threshold=s.compound_threshold))
-            )
+            jumps.append(f"{bf.name} (×{bf.growth:.3g})")
+    if jumps:
+        more = f", … {len(jumps) - 4} more" if len(jumps) > 4 else ""
+        text = R302.message(blocks=", ".join(jumps[:4]) + more, threshold=s.compound_threshold)
+        problems.append((R302, text))
     # R301: exponential growth over a run of unnormalized blocks
     for run in runs(desc, normalized):
         measured = [

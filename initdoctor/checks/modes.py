@@ -38,7 +38,7 @@ FAN_OUT_NOTE = (
     "(--mode fan_in forces the forward condition)"
 )
 SATURATING = {"tanh": math.tanh, "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-x))}
-_VOTERS = (Role.HIDDEN, Role.STREAM, Role.RESIDUAL)
+_VOTERS = (Role.HIDDEN, Role.STREAM, Role.RESIDUAL, Role.NORMALIZED)
 
 
 def _gaussian_mean(f: Callable[[float], float], n: int = 801, lim: float = 8.0) -> float:
@@ -108,7 +108,7 @@ def saturating_factor(f: LayerFinding, layer: Layer) -> tuple[float, str] | None
 
 
 def detect_mode(layers: list[Layer], findings: list[LayerFinding], s: Settings) -> str:
-    """``fan_out`` when most hidden layers (hidden, stream, residual) are within the warn band for
+    """``fan_out`` when most hidden layers (hidden, stream, residual, normalized) are within the warn band for
     ``fan_out`` and, of those with ``fan_in ≠ fan_out``, more are within it for ``fan_out`` only than
     for ``fan_in`` only; else ``fan_in`` (see the module doc)."""
     from ..gains import expected_std
@@ -117,6 +117,8 @@ def detect_mode(layers: list[Layer], findings: list[LayerFinding], s: Settings) 
     voters = within_out = only_in = only_out = 0
     for layer, f in zip(layers, findings, strict=True):
         st = layer.stats
+        # a layer followed by a norm: libraries init it with the ReLU gain (torchvision, timm)
+        gain = math.sqrt(2.0) if f.role == Role.NORMALIZED else f.gain
         if f.role not in _VOTERS or st.std is None or not (st.std > 0 and math.isfinite(st.std)):
             continue
         if layer.fan_in <= 0 or layer.fan_out <= 0:
@@ -124,8 +126,8 @@ def detect_mode(layers: list[Layer], findings: list[LayerFinding], s: Settings) 
         voters += 1
         band = math.log(s.warn_threshold) + sampling_allowance(st.finite_count)
         # |ln (std / (gain / sqrt(fan)))²| within the band, for each fan (He et al. eq. 10 / 14)
-        ok_in = abs(2 * math.log(st.std / expected_std(f.gain, layer.fan_in))) <= band
-        ok_out = abs(2 * math.log(st.std / expected_std(f.gain, layer.fan_out))) <= band
+        ok_in = abs(2 * math.log(st.std / expected_std(gain, layer.fan_in))) <= band
+        ok_out = abs(2 * math.log(st.std / expected_std(gain, layer.fan_out))) <= band
         within_out += ok_out
         only_in += ok_in and not ok_out
         only_out += ok_out and not ok_in
@@ -155,8 +157,8 @@ def tap_fraction(kernel: tuple[int, ...], n_in: tuple[int, ...], n_out: tuple[in
         span = n + 2 * p - k  # (span // stride) + 1 == m
         if span < 0 or m < 1:
             return None
-        stride = span + 1 if m == 1 else max(1, span // (m - 1))
-        if span // stride + 1 != m:
+        stride = next((st for st in range(1, span + 2) if span // st + 1 == m), None)  # the smallest
+        if stride is None:
             return None
         valid = sum(1 for i in range(m) for j in range(k) if 0 <= i * stride + j - p < n)
         frac *= valid / (m * k)
