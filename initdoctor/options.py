@@ -37,7 +37,7 @@ NONLINEARITIES = (
 )
 #: Nonlinearities with a Kaiming gain (:func:`initdoctor.gains.calculate_gain` is the reference).
 NONLINEARITY_NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "linear")
-MODES = ("fan_in", "fan_out")
+MODES = ("auto", "fan_in", "fan_out")
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 FAIL_ON = ("warn", "error", "never")
 FORMATS = ("table", "json", "markdown")
@@ -99,8 +99,9 @@ OPTIONS: tuple[Option, ...] = (
            + ", ".join(NONLINEARITY_NAMES) + ".", MODEL_COMMANDS, "nonlinearity", True),
     Option("negative-slope", float, 0.01, "Slope for --nonlinearity leaky_relu.", MODEL_COMMANDS,
            "negative_slope", True),
-    Option("mode", str, "fan_in", "fan_in keeps the forward signal (He eq. 10), fan_out the backward one "
-           "(eq. 14).", MODEL_COMMANDS, "mode", True, MODES),
+    Option("mode", str, "auto", "fan_in keeps the forward signal (He eq. 10), fan_out the backward one "
+           "(eq. 14); auto: the one the weights follow (fan_out when most layers are Kaiming for "
+           "fan_out and not fan_in), else fan_in.", MODEL_COMMANDS, "mode", True, MODES),
     Option("warn-threshold", float, 1.25, "Variance factor beyond which a layer warns (either way).",
            MODEL_COMMANDS, "warn_threshold", True),
     Option("error-threshold", float, 4.0, "Variance factor beyond which a layer is an error.", MODEL_COMMANDS,

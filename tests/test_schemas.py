@@ -171,7 +171,12 @@ def test_schema_enums_are_the_code_s():
     assert layer["nonlinearity_source"]["enum"] == [s.value for s in Source]
     assert _props("report", "$defs", "summary", "properties", "status")["enum"] == statuses
     settings = _props("report", "properties", "settings", "properties")
-    assert settings["mode"]["enum"] == list(MODES)
+    # the report records the mode judged: "auto" is resolved to the one the weights follow
+    assert settings["mode"]["enum"] == [m for m in MODES if m != "auto"]
+    assert _props("report", "$defs", "summary", "properties", "kaiming_mode")["enum"] == [
+        *settings["mode"]["enum"],
+        None,
+    ]
     assert settings["nonlinearity"]["enum"] == list(NONLINEARITIES)
     change = _props("fix", "properties", "changes", "items", "properties")
     assert change["method"]["enum"] == list(METHODS) and change["status_before"]["enum"] == statuses

@@ -9,14 +9,15 @@ Each rule has a stable code (docs/rules.md, ``initdoctor rule CODE``); the rules
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from ..errors import SettingsError
-from ..report import LayerFinding, Report, Role
+from ..report import LayerFinding, Report, Role, Source
 from ..settings import Settings
-from . import blocks, chain, measured, norms, skips, weights
+from . import blocks, chain, measured, modes, norms, skips, weights
 from .registry import CODE, Registry, Rule, mark_skip
 from .roles import new_finding
 from .summary import summarize
@@ -62,8 +63,13 @@ def inspect_description(
     branch_of = {name: block.name for block in desc.blocks for name in block.layers}
     feeders = set(desc.stream_inputs)
     for layer in desc.layers:
-        finding = new_finding(layer, desc, s, last_name, branch_of, feeders)
-        findings.append(finding)
+        findings.append(new_finding(layer, desc, s, last_name, branch_of, feeders))
+    forced = s.mode != "auto"
+    if not forced:  # He et al. 2015 §2.2: either condition is sufficient; read which one the weights follow
+        s = dataclasses.replace(s, mode=modes.detect_mode(desc.layers, findings, s))
+    # a graph that cannot say what follows a layer (a concat, attention): not a plain chain
+    off_chain = {f.name for f in findings if desc.has_graph and f.nonlinearity_source == Source.FLAG}
+    for layer, finding in zip(desc.layers, findings, strict=True):
         if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in globs):
             mark_skip(finding, skips.S004, skips.S004.message())
         elif weights.precheck(finding, layer, ignored):
@@ -72,14 +78,22 @@ def inspect_description(
             mark_skip(finding, skips.S003, skips.S003.message())
         else:
             ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name))
-            if ln_r is not None:
+            saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
+            if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain
+                ln_r = saturating[0]
+                finding.message += "; " + saturating[1]
+            if ln_r is not None and layer.name not in off_chain:
                 hidden_chain.append((finding, ln_r))
 
     ln_compound = chain.compound(hidden_chain, s, ignored)
-    measures = measured.apply_probe(findings, probe, s, ignored) if probe is not None else None
+    measures = None
+    if probe is not None:
+        measures = measured.apply_probe(findings, probe, s, ignored, off_chain)
     norm_findings = [norms.judge_norm(n, ignored) for n in desc.norms]
-    block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored)
+    normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
+    block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
     summary = summarize(findings, norm_findings, ln_compound, s, ignored, measures, stream)
+    summary.kaiming_mode = s.mode
     model = {
         "path": desc.path,
         "format": desc.format,
@@ -98,6 +112,8 @@ def inspect_description(
             "notes": list(probe.notes),
         }
     notes = list(desc.notes)
+    if s.mode == "fan_out" and not forced:
+        notes.append(modes.FAN_OUT_NOTE)
     if desc.blocks and probe is None:
         notes.append(f"{len(desc.blocks)} residual blocks found; their growth needs the probe")
     return Report(model, asdict(s), findings, norm_findings, summary, notes, probe_info, block_findings)

@@ -1,11 +1,22 @@
 """R3xx: residual blocks — ``growth_k = Var[out_k] / Var[skip_k]``, measured by the probe.
 
-A branch at Kaiming scale adds as much variance as the skip carries, so an un-normalized
-residual net *doubles* the variance per block — exponential growth. Normalized nets (BatchNorm
-on batch statistics) add about one unit per block — linear growth, growth factors falling
-towards 1 (1.49 → 1.12 over 8 blocks): healthy. The finding is a *constant* factor: the
-geometric mean over the later half of the blocks ≥ 1.5 → ``warn``, and ``error`` when the total
-over all blocks exceeds the compound threshold.
+Two ways a residual stream grows (Hanin & Rolnick 2018; De & Smith 2020, "Batch normalization
+biases residual blocks towards the identity"):
+
+* **exponential** — an *unnormalized* branch scales with its input, ``Var[branch_k] = g ·
+  Var[skip_k]``, so each block multiplies the stream by ``1 + g`` and the stream grows as
+  ``(1 + g)^L`` (a Kaiming ReLU branch: ``g ≈ 1``, doubling per block). It compounds through
+  unnormalized projections (a downsampling 1×1 conv carries the stream's scale on).
+* **linear** — a *normalized* branch (one of its layers feeds a normalization) adds a bounded
+  amount ``Δ`` whatever the stream's scale: ``Var[skip_k] ≈ V_0 + k·Δ`` and the branch gain
+  ``g_k = (Var[out_k] − Var[skip_k]) / Var[skip_k]`` decays like ``1/k``. Healthy.
+
+R301 judges each *run* of consecutive unnormalized blocks: the stream's growth over the run,
+``prod_k Var[out_k] / Var[out_{k−1}]`` (= ``Var[out_last] / Var[skip_first]``), beyond the compound
+threshold is an ``error`` when the growth is exponential — the slope ``b`` of ``ln Δ_k`` against
+``ln Var[skip_k]`` is ≥ ½ (``b = 1``: the branch scales with its input; ``b = 0``: it adds a
+constant). R302 sees a single block that alone grows or shrinks the stream beyond the compound
+threshold, whatever the other blocks do.
 """
 
 from __future__ import annotations
@@ -22,30 +33,58 @@ if TYPE_CHECKING:
     from ..probe import ProbeResult
     from ..settings import Settings
 
+_REMEDY = (
+    "Zero-init the last norm's γ or the last layer of each branch, or scale branches by "
+    "1/sqrt(number of blocks) (Fixup, Zhang et al. 2019); or normalize the branches"
+)
+
 R301 = Rule(
     code="R301",
     name="residual-growth",
-    severities=(Status.WARN, Status.ERROR),
+    severities=(Status.ERROR,),
     applies_to="residual block and model (the residual stream, measured)",
-    title="The residual stream grows by a constant factor per block.",
-    what="`growth_k = Var[out_k] / Var[skip_k]` per residual block, measured by the probe; the "
-    "geometric mean over the later half of the blocks and the product over all of them.",
-    why="A branch at Kaiming scale adds as much variance as the skip carries: an un-normalized "
-    "residual net doubles its variance per block (exponential growth). Normalized nets grow "
-    "linearly, factors falling towards 1: healthy.",
-    formula="warn when the later half's geometric mean `≥ 1.5`; error when also `prod(growth) > "
-    "T_chain` (`compound-threshold`). Blocks with `growth ≥ 1.5` carry the status.",
-    silence="Zero-init the last norm's γ or the last layer of each branch, or scale branches by "
-    "1/sqrt(number of blocks) (Fixup, Zhang et al. 2019); or raise `compound-threshold`.",
+    title="The residual stream grows exponentially over unnormalized blocks.",
+    what="Over each run of consecutive unnormalized residual blocks (no layer of the branch feeds "
+    "a normalization): the stream's growth `Var[out_last] / Var[skip_first]` and the slope `b` "
+    "of `ln Δ_k` against `ln Var[skip_k]`, `Δ_k = Var[out_k] − Var[skip_k]`.",
+    why="An unnormalized branch scales with its input (`Δ_k = g·Var[skip_k]`, `b = 1`): the "
+    "stream grows as `(1 + g)^L` and training diverges (a ResNet-18 without BatchNorm: NaN at "
+    "lr 0.1, where the BN version trains). A normalized branch adds a bounded amount (`b ≈ 0`, "
+    "linear growth): healthy (De & Smith 2020).",
+    formula="error when `Var[out_last] / Var[skip_first] > T_chain` (`compound-threshold`) and "
+    "`b ≥ 0.5` (least squares over the run's blocks with `Δ_k > 0` whose skip is the previous "
+    "block's output, or all of the run's blocks when fewer than 3 are; fewer than 3 of them or a "
+    "spread of `ln Var[skip]` under ln 2: the growth alone decides). Blocks with "
+    "`growth ≥ 1.5` carry the status.",
+    silence=_REMEDY + "; or raise `compound-threshold`.",
     messages={
-        "default": "residual stream grows ×{late:.3g} per block (×{total:.3g} over {n} blocks: "
-        "{flagged}); remedies: zero-init the last norm's γ or the last layer of each branch, or "
-        "scale branches by 1/sqrt(number of blocks) (Fixup)",
-        "block": "the residual stream grows by a constant factor per block",
+        "default": "residual stream grows exponentially over {n} unnormalized blocks: ×{total:.3g} "
+        "({first} → {last}; ×{geo:.3g} per block, branch gain slope {slope}); blocks: {flagged}; "
+        "remedies: zero-init the last norm's γ or the last layer of each branch, or scale "
+        "branches by 1/sqrt(number of blocks) (Fixup)",
+        "block": "part of an exponentially growing residual stream (unnormalized branch)",
     },
 )
 
-RULES = (R301,)
+R302 = Rule(
+    code="R302",
+    name="residual-block-jump",
+    severities=(Status.ERROR,),
+    applies_to="residual block (measured)",
+    title="One residual block alone grows or shrinks the stream beyond the compound threshold.",
+    what="`growth_k = Var[out_k] / Var[skip_k]` of each block.",
+    why="A single branch whose output is much larger than the stream (a block initialized "
+    "×10 too large, a LLaMA with `initializer_range=1.0`: ×17,594 in block 0) swamps the "
+    "stream whatever the other blocks do.",
+    formula="error when `|ln growth_k| > ln T_chain` (`compound-threshold`, default 16).",
+    silence="Rescale the named block's branch (its last layer), or raise `compound-threshold`.",
+    messages={
+        "default": "residual blocks that alone change the stream beyond ×{threshold:g}: {blocks}",
+        "block": "this block alone changes the stream ×{growth:.3g} (beyond ×{threshold:g})",
+    },
+)
+
+RULES = (R301, R302)
 
 
 @dataclass
@@ -54,19 +93,57 @@ class Stream:
 
     growth: float  # geometric mean of the blocks' growth
     message: str
-    status: Status  # ok when healthy, or when R301 is ignored
-    ignored: bool = False  # R301 would have fired but is ignored by configuration
+    status: Status  # ok when healthy, or when the rule is ignored
+    ignored: bool = False  # the rule would have fired but is ignored by configuration
+    rule: Rule = R301
 
 
 HEALTHY = "residual stream: ×{geo:.3g} per block on average (×{total:.3g} over {n} blocks): healthy"
+NORMALIZED = "normalized branch: adds a bounded amount (linear growth)"
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of ``ln Δ`` on ``ln V`` over ``(V, Δ)`` points with ``Δ > 0``; None
+    with fewer than 3 points or a spread of ``ln V`` under ln 2 (the slope is not determined)."""
+    pts = [(math.log(v), math.log(d)) for v, d in points if v > 0 and d > 0]
+    if len(pts) < 3:
+        return None
+    xs = [x for x, _ in pts]
+    if max(xs) - min(xs) < math.log(2):
+        return None
+    mx, my = sum(xs) / len(xs), sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx  # b = cov(ln V, ln Δ) / var(ln V)
+
+
+def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
+    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    for k, b in enumerate(desc.blocks):
+        if any(name in normalized for name in b.layers):
+            if current:
+                out.append(current)
+            current = []
+        else:
+            current.append(k)
+    if current:
+        out.append(current)
+    return out
 
 
 def judge_blocks(
-    desc: ModelDescription, probe: ProbeResult | None, s: Settings, ignored: frozenset[str]
+    desc: ModelDescription,
+    probe: ProbeResult | None,
+    s: Settings,
+    ignored: frozenset[str],
+    normalized: set[str] | None = None,
 ) -> tuple[list[BlockFinding], Stream | None]:
-    """The blocks' findings and, when measured, the stream's verdict for the summary."""
+    """The blocks' findings and, when measured, the stream's verdict for the summary.
+    ``normalized``: names of layers that feed a normalization (their branches grow linearly)."""
     if not desc.blocks:
         return [], None
+    normalized = normalized or set()
     tv = probe.tensor_vars if probe is not None else {}
     blocks = []
     for b in desc.blocks:
@@ -78,27 +155,71 @@ def judge_blocks(
         for bf in blocks:
             bf.message = "growth not measured (no probe)"
         return blocks, None
-    late = growths[len(growths) // 2 :]
-    late_geo = math.exp(sum(math.log(g) for g in late) / len(late))  # later half's geometric mean
-    total = math.prod(growths)
-    geo = math.exp(sum(math.log(g) for g in growths) / len(growths))
-    status = Status.OK
-    if late_geo >= 1.5:  # R301: a constant factor; error when prod(growth) > T_chain
-        status = Status.ERROR if total > s.compound_threshold else Status.WARN
-    for bf in blocks:
+    for b, bf in zip(desc.blocks, blocks, strict=True):
         if bf.growth is None:
             bf.message = "growth not measured"
             continue
         bf.message = f"Var[out]/Var[skip] = {bf.growth:.3g}"
-        if status != Status.OK and bf.growth >= 1.5:
+        if any(name in normalized for name in b.layers):
+            bf.message += f"; {NORMALIZED}"
+    total_all = math.prod(growths)
+    geo = math.exp(sum(math.log(g) for g in growths) / len(growths))
+    problems: list[tuple[Rule, str]] = []
+    # R302: one block alone, |ln growth_k| > ln T_chain
+    limit = math.log(s.compound_threshold)
+    jumps: list[str] = []
+    for bf in blocks:
+        if bf.growth is not None and bf.growth > 0 and abs(math.log(bf.growth)) > limit:
+            bf.message += "; " + R302.message("block", growth=bf.growth, threshold=s.compound_threshold)
+            flag(bf, R302, Status.ERROR, ignored)
+            jumps.append(f"{bf.name} (×{bf.growth:.3g})")
+    if jumps:
+        more = f", … {len(jumps) - 4} more" if len(jumps) > 4 else ""
+        text = R302.message(blocks=", ".join(jumps[:4]) + more, threshold=s.compound_threshold)
+        problems.append((R302, text))
+    # R301: exponential growth over a run of unnormalized blocks
+    for run in runs(desc, normalized):
+        measured = [
+            k for k in run if blocks[k].growth is not None and tv.get(desc.blocks[k].skip_tensor, 0.0) > 0
+        ]
+        if not measured:
+            continue
+        first, last = desc.blocks[measured[0]], desc.blocks[measured[-1]]
+        total = tv[last.out_tensor] / tv[first.skip_tensor]  # Var[out_last] / Var[skip_first]
+        # (Var[skip_k], Δ_k = Var[out_k] − Var[skip_k]) over the blocks whose skip is the previous
+        # block's output (the same stream; a projection's block adds a resampled branch)
+        same = [k for k in measured if k > 0 and desc.blocks[k].skip_tensor == desc.blocks[k - 1].out_tensor]
+        points = []
+        for k in same if len(same) >= 3 else measured:
+            v = tv[desc.blocks[k].skip_tensor]
+            points.append((v, tv[desc.blocks[k].out_tensor] - v))
+        gain_slope = slope(points)
+        if not (
+            math.isfinite(total)
+            and total > s.compound_threshold
+            and (gain_slope is None or gain_slope >= 0.5)
+        ):
+            continue
+        flagged = [blocks[k] for k in measured if (blocks[k].growth or 0) >= 1.5]
+        for bf in flagged:
             bf.message += "; " + R301.message("block")
-            flag(bf, R301, status, ignored)
-    healthy = HEALTHY.format(geo=geo, total=total, n=len(growths))
-    if status == Status.OK:
-        return blocks, Stream(geo, healthy, status)
-    flagged = [bf.name for bf in blocks if bf.growth is not None and bf.growth >= 1.5]
-    names = f"{', '.join(flagged[:6])}{'…' if len(flagged) > 6 else ''}"
-    message = R301.message(late=late_geo, total=total, n=len(growths), flagged=names)
-    if R301.code in ignored:
-        return blocks, Stream(geo, message, Status.OK, ignored=True)
-    return blocks, Stream(geo, message, status)
+            flag(bf, R301, Status.ERROR, ignored)
+        names = [bf.name for bf in flagged]
+        text = R301.message(
+            n=len(measured),
+            total=total,
+            first=first.name,
+            last=last.name,
+            geo=total ** (1 / len(measured)),
+            slope="undetermined" if gain_slope is None else f"{gain_slope:.2f}",
+            flagged=f"{', '.join(names[:6])}{'…' if len(names) > 6 else ''}",
+        )
+        problems.append((R301, text))
+    healthy = HEALTHY.format(geo=geo, total=total_all, n=len(growths))
+    active = [(rule, text) for rule, text in problems if rule.code not in ignored]
+    if active:
+        rule = active[0][0]
+        return blocks, Stream(geo, "; ".join(t for _, t in active), Status.ERROR, rule=rule)
+    if problems:
+        return blocks, Stream(geo, healthy, Status.OK, ignored=True, rule=problems[0][0])
+    return blocks, Stream(geo, healthy, Status.OK)

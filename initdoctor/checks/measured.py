@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..report import LayerFinding, Role, Status
+from . import modes
 from .registry import Rule, flag
 
 if TYPE_CHECKING:
@@ -125,9 +126,17 @@ class Measured:
 
 
 def apply_probe(
-    findings: list[LayerFinding], probe: ProbeResult, s: Settings, ignored: frozenset[str]
+    findings: list[LayerFinding],
+    probe: ProbeResult,
+    s: Settings,
+    ignored: frozenset[str],
+    off_chain: set[str] | None = None,
 ) -> Measured:
-    """Merge measured statistics into the findings and judge them (see the module docstring)."""
+    """Merge measured statistics into the findings and judge them (see the module docstring).
+    ``off_chain``: hidden layers the graph does not show in a plain chain (a concat follows)."""
+    off_chain = off_chain or set()
+    notes: dict[str, tuple[float, str]] = {}  # expected measured ratio and why, where not 1
+    plain_measured = 0
     first_var: float | None = None
     first_grad: float | None = None
     last_hidden_grad: float | None = None
@@ -142,7 +151,8 @@ def apply_probe(
         f.grad_var = a.grad_var
         if f.role == Role.EMBEDDING:
             continue
-        plain = f.role in (Role.HIDDEN, Role.OUTPUT)  # depth is a plain chain's notion
+        # depth is a plain chain's notion: hidden layers in a chain, not the output (logit) layer
+        plain = f.role == Role.HIDDEN and f.name not in off_chain
         if plain and first_var is None and math.isfinite(a.activation_var) and a.activation_var > 0:
             first_var = a.activation_var
         if first_var and math.isfinite(a.activation_var):
@@ -159,8 +169,14 @@ def apply_probe(
         if math.isfinite(ex2) and ex2 > 0 and math.isfinite(a.activation_var) and a.activation_var > 0:
             f.variance_ratio = a.activation_var / (f.gain**2 * ex2)  # Var[y] / (gain² · E[x²])
             f.measured_scale = 1.0 / math.sqrt(f.variance_ratio)
-            if f.role == Role.HIDDEN and f.status != Status.SKIP:
-                chain.append((f, math.log(f.variance_ratio)))
+            spatial = (a.input_spatial, a.output_spatial) if a.input_spatial and a.output_spatial else None
+            factor, note = modes.expected_measured(f, s.mode, spatial)  # fan_out mode, padded taps
+            if note:
+                notes[f.name] = (factor, note)
+            saturating = f.nonlinearity.split("(")[0] in modes.SATURATING  # judged by depth stability
+            plain_measured += plain
+            if plain and f.status != Status.SKIP and not saturating:
+                chain.append((f, math.log(f.variance_ratio / factor)))
         if a.input_grad_second_moment and a.output_grad_second_moment:
             # E[(∂L/∂x)²] / (gain² · E[(∂L/∂y)²]): He et al. 2015, eq. 14
             f.grad_ratio = a.input_grad_second_moment / (f.gain**2 * a.output_grad_second_moment)
@@ -191,11 +207,17 @@ def apply_probe(
             # P204: |ln variance_ratio| > ln T_probe with Kaiming weights
             f.message += "; " + P204.message(ratio=f.variance_ratio, scale=f.measured_scale)
             flag(f, P204, Status.WARN, ignored)
+        if f.name in notes:
+            f.message += "; measured ratio expected ×{:.3g}: {}".format(*notes[f.name])
     last = next(
-        (f for f in reversed(findings) if f.depth_ratio is not None and f.role in (Role.HIDDEN, Role.OUTPUT)),
+        (
+            f
+            for f in reversed(findings)
+            if f.depth_ratio is not None and f.role == Role.HIDDEN and f.name not in off_chain
+        ),
         None,
     )
-    if not chain:
+    if not plain_measured:
         last = None  # no plain chain of hidden layers (normalized or residual nets): no depth verdict
     grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
     return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)

@@ -1,5 +1,5 @@
 """The summary: the worst of the findings' statuses, then the model-level rules in order — C501
-(compounding), P203 (systematic measured drift), P205 (measured depth drift), R301 (residual
+(compounding), P203 (systematic measured drift), P205 (measured depth drift), R301/R302 (residual
 growth). ``summary.rule`` is the model-level rule whose message the summary carries (None when
 the layers' own statuses decided it); an ignored model-level rule that would have fired is named
 at the end of the message."""
@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..report import LayerFinding, NormFinding, Role, Status, Summary, worse
-from .blocks import R301, Stream
+from .blocks import Stream
 from .chain import C501, broken
 from .measured import P203, P205, Measured
 from .registry import ignored_note
@@ -106,11 +106,11 @@ def summarize(
         if stream.status != Status.OK:  # R301
             summary.status = worse(summary.status, stream.status)
             if summary.status == stream.status:
-                summary.message, summary.rule = stream.message, R301.code
+                summary.message, summary.rule = stream.message, stream.rule.code
             else:
                 summary.message = f"{summary.message}; {stream.message}"
         elif stream.ignored:
-            notes.append(ignored_note(R301))
+            notes.append(ignored_note(stream.rule))
     summary.message += "".join(notes)
     return summary
 

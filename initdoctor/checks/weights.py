@@ -208,7 +208,9 @@ def judge_layer(
     """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
     layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None."""
     st = layer.stats
-    fan = layer.fan_in if s.mode == "fan_in" else layer.fan_out
+    # the logits' scale is a forward property: the output layer is judged on fan_in in either mode
+    mode = "fan_in" if f.role == Role.OUTPUT else s.mode
+    fan = layer.fan_in if mode == "fan_in" else layer.fan_out
     exp = expected_std(f.gain, max(fan, 1))  # g / sqrt(n): He et al. 2015, eq. 10 / eq. 14
     f.expected_std = exp
     zero = st.all_zero
@@ -234,9 +236,7 @@ def judge_layer(
     f.suggested_scale = 1.0 / ratio
     ln_r = math.log(f.weight_variance_ratio)
     allow = sampling_allowance(st.finite_count)  # a = 8 / sqrt(2(n − 1))
-    what = WHAT.format(
-        std=st.std, ratio=ratio, expected=exp, nonlinearity=f.nonlinearity, mode=s.mode, fan=fan
-    )
+    what = WHAT.format(std=st.std, ratio=ratio, expected=exp, nonlinearity=f.nonlinearity, mode=mode, fan=fan)
     status = Status.OK
     if f.role == Role.OUTPUT:
         # K102: only too large; gain 1, bands doubled: ln r > ln(2·T) + a

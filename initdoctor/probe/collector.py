@@ -44,6 +44,7 @@ class Collector:
         self.unit_max: np.ndarray | None = None
         self.grad_y = Moments()
         self.grad_x = Moments()
+        self.spatial: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def forward(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
         """One call: ``x`` the layer's input (None when not a float tensor), ``y`` its output."""
@@ -51,6 +52,8 @@ class Collector:
         if y is None or not y.size or y.dtype.kind != "f":
             self.add(x_moments, x_bad, None)
             return
+        if self.kind.startswith("conv") and x is not None and x.ndim == y.ndim > 2:
+            self.spatial = (tuple(int(d) for d in x.shape[2:]), tuple(int(d) for d in y.shape[2:]))
         y_moments, bad = fast_moments(y)
         nan = inf = 0
         if bad:
@@ -106,4 +109,6 @@ class Collector:
             grad_var=self.grad_y.var if self.grad_y.count else None,
             input_grad_second_moment=self.grad_x.second_moment if self.grad_x.count else None,
             output_grad_second_moment=self.grad_y.second_moment if self.grad_y.count else None,
+            input_spatial=self.spatial[0] if self.spatial else None,
+            output_spatial=self.spatial[1] if self.spatial else None,
         )

@@ -30,6 +30,9 @@ class ActivationStats:
     grad_var: float | None = None
     input_grad_second_moment: float | None = None
     output_grad_second_moment: float | None = None
+    #: convolutions: the spatial size of the layer's input and output (torch backend; None elsewhere)
+    input_spatial: tuple[int, ...] | None = None
+    output_spatial: tuple[int, ...] | None = None
 
 
 @dataclass

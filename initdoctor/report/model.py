@@ -146,6 +146,7 @@ class Summary:
     grad_depth_ratio: float | None = None
     residual_growth: float | None = None  # geometric mean of the blocks' growth
     rule: str | None = None  # the model-level rule that decided the summary (None: the layers did)
+    kaiming_mode: str | None = None  # the He condition judged: "fan_in" or "fan_out" (detected or forced)
 
 
 @dataclass

@@ -30,7 +30,7 @@ Report layout (``initdoctor.report/1``)::
      "residual_blocks": [{"name", "layers", "growth", "status", "message", "rule"}],
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
                  "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
-                 "grad_depth_ratio", "residual_growth", "rule"},
+                 "grad_depth_ratio", "residual_growth", "rule", "kaiming_mode"},
      "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
      "notes": [str]}
 
