@@ -12,9 +12,11 @@ and its twin):
 * masked LMs (BERT, DistilBERT): the same sequences, 15% of positions replaced by id 999, loss on
   those positions;
 * T5: copy (labels = input ids, the decoder teacher-forced);
-* image classifiers (ViT, the CNNs): 10 classes, each a fixed random N(0, 1) prototype image;
-  an example is 0.25 · its class's prototype + N(0, 1) noise (a linear teacher on pooled Gaussian
-  images was tried first: nothing, healthy or broken, learned it within 80 steps);
+* image classifiers (ViT, the CNNs): 10 classes, each a fixed random N(0, 1) prototype image and
+  a fixed colour cast (a per-channel constant, N(0, 0.5²)); an example is N(0, 1) noise + 0.25 ·
+  its class's prototype + its colour. Tried first and dropped: a linear teacher on pooled
+  Gaussian images (nothing, healthy or broken, learned it within 80 steps) and the prototypes
+  alone (ViT learned them, the global-pooling CNNs did not);
 * CLIP: 32 distinct pairs per batch out of 256 classes (a fixed token sequence and a fixed
   prototype image + N(0, 0.5²) noise per class), CLIP's own contrastive loss.
 
@@ -55,6 +57,7 @@ class Task:
         self.successors = torch.stack([torch.randperm(MASK, generator=g)[:4] for _ in range(MASK)])
         self.probs = torch.tensor([0.55, 0.25, 0.15, 0.05])
         self.prototypes = torch.randn(realzoo.CLASSES, 3, realzoo.IMAGE, realzoo.IMAGE, generator=g)
+        self.colours = 0.5 * torch.randn(realzoo.CLASSES, 3, 1, 1, generator=g)
         self.clip_text = torch.randint(3, realzoo.VOCAB, (CLIP_CLASSES, realzoo.SEQ), generator=g)
         self.clip_image = torch.randn(CLIP_CLASSES, 3, realzoo.IMAGE, realzoo.IMAGE, generator=g)
 
@@ -68,9 +71,8 @@ class Task:
 
     def images(self, g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.randint(0, realzoo.CLASSES, (n,), generator=g)
-        return self.prototypes[y] * PROTOTYPE + torch.randn(
-            n, 3, realzoo.IMAGE, realzoo.IMAGE, generator=g
-        ), y
+        noise = torch.randn(n, 3, realzoo.IMAGE, realzoo.IMAGE, generator=g)
+        return noise + PROTOTYPE * self.prototypes[y] + self.colours[y], y
 
     def loss(self, entry: realzoo.Entry, model: torch.nn.Module, seed: int) -> torch.Tensor:
         """The loss of ``model`` on the batch of ``seed``."""

@@ -177,14 +177,13 @@ def main(argv: list[str] | None = None) -> None:
         tempfile.TemporaryDirectory(prefix="initdoctor-survey-") as tmp,
         ThreadPoolExecutor(args.jobs) as pool,
     ):
+        pending = []  # every form of every model in flight while the next model's files are written
         for entry in entries:
-            written = write_forms(entry, Path(tmp), forms)
-            futures = {
-                form: pool.submit(run_one, argv, args.timeout) if isinstance(argv, list) else argv
-                for form, argv in written.items()
-            }
-            for form, fut in futures.items():
-                emit(row(entry, form, fut if isinstance(fut, str) else fut.result()))
+            for form, argv in write_forms(entry, Path(tmp), forms).items():
+                job = pool.submit(run_one, argv, args.timeout) if isinstance(argv, list) else argv
+                pending.append((entry, form, job))
+        for entry, form, job in pending:
+            emit(row(entry, form, job if isinstance(job, str) else job.result()))
     emit(f"# {len(entries)} models, total {time.perf_counter() - start:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
