@@ -181,7 +181,10 @@ def test_untraceable_llama_blocks_come_from_the_module_tree():
 
 
 def test_gpt2_lm_head_tied():
-    report = initdoctor.diagnose(gpt2_lm(), probe=True, batch_size=2)
+    """Exported with a dynamic batch: a probe batch other than the export's 2 runs (it used to fail
+    with "Guard failed: input_ids.size()[0] == 2")."""
+    report = initdoctor.diagnose(gpt2_lm(), probe=True, input_shapes=((4, 16),), vocab_size=1000)
+    assert report.probe["inputs"] == [{"shape": [4, 16], "dtype": "int64"}]
     growth = measured(report)
     assert {f"transformer.h.{i}.{p}" for i in range(4) for p in ("attn", "mlp")} <= set(growth)
     f = by_name(report)
@@ -236,10 +239,7 @@ def test_vit_larger_images_without_a_graph_do_not_crash():
     return the raw op "norm" ("unknown nonlinearity 'norm'")."""
     report = initdoctor.diagnose(vit(64, 16), probe=True, input_shapes=((2, 3, 64, 64),))
     assert "torch.fx could not trace" in " ".join(report.notes)
-    assert [b.name for b in report.residual_blocks] == ["encoder.layer.0", "encoder.layer.1"] or len(
-        report.residual_blocks
-    ) == 2
-    measured(report)
+    assert list(measured(report)) == ["layers.0", "layers.1"]  # the ViTLayer modules, hooked
     assert "norm" not in {f.nonlinearity for f in report.layers}
 
 

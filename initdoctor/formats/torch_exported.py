@@ -9,13 +9,12 @@ from ..gains import fans
 from ..graph import (
     OpNode,
     following_nonlinearity,
-    gate_layers,
     graph_follower,
-    normalized_after_activation,
     residual_blocks,
     stream_inputs,
 )
 from ..model import Layer, ModelDescription, NormLayer
+from .graph_patterns import gate_layers, normalized_after_activation
 from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op, tensor_stats
 
 _EXPORT_WEIGHTED = {

@@ -16,14 +16,13 @@ from ..gains import fans
 from ..graph import (
     OpNode,
     following_nonlinearity,
-    gate_layers,
     graph_follower,
-    normalized_after_activation,
     residual_blocks,
     stream_inputs,
 )
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
+from .graph_patterns import gate_layers, normalized_after_activation
 from .torch_exported import describe_exported
 from .torch_ops import (
     WEIGHTED_CLASSES,
@@ -229,7 +228,9 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
 
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     """``torch.export`` the model on a small example input inferred from its first weighted module
-    (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
+    (token ids for an embedding), non-strict with a dynamic batch dimension (``Dim.AUTO``: kept
+    static where the model needs it), or None when that fails. Parameters stay shared with
+    ``module``."""
     import torch
 
     from ..model import infer_input_shape
@@ -248,7 +249,9 @@ def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     was_training = module.training
     try:
         module.eval()
-        return torch.export.export(module, (example,), strict=False)
+        # the batch dimension dynamic where the model allows it (the probe's batch may differ)
+        batch = {0: torch.export.Dim.AUTO}
+        return torch.export.export(module, (example,), dynamic_shapes=(batch,), strict=False)
     except Exception:  # noqa: BLE001 - any export failure means "no graph"
         return None
     finally:
