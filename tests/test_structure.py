@@ -240,6 +240,9 @@ def test_vit_larger_images_without_a_graph_do_not_crash():
     report = initdoctor.diagnose(vit(64, 16), probe=True, input_shapes=((2, 3, 64, 64),))
     assert "torch.fx could not trace" in " ".join(report.notes)
     assert list(measured(report)) == ["layers.0", "layers.1"]  # the ViTLayer modules, hooked
+    f = by_name(report)
+    # module order: the layer before the first block starts the stream; the pooler's tanh ends a head
+    assert (f["embeddings.patch_embeddings.projection"].role, f["pooler.dense"].role) == ("stream", "output")
     assert "norm" not in {f.nonlinearity for f in report.layers}
 
 

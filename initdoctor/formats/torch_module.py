@@ -185,7 +185,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
-        blocks, feeders, gates, then_norm = module_blocks(module, weighted), [], [], set()
+        blocks, gates, then_norm = module_blocks(module, weighted), [], set()
+        feeders = _stream_feeder(order, blocks)
         for block in blocks:  # inside a block the next module registered is no follower (q → k)
             for name in block.layers:
                 follow[name] = None
@@ -258,6 +259,15 @@ def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
         module.train(was_training)
 
 
+def _stream_feeder(order: list[str], blocks: list[Any]) -> list[str]:
+    """Without a graph: the weighted layer registered last before the first repeated block (a
+    ViT's patch projection, a ResNet's stem conv) starts the residual stream."""
+    if not blocks:
+        return []
+    first = order.index(blocks[0].layers[0])
+    return order[first - 1 : first] if first > 0 else []
+
+
 def _follow_by_module_order(
     leaves: list[tuple[str, Any]], weighted: dict[str, Any]
 ) -> dict[str, tuple[str, float | None, bool] | None]:
@@ -267,7 +277,7 @@ def _follow_by_module_order(
         if name not in weighted:
             continue
         result: tuple[str, float | None, bool] | None = ("linear", None, True)
-        for _, nxt in leaves[i + 1 :]:
+        for j, (_, nxt) in enumerate(leaves[i + 1 :], start=i + 1):
             op, param = module_op(nxt)
             if op == "pass":
                 continue
@@ -277,8 +287,9 @@ def _follow_by_module_order(
                 result = None
             elif op == "norm":
                 result = ("normalized", None, False)
-            else:
-                result = (op, param, False)
+            else:  # an activation; the last one before the output (a pooler's tanh) ends a head
+                last = all(module_op(m)[0] == "pass" for _, m in leaves[j + 1 :])
+                result = (op, param, last)
             break
         out[name] = result
     return out
