@@ -250,6 +250,18 @@ def test_resnet18_like_blocks_and_fan_out_convs():
     report = initdoctor.diagnose(nets.resnet18_like(), probe=True, batch_size=4)
     growth = measured(report)
     assert list(growth) == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    desc = describe_module_graph(nets.resnet18_like(), path="<resnet>", fmt="factory")[0]
+    # one stream through each stage (after the post-add ReLU); a downsampling skip restarts it
+    assert [b.after for b in desc.blocks] == [
+        None,
+        "layer1.0",
+        None,
+        "layer2.0",
+        None,
+        "layer3.0",
+        None,
+        "layer4.0",
+    ]
     f = by_name(report)
     assert all(f[n].role == "normalized" for n in f if n.startswith("layer"))  # every conv → BN
     assert f["fc"].role == "output"
@@ -275,6 +287,7 @@ def test_mobilenetv3_like_squeeze_excitation_gates():
     gates = [n for n in f if f[n].role == "gate"]
     assert gates == [f"features.{i}.block.6.{fc}" for i in (1, 2, 3) for fc in ("fc1", "fc2")]
     assert all(f[n].status == "ok" and "gate" in f[n].message for n in gates)
+    assert f["features.1.block.6.fc2"].nonlinearity_source == "structure"  # before a hardsigmoid
     # the squeeze conv is Kaiming fan_out with gain √2 and fan_out 12: std ratio vs fan_in 48 is 2
     assert f["features.1.block.6.fc1"].std_ratio == pytest.approx(2.0, rel=0.1)
     assert f["features.1.block.0"].role == "normalized"

@@ -68,6 +68,8 @@ def new_finding(
     role, nonlin, param, source = resolve_role(layer, desc, s, last_name)
     if layer.name in desc.gates and source != Source.CONFIG:
         role = Role.GATE  # squeeze-excitation: scales channels, not on the signal path
+        if source == Source.FLAG:  # before the gate's (hard)sigmoid, which has no gain here
+            nonlin, param, source = "linear", None, Source.STRUCTURE
     elif role == Role.HIDDEN and layer.name in branch_of:
         role = Role.RESIDUAL
         if source == Source.FLAG:  # a block's layer whose follower no graph shows: no assumed ReLU
