@@ -112,7 +112,7 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
     ids = list(nodes)
     index = {node_id: i for i, node_id in enumerate(ids)}
     order = {n: k for k, n in enumerate(layer_of)}  # the sides list layers in layer_of's order
-    blocks: list[Block] = []
+    blocks: list[Block] = []  # named by their layers' common prefix; "1#2": the second block under "1"
     for node in nodes.values():
         if node.op != "residual" or len(node.inputs) != 2 or node.tensor is None:
             continue
@@ -130,7 +130,9 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
             nxt = nodes[node.users[0]]
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
                 end = nxt.tensor
-        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
+        name = _common_prefix(branch) or f"block{len(blocks)}"
+        taken = sum(b.name == name or b.name.startswith(name + "#") for b in blocks)
+        blocks.append(Block(f"{name}#{taken + 1}" if taken else name, skip_tensor, end, branch))
     return link_blocks(blocks, nodes)
 
 

@@ -333,3 +333,48 @@ def test_multihead_attention_out_proj_is_a_residual_layer():
         assert (out.role, out.nonlinearity, out.nonlinearity_source) == ("residual", "linear", "graph")
         assert out.activation_var is not None and out.activation_var > 0
     assert not any("not called" in n for n in report.probe["notes"])
+
+
+class _PreLNBlock(nn.Module):
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (
+            p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+def test_fx_traced_attention_projections_are_linear():
+    """A torch.nn pre-LN transformer torch.fx can trace: q/k/v feed scaled_dot_product_attention
+    (follower linear), o and fc2 feed the stream; 2 layers → 4 blocks on one stream."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), _PreLNBlock(), _PreLNBlock(), nn.Linear(32, 4))
+    desc, _, backend = describe_module_graph(model, path="<fx>", fmt="factory")
+    assert backend == "torch"
+    assert [(b.name, b.after) for b in desc.blocks] == [
+        ("1", None),
+        ("1#2", "1"),
+        ("2", "1#2"),
+        ("2#2", "2"),
+    ]
+    report = initdoctor.diagnose(model, probe=True, input_shapes=((4, 6, 8),))
+    assert list(measured(report)) == ["1", "1#2", "2", "2#2"]
+    f = by_name(report)
+    for name in ("1.q", "1.k", "1.v", "1.o", "1.fc2"):
+        assert (f[name].role, f[name].nonlinearity, f[name].nonlinearity_source) == (
+            "residual",
+            "linear",
+            "graph",
+        )
+    assert f["1.fc1"].nonlinearity == "gelu"
+    assert f["0"].role == "stream"
