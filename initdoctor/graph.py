@@ -76,6 +76,17 @@ class Block:
     after: str | None = None
 
 
+def unique_names(blocks: list[Block]) -> list[Block]:
+    """Blocks are named by their branch layers' common prefix; a name taken by an earlier block
+    gets ``#k`` (``"1"``, ``"1#2"``: two blocks under module ``1``), so ``after`` is unambiguous."""
+    taken: dict[str, int] = {}
+    for block in blocks:
+        taken[block.name] = taken.get(block.name, 0) + 1
+        if taken[block.name] > 1:
+            block.name = f"{block.name}#{taken[block.name]}"
+    return blocks
+
+
 _NO_OPS = {"to", "_to_copy", "alias", "clone", "contiguous", "detach", "dropout", "identity", "Identity"}
 
 
@@ -112,7 +123,7 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
     ids = list(nodes)
     index = {node_id: i for i, node_id in enumerate(ids)}
     order = {n: k for k, n in enumerate(layer_of)}  # the sides list layers in layer_of's order
-    blocks: list[Block] = []  # named by their layers' common prefix; "1#2": the second block under "1"
+    blocks: list[Block] = []
     for node in nodes.values():
         if node.op != "residual" or len(node.inputs) != 2 or node.tensor is None:
             continue
@@ -130,10 +141,8 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
             nxt = nodes[node.users[0]]
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
                 end = nxt.tensor
-        name = _common_prefix(branch) or f"block{len(blocks)}"
-        taken = sum(b.name == name or b.name.startswith(name + "#") for b in blocks)
-        blocks.append(Block(f"{name}#{taken + 1}" if taken else name, skip_tensor, end, branch))
-    return link_blocks(blocks, nodes)
+        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
+    return link_blocks(unique_names(blocks), nodes)
 
 
 def _sides(
