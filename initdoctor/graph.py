@@ -10,7 +10,13 @@ Loaders for graph formats (ONNX, torch.fx, torch.export) translate their nodes i
 * ``"weighted"`` for another weighted layer, ``"output"`` for a model output;
 * ``"norm"`` for a normalization (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm);
 * ``"residual"`` for an add of two computed tensors (a skip connection joining a branch);
-* ``"other"`` for anything else (concat, attention's matmuls, ...).
+* ``"attention"`` for attention's own ops (softmax, scaled_dot_product_attention, bmm/matmul of
+  two computed tensors): a projection feeding them is followed by no nonlinearity;
+* ``"act"`` for an activation without a gain here (hardswish, hardsigmoid, ReLU6, ...);
+* ``"other"`` for anything else (concat, elementwise products, ...).
+
+``raw`` keeps the source op's own name (``mul``, ``hardsigmoid``…) for pattern searches such as
+:func:`initdoctor.formats.graph_patterns.gate_layers`.
 
 :func:`following_nonlinearity` walks forward from a layer through ``"pass"`` nodes;
 :func:`residual_blocks` finds which weighted layers sit in the branch of each residual add.
@@ -33,6 +39,7 @@ class OpNode:
     param: float | None = None
     inputs: list[str] = field(default_factory=list)  # computed inputs (not weights or constants)
     tensor: str | None = None  # the value the probe can measure (fx node / ONNX tensor name)
+    raw: str = ""  # the source op's name (``mul``, ``sigmoid``, ``Hardsigmoid``…)
 
 
 def _reaches_output(nodes: Mapping[str, OpNode], node: OpNode, max_steps: int = 16) -> bool:
@@ -55,12 +62,52 @@ def _reaches_output(nodes: Mapping[str, OpNode], node: OpNode, max_steps: int = 
 @dataclass
 class Block:
     """A residual block: ``out = skip + branch(…)``; ``layers`` are the weighted layers in the
-    branch; ``skip_tensor``/``out_tensor`` are what the probe measures (growth = Var[out]/Var[skip])."""
+    branch; ``skip_tensor``/``out_tensor`` are what the probe measures (growth = Var[out]/Var[skip]).
+
+    ``after`` names the block whose output is this block's skip input (the same stream, one block
+    after the other); None where the stream restarts (a downsampling projection on the skip, the
+    first block). Blocks found from module structure (no graph) measure the block module's input
+    and output: ``skip_tensor = "path:in"``, ``out_tensor = "path:out"``."""
 
     name: str
     skip_tensor: str
     out_tensor: str
     layers: list[str]
+    after: str | None = None
+
+
+def unique_names(blocks: list[Block]) -> list[Block]:
+    """Blocks are named by their branch layers' common prefix; a name taken by an earlier block
+    gets ``#k`` (``"1"``, ``"1#2"``: two blocks under module ``1``), so ``after`` is unambiguous."""
+    taken: dict[str, int] = {}
+    for block in blocks:
+        taken[block.name] = taken.get(block.name, 0) + 1
+        if taken[block.name] > 1:
+            block.name = f"{block.name}#{taken[block.name]}"
+    return blocks
+
+
+_NO_OPS = {"to", "_to_copy", "alias", "clone", "contiguous", "detach", "dropout", "identity", "Identity"}
+
+
+def link_blocks(blocks: list[Block], nodes: Mapping[str, OpNode] | None = None) -> list[Block]:
+    """Fill each block's ``after``: the block whose output tensor is its skip input, looking back
+    through value-preserving ops (a dtype cast to the same dtype, an alias, dropout)."""
+    by_tensor = {n.tensor: n for n in nodes.values() if n.tensor is not None} if nodes else {}
+    by_out: dict[str, str] = {}
+    for block in blocks:
+        tensor: str | None = block.skip_tensor
+        for _ in range(8):
+            if tensor is None or tensor in by_out:
+                break
+            node = by_tensor.get(tensor)
+            if node is None or node.raw not in _NO_OPS or len(node.inputs) != 1:
+                break
+            source = nodes.get(node.inputs[0]) if nodes else None
+            tensor = source.tensor if source is not None else None
+        block.after = by_out.get(tensor) if tensor is not None else None
+        by_out[block.out_tensor] = block.name
+    return blocks
 
 
 def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[Block]:
@@ -95,7 +142,7 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
                 end = nxt.tensor
         blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
-    return blocks
+    return link_blocks(unique_names(blocks), nodes)
 
 
 def _sides(
@@ -190,8 +237,10 @@ def following_nonlinearity(
 
     Returns ``(nonlinearity, param, is_output)``: an activation found through pass-through nodes;
     ``("linear", None, True)`` when the path reaches a model output (the logit layer);
-    ``("linear", None, False)`` when it reaches another weighted layer directly. Returns ``None``
-    when it is not simple to tell (an ``"other"`` node, branches that disagree, a long chain).
+    ``("linear", None, False)`` when it reaches another weighted layer, attention (q/k/v feed
+    softmax(q·kᵀ)·v, no nonlinearity) or the residual stream (an add joining a skip) directly.
+    Returns ``None`` when it is not simple to tell (an ``"other"`` node, branches that disagree, a
+    long chain): :func:`graph_follower` then looks further.
     """
     found: set[tuple[str, float | None, bool]] = set()
     frontier = list(nodes[start].users)
@@ -204,7 +253,7 @@ def following_nonlinearity(
         seen.add(node_id)
         steps += 1
         node = nodes.get(node_id)
-        if node is None or steps > max_steps or node.op in ("other", "residual"):
+        if node is None or steps > max_steps or node.op in ("other", "act"):
             return None
         if node.op in ACTIVATIONS:
             found.add((node.op, node.param, _reaches_output(nodes, node)))
@@ -212,7 +261,10 @@ def following_nonlinearity(
             found.add(("normalized", None, False))
         elif node.op == "output":
             found.add(("linear", None, True))
-        elif node.op == "weighted":
+        elif node.op == "residual":  # the stream; a post-add activation (a basic block's ReLU) applies
+            after = _only_activation(nodes, node)
+            found.add((after.op, after.param, False) if after is not None else ("linear", None, False))
+        elif node.op in ("weighted", "attention"):
             found.add(("linear", None, False))
         elif node.op == "pass":
             frontier.extend(node.users)
@@ -221,3 +273,50 @@ def following_nonlinearity(
     if len(found) == 1:
         return found.pop()
     return None
+
+
+def _only_activation(nodes: Mapping[str, OpNode], node: OpNode) -> OpNode | None:
+    """The activation that every path from ``node`` meets first through pass-through nodes, if
+    that is a single activation node."""
+    frontier, acts = list(node.users), set()
+    seen: set[str] = set()
+    while frontier and len(seen) < 16:
+        nxt = nodes.get(frontier.pop())
+        if nxt is None or nxt.id in seen:
+            continue
+        seen.add(nxt.id)
+        if nxt.op in ACTIVATIONS:
+            acts.add(nxt.id)
+        elif nxt.op == "pass":
+            frontier.extend(nxt.users)
+        else:
+            return None
+    return nodes[acts.pop()] if len(acts) == 1 else None
+
+
+def graph_follower(
+    nodes: Mapping[str, OpNode], start: str, max_steps: int = 48
+) -> tuple[str, float | None, bool] | None:
+    """What follows ``start`` when :func:`following_nonlinearity` cannot tell, read further: the
+    walk goes on through ``"other"`` ops (rotary embeddings' products and concatenations, a class
+    token's concat, a position embedding's add) and returns ``("linear", None, False)`` when every
+    path ends at attention, a norm, the residual stream, another weighted layer or an output
+    without meeting an activation (a patch embedding, q/k/v under rotary embeddings). None when an
+    activation (or a gate) is met, or the walk is too long: then nothing is claimed.
+    """
+    frontier = list(nodes[start].users)
+    seen: set[str] = set()
+    ends = 0
+    while frontier:
+        node_id = frontier.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = nodes.get(node_id)
+        if node is None or len(seen) > max_steps or node.op in ACTIVATIONS or node.op == "act":
+            return None
+        if node.op in ("weighted", "attention", "norm", "output", "residual"):
+            ends += 1
+        else:  # pass, other
+            frontier.extend(node.users)
+    return ("linear", None, False) if ends else None

@@ -37,6 +37,8 @@ class Layer:
     nonlinearity: str | None = None
     nonlinearity_param: float | None = None
     is_output: bool | None = None
+    #: the activation after this layer is followed by a normalization (Linear → GELU → LayerNorm)
+    normalized_after: bool = False
     #: For graph formats that name their tensors (ONNX): (input tensor, pre-activation output
     #: tensor, after the bias add) — what the probe exposes.
     tensors: tuple[str, str] | None = None
@@ -78,6 +80,8 @@ class ModelDescription:
     #: weights the checkpoint lacks that the model initialized itself (a Hugging Face folder's new
     #: head): tensor names, tied copies excluded
     new_layers: list[str] = field(default_factory=list)
+    #: the layers of squeeze-excitation gates (see :func:`initdoctor.graph.gate_layers`)
+    gates: list[str] = field(default_factory=list)
 
 
 def infer_input_shape(

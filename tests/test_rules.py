@@ -64,8 +64,16 @@ def test_cli_rule_unknown_code_is_one_error_line():
 
 def test_enums_keep_todays_strings():
     assert [s.value for s in Status] == ["skip", "ok", "warn", "error"]
-    assert {r.value for r in Role} == {"hidden", "output", "embedding", "residual", "stream", "normalized"}
-    assert {s.value for s in Source} == {"graph", "flag", "rule", "config"}
+    assert {r.value for r in Role} == {
+        "hidden",
+        "output",
+        "embedding",
+        "residual",
+        "stream",
+        "normalized",
+        "gate",
+    }
+    assert {s.value for s in Source} == {"graph", "flag", "rule", "config", "structure"}
 
 
 def test_rule_field_names_the_rule_that_set_the_status():

@@ -3,10 +3,13 @@ nonlinearity follows it and where that came from (:class:`~initdoctor.report.Sou
 layer's finding before any rule judges it.
 
 Precedence: an embedding is an embedding; then a configured override (``overrides`` globs);
-then the graph (a normalization after the layer makes it ``normalized``); without a graph the last
+then the graph (a normalization after the layer, or after its activation, makes it
+``normalized``); without a graph the last
 weighted layer in order is the ``output`` (linear); anything else is ``hidden`` with the
 ``nonlinearity`` setting. A hidden layer inside a residual branch becomes ``residual``, one that
-feeds the residual stream becomes ``stream``.
+feeds the residual stream becomes ``stream``; a layer of a residual block whose follower no graph
+shows is ``linear`` with source ``structure`` (never the ``nonlinearity`` setting). The two layers
+of a squeeze-excitation gate are ``gate``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def resolve_role(
             return role, nonlinearity, param, Source.CONFIG
     if layer.nonlinearity == "normalized":
         return Role.NORMALIZED, "normalized", None, Source.GRAPH
+    if layer.nonlinearity is not None and layer.normalized_after:  # Linear → GELU → LayerNorm
+        return Role.NORMALIZED, layer.nonlinearity, layer.nonlinearity_param, Source.GRAPH
     if layer.nonlinearity is not None:
         role = Role.OUTPUT if layer.is_output else Role.HIDDEN
         return role, layer.nonlinearity, layer.nonlinearity_param, Source.GRAPH
@@ -61,8 +66,14 @@ def new_finding(
     """The layer's finding with its role, nonlinearity and gain resolved, status ``ok``, not yet
     judged (``gain`` is 1 for a ``normalized`` layer: no nonlinearity scale applies)."""
     role, nonlin, param, source = resolve_role(layer, desc, s, last_name)
-    if role == Role.HIDDEN and layer.name in branch_of:
+    if layer.name in desc.gates and source != Source.CONFIG:
+        role = Role.GATE  # squeeze-excitation: scales channels, not on the signal path
+        if source == Source.FLAG:  # before the gate's (hard)sigmoid, which has no gain here
+            nonlin, param, source = "linear", None, Source.STRUCTURE
+    elif role == Role.HIDDEN and layer.name in branch_of:
         role = Role.RESIDUAL
+        if source == Source.FLAG:  # a block's layer whose follower no graph shows: no assumed ReLU
+            nonlin, param, source = "linear", None, Source.STRUCTURE
     elif role == Role.HIDDEN and layer.name in feeders:
         role = Role.STREAM
     gain = 1.0 if nonlin == "normalized" else calculate_gain(nonlin, param)

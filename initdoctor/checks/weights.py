@@ -214,7 +214,7 @@ def judge_layer(
     exp = expected_std(f.gain, max(fan, 1))  # g / sqrt(n): He et al. 2015, eq. 10 / eq. 14
     f.expected_std = exp
     zero = st.all_zero
-    if f.role in (Role.NORMALIZED, Role.RESIDUAL):
+    if f.role in (Role.NORMALIZED, Role.RESIDUAL, Role.GATE):
         judge_structural(f, layer, exp, block, zero, ignored)
         return None
     if zero:
@@ -294,6 +294,10 @@ def judge_structural(
         elif st.std == 0:
             f.message = K107.message(mean=st.mean)
             flag(f, K107, Status.ERROR, ignored)
+        return
+    if f.role == Role.GATE:  # facts only; a sigmoid gate's scale is not a signal path's
+        ratio = f"{f.std_ratio:.3g}" if f.std_ratio is not None else "n/a"
+        f.message = f"squeeze-excitation gate: not on the signal path, not judged (std ratio {ratio})"
         return
     if zero:
         f.message = ZERO_RESIDUAL.format(block=block)

@@ -6,9 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..graph import (
+    OpNode,
+    following_nonlinearity,
+    graph_follower,
+    residual_blocks,
+    stream_inputs,
+)
 from ..model import Layer, ModelDescription, NormLayer
-from .torch_ops import ACTIVATION_NAMES, NORM_NAMES, PASS_NAMES, count_parameters, tensor_stats
+from .graph_patterns import gate_layers, normalized_after_activation
+from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op, tensor_stats
 
 _EXPORT_WEIGHTED = {
     # aten op name: (weight arg index, groups arg index or None, transposed)
@@ -69,6 +76,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                             None,
                             [a.name for a in node.all_input_nodes if a.name not in constant],
                             node.name,
+                            name,
                         )
                         continue
                 elif name in ("linear", "embedding"):
@@ -78,21 +86,25 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                 groups = int(node.args[gidx]) if gidx is not None and len(node.args) > gidx else 1
                 found.append((node.name, fqn, kind, groups))
                 op = "weighted"
+            elif (scope := _scope(node)) is not None:
+                op = scope  # an op inside a norm (LlamaRMSNorm: pow, mean, rsqrt, mul) or a GELU module
             elif name in ("add", "add_"):
                 flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.name not in constant]
                 op = "pass" if len(flowing) <= 1 else "residual"
-            elif name in NORM_NAMES:
-                op = "norm"
-            elif name in ACTIVATION_NAMES:
-                op = ACTIVATION_NAMES[name]
+            else:
+                op = function_op(name)
                 if op == "leaky_relu":
                     param = float(node.args[1]) if len(node.args) > 1 else 0.01
-            elif name in PASS_NAMES:
-                op = "pass"
+                elif op == "attention" and name in ("matmul", "bmm", "mm"):
+                    computed = [
+                        a for a in node.args if isinstance(a, torch.fx.Node) and a.name not in constant
+                    ]
+                    op = "attention" if len(computed) == 2 else "other"
         elif node.op == "output":
             op = "output"
+        raw = _aten_name(node.target) if node.op == "call_function" else ""
         inputs = [a.name for a in node.all_input_nodes if a.name not in constant]
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name, raw)
 
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -106,9 +118,10 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         name = fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn
         bias_key = f"{name}.bias" if f"{name}.bias" in state else None
         layer = Layer(name, kind, fqn, shape, fan_in, fan_out, tensor_stats(weight), groups, bias_key)
-        hit = following_nonlinearity(nodes, node_name)
+        hit = following_nonlinearity(nodes, node_name) or graph_follower(nodes, node_name)
         if hit is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
+            layer.normalized_after = normalized_after_activation(nodes, node_name)
         layers.append(layer)
     norms = [
         NormLayer(
@@ -136,4 +149,19 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         "execution",
         blocks=(blocks := residual_blocks(nodes, layer_of)),
         stream_inputs=stream_inputs(nodes, layer_of, blocks),
+        gates=gate_layers(nodes, layer_of),
     )
+
+
+def _scope(node: Any) -> str | None:
+    """``"norm"`` or an activation when ``node`` runs inside such a module (its innermost
+    ``nn_module_stack`` entry): ``LlamaRMSNorm``, ``T5LayerNorm``… written as ops rather than one
+    norm op; ``NewGELUActivation`` written as tanh and products."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    _path, cls = list(stack.values())[-1]
+    name = cls if isinstance(cls, str) else getattr(cls, "__qualname__", str(cls))
+    if class_name_is_norm(name):
+        return "norm"
+    return class_activation(name)

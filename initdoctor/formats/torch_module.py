@@ -13,29 +13,58 @@ import operator
 from typing import Any
 
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..graph import (
+    OpNode,
+    following_nonlinearity,
+    graph_follower,
+    residual_blocks,
+    stream_inputs,
+)
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
+from .graph_patterns import gate_layers, normalized_after_activation
 from .torch_exported import describe_exported
 from .torch_ops import (
-    ACTIVATION_NAMES,
-    NORM_CLASSES,
-    NORM_NAMES,
-    PASS_NAMES,
     WEIGHTED_CLASSES,
+    activation_module,
     count_parameters,
+    function_op,
+    is_norm_module,
     lookup,
     module_op,
+    norm_kind_of,
     tensor_stats,
 )
+from .torch_structure import module_blocks
+
+
+def fx_trace(root: Any) -> Any:
+    """``torch.fx`` trace of ``root`` with normalization modules kept whole (a ``LlamaRMSNorm``,
+    timm's ``BatchNormAct2d``: one ``call_module`` node, not their inner ops and shape checks).
+    Activation modules known by name (``NewGELUActivation``…) are kept whole too. The probe runs
+    this same graph, so node names agree. Raises what tracing raises."""
+    import torch.fx
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            named = activation_module(m) is not None
+            return named or is_norm_module(m) or super().is_leaf_module(m, qualname)
+
+    tracer = Tracer()
+    graph = tracer.trace(root)
+    return torch.fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 
 def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] | None:
-    """Trace ``root`` with torch.fx; return (weighted module paths in call order, nodes, path→node id)."""
-    import torch.fx
+    """Trace ``root`` with torch.fx; return (weighted module paths in call order, nodes, path→node id).
+
+    ``nn.MultiheadAttention`` is one node whose output projection it applies without calling
+    ``out_proj`` (``F.multi_head_attention_forward`` uses the weight directly): that node stands
+    for ``out_proj``."""
+    import torch
 
     try:
-        traced = torch.fx.symbolic_trace(root)
+        traced = fx_trace(root)
     except Exception:  # noqa: BLE001 - any tracing failure means "no simple graph"
         return None
     modules = dict(traced.named_modules())
@@ -43,38 +72,45 @@ def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] 
     call_order: list[str] = []
     node_of: dict[str, str] = {}
     for node in traced.graph.nodes:
-        op, param = "other", None
+        op, param, raw = "other", None, ""
         if node.op == "call_module":
-            op, param = module_op(modules[node.target])
-            if op == "weighted" and node.target not in node_of:
-                call_order.append(node.target)
-                node_of[node.target] = node.name
+            mod = modules[node.target]
+            raw = type(mod).__name__
+            op, param = module_op(mod)
+            target = node.target
+            if raw == "MultiheadAttention" and isinstance(getattr(mod, "out_proj", None), torch.nn.Module):
+                op, target = "weighted", f"{node.target}.out_proj"
+            if op == "weighted" and target not in node_of:
+                call_order.append(target)
+                node_of[target] = node.name
         elif node.op in ("call_function", "call_method"):
             name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+            raw = name
             if node.target in (operator.add, operator.iadd) or name in ("add", "add_"):
                 op = _add_op(node)
-            elif name in ACTIVATION_NAMES:
-                op = ACTIVATION_NAMES[name]
+            else:
+                op = function_op(name)
                 if op == "leaky_relu":
                     slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
                     param = float(slope)
-            elif name in PASS_NAMES:
-                op = "pass"
-            elif name in NORM_NAMES:
-                op = "norm"
+                elif op == "attention" and name in ("matmul", "bmm") and len(_flowing(node)) < 2:
+                    op = "other"  # a product with a constant or parameter: not attention
         elif node.op == "output":
             op = "output"
         inputs = [a.name for a in node.all_input_nodes if a.op != "get_attr"]
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
+        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name, raw)
     return call_order, nodes, node_of
+
+
+def _flowing(node: Any) -> list[Any]:
+    import torch.fx
+
+    return [a for a in node.args if isinstance(a, torch.fx.Node) and a.op != "get_attr"]
 
 
 def _add_op(node: Any) -> str:
     """A bias add (one operand a constant or an attribute) passes through; a residual add does not."""
-    import torch.fx
-
-    flowing = [a for a in node.args if isinstance(a, torch.fx.Node) and a.op not in ("get_attr",)]
-    return "pass" if len(flowing) <= 1 else "residual"
+    return "pass" if len(_flowing(node)) <= 1 else "residual"
 
 
 def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
@@ -109,8 +145,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             seen_weights[ident] = name
             weighted[name] = (mod, kind)
             continue
-        hit, norm_kind = lookup(mod, NORM_CLASSES)
-        if hit and weight.dim() >= 1:
+        if is_norm_module(mod) and weight.dim() >= 1:
+            norm_kind = norm_kind_of(mod)
             bias = getattr(mod, "bias", None)
             norms.append(
                 NormLayer(
@@ -134,18 +170,33 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
     if traced is not None:
         call_order, nodes, node_of = traced
         order = [n for n in call_order if n in weighted] + [n for n in weighted if n not in node_of]
-        follow = {n: following_nonlinearity(nodes, node_of[n]) for n in order if n in node_of}
+        follow = {
+            n: following_nonlinearity(nodes, node_of[n]) or graph_follower(nodes, node_of[n])
+            for n in order
+            if n in node_of
+        }
         order_kind = "execution"
         layer_nodes = {node: path for path, node in node_of.items() if path in weighted}
         blocks = residual_blocks(nodes, layer_nodes)
         feeders = stream_inputs(nodes, layer_nodes, blocks)
+        gates = gate_layers(nodes, layer_nodes)
+        then_norm = {n for n in order if n in node_of and normalized_after_activation(nodes, node_of[n])}
     else:
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
-        blocks, feeders = [], []
+        blocks, gates, then_norm = module_blocks(module, weighted), [], set()
+        feeders = _stream_feeder(order, blocks)
+        for block in blocks:  # inside a block the next module registered is no follower (q → k)
+            for name in block.layers:
+                follow[name] = None
         if not isinstance(module, torch.jit.ScriptModule):
             notes.append("torch.fx could not trace the model: module order and neighbours used")
+        if blocks:
+            notes.append(
+                f"{len(blocks)} repeated blocks found from the module structure "
+                f"({blocks[0].name} …): Var[out]/Var[in] of each block module"
+            )
 
     layers = []
     for name in order:
@@ -169,15 +220,18 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         follows = follow.get(name)
         if follows is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
+            layer.normalized_after = name in then_norm
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
-    desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders)
+    desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
 
 
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     """``torch.export`` the model on a small example input inferred from its first weighted module
-    (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
+    (token ids for an embedding), non-strict with a dynamic batch dimension (``Dim.AUTO``: kept
+    static where the model needs it), or None when that fails. Parameters stay shared with
+    ``module``."""
     import torch
 
     from ..model import infer_input_shape
@@ -196,11 +250,22 @@ def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     was_training = module.training
     try:
         module.eval()
-        return torch.export.export(module, (example,), strict=False)
+        # the batch dimension dynamic where the model allows it (the probe's batch may differ)
+        batch = {0: torch.export.Dim.AUTO}
+        return torch.export.export(module, (example,), dynamic_shapes=(batch,), strict=False)
     except Exception:  # noqa: BLE001 - any export failure means "no graph"
         return None
     finally:
         module.train(was_training)
+
+
+def _stream_feeder(order: list[str], blocks: list[Any]) -> list[str]:
+    """Without a graph: the weighted layer registered last before the first repeated block (a
+    ViT's patch projection, a ResNet's stem conv) starts the residual stream."""
+    if not blocks:
+        return []
+    first = order.index(blocks[0].layers[0])
+    return order[first - 1 : first] if first > 0 else []
 
 
 def _follow_by_module_order(
@@ -212,16 +277,19 @@ def _follow_by_module_order(
         if name not in weighted:
             continue
         result: tuple[str, float | None, bool] | None = ("linear", None, True)
-        for _, nxt in leaves[i + 1 :]:
+        for j, (_, nxt) in enumerate(leaves[i + 1 :], start=i + 1):
             op, param = module_op(nxt)
             if op == "pass":
                 continue
             if op == "weighted":
                 result = ("linear", None, False)
-            elif op == "other":
+            elif op in ("other", "act"):
                 result = None
-            else:
-                result = (op, param, False)
+            elif op == "norm":
+                result = ("normalized", None, False)
+            else:  # an activation; the last one before the output (a pooler's tanh) ends a head
+                last = all(module_op(m)[0] == "pass" for _, m in leaves[j + 1 :])
+                result = (op, param, last)
             break
         out[name] = result
     return out

@@ -4,6 +4,7 @@ tables (weighted, norm, activation, pass-through), and the statistics of a torch
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -177,18 +178,114 @@ def count_parameters(tensors: Any) -> int:
     return total
 
 
+#: A normalization class by name: transformers' ``LlamaRMSNorm``, ``T5LayerNorm``,
+#: ``GemmaRMSNorm``…, ConvNeXt's ``LayerNorm2d``, timm's ``BatchNormAct2d`` (a BatchNorm2d
+#: subclass that also applies an activation).
+_NORM_NAME = re.compile(r"(Norm|NormAct)([123]d)?$")
+
+#: Activations initdoctor has no gain for (``hardswish``…): a nonlinearity the graph shows but
+#: does not name for the rules; a walk stops there.
+OTHER_ACTIVATIONS = {
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "hardtanh",
+    "hardtanh_",
+    "relu6",
+    "elu",
+    "elu_",
+    "mish",
+    "softplus",
+    "Hardswish",
+    "Hardsigmoid",
+    "Hardtanh",
+    "ReLU6",
+    "ELU",
+    "Mish",
+    "Softplus",
+}
+#: The gates of a squeeze-excitation block (``x * sigmoid(…)``).
+GATE_NAMES = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "Sigmoid", "Hardsigmoid"}
+#: Attention's own ops: a projection feeding them is followed by no nonlinearity.
+ATTENTION_NAMES = {
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention",
+    "softmax",
+    "_softmax",
+    "_safe_softmax",
+    "bmm",
+    "baddbmm",
+    "matmul",
+    "einsum",
+}
+
+
+def class_name_is_norm(name: str) -> bool:
+    """Whether a class name (or a dotted ``module.Class`` string) names a normalization."""
+    short = name.rsplit(".", 1)[-1]
+    return short in NORM_CLASSES or bool(_NORM_NAME.search(short))
+
+
+def class_activation(name: str) -> str | None:
+    """The activation a module class stands for by its name, when it is not a torch.nn class:
+    transformers' ``GELUActivation``, ``NewGELUActivation``, ``GELUTanh``, ``QuickGELUActivation``
+    (x·σ(1.702x), a GELU approximation), ``SiLUActivation``; ``Swish``."""
+    short = name.rsplit(".", 1)[-1]
+    if "GELU" in short or "Gelu" in short:
+        return "gelu"
+    if "SiLU" in short or "Swish" in short:
+        return "silu"
+    return None
+
+
+def activation_module(module: Any) -> str | None:
+    """:func:`class_activation` for a module without parameters."""
+    if any(True for _ in getattr(module, "parameters", list)()):
+        return None
+    return class_activation(_class_names(module)[0])
+
+
+def is_norm_module(module: Any) -> bool:
+    """A normalization module: a class of :data:`NORM_CLASSES` (along the MRO), or a class whose
+    name ends in ``Norm``/``RMSNorm``/``LayerNorm`` (optionally ``1d``–``3d``) or ``NormAct2d``,
+    with a 1-D weight or none (no affine), holding no weighted layer (``PreNorm(dim, fn)`` wraps one)."""
+    if lookup(module, NORM_CLASSES)[0]:
+        return True
+    if lookup(module, WEIGHTED_CLASSES)[0]:
+        return False
+    children = getattr(module, "modules", None)
+    if children is not None and any(
+        lookup(m, WEIGHTED_CLASSES)[0] or is_norm_module(m) for m in list(children())[1:]
+    ):
+        return False
+    # named_parameters, not getattr: torch.fx proxies parameter attributes while it traces
+    own = dict(module.named_parameters(recurse=False)) if hasattr(module, "named_parameters") else {}
+    weight = own.get("weight")
+    if weight is not None and weight.dim() != 1:
+        return False
+    return any(_NORM_NAME.search(name) for name in _class_names(module))
+
+
 def module_op(module: Any) -> tuple[str, float | None]:
     hit, kind = lookup(module, WEIGHTED_CLASSES)
     if hit and kind:
         return "weighted", None
+    if is_norm_module(module):
+        return "norm", None
     hit, act = lookup(module, _ACTIVATION_CLASSES)
     if hit and act:
         param = float(getattr(module, "negative_slope", 0.01)) if act == "leaky_relu" else None
         return act, param
+    named = activation_module(module)
+    if named is not None:
+        return named, None
     if any(name in _PASS_CLASSES for name in _class_names(module)):
         return "pass", None
-    if lookup(module, NORM_CLASSES)[0]:
-        return "norm", None
+    if any(name in OTHER_ACTIVATIONS for name in _class_names(module)):
+        return "act", None
     return "other", None
 
 
@@ -204,3 +301,32 @@ NORM_NAMES = {
     "_native_batch_norm_legit_functional",
     "native_group_norm",
 }
+
+
+def function_op(name: str) -> str:
+    """The neutral op (see :mod:`initdoctor.graph`) of a function, method or ATen op name that is
+    neither a weighted layer nor an add."""
+    if name in ACTIVATION_NAMES:
+        return ACTIVATION_NAMES[name]
+    if name in PASS_NAMES:
+        return "pass"
+    if name in NORM_NAMES:
+        return "norm"
+    if name in OTHER_ACTIVATIONS:
+        return "act"
+    if name in ATTENTION_NAMES:
+        return "attention"
+    return "other"
+
+
+def norm_kind_of(module: Any) -> str:
+    """``batchnorm``, ``layernorm``… for a module :func:`is_norm_module` accepts."""
+    hit, kind = lookup(module, NORM_CLASSES)
+    if hit:
+        return str(kind)
+    name = _class_names(module)[0]
+    if "RMS" in name:
+        return "rmsnorm"
+    if "Group" in name:
+        return "groupnorm"
+    return "batchnorm" if "Batch" in name else "layernorm"

@@ -9,6 +9,7 @@ run on batch statistics (as in training) with their running buffers put back aft
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -138,10 +139,14 @@ def probe_torch(
                 _hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers
             ]
             call = module
-            if extra:  # residual blocks: run the fx graph so that functional adds can be measured
-                import torch.fx
+            # blocks from module structure: hooks on the block module ("path:in", "path:out")
+            hooked = {name.rsplit(":", 1)[0] for name in extra if name.endswith((":in", ":out"))}
+            handles += [_block_hook(module, path, extra) for path in hooked]
+            in_graph = {name: m for name, m in extra.items() if not name.endswith((":in", ":out"))}
+            if in_graph:  # residual blocks: run the fx graph so that functional adds can be measured
+                from ..formats.torch_module import fx_trace
 
-                call = _interpreter(torch.fx.symbolic_trace(module), {}, settings.backward, extra).run
+                call = _interpreter(fx_trace(module), {}, settings.backward, in_graph).run
         with torch.set_grad_enabled(settings.backward):
             try:
                 output = call(*inputs)
@@ -180,11 +185,40 @@ def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
 
 def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
     target = module.get_submodule(name) if name != "(root)" else module
+    parent_name, _, leaf = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if name != "(root)" else None
+    if parent is not None and leaf == "out_proj" and type(parent).__name__ == "MultiheadAttention":
+        # F.multi_head_attention_forward applies out_proj's weight without calling out_proj:
+        # its output is the attention module's first output (its input is not exposed)
+
+        def mha_hook(_mod: Any, _args: tuple, output: Any) -> None:
+            outs = _tensors(output)
+            _observe(collector, None, outs[0] if outs else None, backward)
+
+        return parent.register_forward_hook(mha_hook)
 
     def hook(_mod: Any, args: tuple, output: Any) -> None:
         _observe(collector, args[0] if args else None, output, backward)
 
     return target.register_forward_hook(hook)
+
+
+def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
+    """Var of a block module's input hidden state (first tensor argument, else the
+    ``hidden_states`` keyword) and of its output (the first tensor it returns)."""
+
+    def hook(_mod: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        inputs = _tensors(list(args)) or _tensors(kwargs.get("hidden_states"))
+        outs = _tensors(output)
+        for name, t in (
+            (f"{path}:in", inputs[0] if inputs else None),
+            (f"{path}:out", outs[0] if outs else None),
+        ):
+            values = _np(t)
+            if values is not None and name in extra:
+                extra[name].merge_moments(fast_moments(values)[0])
+
+    return module.get_submodule(path).register_forward_hook(hook, with_kwargs=True)
 
 
 def _interpreter(
@@ -319,6 +353,9 @@ def _probe_torchscript(
             "--backward is not available for TorchScript (no hooks); use a factory or torch.export"
         )
     inputs = make_inputs(desc, settings)
+    hooked = [b for b in desc.blocks if b.skip_tensor.endswith(":in")]
+    if hooked:  # blocks from module structure are measured by hooks, which TorchScript takes none of
+        desc = dataclasses.replace(desc, blocks=[b for b in desc.blocks if b not in hooked])
     buffer = io.BytesIO()
     try:
         # torch.onnx.export documents a file object as ``f``; its annotation says path only
@@ -331,4 +368,6 @@ def _probe_torchscript(
         buffer.getvalue(), desc, settings, inputs=[t.numpy() for t in inputs], progress=progress
     )
     result.backend = "torchscript→onnx"
+    if hooked:
+        result.notes.append(f"{len(hooked)} blocks not measured: TorchScript takes no hooks")
     return result

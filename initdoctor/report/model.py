@@ -35,6 +35,7 @@ class Role(StrEnum):
     RESIDUAL = "residual"  # inside a residual branch: judged by the block's growth
     STREAM = "stream"  # feeds the residual stream (its starting scale): at most a warning
     NORMALIZED = "normalized"  # followed by a normalization: its scale does not set the signal
+    GATE = "gate"  # a squeeze-excitation gate (x·σ(W₂ act(W₁ pool x))): off the signal path
 
 
 class Source(StrEnum):
@@ -44,6 +45,7 @@ class Source(StrEnum):
     FLAG = "flag"  # the ``nonlinearity`` setting (no graph shows one)
     RULE = "rule"  # a fixed rule (embeddings; the last layer of a graph-less file is linear)
     CONFIG = "config"  # an ``overrides`` entry of the configuration
+    STRUCTURE = "structure"  # a layer of a repeated block the graph does not show: linear, unjudged
 
 
 #: Statuses in increasing severity.

@@ -18,7 +18,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from initdoctor.graph import Block, OpNode, residual_blocks, stream_inputs  # noqa: E402
+from initdoctor.graph import Block, OpNode, link_blocks, residual_blocks, stream_inputs, unique_names  # noqa: E402
 
 
 def python(code: str, *, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -152,7 +152,8 @@ def test_graph_analysis_is_linear_and_finds_what_0_7_0_found(tmp_path):
     for _ in range(2000):
         nodes, layer_of = _random_graph(rng)
         try:
-            want = _blocks_by_bitmasks(nodes, layer_of)
+            # 0.7.0's blocks, then named apart and linked as 0.9 does (graph.unique_names, link_blocks)
+            want = link_blocks(unique_names(_blocks_by_bitmasks(nodes, layer_of)), nodes)
         except KeyError:  # a skip input that is no node: both versions raise
             with pytest.raises(KeyError):
                 residual_blocks(nodes, layer_of)
