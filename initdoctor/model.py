@@ -75,6 +75,12 @@ class ModelDescription:
     blocks: list[Block] = field(default_factory=list)
     #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
     stream_inputs: list[str] = field(default_factory=list)
+    #: weighted layers of a gating branch (squeeze-excitation: pool → layer → act → layer → σ,
+    #: multiplied into the signal): they scale the signal by a factor in (0, 1), carry none
+    gates: list[str] = field(default_factory=list)
+    #: the exporter folded BatchNorm into the convolutions (ONNX): at init an eval-mode BatchNorm
+    #: is the identity, so the graph is the unnormalized net (see docs/onnx-export.md)
+    bn_folded: bool = False
 
 
 def infer_input_shape(

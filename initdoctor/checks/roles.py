@@ -5,8 +5,8 @@ layer's finding before any rule judges it.
 Precedence: an embedding is an embedding; then a configured override (``overrides`` globs);
 then the graph (a normalization after the layer makes it ``normalized``); without a graph the last
 weighted layer in order is the ``output`` (linear); anything else is ``hidden`` with the
-``nonlinearity`` setting. A hidden layer inside a residual branch becomes ``residual``, one that
-feeds the residual stream becomes ``stream``.
+``nonlinearity`` setting. A hidden layer of a gating branch (squeeze-excitation) becomes ``gate``,
+one inside a residual branch ``residual``, one that feeds the residual stream ``stream``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def new_finding(
     """The layer's finding with its role, nonlinearity and gain resolved, status ``ok``, not yet
     judged (``gain`` is 1 for a ``normalized`` layer: no nonlinearity scale applies)."""
     role, nonlin, param, source = resolve_role(layer, desc, s, last_name)
-    if role == Role.HIDDEN and layer.name in branch_of:
+    if role == Role.HIDDEN and layer.name in desc.gates:
+        role = Role.GATE
+    elif role == Role.HIDDEN and layer.name in branch_of:
         role = Role.RESIDUAL
     elif role == Role.HIDDEN and layer.name in feeders:
         role = Role.STREAM

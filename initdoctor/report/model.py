@@ -35,6 +35,7 @@ class Role(StrEnum):
     RESIDUAL = "residual"  # inside a residual branch: judged by the block's growth
     STREAM = "stream"  # feeds the residual stream (its starting scale): at most a warning
     NORMALIZED = "normalized"  # followed by a normalization: its scale does not set the signal
+    GATE = "gate"  # in a gating branch (squeeze-excitation): scales the signal, carries none
 
 
 class Source(StrEnum):
