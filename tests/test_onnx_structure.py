@@ -482,3 +482,73 @@ def test_torch_and_bn_faithful_onnx_measure_alike(exported):
     # folded (eval-mode BN = identity at init): the unnormalized net, measured differently
     folded_growth = {b.name: b.growth for b in folded.residual_blocks}
     assert abs(math.log(folded_growth["layer2.1"] / growth["layer2.1"])) > math.log(1.5)
+
+
+def test_decomposed_gelu_and_layernorm_hand_built(tmp_path):
+    """Opset-17 subgraphs as older exporters write them: ``x·½(1 + erf(x/√2))`` after fc1, a
+    LayerNorm spelled out (ReduceMean, Sub, Pow, ReduceMean, Add ε, Sqrt, Div, · γ, + β) after
+    fc2; a Shape read of fc2's output is no use of its values."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+    inits = [
+        init("fc1.weight", rng.normal(0, 8**-0.5, (8, 8))),
+        init("fc2.weight", rng.normal(0, 8**-0.5, (8, 8))),
+        init("head.weight", rng.normal(0, 8**-0.5, (8, 4))),
+        init("ln.weight", np.ones(8)),
+        init("ln.bias", np.zeros(8)),
+        *(
+            init(n, v)
+            for n, v in (("sqrt2", 2**0.5), ("one", 1.0), ("half", 0.5), ("two", 2.0), ("eps", 1e-5))
+        ),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["x", "fc1.weight"], ["h"]),
+        node("Div", ["h", "sqrt2"], ["d"]),
+        node("Erf", ["d"], ["e"]),
+        node("Add", ["e", "one"], ["a"]),
+        node("Mul", ["h", "a"], ["m"]),
+        node("Mul", ["m", "half"], ["g"]),
+        node("MatMul", ["g", "fc2.weight"], ["y"]),
+        node("Shape", ["y"], ["y_shape"]),
+        node("ReduceMean", ["y"], ["mu"], axes=[-1]),
+        node("Sub", ["y", "mu"], ["c"]),
+        node("Pow", ["c", "two"], ["p"]),
+        node("ReduceMean", ["p"], ["v"], axes=[-1]),
+        node("Add", ["v", "eps"], ["ve"]),
+        node("Sqrt", ["ve"], ["s"]),
+        node("Div", ["c", "s"], ["n"]),
+        node("Mul", ["n", "ln.weight"], ["gn"]),
+        node("Add", ["gn", "ln.bias"], ["ln_out"]),
+        node("MatMul", ["ln_out", "head.weight"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 4]),
+            helper.make_tensor_value_info("y_shape", TensorProto.INT64, [2]),
+        ],
+        inits,
+    )
+    path = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    report = initdoctor.diagnose(path, probe=True, batch_size=4)
+    layers = by_name(report)
+    assert [(n, layers[n].nonlinearity, layers[n].role) for n in ("fc1", "fc2", "head")] == [
+        ("fc1", "gelu", "hidden"),
+        ("fc2", "normalized", "normalized"),
+        ("head", "linear", "output"),
+    ]
+    assert [(n.name, n.kind, n.weight_mean, n.bias_mean) for n in report.norm_layers] == [
+        ("ln", "layernorm", 1.0, 0.0)
+    ]
+    assert layers["fc1"].gain == pytest.approx(1.5335)  # GELU's gain (gains.py)
