@@ -117,40 +117,34 @@ def describe_onnx_model(
     for i, node in enumerate(ix.nodes):
         nid = str(i)
         op, param = "other", None
-        t = node.op_type
-        data_input = (
-            node.input[1] if t == "Gather" and len(node.input) > 1 else (node.input[0] if node.input else "")
-        )
-        if t in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
-            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+        t, inputs, outputs = ix.op[i], ix.ins[i], ix.outs[i]
+        data_input = inputs[1] if t == "Gather" and len(inputs) > 1 else (inputs[0] if inputs else "")
+        if t in ("Conv", "ConvTranspose") and len(inputs) > 1 and inputs[1] in inits:
+            dims = tuple(int(d) for d in inits[inputs[1]].dims)
             rank = len(dims) - 2
             kind = f"conv{rank}d" if t == "Conv" else f"conv_transpose{rank}d"
-            found.append((nid, node.input[1], kind, dims, int(_attr(node, "group", 1))))
+            found.append((nid, inputs[1], kind, dims, int(_attr(node, "group", 1))))
             op = "weighted"
-        elif (
-            t == "Gemm" and len(node.input) > 1 and node.input[1] in inits and node.input[0] not in constants
-        ):
-            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+        elif t == "Gemm" and len(inputs) > 1 and inputs[1] in inits and inputs[0] not in constants:
+            dims = tuple(int(d) for d in inits[inputs[1]].dims)
             torch_shape = dims if _attr(node, "transB", 0) else dims[::-1]
-            found.append((nid, node.input[1], "linear", torch_shape, 1))
+            found.append((nid, inputs[1], "linear", torch_shape, 1))
             op = "weighted"
-        elif t == "MatMul" and len(node.input) > 1 and node.input[0] not in constants:
-            hit = weight_of(node.input[1])
+        elif t == "MatMul" and len(inputs) > 1 and inputs[0] not in constants:
+            hit = weight_of(inputs[1])
             if hit is not None and len(inits[hit[0]].dims) == 2:
                 dims = tuple(int(d) for d in inits[hit[0]].dims)
                 torch_shape = dims if hit[1] else dims[::-1]
                 found.append((nid, hit[0], "matmul", torch_shape, 1))
                 op = "weighted"
-        elif t == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
-            found.append(
-                (nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1)
-            )
+        elif t == "Gather" and inputs and inputs[0] in inits and len(inits[inputs[0]].dims) == 2:
+            found.append((nid, inputs[0], "embedding", tuple(int(d) for d in inits[inputs[0]].dims), 1))
             op = "weighted"
         elif t in _NORMS:
             op = "norm"
-            if len(node.input) > 1 and node.input[1] in inits:
-                bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-                norm_found.append((node.input[1], _NORMS[t], bias))
+            if len(inputs) > 1 and inputs[1] in inits:
+                bias = inputs[2] if len(inputs) > 2 and inputs[2] in inits else None
+                norm_found.append((inputs[1], _NORMS[t], bias))
         elif i in norm_ops:
             op = "norm"  # a decomposed RMSNorm / LayerNorm (onnx_patterns)
         elif i in composite:
@@ -162,25 +156,25 @@ def describe_onnx_model(
         elif t in _PASS:
             op = "pass"
         elif t in ("Add", "Sub", "Mul", "Div"):
-            flowing = ix.flowing(node)
+            flowing = ix.flowing(i)
             # with a constant (a bias, a scale): pass; two computed tensors added: a skip connection
             op = "pass" if len(flowing) <= 1 else ("residual" if t == "Add" else "other")
         ops.append((op, param))
-        node_names[nid] = _scope_name(node)
         if op == "weighted":
-            tensor_io[nid] = (data_input, _after_bias(node.output[0], ix))
+            node_names[nid] = _scope_name(node)
+            tensor_io[nid] = (data_input, _after_bias(outputs[0], ix))
     nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
-    for i, node in enumerate(ix.nodes):
+    for i, outputs in enumerate(ix.outs):
         # reading a tensor's shape (Shape, Size) is no use of its values
-        users = [str(u) for out in node.output for u in ix.users(out) if ix.nodes[u].op_type not in _META]
-        users += ["output" for out in node.output if out in ix.outputs]
-        produced = [str(ix.producer[x]) for x in node.input if x in ix.producer and x not in constants]
+        users = [str(u) for out in outputs for u in ix.users(out) if ix.op[u] not in _META]
+        users += ["output" for out in outputs if out in ix.outputs]
+        produced = [str(ix.producer[x]) for x in ix.ins[i] if x in ix.producer and x not in constants]
         op, param = ops[i]
-        nodes[str(i)] = OpNode(str(i), op, users, param, produced, node.output[0] if node.output else None)
+        nodes[str(i)] = OpNode(str(i), op, users, param, produced, outputs[0] if outputs else None)
 
     weighted = {int(f[0]) for f in found}
     attention = {str(i) for i in attention_products(ix, weighted)}
-    linear = {str(i) for i, node in enumerate(ix.nodes) if node.op_type in _LINEAR}
+    linear = {str(i) for i, op in enumerate(ix.op) if op in _LINEAR}
     gates = gate_nodes(ix, lambda i: ops[i][0])
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -273,7 +267,7 @@ def _after_bias(tensor: str, ix: Index) -> str:
     user = ix.only_user(tensor)
     if user is not None:
         node = ix.nodes[user]
-        if node.op_type == "Add" and len(ix.flowing(node)) == 1:
+        if node.op_type == "Add" and len(ix.flowing(user)) == 1:
             return node.output[0]
     return tensor
 

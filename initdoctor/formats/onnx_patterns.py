@@ -38,22 +38,28 @@ class Index:
 
     def __init__(self, graph: Any) -> None:
         self.nodes = list(graph.node)
+        # protobuf fields read once into Python lists: the walks below read them many times
+        self.op = [node.op_type for node in self.nodes]
+        self.ins = [list(node.input) for node in self.nodes]
+        self.outs = [list(node.output) for node in self.nodes]
         self.inits = {t.name: t for t in graph.initializer}
         self.constants: set[str] = set(self.inits)
         self.producer: dict[str, int] = {}
         self.readers: dict[str, list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            computed = [x for x in node.input if x and x not in self.constants]
-            if node.op_type in ("Constant", "Shape", "Size") or (node.input and not computed):
-                self.constants.update(node.output)
-            for out in node.output:
+        for i, (op, ins, outs) in enumerate(zip(self.op, self.ins, self.outs, strict=True)):
+            if op in ("Constant", "Shape", "Size") or (
+                ins and all(not x or x in self.constants for x in ins)
+            ):
+                self.constants.update(outs)
+            for out in outs:
                 self.producer[out] = i
-            for inp in node.input:
+            for inp in ins:
                 self.readers.setdefault(inp, []).append(i)
         self.outputs = {o.name for o in graph.output}
 
-    def flowing(self, node: Any) -> list[str]:
-        return [x for x in node.input if x and x not in self.constants]
+    def flowing(self, i: int) -> list[str]:
+        """The computed (not constant) inputs of node ``i``."""
+        return [x for x in self.ins[i] if x and x not in self.constants]
 
     def users(self, tensor: str) -> list[int]:
         return self.readers.get(tensor, [])
@@ -70,7 +76,7 @@ def _root(ix: Index, tensor: str, memo: dict[str, str], depth: int = 0) -> str:
     i = ix.producer.get(tensor)
     root = tensor
     if i is not None and depth < 12 and ix.nodes[i].op_type in _ELEMENTWISE:
-        roots = {_root(ix, x, memo, depth + 1) for x in ix.flowing(ix.nodes[i])}
+        roots = {_root(ix, x, memo, depth + 1) for x in ix.flowing(i)}
         if len(roots) == 1:
             root = roots.pop()
     memo[tensor] = root
@@ -86,7 +92,7 @@ def _between(ix: Index, end: int, root: str) -> set[int]:
         if i in found or len(found) > 24:
             continue
         found.add(i)
-        frontier.extend(ix.producer[x] for x in ix.flowing(ix.nodes[i]) if x != root and x in ix.producer)
+        frontier.extend(ix.producer[x] for x in ix.flowing(i) if x != root and x in ix.producer)
     return found
 
 
@@ -106,7 +112,7 @@ def composite_activations(ix: Index) -> dict[int, str]:
         while nxt is not None and ix.nodes[nxt].op_type in _ELEMENTWISE:
             if _root(ix, ix.nodes[nxt].output[0], memo) != x:
                 break
-            if len(ix.flowing(ix.nodes[nxt])) >= 2 or end is not None:
+            if len(ix.flowing(nxt)) >= 2 or end is not None:
                 end = nxt  # where the core's branch rejoins x (x · …): the activation's output so far
             nxt = ix.only_user(ix.nodes[nxt].output[0])
         if end is None:
@@ -130,7 +136,7 @@ def norm_patterns(ix: Index) -> tuple[dict[int, str], list[tuple[str, str, str |
         if sq is None:
             continue
         sq_node = ix.nodes[sq]
-        flow = ix.flowing(sq_node)
+        flow = ix.flowing(sq)
         squares = (sq_node.op_type == "Pow" and len(flow) == 1) or (
             sq_node.op_type == "Mul" and len(sq_node.input) == 2 and sq_node.input[0] == sq_node.input[1]
         )
@@ -150,7 +156,7 @@ def norm_patterns(ix: Index) -> tuple[dict[int, str], list[tuple[str, str, str |
                 break
             if (
                 n.op_type not in ("Add", "Sqrt", "Reciprocal", "Rsqrt", "Div", "Cast")
-                or len(ix.flowing(n)) != 1
+                or len(ix.flowing(cur)) != 1
             ):
                 break
             nodes.add(cur)
@@ -177,7 +183,7 @@ def norm_patterns(ix: Index) -> tuple[dict[int, str], list[tuple[str, str, str |
                 bias_add = ix.only_user(ix.nodes[after].output[0])
                 if bias_add is not None and ix.nodes[bias_add].op_type == "Add":
                     biases = [x for x in ix.nodes[bias_add].input if x in ix.inits]
-                    if len(biases) == 1 and len(ix.flowing(ix.nodes[bias_add])) == 1:
+                    if len(biases) == 1 and len(ix.flowing(bias_add)) == 1:
                         beta = biases[0]
                         nodes.add(bias_add)
         ops.update(dict.fromkeys(nodes, "norm"))
@@ -192,7 +198,7 @@ def attention_products(ix: Index, weighted: set[int]) -> set[int]:
     return {
         i
         for i, node in enumerate(ix.nodes)
-        if node.op_type == "MatMul" and i not in weighted and len(ix.flowing(node)) == 2
+        if node.op_type == "MatMul" and i not in weighted and len(ix.flowing(i)) == 2
     }
 
 
@@ -204,7 +210,7 @@ def gate_nodes(ix: Index, op_of: Callable[[int], str]) -> dict[int, list[int]]:
         if op_of(i) != "sigmoid" or not node.input:
             continue
         users = ix.users(node.output[0])
-        if not users or any(ix.nodes[u].op_type != "Mul" or len(ix.flowing(ix.nodes[u])) != 2 for u in users):
+        if not users or any(ix.nodes[u].op_type != "Mul" or len(ix.flowing(u)) != 2 for u in users):
             continue
         layers: list[int] = []
         cur: int | None = ix.producer.get(node.input[0])
@@ -216,7 +222,7 @@ def gate_nodes(ix: Index, op_of: Callable[[int], str]) -> dict[int, list[int]]:
                 if layers:
                     gates[i] = layers[::-1]
                 break
-            flow = ix.flowing(ix.nodes[cur])
+            flow = ix.flowing(cur)
             if (
                 op not in ("weighted", "pass", "relu", "silu", "sigmoid", "leaky_relu", "gelu")
                 or len(flow) != 1
