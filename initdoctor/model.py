@@ -82,6 +82,9 @@ class ModelDescription:
     new_layers: list[str] = field(default_factory=list)
     #: the layers of squeeze-excitation gates (see :func:`initdoctor.graph.gate_layers`)
     gates: list[str] = field(default_factory=list)
+    #: the exporter folded BatchNorm into the convolutions (ONNX): at init an eval-mode BatchNorm
+    #: is the identity, so the graph is the unnormalized net (see docs/onnx-export.md)
+    bn_folded: bool = False
 
 
 def infer_input_shape(

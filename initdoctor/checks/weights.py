@@ -168,6 +168,10 @@ ZERO_OUTPUT = "all-zero output layer: a common choice for logits"
 NORMALIZED = (
     "followed by a normalization layer: its scale does not set the forward signal; not judged against Kaiming"
 )
+GATE = (
+    "in a squeeze-excitation gate (σ(…) multiplies the signal): it scales the signal by a factor in "
+    "(0, 1) and carries none; not judged against Kaiming"
+)
 ZERO_RESIDUAL = "all-zero, inside residual block {block}: the block starts as the identity (zero-init)"
 RESIDUAL = (
     "inside residual block {block}: std is {ratio:.2f}× Kaiming; judged by the block's "
@@ -286,8 +290,8 @@ def judge_structural(
     if not zero and st.std > 0:
         f.std_ratio = st.std / exp
         f.weight_variance_ratio = f.std_ratio**2
-    if f.role == Role.NORMALIZED:
-        f.message = NORMALIZED
+    if f.role in (Role.NORMALIZED, Role.GATE):
+        f.message = NORMALIZED if f.role == Role.NORMALIZED else GATE
         if zero:
             f.message = K106.message("normalized")
             flag(f, K106, Status.ERROR, ignored)

@@ -12,10 +12,18 @@ from typing import Any
 import numpy as np
 
 from ..gains import fans
-from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..graph import ACTIVATIONS, OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats
 from .onnx_data import external_extent, weight_stats
+from .onnx_patterns import (
+    Index,
+    attention_products,
+    composite_activations,
+    folded_batchnorm,
+    gate_nodes,
+    norm_patterns,
+)
 
 _ACTIVATIONS = {
     "Relu": "relu",
@@ -24,6 +32,9 @@ _ACTIVATIONS = {
     "Sigmoid": "sigmoid",
     "Selu": "selu",
     "Gelu": "gelu",
+    # hardswish is MobileNetV3's piecewise approximation of swish = SiLU (Howard et al. 2019, §5.2)
+    "HardSwish": "silu",
+    "HardSigmoid": "sigmoid",  # its approximation of σ: a gate, gain 1 like sigmoid
 }
 _PASS = {
     "Reshape",
@@ -35,10 +46,18 @@ _PASS = {
     "AveragePool",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "ReduceMean",  # the dynamo exporter's adaptive average pooling (a norm's ReduceMean is matched first)
     "Squeeze",
     "Unsqueeze",
     "Cast",
+    "Concat",  # DenseNet: each input's channels go on unchanged
+    "Split",
+    "Slice",
 }
+#: ops with two computed inputs that are linear in the value followed (RoPE's x·cos + rot(x)·sin, a
+#: gated product up · silu(gate), masking): a walk for a layer's follower may go through them
+_LINEAR = {"Mul", "Div", "Sub", "Neg", "Where", "Expand", "Gather", "Tile", "Pad"}
+_META = {"Shape", "Size"}
 _NORMS = {
     "BatchNormalization": "batchnorm",
     "LayerNormalization": "layernorm",
@@ -47,6 +66,12 @@ _NORMS = {
     "RMSNormalization": "rmsnorm",
     "SimplifiedLayerNormalization": "rmsnorm",
 }
+#: what the note on a graph with BatchNorm folded into its convolutions says
+BN_FOLDED = (
+    "BatchNorm folded into the convolutions by the exporter ({n} convs): judged as unnormalized "
+    "(at init an eval-mode BatchNorm is the identity); export with dynamo=False and "
+    "training=torch.onnx.TrainingMode.TRAINING for a BN-faithful graph"
+)
 
 
 def _attr(node: Any, name: str, default: Any) -> Any:
@@ -66,118 +91,91 @@ def describe_onnx_model(
     import onnx
 
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
     for tensor in graph.initializer:  # all external data, not only the weights read below
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             external_extent(tensor, base)
-    constants = set(inits)
-    producers: dict[str, Any] = {}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            constants.update(node.output)
-        for out in node.output:
-            producers[out] = node
+    ix = Index(graph)
+    inits, constants = ix.inits, ix.constants
 
     def weight_of(name: str) -> tuple[str, bool] | None:
         """(initializer, transposed) for an input that is an initializer or Transpose(initializer)."""
         if name in inits:
             return name, False
-        prod = producers.get(name)
-        if prod is not None and prod.op_type == "Transpose" and prod.input and prod.input[0] in inits:
-            return prod.input[0], True
+        prod = ix.producer.get(name)
+        node = ix.nodes[prod] if prod is not None else None
+        if node is not None and node.op_type == "Transpose" and node.input and node.input[0] in inits:
+            return node.input[0], True
         return None
 
-    # Build the op graph: node ids are indices; a tensor's users are the nodes reading it.
-    index_of = {id(node): i for i, node in enumerate(graph.node)}
-    readers: dict[str, list[str]] = {}
-    for i, node in enumerate(graph.node):
-        for inp in node.input:
-            readers.setdefault(inp, []).append(str(i))
-    for out in graph.output:
-        readers.setdefault(out.name, []).append("output")
-    gelu_outputs: set[int] = set()
-    for node in graph.node:
-        if node.op_type == "Erf" and _is_gelu(node, producers, readers, graph.node, constants):
-            add = graph.node[int(readers[node.output[0]][0])]
-            after = readers.get(add.output[0], [])
-            if len(after) == 1 and after[0] != "output" and graph.node[int(after[0])].op_type == "Mul":
-                gelu_outputs.add(int(after[0]))
-    silu_nodes: set[int] = set()  # x · sigmoid(x): the Sigmoid and the Mul
-    for i, node in enumerate(graph.node):
-        if node.op_type == "Sigmoid" and node.input:
-            after = readers.get(node.output[0], [])
-            if len(after) == 1 and after[0] != "output":
-                mul = graph.node[int(after[0])]
-                if mul.op_type == "Mul" and set(mul.input) == {node.input[0], node.output[0]}:
-                    silu_nodes.update((i, int(after[0])))
-    nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
+    composite = composite_activations(ix)
+    norm_ops, norm_found = norm_patterns(ix)
+    # node ids are indices; a tensor's users are the nodes reading it
     found: list[tuple[str, str, str, tuple[int, ...], int]] = []  # (id, init, kind, torch shape, groups)
     node_names: dict[str, str] = {}
     tensor_io: dict[str, tuple[str, str]] = {}
-    norm_found: list[tuple[str, str, str | None]] = []
-    for i, node in enumerate(graph.node):
+    ops: list[tuple[str, float | None]] = []
+    for i, node in enumerate(ix.nodes):
         nid = str(i)
-        users = [u for out in node.output for u in readers.get(out, [])]
         op, param = "other", None
-        t = node.op_type
-        data_input = (
-            node.input[1] if t == "Gather" and len(node.input) > 1 else (node.input[0] if node.input else "")
-        )
-        if t in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in inits:
-            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+        t, inputs, outputs = ix.op[i], ix.ins[i], ix.outs[i]
+        data_input = inputs[1] if t == "Gather" and len(inputs) > 1 else (inputs[0] if inputs else "")
+        if t in ("Conv", "ConvTranspose") and len(inputs) > 1 and inputs[1] in inits:
+            dims = tuple(int(d) for d in inits[inputs[1]].dims)
             rank = len(dims) - 2
             kind = f"conv{rank}d" if t == "Conv" else f"conv_transpose{rank}d"
-            found.append((nid, node.input[1], kind, dims, int(_attr(node, "group", 1))))
+            found.append((nid, inputs[1], kind, dims, int(_attr(node, "group", 1))))
             op = "weighted"
-        elif (
-            t == "Gemm" and len(node.input) > 1 and node.input[1] in inits and node.input[0] not in constants
-        ):
-            dims = tuple(int(d) for d in inits[node.input[1]].dims)
+        elif t == "Gemm" and len(inputs) > 1 and inputs[1] in inits and inputs[0] not in constants:
+            dims = tuple(int(d) for d in inits[inputs[1]].dims)
             torch_shape = dims if _attr(node, "transB", 0) else dims[::-1]
-            found.append((nid, node.input[1], "linear", torch_shape, 1))
+            found.append((nid, inputs[1], "linear", torch_shape, 1))
             op = "weighted"
-        elif t == "MatMul" and len(node.input) > 1 and node.input[0] not in constants:
-            hit = weight_of(node.input[1])
+        elif t == "MatMul" and len(inputs) > 1 and inputs[0] not in constants:
+            hit = weight_of(inputs[1])
             if hit is not None and len(inits[hit[0]].dims) == 2:
                 dims = tuple(int(d) for d in inits[hit[0]].dims)
                 torch_shape = dims if hit[1] else dims[::-1]
                 found.append((nid, hit[0], "matmul", torch_shape, 1))
                 op = "weighted"
-        elif t == "Gather" and node.input and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
-            found.append(
-                (nid, node.input[0], "embedding", tuple(int(d) for d in inits[node.input[0]].dims), 1)
-            )
+        elif t == "Gather" and inputs and inputs[0] in inits and len(inits[inputs[0]].dims) == 2:
+            found.append((nid, inputs[0], "embedding", tuple(int(d) for d in inits[inputs[0]].dims), 1))
             op = "weighted"
         elif t in _NORMS:
             op = "norm"
-            if len(node.input) > 1 and node.input[1] in inits:
-                bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-                norm_found.append((node.input[1], _NORMS[t], bias))
-        elif i in silu_nodes:
-            op = "silu"
+            if len(inputs) > 1 and inputs[1] in inits:
+                bias = inputs[2] if len(inputs) > 2 and inputs[2] in inits else None
+                norm_found.append((inputs[1], _NORMS[t], bias))
+        elif i in norm_ops:
+            op = "norm"  # a decomposed RMSNorm / LayerNorm (onnx_patterns)
+        elif i in composite:
+            op = composite[i]  # a composite activation (onnx_patterns)
         elif t in _ACTIVATIONS:
             op = _ACTIVATIONS[t]
             if op == "leaky_relu":
                 param = float(_attr(node, "alpha", 0.01))
         elif t in _PASS:
             op = "pass"
-        elif t in ("Add", "Sub"):
-            flowing = [x for x in node.input if x not in constants]
+        elif t in ("Add", "Sub", "Mul", "Div"):
+            flowing = ix.flowing(i)
+            # with a constant (a bias, a scale): pass; two computed tensors added: a skip connection
             op = "pass" if len(flowing) <= 1 else ("residual" if t == "Add" else "other")
-        elif t == "Erf" and _is_gelu(node, producers, readers, graph.node, constants):
-            op = "gelu"
-        elif i in gelu_outputs:
-            op = "gelu"  # the x · (1 + erf(…)) product: GELU's output
-        elif t in ("Div", "Mul") and _feeds_erf(node, readers, graph.node, constants):
-            op = "pass"  # x / √2 on the way into GELU's Erf
-        produced = [
-            str(index_of[id(producers[x])]) for x in node.input if x in producers and x not in constants
-        ]
-        nodes[nid] = OpNode(nid, op, users, param, produced, node.output[0] if node.output else None)
-        node_names[nid] = _scope_name(node)
+        ops.append((op, param))
         if op == "weighted":
-            tensor_io[nid] = (data_input, _after_bias(node.output[0], readers, graph.node, constants))
+            node_names[nid] = _scope_name(node)
+            tensor_io[nid] = (data_input, _after_bias(outputs[0], ix))
+    nodes: dict[str, OpNode] = {"output": OpNode("output", "output")}
+    for i, outputs in enumerate(ix.outs):
+        # reading a tensor's shape (Shape, Size) is no use of its values
+        users = [str(u) for out in outputs for u in ix.users(out) if ix.op[u] not in _META]
+        users += ["output" for out in outputs if out in ix.outputs]
+        produced = [str(ix.producer[x]) for x in ix.ins[i] if x in ix.producer and x not in constants]
+        op, param = ops[i]
+        nodes[str(i)] = OpNode(str(i), op, users, param, produced, outputs[0] if outputs else None)
 
+    weighted = {int(f[0]) for f in found}
+    attention = {str(i) for i in attention_products(ix, weighted)}
+    linear = {str(i) for i, op in enumerate(ix.op) if op in _LINEAR}
+    gates = gate_nodes(ix, lambda i: ops[i][0])
     layers: list[Layer] = []
     seen: set[str] = set()
     total = max(1, len({f[1] for f in found}))
@@ -193,7 +191,7 @@ def describe_onnx_model(
         if progress is not None and with_stats:
             progress(len(seen), total)
         layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
-        follows = following_nonlinearity(nodes, nid)
+        follows = following_nonlinearity(nodes, nid) or structural_follower(nodes, nid, linear, attention)
         if follows is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
         layers.append(layer)
@@ -214,43 +212,62 @@ def describe_onnx_model(
     )
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
+    folded = folded_batchnorm(ix)
+    if folded:
+        notes.append(BN_FOLDED.format(n=folded))
     layer_of = {nid: layer_name(init_name, node_names[nid]) for nid, init_name, _, _, _ in found}
     blocks = residual_blocks(nodes, layer_of)
     feeders = stream_inputs(nodes, layer_of, blocks)
-    return ModelDescription(
+    gate_layers = [layer_of[str(n)] for members in gates.values() for n in members if str(n) in layer_of]
+    desc = ModelDescription(
         str(path), "onnx", params, layers, norms, True, "execution", notes, blocks, feeders
     )
+    desc.gates = list(dict.fromkeys(gate_layers))
+    desc.bn_folded = folded > 0
+    return desc
 
 
-def _feeds_erf(node: Any, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> bool:
-    """``x / √2`` (or ``x · 1/√2``) whose only reader is an ``Erf``: part of an exported GELU."""
-    if sum(1 for x in node.input if x not in constants) != 1:
-        return False
-    users = readers.get(node.output[0], [])
-    return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Erf"
-
-
-def _is_gelu(
-    erf: Any, producers: dict[str, Any], readers: dict[str, list[str]], nodes: Any, constants: set[str]
-) -> bool:
-    """``0.5 · x · (1 + erf(x / √2))``: the Erf's input is ``x/√2`` and its output, plus one, is
-    multiplied back into ``x`` — the legacy exporter's GELU."""
-    scaled = producers.get(erf.input[0]) if erf.input else None
-    if scaled is None or scaled.op_type not in ("Div", "Mul"):
-        return False
-    users = readers.get(erf.output[0], [])
-    return len(users) == 1 and users[0] != "output" and nodes[int(users[0])].op_type == "Add"
+def structural_follower(
+    nodes: dict[str, OpNode], start: str, linear: set[str], attention: set[str], max_steps: int = 48
+) -> tuple[str, float | None, bool] | None:
+    """What :func:`~initdoctor.graph.following_nonlinearity` cannot tell but the graph shows: a
+    layer whose value reaches, through shape ops and linear ops (``linear``: RoPE's rotations, a
+    gated product, masking), only attention's bilinear products (q, k, v), other weighted
+    layers, norms, or a residual add (an attention output projection, an MLP's last layer) is
+    followed by no nonlinearity: ``("linear", None, False)``. An activation right after the
+    residual add (a ResNet block's post-add ReLU) is the layer's follower."""
+    frontier = list(nodes[start].users)
+    seen: set[str] = set()
+    while frontier:
+        node_id = frontier.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        node = nodes.get(node_id)
+        if node is None or len(seen) > max_steps:
+            return None
+        if node_id in attention or node.op in ("norm", "weighted"):
+            continue
+        if node.op == "residual":
+            after = following_nonlinearity(nodes, node_id)
+            if after is not None and after[0] in ACTIVATIONS:
+                return after[0], after[1], False
+        elif node.op == "pass" or (node.op == "other" and node_id in linear):
+            frontier.extend(node.users)
+        else:
+            return None  # an activation, an output or an unknown op on one path: not simple
+    return ("linear", None, False) if seen else None
 
 
 _NO_STATS = WeightStats(0, "float", math.nan, math.nan)
 
 
-def _after_bias(tensor: str, readers: dict[str, list[str]], nodes: Any, constants: set[str]) -> str:
+def _after_bias(tensor: str, ix: Index) -> str:
     """The tensor after a following bias ``Add`` (MatMul + Add is how exporters write Linear)."""
-    users = readers.get(tensor, [])
-    if len(users) == 1 and users[0] != "output":
-        node = nodes[int(users[0])]
-        if node.op_type == "Add" and sum(1 for x in node.input if x not in constants) == 1:
+    user = ix.only_user(tensor)
+    if user is not None:
+        node = ix.nodes[user]
+        if node.op_type == "Add" and len(ix.flowing(user)) == 1:
             return node.output[0]
     return tensor
 
@@ -271,7 +288,12 @@ def _scope_name(node: Any) -> str:
                 path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
             return path
     if node.name.startswith("/") and node.name.count("/") >= 2:
-        return ".".join(part for part in node.name.strip("/").split("/")[:-1] if part)
+        # the legacy exporter names a Sequential's child after it: /layer1/layer1.0/conv1/Conv
+        path = prev = ""
+        for part in (p for p in node.name.strip("/").split("/")[:-1] if p):
+            path = path + part[len(prev) :] if prev and part.startswith(prev + ".") else f"{path}.{part}"
+            prev = part
+        return path.lstrip(".")
     return ""
 
 
