@@ -54,6 +54,24 @@ class NormLayer:
     bias_stats: WeightStats | None = None
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: ``name`` (a keyword of ``forward`` or an ONNX graph input; None: positional),
+    its shape and dtype, and for integer (token id) inputs ``high``: ids are drawn in ``[0, high)``."""
+
+    name: str | None
+    shape: tuple[int, ...]
+    dtype: str
+    high: int | None = None
+
+    def shown(self) -> dict[str, object]:
+        """The report's form: ``{"shape", "dtype"}`` plus ``"name"`` when the input is named."""
+        out: dict[str, object] = {"shape": list(self.shape), "dtype": self.dtype}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
 @dataclass
 class ModelDescription:
     """What a loader found: the model's weighted layers, its norm layers and some provenance.
@@ -75,6 +93,8 @@ class ModelDescription:
     blocks: list[Block] = field(default_factory=list)
     #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
     stream_inputs: list[str] = field(default_factory=list)
+    #: the inputs the model says it takes (a transformers ``config``: token ids, images, decoder ids)
+    inputs: list[InputSpec] = field(default_factory=list)
 
 
 def infer_input_shape(

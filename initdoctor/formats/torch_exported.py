@@ -33,6 +33,12 @@ def _aten_name(target: Any) -> str:
     return name.split(".")[0]
 
 
+def _users(node: Any) -> list[str]:
+    """A node's users, without ``sym_size`` reads (a dynamic-batch export asks tensors their size:
+    that is no use of the value)."""
+    return [u.name for u in node.users if _aten_name(u.target) != "sym_size"]
+
+
 def describe_exported(program: Any, *, path: str) -> ModelDescription:
     """Describe a ``torch.export.ExportedProgram`` from its ATen graph."""
     import torch
@@ -65,7 +71,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                         nodes[node.name] = OpNode(
                             node.name,
                             "other",
-                            [u.name for u in node.users],
+                            _users(node),
                             None,
                             [a.name for a in node.all_input_nodes if a.name not in constant],
                             node.name,
@@ -92,7 +98,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         elif node.op == "output":
             op = "output"
         inputs = [a.name for a in node.all_input_nodes if a.name not in constant]
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name)
+        nodes[node.name] = OpNode(node.name, op, _users(node), param, inputs, node.name)
 
     layers: list[Layer] = []
     seen: set[str] = set()

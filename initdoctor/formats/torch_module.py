@@ -16,6 +16,7 @@ from ..gains import fans
 from ..graph import OpNode, following_nonlinearity, residual_blocks, stream_inputs
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
+from .model_inputs import config_inputs, constant_kwargs, split_positional
 from .torch_exported import describe_exported
 from .torch_ops import (
     ACTIVATION_NAMES,
@@ -129,6 +130,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         if program is not None:
             desc = describe_exported(program, path=path)
             desc.format = fmt
+            desc.inputs = config_inputs(module, 2)
             desc.notes.append("graph read from torch.export (torch.fx could not trace the model)")
             return desc, program, "torch.export"
     if traced is not None:
@@ -172,35 +174,73 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
     desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders)
+    if not isinstance(module, torch.jit.ScriptModule):
+        desc.inputs = config_inputs(module, 2)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
 
 
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
-    """``torch.export`` the model on a small example input inferred from its first weighted module
-    (token ids for an embedding), or None when that fails. Parameters stay shared with ``module``."""
+    """``torch.export`` the model (non-strict) on a small example, or None when that fails.
+    The example: the inputs its ``config`` describes (:mod:`.model_inputs`), else one inferred from
+    its first weighted module (token ids for an embedding), batch 2. The batch dimension (and a
+    token input's sequence length) is exported dynamic (``Dim.AUTO``: static where the code needs
+    it), so the probe can run the program on its own batch; a static export is the fallback.
+    Parameters stay shared with ``module``."""
+    import torch
+
+    args, kwargs = _example(module, weighted)
+    if not args and not kwargs:
+        return None
+    auto = torch.export.Dim.AUTO
+
+    def dims(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return None
+        return {0: auto, 1: auto} if value.dim() == 2 and not value.is_floating_point() else {0: auto}
+
+    dynamic = [dims(v) for v in [*args, *kwargs.values()]]  # positional args, then kwargs in order
+    was_training = module.training
+    try:
+        module.eval()
+        for shapes in (dynamic, None):
+            try:
+                return torch.export.export(
+                    module, tuple(args), kwargs or None, dynamic_shapes=shapes, strict=False
+                )
+            except Exception:  # noqa: BLE001 - any export failure means "no graph" (after the fallback)
+                continue
+        return None
+    finally:
+        module.train(was_training)
+
+
+def _example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[Any], dict[str, Any]]:
+    """The export's example ``(args, kwargs)``: seeded, from the config or the first weighted module."""
     import torch
 
     from ..model import infer_input_shape
 
+    generator = torch.Generator().manual_seed(0)
+    specs = config_inputs(module, 2)
+    if specs:
+        named = {
+            s.name or "": torch.randint(0, s.high, s.shape, generator=generator)
+            if s.high
+            else torch.randn(s.shape, generator=generator)
+            for s in specs
+        }
+        args, kwargs = split_positional(module, named)
+        return args, {**kwargs, **constant_kwargs(module)}
     if not weighted:
-        return None
+        return [], {}
     first, kind = next(iter(weighted.values()))
     shape = tuple(int(d) for d in first.weight.shape)
     if kind == "linear" and type(first).__name__ == "Conv1D":
         shape = shape[::-1]
     example_shape = infer_input_shape(kind, shape, int(getattr(first, "groups", 1) or 1), 2)
     if kind == "embedding":
-        example = torch.randint(0, shape[0], example_shape, generator=torch.Generator().manual_seed(0))
-    else:
-        example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
-    was_training = module.training
-    try:
-        module.eval()
-        return torch.export.export(module, (example,), strict=False)
-    except Exception:  # noqa: BLE001 - any export failure means "no graph"
-        return None
-    finally:
-        module.train(was_training)
+        return [torch.randint(0, shape[0], example_shape, generator=generator)], {}
+    return [torch.randn(example_shape, generator=generator)], {}
 
 
 def _follow_by_module_order(

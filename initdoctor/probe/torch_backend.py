@@ -15,11 +15,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line
-from ..model import ModelDescription, infer_input_shape
+from ..formats.model_inputs import constant_kwargs
+from ..model import ModelDescription
 from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from .collector import Collector, Ticker
-from .inputs import default_vocab, extra_tensors, random_inputs
+from .inputs import extra_tensors
+from .torch_inputs import (
+    ProbeInputs,
+    flat_arguments,
+    given_inputs,
+    placeholder_defaults,
+    program_defaults,
+    program_example,
+    seeded_inputs,
+)
 from .types import ProbeError, ProbeResult, Progress
 
 # ATen op → (input arg index, weight arg index)
@@ -58,40 +68,6 @@ def _array(t: Any) -> np.ndarray:
     return array
 
 
-def input_specs(
-    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
-) -> list[tuple[tuple[int, ...], str]]:
-    """Shapes and dtypes of the probe inputs: ``--input-shape``, a torch.export program's own
-    example inputs, or inferred from the first weighted layer."""
-    if settings.input_shapes:
-        embedding_first = bool(desc.layers) and desc.layers[0].kind == "embedding"
-        dtype = (
-            "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
-        )
-        return [(shape, dtype) for shape in settings.input_shapes]
-    if example:
-        return [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in example]
-    if not desc.layers:
-        raise ProbeError("no weighted layer to infer an input shape from; pass --input-shape")
-    first = desc.layers[0]
-    shape = infer_input_shape(first.kind, first.shape, first.groups, settings.batch_size)
-    return [(shape, "int64" if first.kind == "embedding" else settings.input_dtype)]
-
-
-def make_inputs(
-    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
-) -> list[Any]:
-    import torch
-
-    specs = input_specs(desc, settings, example)
-    arrays = random_inputs(
-        specs, np.random.default_rng(settings.seed), default_vocab(desc, settings), settings.max_input_mib
-    )
-    return [
-        torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs, strict=False)
-    ]
-
-
 def probe_torch(
     runnable: Any,
     desc: ModelDescription,
@@ -106,17 +82,20 @@ def probe_torch(
     exported = isinstance(runnable, torch.export.ExportedProgram)
     example = None
     if exported:
-        args = runnable.example_inputs[0] if runnable.example_inputs else ()
-        example = [t for t in args if isinstance(t, torch.Tensor)] or None
         module = runnable.module()
+        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+        defaults = program_defaults(runnable)
+        example = program_example(placeholders, defaults, desc)
     else:
         module = runnable
     if example_inputs is not None:
-        inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+        inputs = given_inputs(example_inputs, settings)
     else:
-        inputs = make_inputs(desc, settings, example)
+        inputs = seeded_inputs(desc, settings, example)
     if settings.backward:
-        inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+        for t in inputs.tensors():
+            if t.is_floating_point():
+                t.requires_grad_()
     ticker = Ticker(len(desc.layers), progress)
     collectors = {
         layer.name: Collector(
@@ -132,19 +111,26 @@ def probe_torch(
         extra = {name: Moments() for name in extra_tensors(desc)}
         if exported:
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
-            call = _interpreter(module, by_weight, settings.backward, extra).run
+            flat = flat_arguments(placeholders, defaults, inputs)
+            runner = _interpreter(module, by_weight, settings.backward, extra)
+            call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
                 _hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers
             ]
-            call = module
+            given = ProbeInputs(inputs.args, {**constant_kwargs(module), **inputs.kwargs})
+            call = lambda: module(*given.args, **given.kwargs)  # noqa: E731
             if extra:  # residual blocks: run the fx graph so that functional adds can be measured
                 import torch.fx
 
-                call = _interpreter(torch.fx.symbolic_trace(module), {}, settings.backward, extra).run
+                traced = torch.fx.symbolic_trace(module)
+                nodes = [n for n in traced.graph.nodes if n.op == "placeholder"]
+                flat = flat_arguments(nodes, placeholder_defaults(nodes), given)
+                runner = _interpreter(traced, {}, settings.backward, extra)
+                call = lambda: runner.run(*flat)  # noqa: E731
         with torch.set_grad_enabled(settings.backward):
             try:
-                output = call(*inputs)
+                output = call()
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
                 raise ProbeError(
                     f"the model's forward raised {type(exc).__name__}: {first_line(exc)}"
@@ -158,7 +144,7 @@ def probe_torch(
     result = ProbeResult(
         backend="torch.export" if exported else "torch",
         layers={name: c.result() for name, c in collectors.items() if c.calls},
-        inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in inputs],
+        inputs=inputs.shown(),
         tensor_vars={name: m.var for name, m in extra.items() if m.count},
     )
     missed = [name for name, c in collectors.items() if not c.calls]
@@ -286,7 +272,8 @@ def _probe_torchscript(
         raise ProbeError(
             "--backward is not available for TorchScript (no hooks); use a factory or torch.export"
         )
-    inputs = make_inputs(desc, settings)
+    given = seeded_inputs(desc, settings)
+    inputs = [*given.args, *given.kwargs.values()]  # TorchScript: by position, in the order given
     buffer = io.BytesIO()
     try:
         # torch.onnx.export documents a file object as ``f``; its annotation says path only
