@@ -74,3 +74,20 @@ def t5():
         vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
     )  # fmt: skip
     return _seeded(transformers.T5ForConditionalGeneration, config)
+
+
+class TwoLayer(torch.nn.Module):
+    """Linear(16, 32) → ReLU → Linear(32, 10); ``forward(x)`` takes its input by the name ``x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 32)
+        self.fc2 = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def mlp():
+    torch.manual_seed(0)
+    return TwoLayer()

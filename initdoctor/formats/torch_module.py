@@ -10,6 +10,7 @@ registration order and the next leaf module (``nn.Sequential``-style models read
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any
 
 from ..gains import fans
@@ -182,36 +183,45 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     """``torch.export`` the model (non-strict) on a small example, or None when that fails.
     The example: the inputs its ``config`` describes (:mod:`.model_inputs`), else one inferred from
-    its first weighted module (token ids for an embedding), batch 2. The batch dimension (and a
-    token input's sequence length) is exported dynamic (``Dim.AUTO``: static where the code needs
-    it), so the probe can run the program on its own batch; a static export is the fallback.
-    Parameters stay shared with ``module``."""
-    import torch
-
+    its first weighted module (token ids for an embedding), batch 2. Parameters stay shared with
+    ``module``, which is remembered so that the probe can export it again for its own input shapes
+    (:func:`reexport`; a dynamic-shape export costs 2–4× a static one on every load)."""
     args, kwargs = _example(module, weighted)
     if not args and not kwargs:
         return None
-    auto = torch.export.Dim.AUTO
+    try:
+        program = _export(module, args, kwargs)
+    except Exception:  # noqa: BLE001 - any export failure means "no graph"
+        return None
+    _SOURCES[program] = module
+    return program
 
-    def dims(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return None
-        return {0: auto, 1: auto} if value.dim() == 2 and not value.is_floating_point() else {0: auto}
 
-    dynamic = [dims(v) for v in [*args, *kwargs.values()]]  # positional args, then kwargs in order
+#: exported program → the module it was exported from (kept while the program lives)
+_SOURCES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    import torch
+
     was_training = module.training
     try:
         module.eval()
-        for shapes in (dynamic, None):
-            try:
-                return torch.export.export(
-                    module, tuple(args), kwargs or None, dynamic_shapes=shapes, strict=False
-                )
-            except Exception:  # noqa: BLE001 - any export failure means "no graph" (after the fallback)
-                continue
-        return None
+        return torch.export.export(module, tuple(args), kwargs or None, strict=False)
     finally:
         module.train(was_training)
+
+
+def reexport(program: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """``program`` exported again from its module on inputs of other shapes (the same graph for
+    them, the same parameters), or None when it did not come from :func:`export_for_graph`.
+    Raises what the export raises (the model refuses these inputs)."""
+    module = _SOURCES.get(program)
+    if module is None:
+        return None
+    again = _export(module, args, kwargs)
+    _SOURCES[again] = module
+    return again
 
 
 def _example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[Any], dict[str, Any]]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import first_line
 from ..formats.model_inputs import constant_kwargs
+from ..formats.torch_module import reexport
 from ..model import ModelDescription
 from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
@@ -23,6 +24,7 @@ from .collector import Collector, Ticker
 from .inputs import extra_tensors
 from .torch_inputs import (
     ProbeInputs,
+    check_names,
     flat_arguments,
     given_inputs,
     placeholder_defaults,
@@ -112,12 +114,15 @@ def probe_torch(
         if exported:
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
             flat = flat_arguments(placeholders, defaults, inputs)
+            if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
+                module, flat = _for_shapes(runnable, flat, module)
             runner = _interpreter(module, by_weight, settings.backward, extra)
             call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
                 _hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers
             ]
+            check_names(module, inputs)
             given = ProbeInputs(inputs.args, {**constant_kwargs(module), **inputs.kwargs})
             call = lambda: module(*given.args, **given.kwargs)  # noqa: E731
             if extra:  # residual blocks: run the fx graph so that functional adds can be measured
@@ -151,6 +156,29 @@ def probe_torch(
     if missed:
         result.notes.append(f"{len(missed)} layers not called by forward: {', '.join(missed[:5])}")
     return result
+
+
+def _other_shapes(flat: list[Any], defaults: list[Any]) -> bool:
+    """True when an input tensor's shape differs from the program's example."""
+    return any(
+        hasattr(a, "shape") and hasattr(b, "shape") and tuple(a.shape) != tuple(b.shape)
+        for a, b in zip(flat, defaults, strict=True)
+    )
+
+
+def _for_shapes(program: Any, flat: list[Any], module: Any) -> tuple[Any, list[Any]]:
+    """The graph module and flat inputs to run ``flat``: a program exported here from a module is
+    exported again on these inputs; any other program runs as it is (its own guards decide)."""
+    import torch.utils._pytree as pytree
+
+    args, kwargs = pytree.tree_unflatten(flat, program.call_spec.in_spec)
+    try:
+        again = reexport(program, list(args), dict(kwargs))
+    except Exception as exc:  # noqa: BLE001 - the model's own code refused these inputs
+        raise ProbeError(f"the model's forward raised {type(exc).__name__}: {first_line(exc)}") from None
+    if again is None:
+        return module, flat
+    return again.module(), program_defaults(again)
 
 
 def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:

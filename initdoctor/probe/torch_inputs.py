@@ -18,6 +18,7 @@ the config's vocabulary for that input, else the smallest embedding table), draw
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -151,6 +152,19 @@ def flat_arguments(placeholders: list[Any], defaults: list[Any], inputs: ProbeIn
             f"no value for the model's input {missing[0]!r}; give it with --input {missing[0]}=…"
         )
     return values
+
+
+def check_names(module: Any, inputs: ProbeInputs) -> None:
+    """Named inputs must be parameters of ``module.forward`` (unless it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in inputs.kwargs:
+        if name not in params:
+            raise ProbeError(f"the model has no input named {name!r}; its inputs: {', '.join(params)}")
 
 
 #: a placeholder without a default value
