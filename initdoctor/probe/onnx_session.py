@@ -14,9 +14,6 @@ from ..settings import ProbeSettings
 from .inputs import default_vocab, random_inputs
 from .types import ProbeError
 
-#: a token input's sequence length where the graph leaves it dynamic (as for a config's models)
-SEQ_LEN = 16
-
 ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: "int32", 7: "int64"}
 
 
@@ -25,7 +22,7 @@ def graph_input_specs(
 ) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype) of each real graph input: the shapes of ``given`` example arrays, else
     ``--input name=…`` by name, ``--input-shape`` by position, else the declared shape with a dynamic
-    batch dimension from --batch-size and an integer (token id) input's dynamic length 16."""
+    batch dimension from --batch-size."""
     real = [i for i in graph.input if i.name not in init_names]
     listing = ", ".join(i.name for i in real)
     if settings.input_shapes and len(settings.input_shapes) != len(real):
@@ -53,22 +50,20 @@ def graph_input_specs(
             if len(shape) != len(tensor_type.shape.dim):
                 raise ProbeError(f"input {inp.name!r} has rank {len(tensor_type.shape.dim)}, given {shape}")
         else:
-            shape = _declared_shape(inp.name, tensor_type, dtype, settings.batch_size)
+            shape = _declared_shape(inp.name, tensor_type, settings.batch_size)
         specs.append((inp.name, shape, "float32" if dtype in ("float16", "bfloat16") else dtype))
     return specs
 
 
-def _declared_shape(name: str, tensor_type: Any, dtype: str, batch: int) -> tuple[int, ...]:
-    """The graph's declared input shape: static dims as declared, a dynamic batch from --batch-size,
-    a dynamic sequence length of an integer (token id) input 16."""
+def _declared_shape(name: str, tensor_type: Any, batch: int) -> tuple[int, ...]:
+    """The graph's declared input shape: static dims as declared (an image's size, a token input's
+    length), a dynamic batch from --batch-size; any other dynamic dim needs a shape from the user."""
     dims = []
     for axis, dim in enumerate(tensor_type.shape.dim):
         if dim.HasField("dim_value") and dim.dim_value > 0:
             dims.append(int(dim.dim_value))
         elif axis == 0:
             dims.append(batch)
-        elif dtype.startswith("int") and axis == 1:
-            dims.append(SEQ_LEN)
         else:
             label = dim.dim_param or "?"
             raise ProbeError(
