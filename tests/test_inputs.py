@@ -242,3 +242,15 @@ def test_a_damaged_inputs_file_is_one_line(tmp_path):
         "0.0001",
     )
     assert "cap" in line
+
+
+def test_config_keys_input_and_inputs(tmp_path):
+    x = np.random.default_rng(11).standard_normal((10, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    (tmp_path / "pyproject.toml").write_text('[tool.initdoctor]\ninput = ["x=3,16"]\n')
+    code, report = cli_json("tests.inputs_zoo:mlp", "-q", cwd=tmp_path)
+    assert report["probe"]["inputs"] == [{"shape": [3, 16], "dtype": "float32", "name": "x"}]
+    (tmp_path / "pyproject.toml").write_text('[tool.initdoctor]\ninputs = "x.npz"\n')
+    code, report = cli_json("tests.inputs_zoo:mlp", "-q", cwd=tmp_path)
+    assert report["probe"]["inputs"] == [{"shape": [10, 16], "dtype": "float32", "name": "x"}]
+    assert _measured(report, "fc1")["activation_var"] == pytest.approx(_by_hand(x), rel=1e-5)

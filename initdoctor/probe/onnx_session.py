@@ -30,6 +30,10 @@ def graph_input_specs(
             f"the graph has {len(real)} inputs ({listing}) but "
             f"{len(settings.input_shapes)} --input-shape values were given"
         )
+    if given is not None and len(given) != len(real):
+        raise ProbeError(
+            f"the graph has {len(real)} inputs ({listing}); {len(given)} example inputs were given"
+        )
     named = {name: shape for name, shape, _ in settings.named_inputs}
     unknown = sorted(set(named) - {i.name for i in real})
     if unknown:

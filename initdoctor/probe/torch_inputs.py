@@ -180,7 +180,9 @@ def program_defaults(program: Any) -> list[Any]:
     """A ``torch.export`` program's example inputs, flattened in its placeholders' order."""
     import torch.fx._pytree as fx_pytree
 
-    args, kwargs = program.example_inputs or ((), {})
+    if not program.example_inputs:  # a saved program without its example: every input needed
+        return [_MISSING for _ in program.graph_signature.user_inputs]
+    args, kwargs = program.example_inputs
     return list(fx_pytree.tree_flatten_spec((args, kwargs), program.call_spec.in_spec))
 
 
