@@ -161,6 +161,7 @@ def diagnose(
     probe: bool = False,
     progress: Any = None,
     example_inputs: Any = None,
+    inputs: Any = None,
     **settings: Any,
 ) -> Report:
     """Inspect ``source`` and return a :class:`~initdoctor.report.Report`.
@@ -171,8 +172,11 @@ def diagnose(
     thresholds…) and :class:`~initdoctor.settings.ProbeSettings` fields (``input_shapes``,
     ``batch_size``, ``seed``, ``vocab_size``, ``backward``, ``input_dtype``, ``timeout``).
     ``progress(done, total)`` is told of the probe's progress. ``example_inputs`` (a tensor or a
-    tuple of tensors) replaces the seeded random batch for a torch model.
+    tuple of tensors) replaces the seeded random batch. ``inputs``: real example tensors for the
+    probe, a ``{name: tensor or array}`` dict (passed by name: ``forward``'s keywords, an ONNX
+    graph's inputs) or the path of a .npz/.pt/.safetensors file (``--inputs``).
     """
+    example_inputs = _example_inputs(inputs, example_inputs, settings)
     inspect_settings, probe_settings = split_settings(settings)
     return run(
         source,
@@ -184,6 +188,19 @@ def diagnose(
         progress=progress,
         example_inputs=example_inputs,
     ).report
+
+
+def _example_inputs(inputs: Any, example_inputs: Any, settings: dict[str, Any]) -> Any:
+    """``inputs=``: a path goes to the probe settings (``inputs_file``, read and checked there); a
+    mapping or tensors become the example inputs."""
+    if inputs is None:
+        return example_inputs
+    if example_inputs is not None:
+        raise SettingsError("give example_inputs or inputs, not both")
+    if isinstance(inputs, (str, Path)):
+        settings["inputs_file"] = str(inputs)
+        return None
+    return inputs
 
 
 def assert_healthy_init(
@@ -231,6 +248,7 @@ def fix_model(
     weights: Any = None,
     probe: bool = True,
     progress: Any = None,
+    inputs: Any = None,
     **settings: Any,
 ) -> FixResult:
     """Plan and apply a repair (:mod:`initdoctor.fix`). An in-memory ``nn.Module`` is changed in
@@ -239,7 +257,8 @@ def fix_model(
     output has a graph, unless ``probe=False``). ``dry_run`` plans only. ``progress``: a
     ``progress(done, total)`` callback, or an object with ``phase(label)`` giving one per phase (the
     CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
-    ``timeout``: it bounds loading and probing, before and after the fix)."""
+    ``timeout``: it bounds loading and probing, before and after the fix). ``inputs``: real example
+    tensors (a dict or a file, as for :func:`diagnose`) for the probe and ``--method lsuv``."""
     from .fileio import backup_all, check_output, commit_staged, stage_path
     from .fix import METHODS, apply, plan
     from .formats import TorchModule, open_editable
@@ -253,6 +272,7 @@ def fix_model(
         raise SettingsError("--in-place writes over MODEL (keeping MODEL.bak); it takes no --output")
     if method == "lsuv" and not probe:
         raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
+    example_inputs = _example_inputs(inputs, None, settings)
     inspect_settings, probe_settings = split_settings(settings)
     phase = getattr(progress, "phase", None)
     needs = (
@@ -268,6 +288,7 @@ def fix_model(
         probe=method == "lsuv",
         progress=_phases_only(progress),
         need_graph=needs,
+        example_inputs=example_inputs,
     )
     loaded, before = first.loaded, first.report
     in_memory = is_torch_module(source)
@@ -293,6 +314,7 @@ def fix_model(
         "gains": gains,
         "tol": tol,
         "max_iter": max_iter,
+        "example_inputs": example_inputs,
     }
     apply(
         editable,
@@ -327,7 +349,12 @@ def fix_model(
     after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
     try:
         result.after = diagnose(
-            target, trust=trust, probe=run_after_probe, progress=progress if phase else None, **after_settings
+            target,
+            trust=trust,
+            probe=run_after_probe,
+            progress=progress if phase else None,
+            example_inputs=example_inputs,
+            **after_settings,
         )
     except BaseException as exc:
         if staged is not None:

@@ -123,6 +123,7 @@ def _lsuv_layer(
     gains: dict[str, float],
     tol: float,
     max_iter: int,
+    example_inputs: Any = None,
 ) -> None:
     from .formats import LoadedModel
     from .probe import run_probe
@@ -131,7 +132,7 @@ def _lsuv_layer(
     target = LoadedModel(loaded.description, None, editable.probe_backend)
     for iteration in range(1, max_iter + 1):
         target.runnable = editable.runnable()
-        measured = run_probe(target, probe_settings).layers.get(change.name)
+        measured = run_probe(target, probe_settings, example_inputs=example_inputs).layers.get(change.name)
         if measured is None or not measured.input_second_moment or not measured.activation_var:
             break
         ratio = measured.activation_var / (gains[change.name] ** 2 * measured.input_second_moment)

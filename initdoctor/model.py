@@ -56,6 +56,24 @@ class NormLayer:
     bias_stats: WeightStats | None = None
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: ``name`` (a keyword of ``forward`` or an ONNX graph input; None: positional),
+    its shape and dtype, and for integer (token id) inputs ``high``: ids are drawn in ``[0, high)``."""
+
+    name: str | None
+    shape: tuple[int, ...]
+    dtype: str
+    high: int | None = None
+
+    def shown(self) -> dict[str, object]:
+        """The report's form: ``{"shape", "dtype"}`` plus ``"name"`` when the input is named."""
+        out: dict[str, object] = {"shape": list(self.shape), "dtype": self.dtype}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
 @dataclass
 class ModelDescription:
     """What a loader found: the model's weighted layers, its norm layers and some provenance.
@@ -85,6 +103,8 @@ class ModelDescription:
     #: the exporter folded BatchNorm into the convolutions (ONNX): at init an eval-mode BatchNorm
     #: is the identity, so the graph is the unnormalized net (see docs/onnx-export.md)
     bn_folded: bool = False
+    #: the inputs the model says it takes (a transformers ``config``: token ids, images, decoder ids)
+    inputs: list[InputSpec] = field(default_factory=list)
 
 
 def infer_input_shape(

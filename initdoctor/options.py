@@ -125,6 +125,12 @@ OPTIONS: tuple[Option, ...] = (
            flag="--probe/--no-probe"),
     Option("input-shape", list, [], "Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: "
            "the ONNX graph's, else inferred from the first layer.", MODEL_COMMANDS, "input_shapes", True),
+    Option("input", list, [], "A named probe input name=shape:dtype, e.g. input_ids=8,16:int64 (repeat for "
+           "several; dtype default float32). Default: what the model's config says (token ids, images, "
+           "decoder ids), else inferred from the first layer.", MODEL_COMMANDS, "named_inputs", True),
+    Option("inputs", str, None, "A file of real example tensors for the probe and --method lsuv: .npz, .pt "
+           "(read with weights_only=True) or .safetensors; a name → tensor mapping is passed by name, a "
+           "single tensor by position.", MODEL_COMMANDS, "inputs_file", True),
     Option("input-dtype", str, "float32", "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ".",
            MODEL_COMMANDS, "input_dtype", True),  # validated by ProbeSettings (its message), not by click
     Option("batch-size", int, 32, "Probe batch size (fills a dynamic batch dimension).", MODEL_COMMANDS,

@@ -6,7 +6,9 @@ Every field has its default here; the command line and ``[tool.initdoctor]`` res
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import SettingsError
 from .options import INPUT_DTYPES, MODES, NONLINEARITIES, ONNX_STRATEGIES, default
@@ -77,6 +79,10 @@ class ProbeSettings:
     max_input_mib: float = default("max-input-mib")
     #: ONNX ``expose`` strategy: most bytes of intermediate tensors fetched per onnxruntime run.
     group_bytes: int = default("group-bytes")
+    #: named seeded inputs ``(name, shape, dtype)`` (``--input name=shape:dtype``; strings are parsed)
+    named_inputs: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+    #: a file of real example tensors (.npz, .pt, .safetensors) fed instead of a seeded batch
+    inputs_file: str | None = default("inputs")
 
     def __post_init__(self) -> None:
         if self.input_dtype not in INPUT_DTYPES:
@@ -98,3 +104,52 @@ class ProbeSettings:
         for shape in self.input_shapes:
             if not shape or any(d < 1 for d in shape):
                 raise SettingsError(f"input shape {shape} must be positive integers, e.g. 8,3,32,32")
+        named = tuple(parse_input(spec) if isinstance(spec, str) else spec for spec in self.named_inputs)
+        if not all(isinstance(spec, tuple) and len(spec) == 3 for spec in named):
+            raise SettingsError("named inputs must be strings like input_ids=8,16:int64")
+        object.__setattr__(self, "named_inputs", named)  # frozen: the parsed form, set once here
+        names = [spec[0] for spec in named]
+        for name, shape, dtype in named:
+            if not _NAME.fullmatch(str(name)) or names.count(name) > 1:
+                raise SettingsError(f"--input {name!r}: a name must be an identifier, given once")
+            if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+                raise SettingsError(f"--input {name}: shape {shape} must be positive integers, e.g. 8,16")
+            if dtype not in INPUT_DTYPES:
+                raise SettingsError(
+                    f"--input {name}: unknown dtype {dtype!r}; valid: {', '.join(INPUT_DTYPES)}"
+                )
+        if named and self.input_shapes:
+            raise SettingsError(
+                "give inputs either by position (--input-shape) or by name (--input), not both"
+            )
+        if self.inputs_file is not None:
+            path = Path(self.inputs_file)
+            if path.suffix.lower() not in INPUT_FILE_SUFFIXES:
+                raise SettingsError(
+                    f"--inputs {path}: expected a {', '.join(INPUT_FILE_SUFFIXES)} file of example tensors"
+                )
+            if not path.is_file():
+                raise SettingsError(f"--inputs {path}: no such file")
+            object.__setattr__(self, "inputs_file", str(path))
+
+
+#: files ``--inputs`` reads (numpy archives, torch tensors read with ``weights_only=True``, safetensors)
+INPUT_FILE_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def parse_input(text: str) -> tuple[str, tuple[int, ...], str]:
+    """``"input_ids=8,16:int64"`` → ``("input_ids", (8, 16), "int64")``; the dtype defaults to
+    float32 (``"pixel_values=8,3,32,32"``)."""
+    name, sep, rest = text.partition("=")
+    shape_text, _, dtype = rest.partition(":")
+    try:
+        shape = tuple(int(p) for p in shape_text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not sep or not name.strip() or not shape:
+        raise SettingsError(
+            f"--input {text!r}: expected name=shape:dtype, e.g. input_ids=8,16:int64 or "
+            "pixel_values=8,3,32,32"
+        )
+    return name.strip(), shape, dtype.strip() or "float32"

@@ -40,6 +40,12 @@ def _aten_name(target: Any) -> str:
     return name.split(".")[0]
 
 
+def _users(node: Any) -> list[str]:
+    """A node's users, without ``sym_size`` reads (a dynamic-batch export asks tensors their size:
+    that is no use of the value)."""
+    return [u.name for u in node.users if _aten_name(u.target) != "sym_size"]
+
+
 def describe_exported(program: Any, *, path: str) -> ModelDescription:
     """Describe a ``torch.export.ExportedProgram`` from its ATen graph."""
     import torch
@@ -72,7 +78,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
                         nodes[node.name] = OpNode(
                             node.name,
                             "other",
-                            [u.name for u in node.users],
+                            _users(node),
                             None,
                             [a.name for a in node.all_input_nodes if a.name not in constant],
                             node.name,
@@ -104,7 +110,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             op = "output"
         raw = _aten_name(node.target) if node.op == "call_function" else ""
         inputs = [a.name for a in node.all_input_nodes if a.name not in constant]
-        nodes[node.name] = OpNode(node.name, op, [u.name for u in node.users], param, inputs, node.name, raw)
+        nodes[node.name] = OpNode(node.name, op, _users(node), param, inputs, node.name, raw)
 
     layers: list[Layer] = []
     seen: set[str] = set()

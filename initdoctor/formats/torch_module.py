@@ -10,6 +10,7 @@ registration order and the next leaf module (``nn.Sequential``-style models read
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any
 
 from ..gains import fans
@@ -23,6 +24,7 @@ from ..graph import (
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
 from .graph_patterns import gate_layers, normalized_after_activation
+from .model_inputs import config_inputs, constant_kwargs, split_positional
 from .torch_exported import describe_exported
 from .torch_ops import (
     WEIGHTED_CLASSES,
@@ -165,6 +167,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         if program is not None:
             desc = describe_exported(program, path=path)
             desc.format = fmt
+            desc.inputs = config_inputs(module, 2)
             desc.notes.append("graph read from torch.export (torch.fx could not trace the model)")
             return desc, program, "torch.export"
     if traced is not None:
@@ -224,39 +227,82 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
     desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates)
+    if not isinstance(module, torch.jit.ScriptModule):
+        desc.inputs = config_inputs(module, 2)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
 
 
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
-    """``torch.export`` the model on a small example input inferred from its first weighted module
-    (token ids for an embedding), non-strict with a dynamic batch dimension (``Dim.AUTO``: kept
-    static where the model needs it), or None when that fails. Parameters stay shared with
-    ``module``."""
+    """``torch.export`` the model (non-strict) on a small example, or None when that fails.
+    The example: the inputs its ``config`` describes (:mod:`.model_inputs`), else one inferred from
+    its first weighted module (token ids for an embedding), batch 2. Parameters stay shared with
+    ``module``, which is remembered so that the probe can export it again for its own input shapes
+    (:func:`reexport`; a dynamic-shape export costs 2–4× a static one on every load)."""
+    args, kwargs = _example(module, weighted)
+    if not args and not kwargs:
+        return None
+    try:
+        program = _export(module, args, kwargs)
+    except Exception:  # noqa: BLE001 - any export failure means "no graph"
+        return None
+    _SOURCES[program] = module
+    return program
+
+
+#: exported program → the module it was exported from (kept while the program lives)
+_SOURCES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    import torch
+
+    was_training = module.training
+    try:
+        module.eval()
+        return torch.export.export(module, tuple(args), kwargs or None, strict=False)
+    finally:
+        module.train(was_training)
+
+
+def reexport(program: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """``program`` exported again from its module on inputs of other shapes (the same graph for
+    them, the same parameters), or None when it did not come from :func:`export_for_graph`.
+    Raises what the export raises (the model refuses these inputs)."""
+    module = _SOURCES.get(program)
+    if module is None:
+        return None
+    again = _export(module, args, kwargs)
+    _SOURCES[again] = module
+    return again
+
+
+def _example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[Any], dict[str, Any]]:
+    """The export's example ``(args, kwargs)``: seeded, from the config or the first weighted module."""
     import torch
 
     from ..model import infer_input_shape
 
+    generator = torch.Generator().manual_seed(0)
+    specs = config_inputs(module, 2)
+    if specs:
+        named = {
+            s.name or "": torch.randint(0, s.high, s.shape, generator=generator)
+            if s.high
+            else torch.randn(s.shape, generator=generator)
+            for s in specs
+        }
+        args, kwargs = split_positional(module, named)
+        return args, {**kwargs, **constant_kwargs(module)}
     if not weighted:
-        return None
+        return [], {}
     first, kind = next(iter(weighted.values()))
     shape = tuple(int(d) for d in first.weight.shape)
     if kind == "linear" and type(first).__name__ == "Conv1D":
         shape = shape[::-1]
     example_shape = infer_input_shape(kind, shape, int(getattr(first, "groups", 1) or 1), 2)
     if kind == "embedding":
-        example = torch.randint(0, shape[0], example_shape, generator=torch.Generator().manual_seed(0))
-    else:
-        example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
-    was_training = module.training
-    try:
-        module.eval()
-        # the batch dimension dynamic where the model allows it (the probe's batch may differ)
-        batch = {0: torch.export.Dim.AUTO}
-        return torch.export.export(module, (example,), dynamic_shapes=(batch,), strict=False)
-    except Exception:  # noqa: BLE001 - any export failure means "no graph"
-        return None
-    finally:
-        module.train(was_training)
+        return [torch.randint(0, shape[0], example_shape, generator=generator)], {}
+    return [torch.randn(example_shape, generator=generator)], {}
 
 
 def _stream_feeder(order: list[str], blocks: list[Any]) -> list[str]:

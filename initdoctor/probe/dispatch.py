@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..settings import ProbeSettings
+from .inputs import load_inputs_file
 from .types import ProbeError, ProbeResult, Progress
 
 
@@ -22,6 +24,8 @@ def run_probe(
             f"{loaded.description.path}: a {loaded.description.format} file holds weights but no graph "
             "to run; give the model's factory (--model pkg.mod:fn --weights FILE) to probe it"
         )
+    if example_inputs is None and settings.inputs_file:
+        example_inputs = load_inputs_file(settings.inputs_file, settings.max_input_mib)
     result = _dispatch(loaded, settings, progress, example_inputs)
     result.seed, result.backward = settings.seed, settings.backward
     return result
@@ -37,12 +41,12 @@ def _dispatch(
             raise ProbeError(
                 "--backward needs a torch model (factory, TorchScript, torch.export, trusted pickle)"
             )
-        inputs = None
-        if example_inputs is not None:
-            inputs = [
-                np.asarray(x)
-                for x in (example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs])
-            ]
+        inputs: dict[str, np.ndarray] | list[np.ndarray] | None = None
+        if isinstance(example_inputs, Mapping):  # matched to the graph's inputs by name
+            inputs = {str(k): _array(v) for k, v in example_inputs.items()}
+        elif example_inputs is not None:
+            given = example_inputs if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+            inputs = [_array(x) for x in given]
         result = probe_onnx_isolated(
             loaded.runnable, loaded.description, settings, inputs=inputs, progress=progress
         )
@@ -53,3 +57,13 @@ def _dispatch(
             loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs
         )
     return result
+
+
+def _array(value: Any) -> np.ndarray:
+    """A numpy array of an example input (a torch tensor detached, half types as float32)."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if str(value.dtype) in ("torch.bfloat16", "torch.float16"):
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value)

@@ -43,6 +43,7 @@ from .onnx_session import (
     ONNX_TO_NUMPY,
     Feeds,
     Weights,
+    by_graph_order,
     graph_input_specs,
     infer_tensor_info,
     run_session,
@@ -63,7 +64,7 @@ def probe_onnx(
     source: Path | bytes,
     desc: ModelDescription,
     settings: ProbeSettings,
-    inputs: list[np.ndarray] | None = None,
+    inputs: dict[str, np.ndarray] | list[np.ndarray] | None = None,
     progress: Progress | None = None,
     *,
     memory_budget: int | None = None,
@@ -81,14 +82,19 @@ def probe_onnx(
     weights = Weights(model, base)
     wanted = {layer.name: layer for layer in desc.layers}
     init_names = {t.name for t in model.graph.initializer}
-    specs = graph_input_specs(model.graph, init_names, settings)
+    named = isinstance(inputs, dict) or bool(settings.named_inputs)
+    inputs = by_graph_order(model.graph, init_names, inputs)
+    given = [tuple(a.shape) for a in inputs] if inputs is not None else None
+    specs = graph_input_specs(model.graph, init_names, settings, given)
     triples = [
         (layer.name, *layer.tensors) for layer in graph_desc.layers if layer.name in wanted and layer.tensors
     ]
     info = infer_tensor_info(model, specs)
     batch = specs[0][1][0] if specs and specs[0][1] else 1
     repeats = (
-        1 if (inputs is not None or settings.input_shapes) else max(1, math.ceil(settings.batch_size / batch))
+        1
+        if (inputs is not None or settings.input_shapes or settings.named_inputs)
+        else max(1, math.ceil(settings.batch_size / batch))
     )
     if repeats > MAX_RUNS:
         raise ProbeError(
@@ -114,13 +120,13 @@ def probe_onnx(
     extra = {t: Moments() for t in extra_tensors(desc)}
     strategy = settings.onnx_strategy
     if strategy == "reduce":
-        feeds = Feeds(specs, desc, settings, inputs)
+        feeds = Feeds(specs, desc, settings, inputs, named)
         result = probe_reduce(model, weights, triples, info, feeds, collectors(), repeats, extra)
         if result is None:
             notes.append("a reduced sum was not finite or lost precision: re-measured with exposed tensors")
             strategy = "expose"
     if strategy == "expose":
-        feeds = Feeds(specs, desc, settings, inputs)
+        feeds = Feeds(specs, desc, settings, inputs, named)
         result = _probe_expose(
             model, weights, triples, info, feeds, collectors(), repeats, settings.group_bytes, notes
         )

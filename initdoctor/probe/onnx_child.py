@@ -77,7 +77,7 @@ def probe_onnx_isolated(
     source: Path | bytes,
     desc: ModelDescription,
     settings: ProbeSettings,
-    inputs: list[np.ndarray] | None = None,
+    inputs: dict[str, np.ndarray] | list[np.ndarray] | None = None,
     progress: Progress | None = None,
 ) -> ProbeResult:
     """:func:`~.onnx_backend.probe_onnx` in a child process (see the module docstring)."""

@@ -18,15 +18,26 @@ ONNX_TO_NUMPY = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 6: 
 
 
 def graph_input_specs(
-    graph: Any, init_names: set[str], settings: ProbeSettings
+    graph: Any, init_names: set[str], settings: ProbeSettings, given: list[tuple[int, ...]] | None = None
 ) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, shape, dtype) of each real graph input; dynamic dims from --batch-size / --input-shape."""
+    """(name, shape, dtype) of each real graph input: the shapes of ``given`` example arrays, else
+    ``--input name=…`` by name, ``--input-shape`` by position, else the declared shape with a dynamic
+    batch dimension from --batch-size."""
     real = [i for i in graph.input if i.name not in init_names]
+    listing = ", ".join(i.name for i in real)
     if settings.input_shapes and len(settings.input_shapes) != len(real):
         raise ProbeError(
-            f"the graph has {len(real)} inputs ({', '.join(i.name for i in real)}) but "
+            f"the graph has {len(real)} inputs ({listing}) but "
             f"{len(settings.input_shapes)} --input-shape values were given"
         )
+    if given is not None and len(given) != len(real):
+        raise ProbeError(
+            f"the graph has {len(real)} inputs ({listing}); {len(given)} example inputs were given"
+        )
+    named = {name: shape for name, shape, _ in settings.named_inputs}
+    unknown = sorted(set(named) - {i.name for i in real})
+    if unknown:
+        raise ProbeError(f"the graph has no input named {unknown[0]!r}; its inputs: {listing}")
     specs = []
     for k, inp in enumerate(real):
         tensor_type = inp.type.tensor_type
@@ -35,28 +46,51 @@ def graph_input_specs(
             raise ProbeError(
                 f"input {inp.name!r} has an element type initdoctor cannot generate ({tensor_type.elem_type})"
             )
-        if settings.input_shapes:
-            shape = tuple(settings.input_shapes[k])
+        chosen = given[k] if given is not None else named.get(inp.name)
+        if chosen is None and settings.input_shapes:
+            chosen = tuple(settings.input_shapes[k])
+        if chosen is not None:
+            shape = tuple(chosen)
             if len(shape) != len(tensor_type.shape.dim):
-                raise ProbeError(
-                    f"input {inp.name!r} has rank {len(tensor_type.shape.dim)}, --input-shape gave {shape}"
-                )
+                raise ProbeError(f"input {inp.name!r} has rank {len(tensor_type.shape.dim)}, given {shape}")
         else:
-            dims = []
-            for axis, dim in enumerate(tensor_type.shape.dim):
-                if dim.HasField("dim_value") and dim.dim_value > 0:
-                    dims.append(int(dim.dim_value))
-                elif axis == 0:
-                    dims.append(settings.batch_size)
-                else:
-                    label = dim.dim_param or "?"
-                    raise ProbeError(
-                        f"input {inp.name!r} has a dynamic dimension {label!r} (axis {axis}); pass "
-                        "--input-shape"
-                    )
-            shape = tuple(dims)
+            shape = _declared_shape(inp.name, tensor_type, settings.batch_size)
         specs.append((inp.name, shape, "float32" if dtype in ("float16", "bfloat16") else dtype))
     return specs
+
+
+def _declared_shape(name: str, tensor_type: Any, batch: int) -> tuple[int, ...]:
+    """The graph's declared input shape: static dims as declared (an image's size, a token input's
+    length), a dynamic batch from --batch-size; any other dynamic dim needs a shape from the user."""
+    dims = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        elif axis == 0:
+            dims.append(batch)
+        else:
+            label = dim.dim_param or "?"
+            raise ProbeError(
+                f"input {name!r} has a dynamic dimension {label!r} (axis {axis}); pass "
+                f"--input {name}=SHAPE or --input-shape"
+            )
+    return tuple(dims)
+
+
+def by_graph_order(
+    graph: Any, init_names: set[str], inputs: dict[str, np.ndarray] | list[np.ndarray] | None
+) -> list[np.ndarray] | None:
+    """Example arrays in the graph's input order: a mapping matched by name (every graph input
+    needed, no unknown name), a list as given."""
+    if not isinstance(inputs, dict):
+        return inputs
+    names = [i.name for i in graph.input if i.name not in init_names]
+    unknown = sorted(set(inputs) - set(names))
+    missing = [n for n in names if n not in inputs]
+    if unknown or missing:
+        problem = f"no input named {unknown[0]!r}" if unknown else f"no example for input {missing[0]!r}"
+        raise ProbeError(f"the graph has {problem}; its inputs: {', '.join(names)}")
+    return [inputs[n] for n in names]
 
 
 def infer_tensor_info(
@@ -172,8 +206,10 @@ class Feeds:
         desc: Any,
         settings: Any,
         fixed: list[np.ndarray] | None,
+        named: bool = False,
     ) -> None:
         self.specs = specs
+        self.named = named  # the report names the inputs (given by name: --input, a mapping)
         self.seed = settings.seed
         self.rng = np.random.default_rng(settings.seed)
         self.vocab = default_vocab(desc, settings)
@@ -196,7 +232,10 @@ class Feeds:
             for (name, _, dtype), arr in zip(self.specs, arrays, strict=False)
         }
         if not self.used:
-            self.used = [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in feed.values()]
+            self.used = [
+                {"shape": list(a.shape), "dtype": str(a.dtype), **({"name": name} if self.named else {})}
+                for name, a in feed.items()
+            ]
         return feed
 
 

@@ -16,11 +16,23 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line
-from ..model import ModelDescription, infer_input_shape
+from ..formats.model_inputs import constant_kwargs
+from ..formats.torch_module import reexport
+from ..model import ModelDescription
 from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from .collector import Collector, Ticker
-from .inputs import default_vocab, extra_tensors, random_inputs
+from .inputs import extra_tensors
+from .torch_inputs import (
+    ProbeInputs,
+    check_names,
+    flat_arguments,
+    given_inputs,
+    placeholder_defaults,
+    program_defaults,
+    program_example,
+    seeded_inputs,
+)
 from .types import ProbeError, ProbeResult, Progress
 
 # ATen op → (input arg index, weight arg index)
@@ -59,40 +71,6 @@ def _array(t: Any) -> np.ndarray:
     return array
 
 
-def input_specs(
-    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
-) -> list[tuple[tuple[int, ...], str]]:
-    """Shapes and dtypes of the probe inputs: ``--input-shape``, a torch.export program's own
-    example inputs, or inferred from the first weighted layer."""
-    if settings.input_shapes:
-        embedding_first = bool(desc.layers) and desc.layers[0].kind == "embedding"
-        dtype = (
-            "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
-        )
-        return [(shape, dtype) for shape in settings.input_shapes]
-    if example:
-        return [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in example]
-    if not desc.layers:
-        raise ProbeError("no weighted layer to infer an input shape from; pass --input-shape")
-    first = desc.layers[0]
-    shape = infer_input_shape(first.kind, first.shape, first.groups, settings.batch_size)
-    return [(shape, "int64" if first.kind == "embedding" else settings.input_dtype)]
-
-
-def make_inputs(
-    desc: ModelDescription, settings: ProbeSettings, example: list[Any] | None = None
-) -> list[Any]:
-    import torch
-
-    specs = input_specs(desc, settings, example)
-    arrays = random_inputs(
-        specs, np.random.default_rng(settings.seed), default_vocab(desc, settings), settings.max_input_mib
-    )
-    return [
-        torch.from_numpy(a).to(getattr(torch, dtype)) for a, (_, dtype) in zip(arrays, specs, strict=False)
-    ]
-
-
 def probe_torch(
     runnable: Any,
     desc: ModelDescription,
@@ -107,17 +85,20 @@ def probe_torch(
     exported = isinstance(runnable, torch.export.ExportedProgram)
     example = None
     if exported:
-        args = runnable.example_inputs[0] if runnable.example_inputs else ()
-        example = [t for t in args if isinstance(t, torch.Tensor)] or None
         module = runnable.module()
+        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+        defaults = program_defaults(runnable)
+        example = program_example(placeholders, defaults, desc)
     else:
         module = runnable
     if example_inputs is not None:
-        inputs = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+        inputs = given_inputs(example_inputs, settings)
     else:
-        inputs = make_inputs(desc, settings, example)
+        inputs = seeded_inputs(desc, settings, example)
     if settings.backward:
-        inputs = [t.requires_grad_() if t.is_floating_point() else t for t in inputs]
+        for t in inputs.tensors():
+            if t.is_floating_point():
+                t.requires_grad_()
     ticker = Ticker(len(desc.layers), progress)
     collectors = {
         layer.name: Collector(
@@ -133,12 +114,18 @@ def probe_torch(
         extra = {name: Moments() for name in extra_tensors(desc)}
         if exported:
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
-            call = _interpreter(module, by_weight, settings.backward, extra).run
+            flat = flat_arguments(placeholders, defaults, inputs)
+            if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
+                module, flat = _for_shapes(runnable, flat, module)
+            runner = _interpreter(module, by_weight, settings.backward, extra)
+            call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
                 _hook(module, layer.name, collectors[layer.name], settings.backward) for layer in desc.layers
             ]
-            call = module
+            check_names(module, inputs)
+            given = ProbeInputs(inputs.args, {**constant_kwargs(module), **inputs.kwargs})
+            call = lambda: module(*given.args, **given.kwargs)  # noqa: E731
             # blocks from module structure: hooks on the block module ("path:in", "path:out")
             hooked = {name.rsplit(":", 1)[0] for name in extra if name.endswith((":in", ":out"))}
             handles += [_block_hook(module, path, extra) for path in hooked]
@@ -146,10 +133,14 @@ def probe_torch(
             if in_graph:  # residual blocks: run the fx graph so that functional adds can be measured
                 from ..formats.torch_module import fx_trace
 
-                call = _interpreter(fx_trace(module), {}, settings.backward, in_graph).run
+                traced = fx_trace(module)
+                nodes = [n for n in traced.graph.nodes if n.op == "placeholder"]
+                flat = flat_arguments(nodes, placeholder_defaults(nodes), given)
+                runner = _interpreter(traced, {}, settings.backward, in_graph)
+                call = lambda: runner.run(*flat)  # noqa: E731
         with torch.set_grad_enabled(settings.backward):
             try:
-                output = call(*inputs)
+                output = call()
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
                 raise ProbeError(
                     f"the model's forward raised {type(exc).__name__}: {first_line(exc)}"
@@ -164,13 +155,36 @@ def probe_torch(
     result = ProbeResult(
         backend="torch.export" if exported else "torch",
         layers={name: c.result() for name, c in collectors.items() if c.calls},
-        inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in inputs],
+        inputs=inputs.shown(),
         tensor_vars={name: m.var for name, m in extra.items() if m.count},
     )
     missed = [name for name, c in collectors.items() if not c.calls]
     if missed:
         result.notes.append(f"{len(missed)} layers not called by forward: {', '.join(missed[:5])}")
     return result
+
+
+def _other_shapes(flat: list[Any], defaults: list[Any]) -> bool:
+    """True when an input tensor's shape differs from the program's example."""
+    return any(
+        hasattr(a, "shape") and hasattr(b, "shape") and tuple(a.shape) != tuple(b.shape)
+        for a, b in zip(flat, defaults, strict=True)
+    )
+
+
+def _for_shapes(program: Any, flat: list[Any], module: Any) -> tuple[Any, list[Any]]:
+    """The graph module and flat inputs to run ``flat``: a program exported here from a module is
+    exported again on these inputs; any other program runs as it is (its own guards decide)."""
+    import torch.utils._pytree as pytree
+
+    args, kwargs = pytree.tree_unflatten(flat, program.call_spec.in_spec)
+    try:
+        again = reexport(program, list(args), dict(kwargs))
+    except Exception as exc:  # noqa: BLE001 - the model's own code refused these inputs
+        raise ProbeError(f"the model's forward raised {type(exc).__name__}: {first_line(exc)}") from None
+    if again is None:
+        return module, flat
+    return again.module(), program_defaults(again)
 
 
 def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
@@ -352,7 +366,8 @@ def _probe_torchscript(
         raise ProbeError(
             "--backward is not available for TorchScript (no hooks); use a factory or torch.export"
         )
-    inputs = make_inputs(desc, settings)
+    given = seeded_inputs(desc, settings)
+    inputs = [*given.args, *given.kwargs.values()]  # TorchScript: by position, in the order given
     hooked = [b for b in desc.blocks if b.skip_tensor.endswith(":in")]
     if hooked:  # blocks from module structure are measured by hooks, which TorchScript takes none of
         desc = dataclasses.replace(desc, blocks=[b for b in desc.blocks if b not in hooked])

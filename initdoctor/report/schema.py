@@ -31,7 +31,8 @@ Report layout (``initdoctor.report/1``)::
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
                  "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
                  "grad_depth_ratio", "residual_growth", "rule", "kaiming_mode"},
-     "probe": null | {"backend", "inputs": [{"shape", "dtype"}], "seed", "runs", "backward", "notes"},
+     "probe": null | {"backend", "inputs": [{"shape", "dtype", "name"?}], "seed", "runs", "backward",
+               "notes"},
      "notes": [str]}
 
 Numbers that do not exist (a ratio of a skipped layer) are ``null``. ``status`` is one of
