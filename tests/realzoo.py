@@ -266,6 +266,12 @@ MATRIX: list[Entry] = [
     Entry("densenet_nobn", densenet_nobn, False, "image", ("features",), "BatchNorm removed"),
 ]
 BY_NAME = {e.name: e for e in MATRIX}
+#: broken twins that the 80-step training runs (benchmarks/results/train_evidence.txt) did not
+#: separate clearly from their healthy model: broken by construction, weakly confirmed by training
+WEAK_EVIDENCE = frozenset({"bert_broken", "distilbert_broken", "t5_broken", "vit_broken", "vgg16_xavier"})
+#: broken only for plain SGD at lr 0.1 (stuck or NaN); with AdamW lr 1e-3 they train better than
+#: their BatchNorm versions
+SGD_ONLY = frozenset({"resnet_nobn", "densenet_nobn"})
 
 
 def probe_inputs(entry: Entry, batch: int = 4, seed: int = 0, seq: int = SEQ) -> dict[str, torch.Tensor]:
