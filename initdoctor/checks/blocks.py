@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..report import BlockFinding, Status
+from .modes import tap_fraction
 from .registry import Rule, flag
 
 if TYPE_CHECKING:
@@ -46,16 +47,20 @@ R301 = Rule(
     title="The residual stream grows exponentially over unnormalized blocks.",
     what="Over each run of consecutive unnormalized residual blocks (no layer of the branch feeds "
     "a normalization): the stream's growth `Var[out_last] / Var[skip_first]` and the slope `b` "
-    "of `ln Δ_k` against `ln Var[skip_k]`, `Δ_k = Var[out_k] − Var[skip_k]`.",
+    "of `ln Δ_k` against `ln Var[skip_k]`, `Δ_k = Var[out_k] − Var[skip_k]` divided by the "
+    "fraction of the branch convs' taps that read real input (on maps smaller than the kernel "
+    "reaches a branch adds less for that reason alone).",
     why="An unnormalized branch scales with its input (`Δ_k = g·Var[skip_k]`, `b = 1`): the "
     "stream grows as `(1 + g)^L` and training diverges (a ResNet-18 without BatchNorm: NaN at "
     "lr 0.1, where the BN version trains). A normalized branch adds a bounded amount (`b ≈ 0`, "
     "linear growth): healthy (De & Smith 2020).",
-    formula="error when `Var[out_last] / Var[skip_first] > T_chain` (`compound-threshold`) and "
-    "`b ≥ 0.5` (least squares over the run's blocks with `Δ_k > 0` whose skip is the previous "
-    "block's output, or all of the run's blocks when fewer than 3 are; fewer than 3 of them or a "
-    "spread of `ln Var[skip]` under ln 2: the growth alone decides). Blocks with "
-    "`growth ≥ 1.5` carry the status.",
+    formula="error when `b ≥ 0.5` and either `Var[out_last] / Var[skip_first] > T_chain` "
+    "(`compound-threshold`) or a block with `g_k = Δ_k / Var[skip_k] ≥ 1` (a branch that "
+    "doubles the stream: Kaiming scale, unnormalized). `b` is the least-squares slope over the "
+    "run's blocks with `Δ_k > 0` whose skip is the previous block's output (all of the run's "
+    "blocks when fewer than 3 are); with fewer than 3 points or a spread of `ln Var[skip]` under "
+    "ln 2 it is undetermined and the total alone decides. Blocks with `growth ≥ 1.5` carry the "
+    "status.",
     silence=_REMEDY + "; or raise `compound-threshold`.",
     messages={
         "default": "residual stream grows exponentially over {n} unnormalized blocks: ×{total:.3g} "
@@ -114,6 +119,20 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     mx, my = sum(xs) / len(xs), sum(y for _, y in pts) / len(pts)
     sxx = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in pts) / sxx  # b = cov(ln V, ln Δ) / var(ln V)
+
+
+def taps(desc: ModelDescription, probe: ProbeResult | None, names: list[str]) -> float:
+    """Product of the branch convs' padded-tap fractions (:func:`.modes.tap_fraction`; 1 when the
+    probe did not record the maps): a branch on a 2×2 map adds (4/9)² of what it adds on a large one."""
+    shapes = {layer.name: layer.shape for layer in desc.layers}
+    frac = 1.0
+    for name in names:
+        a = probe.layers.get(name) if probe is not None else None
+        if a is None or not a.input_spatial or not a.output_spatial or name not in shapes:
+            continue
+        f = tap_fraction(tuple(shapes[name][2:]), a.input_spatial, a.output_spatial)
+        frac *= f if f else 1.0
+    return frac
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
@@ -192,12 +211,17 @@ def judge_blocks(
         points = []
         for k in same if len(same) >= 3 else measured:
             v = tv[desc.blocks[k].skip_tensor]
-            points.append((v, tv[desc.blocks[k].out_tensor] - v))
+            # Δ_k over the fraction of the branch convs' taps that read real input (small maps)
+            points.append((v, (tv[desc.blocks[k].out_tensor] - v) / taps(desc, probe, desc.blocks[k].layers)))
         gain_slope = slope(points)
+        top_gain = max((d / v for v, d in points), default=0.0)  # largest g_k = Δ_k / Var[skip_k]
+        # exponential: the total beyond T_chain (slope ≥ ½ or undetermined), or a measured slope
+        # ≥ ½ with a branch that at least doubles the stream (g ≥ 1: an unnormalized branch at
+        # Kaiming scale; shallow nets or small maps keep the total under T_chain but not the kind)
+        big = math.isfinite(total) and total > s.compound_threshold
         if not (
-            math.isfinite(total)
-            and total > s.compound_threshold
-            and (gain_slope is None or gain_slope >= 0.5)
+            (big and (gain_slope is None or gain_slope >= 0.5))
+            or (gain_slope is not None and gain_slope >= 0.5 and top_gain >= 1.0)
         ):
             continue
         flagged = [blocks[k] for k in measured if (blocks[k].growth or 0) >= 1.5]
