@@ -19,6 +19,7 @@ from ..errors import SettingsError
 from ..report import LayerFinding, Report, Role
 from ..settings import Settings
 from . import blocks, chain, measured, norms, skips, structure, weights
+from . import summary as summary_module
 from .registry import CODE, Registry, Rule, mark_skip
 from .roles import new_finding
 from .summary import summarize
@@ -35,8 +36,9 @@ REGISTRY = Registry(
 
 
 def rules_markdown() -> str:
-    """docs/rules.md, generated from the registry."""
-    return REGISTRY.markdown()
+    """docs/rules.md, generated from the registry, with the model-level verdict's precedence (the
+    part of :mod:`.summary`'s docstring that states it)."""
+    return REGISTRY.markdown({"The model-level verdict: precedence": summary_module.PRECEDENCE})
 
 
 def rule_text(code: str | None) -> str:

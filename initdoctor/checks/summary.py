@@ -10,7 +10,7 @@ Precedence — measurement beats assumption:
    (K106) or constant (K107) weights, NaN/Inf produced by the forward (P201), non-finite norm
    parameters (N401). They keep their ``error`` whatever else is known.
 2. **What the probe measured** decides the depth behaviour: the signal's product over the chain
-   (``Var[y_last] / (g_1² · E[x_1²])``, :func:`.chain.measured_ratio`; P205 over the plain chain),
+   (``Var[y_last] / (g_1² · E[x_1²])``, ``chain.measured_ratio``; P205 over the plain chain),
    the residual stream's growth (R301), the per-layer measured ratios (P203, P204).
 3. **The static chain product** (C501) and the gain-normalized measured mean (P203) rest on an
    assumption (each layer's gain, the chain itself). When the probe measured the same chain and
@@ -20,7 +20,7 @@ Precedence — measurement beats assumption:
    says the static product is not confirmed. A static product the measurement confirms (beyond the
    threshold too) keeps its ``error``.
 4. **No measurement and no known structure**: the summary is ``unknown``
-   (:mod:`.structure`: no graph and not evidently a plain chain, or a graph with residual blocks or
+   (``checks/structure.py``: no graph and not evidently a plain chain, or a graph with residual blocks or
    normalization and no probe), with ``unknown_reason``, unless a layer's structure-independent
    finding decided otherwise. Without a probe a plain chain (graph or evidently plain file)
    keeps the static verdict (C501).
@@ -153,3 +153,5 @@ def summarize(
 
 
 _RULES = {r.code: r for r in (C501, P203, P205)}
+#: the precedence, as the module docstring states it (docs/rules.md shows it)
+PRECEDENCE = (__doc__ or "").split("Precedence — measurement beats assumption:", 1)[-1]
