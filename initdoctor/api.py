@@ -108,11 +108,17 @@ def run(
     progress: Any = None,
     example_inputs: Any = None,
     need_graph: str | None = None,
+    force: bool = False,
 ) -> Run:
     """Load ``source``, probe it (``probe`` and a graph), judge it. The time limit
     (``probe_settings.timeout``) bounds loading and probing: both run the model's code (tracing a
     factory, a TorchScript file). ``need_graph``: the message of the error raised when the probe is
-    asked for and the model has no graph (default: a note, and a static judgement)."""
+    asked for and the model has no graph (default: a note, and a static judgement). ``force``:
+    judge the layers as a plain chain even where the structure is unknown (``fix --force``).
+
+    This is the one function that decides the verdict for every entry point (``inspect``,
+    ``check``, ``fix --check``, :func:`diagnose`): the same model and settings, probed or not, give
+    the same ``summary.status``."""
     from .checks import inspect_description
     from .probe import run_probe, time_limit
 
@@ -132,7 +138,7 @@ def run(
             )
         elif probe:
             result = run_probe(loaded, probe_settings, progress, example_inputs)
-    report = inspect_description(loaded.description, inspect_settings, result)
+    report = inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
     report.notes.extend(notes)
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
@@ -249,6 +255,7 @@ def fix_model(
     probe: bool = True,
     progress: Any = None,
     inputs: Any = None,
+    force: bool = False,
     **settings: Any,
 ) -> FixResult:
     """Plan and apply a repair (:mod:`initdoctor.fix`). An in-memory ``nn.Module`` is changed in
@@ -258,7 +265,14 @@ def fix_model(
     ``progress(done, total)`` callback, or an object with ``phase(label)`` giving one per phase (the
     CLI's bar). ``settings`` are :func:`diagnose` settings (nonlinearity, thresholds, probe inputs,
     ``timeout``: it bounds loading and probing, before and after the fix). ``inputs``: real example
-    tensors (a dict or a file, as for :func:`diagnose`) for the probe and ``--method lsuv``."""
+    tensors (a dict or a file, as for :func:`diagnose`) for the probe and ``--method lsuv``.
+
+    The model is judged as :func:`diagnose` judges it (probed when ``probe`` and it has a graph), so
+    ``fix --check`` and ``inspect`` agree. A model whose verdict is ``unknown`` (no graph and not a
+    plain chain, or residual/normalized and not probed) is refused with an
+    :class:`~initdoctor.errors.InitDoctorError` saying what a verdict needs, unless ``force``: then
+    its layers are judged (and rescaled) as a plain chain."""
+    from .checks.structure import NEEDS
     from .fileio import backup_all, check_output, commit_staged, stage_path
     from .fix import METHODS, apply, plan
     from .formats import TorchModule, open_editable
@@ -285,12 +299,19 @@ def fix_model(
         probe_settings,
         trust=trust,
         weights=weights,
-        probe=method == "lsuv",
+        probe=probe or method == "lsuv",
         progress=_phases_only(progress),
-        need_graph=needs,
+        need_graph=needs if method == "lsuv" else None,
         example_inputs=example_inputs,
+        force=force,
     )
     loaded, before = first.loaded, first.report
+    reason = before.summary.unknown_reason
+    if reason is not None:
+        raise InitDoctorError(
+            f"fix: no verdict on this model's depth behaviour ({reason}); for one, {NEEDS[reason]} "
+            "— or give --force to rescale its layers as a plain chain"
+        )
     in_memory = is_torch_module(source)
     changes, skipped = plan(before, method, fail_on, all_layers, tol)
     result = FixResult(changes, skipped, before)
@@ -340,27 +361,27 @@ def fix_model(
             replaced = getattr(editable, "replaced_files", None)  # a folder: only the files it rewrites
             backups = backup_all(replaced() if replaced else input_files(source))  # ONNX: graph and data
             result.backup, result.backups = backups[0], backups
-        if loaded.format_name == "onnx" or loaded.description.format == "safetensors-sharded":
+        if loaded.format_name in ("onnx", "hf-folder") or loaded.description.format == "safetensors-sharded":
             target = editable.save(dst)  # checked by onnxruntime before its commit; a folder
             result.output = target
         else:  # one file: written beside dst and re-checked before it replaces anything
             staged = stage_path(dst)
             target = editable.save(staged)
-    after_settings = {**dataclasses.asdict(inspect_settings), **dataclasses.asdict(probe_settings)}
     try:
-        result.after = diagnose(
+        result.after = run(
             target,
+            inspect_settings,
+            probe_settings,
             trust=trust,
             probe=run_after_probe,
             progress=progress if phase else None,
             example_inputs=example_inputs,
-            **after_settings,
-        )
+            force=force,
+        ).report
     except BaseException as exc:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
-            for bak in result.backups or []:
-                bak.unlink(missing_ok=True)  # MODEL was not touched: its backup is not needed
+        if staged is not None:  # nothing replaced: the stage and MODEL's fresh backups go
+            for path in (staged, *(result.backups or [])):
+                path.unlink(missing_ok=True)
             result.backup, result.backups = None, []
         if staged is not None and isinstance(exc, InitDoctorError):
             kept = f"{dst} left unchanged" if in_place else f"{dst} not written"

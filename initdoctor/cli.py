@@ -1,6 +1,8 @@
 """The ``initdoctor`` command: load, call the library, print. Nothing else lives here.
 
-Exit codes: 0 nothing reaches ``--fail-on``; 1 something does; 2 usage or input error.
+Exit codes: 0 nothing reaches ``--fail-on``; 1 something does; 2 usage or input error (and
+``fix`` refusing a model whose verdict is ``unknown`` without ``--force``). Statuses order
+ok < unknown < warn < error, so ``unknown`` alone exits 0 unless ``--fail-on unknown``.
 Results go to stdout (or ``--output``), messages to stderr.
 """
 
@@ -229,6 +231,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 weights=weights_file,
                 probe=bool(resolved["probe"]),
                 progress=bar,
+                force=opts["force"],
                 **settings,
             )
         from .render import render_fix

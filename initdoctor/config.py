@@ -174,5 +174,6 @@ def resolve(cli: dict[str, Any], start: Path | None = None) -> tuple[dict[str, A
             value = int(value)
         settings[field] = value
     if opts["fail-on"] not in BY_NAME["fail-on"].choices:
-        raise SettingsError(f"fail-on must be warn, error or never, got {opts['fail-on']!r}")
+        valid = ", ".join(BY_NAME["fail-on"].choices)
+        raise SettingsError(f"fail-on must be one of {valid}, got {opts['fail-on']!r}")
     return settings, opts

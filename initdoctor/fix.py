@@ -3,8 +3,9 @@
 Methods, for each selected layer with weight ``W``, Kaiming std ``σ* = gain / sqrt(fan)``:
 
 ``kaiming`` (static, default)
-    ``W ← W · σ*/std(W)`` — the report's ``suggested_scale``. Selected: layers whose static status
-    reaches ``fail_on`` (default ``warn``), or every weighted layer with ``all_layers``. All-zero,
+    ``W ← W · σ*/std(W)`` — the report's ``suggested_scale``. Selected: layers whose status
+    reaches ``fail_on`` (default ``warn``) by a static rule or one the measurement confirms (not
+    :data:`MEASURED_ONLY`), or every weighted layer with ``all_layers``. All-zero,
     constant or NaN weights cannot be rescaled: they are listed as skipped (use ``reinit``).
 ``reinit``
     ``W ← N(0, σ*²)`` drawn from ``numpy.random.default_rng(seed)`` — ``kaiming_normal_`` with the
@@ -27,6 +28,10 @@ import numpy as np
 from .errors import SettingsError
 from .options import METHODS
 from .report import Change, FixResult, Report, at_least
+
+#: measured-only findings a static rescale cannot address (NaN activations, dead units, finite-width
+#: fluctuation of Kaiming weights): kaiming and reinit do not select a layer for them
+MEASURED_ONLY = ("P201", "P202", "P204")
 
 # Change and FixResult (the result's data) live in initdoctor.report; re-exported here, where they
 # were before
@@ -59,7 +64,7 @@ def plan(
                 continue
             if not all_layers and abs(f.variance_ratio - 1) < tol:
                 continue
-        elif not (all_layers or at_least(f.status, fail_on)):
+        elif not (all_layers or (at_least(f.status, fail_on) and f.rule not in MEASURED_ONLY)):
             continue
         broken = bool(f.nan_count or f.inf_count) or not f.weight_std
         if method in ("kaiming", "lsuv") and broken:

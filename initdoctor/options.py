@@ -39,7 +39,10 @@ NONLINEARITIES = (
 NONLINEARITY_NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "linear")
 MODES = ("auto", "fan_in", "fan_out")
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
-FAIL_ON = ("warn", "error", "never")
+#: ``--fail-on`` of inspect/check: ok < unknown < warn < error (``never``: always 0)
+FAIL_ON = ("unknown", "warn", "error", "never")
+#: ``fix --fail-on``: the layers' statuses (a layer is never ``unknown``)
+FIX_FAIL_ON = ("warn", "error", "never")
 FORMATS = ("table", "json", "markdown")
 METHODS = ("kaiming", "lsuv", "reinit")
 ONNX_STRATEGIES = ("reduce", "expose")
@@ -152,8 +155,9 @@ OPTIONS: tuple[Option, ...] = (
     # --- output
     Option("plot", Path, None, "Write a PNG of activation variance across depth (needs the 'plot' extra: "
            "matplotlib).", (INSPECT,)),
-    Option("fail-on", str, "error", "Lowest status that makes the exit code 1.", (INSPECT, CHECK),
-           config=True, choices=FAIL_ON),
+    Option("fail-on", str, "error", "Lowest status that makes the exit code 1 (ok < unknown < warn < "
+           "error; unknown: no verdict on depth could be formed).", (INSPECT, CHECK), config=True,
+           choices=FAIL_ON),
     Option("format", str, "table", "Output format.", (INSPECT, COMPARE, FIX), choices=FORMATS, short="-f",
            cli_help=((COMPARE, "table or json."), (FIX, "Output format (table or json)."))),
     Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT,), short="-o"),
@@ -166,7 +170,7 @@ OPTIONS: tuple[Option, ...] = (
            "measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
            choices=METHODS),
     Option("fix-fail-on", str, "warn", "Fix the layers whose status reaches this (kaiming, reinit).", (FIX,),
-           choices=FAIL_ON, flag="--fail-on"),
+           choices=FIX_FAIL_ON, flag="--fail-on"),
     Option("all-layers", bool, False, "Fix every weighted layer.", (FIX,), flag="--all"),
     Option("zero-bias", bool, False, "Also set the fixed layers' biases to zero.", (FIX,),
            flag="--zero-bias"),
@@ -176,6 +180,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dry-run", bool, False, "Print what would change; write nothing.", (FIX,), flag="--dry-run"),
     Option("check", bool, False, "CI mode: exit 1 and list the layers if a fix would change anything; write "
            "nothing.", (FIX,), flag="--check"),
+    Option("force", bool, False, "Act although the model-level verdict is unknown (no graph and not a plain "
+           "chain, or not probed): judge the layers as a plain chain.", (FIX,), flag="--force"),
     Option("debug", bool, False, "Show tracebacks.", ALL_COMMANDS, flag="--debug/--no-debug"),
 )  # fmt: skip
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from .report import FixResult, LayerFinding, Report, compare_to_dict, register_display
 
-_STYLE = {"ok": "green", "warn": "yellow", "error": "bold red", "skip": "dim"}
-_ICON = {"ok": "ok", "warn": "WARN", "error": "ERROR", "skip": "skip"}
+_STYLE = {"ok": "green", "unknown": "cyan", "warn": "yellow", "error": "bold red", "skip": "dim"}
+_ICON = {"ok": "ok", "unknown": "UNKNOWN", "warn": "WARN", "error": "ERROR", "skip": "skip"}
 
 
 def _num(x: float | None, spec: str = ".4g") -> str:
@@ -157,7 +157,7 @@ def render_markdown(report: Report) -> str:
     """A Markdown report suited to a CI step summary (GitHub's ``$GITHUB_STEP_SUMMARY``)."""
     m = report.model
     s = report.summary
-    icon = {"ok": "✅", "warn": "⚠️", "error": "❌", "skip": "➖"}
+    icon = {"ok": "✅", "unknown": "❔", "warn": "⚠️", "error": "❌", "skip": "➖"}
     lines = [
         f"## initdoctor: {icon[s.status]} {s.status}",
         "",

@@ -166,11 +166,11 @@ def test_sharded_and_bin_folders(tmp_path):
 def test_fix_rewrites_a_changed_bin_shard_with_torch_save(tmp_path):
     model = llama()
     with torch.no_grad():
-        model.model.layers[0].self_attn.q_proj.weight.mul_(100)
+        model.lm_head.weight.mul_(100)  # judged per layer (residual layers are judged by their block)
     (tmp_path / "in").mkdir()
     folder = save_bin(model, tmp_path / "in", shards=3)
     before = digests(folder)
-    result = initdoctor.fix_model(folder, output=tmp_path / "out", probe=False)
+    result = initdoctor.fix_model(folder, output=tmp_path / "out", probe=False, force=True)
     index = json.loads((folder / "pytorch_model.bin.index.json").read_text())["weight_map"]
     changed = {index[c.weight_key] for c in result.changes}
     after = digests(tmp_path / "out")
@@ -185,14 +185,14 @@ def test_fix_rewrites_a_changed_bin_shard_with_torch_save(tmp_path):
 
 def test_fix_writes_the_same_folder_changing_only_the_shards_it_rescaled(tmp_path):
     model = llama()
-    with torch.no_grad():  # one block's down projection ×100: std 2.0 against Kaiming's 0.18
-        model.model.layers[1].mlp.down_proj.weight.mul_(100)
+    with torch.no_grad():  # the head ×100 (residual layers are judged by their block's growth)
+        model.lm_head.weight.mul_(100)
     folder = save(model, tmp_path / "in", max_shard_size="40KB")
     os.chmod(folder / "config.json", 0o640)
     before = digests(folder)
     out = tmp_path / "out"
-    result = initdoctor.fix_model(folder, output=out, probe=False)
-    assert "model.layers.1.mlp.down_proj.weight" in {c.weight_key for c in result.changes}
+    result = initdoctor.fix_model(folder, output=out, probe=False, force=True)
+    assert "lm_head.weight" in {c.weight_key for c in result.changes}
     assert result.output == out
     assert digests(folder) == before  # the input is untouched
     assert sorted(p.name for p in out.iterdir()) == sorted(before)  # same layout, no stray temp
@@ -219,7 +219,7 @@ def test_fix_writes_the_same_folder_changing_only_the_shards_it_rescaled(tmp_pat
 def test_fix_in_place_backs_up_what_it_replaces_and_the_backups_restore_it(tmp_path):
     folder = save(gpt2(), tmp_path / "gpt2")
     before = digests(folder)
-    result = initdoctor.fix_model(folder, in_place=True, all_layers=True, probe=False)
+    result = initdoctor.fix_model(folder, in_place=True, all_layers=True, probe=False, force=True)
     assert len(result.changes) == 8  # every projection rescaled to its Kaiming std
     assert [b.name for b in result.backups] == ["model.safetensors.bak"]  # only what it replaced
     assert digest(folder / "model.safetensors") != before["model.safetensors"]
@@ -349,22 +349,22 @@ def test_remote_code_runs_with_trust_only(tmp_path):
 def test_cli_inspect_and_fix_a_folder(tmp_path):
     model = llama()
     with torch.no_grad():
-        model.model.layers[0].mlp.up_proj.weight.mul_(100)
+        model.lm_head.weight.mul_(100)
     folder = save(model, tmp_path / "in")
     code, out, err = cli("inspect", str(folder), "--no-probe", "--format", "json")
     data = json.loads(out)
     assert data["model"]["format"] == "hf-folder"
-    up = next(f for f in data["layers"] if f["name"] == "model.layers.0.mlp.up_proj")
+    up = next(f for f in data["layers"] if f["name"] == "lm_head")
     assert up["weight_std"] == pytest.approx(2.0, rel=0.1) and up["fan_in"] == 32
     # no output may replace a file of the folder
     code, _, err = cli("inspect", str(folder), "-o", str(folder / "tokenizer.json"))
     assert code == 2 and "is an input of this run" in err
     (tmp_path / "out").mkdir()  # OUT_DIR may exist when it is empty
-    code, out, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "-q")
+    code, out, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "-q")
     assert code in (0, 1), err
     assert digest(tmp_path / "out" / "config.json") == digest(folder / "config.json")
     assert digest(tmp_path / "out" / "model.safetensors") != digest(folder / "model.safetensors")
-    code, _, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "-q")
+    code, _, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "-q")
     assert code == 2 and "not an empty folder" in err  # and nothing else
 
 

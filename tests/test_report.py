@@ -39,7 +39,7 @@ def test_json_schema_keys_are_the_documented_contract(tmp_path):
     data = json.loads(proc.stdout)
     # 5 xavier layers: each warns, but the chain only shrinks ×0.1 (inside ×1/16): exit 0
     assert proc.returncode == 0 and data["summary"]["status"] == "warn"
-    assert data["schema"] == "initdoctor.report/1"
+    assert data["schema"] == "initdoctor.report/2"
     assert {"path", "format", "parameters"} <= set(data["model"])
     assert data["model"]["parameters"] == 64 * 32 + 32 + 3 * (32 * 32 + 32) + 32 * 10 + 10
     for layer in data["layers"]:

@@ -3,8 +3,10 @@
 Each rule has a stable code (docs/rules.md, ``initdoctor rule CODE``); the rules live by family:
 :mod:`.skips` (S0xx, not judged), :mod:`.weights` (K1xx, static per layer, He et al. 2015),
 :mod:`.measured` (P2xx, the probe), :mod:`.blocks` (R3xx, residual growth), :mod:`.norms`
-(N4xx), :mod:`.chain` (C5xx, compounding), :mod:`.summary` (the model-level verdict);
-:mod:`.roles` resolves what each layer is. This module only runs them in order.
+(N4xx), :mod:`.chain` (C5xx, compounding), :mod:`.summary` (the model-level verdict, and the
+precedence of measurement over assumption); :mod:`.roles` resolves what each layer is;
+:mod:`.structure` whether the structure is known well enough for a model-level verdict (else
+``unknown``). This module only runs them in order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING
 from ..errors import SettingsError
 from ..report import LayerFinding, Report, Role, Source
 from ..settings import Settings
-from . import blocks, chain, measured, modes, norms, skips, weights
+from . import blocks, chain, measured, modes, norms, skips, structure, weights
+from . import summary as summary_module
 from .registry import CODE, Registry, Rule, mark_skip
 from .roles import new_finding
 from .summary import summarize
@@ -34,8 +37,9 @@ REGISTRY = Registry(
 
 
 def rules_markdown() -> str:
-    """docs/rules.md, generated from the registry."""
-    return REGISTRY.markdown()
+    """docs/rules.md, generated from the registry, with the model-level verdict's precedence (the
+    part of :mod:`.summary`'s docstring that states it)."""
+    return REGISTRY.markdown({"The model-level verdict: precedence": summary_module.PRECEDENCE})
 
 
 def rule_text(code: str | None) -> str:
@@ -50,10 +54,19 @@ def rule_text(code: str | None) -> str:
 
 
 def inspect_description(
-    desc: ModelDescription, settings: Settings | None = None, probe: ProbeResult | None = None
+    desc: ModelDescription,
+    settings: Settings | None = None,
+    probe: ProbeResult | None = None,
+    *,
+    assume_chain: bool = False,
 ) -> Report:
-    """Judge every layer of ``desc`` (and, given a probe result, what the signal did)."""
+    """Judge every layer of ``desc`` (and, given a probe result, what the signal did).
+
+    When the structure is not known well enough for a model-level verdict
+    (:func:`.structure.unknown_reason`) the summary is ``unknown`` and the layers carry facts only
+    (no rescale suggested); ``assume_chain`` (``fix --force``) judges them as a plain chain anyway."""
     s = settings or Settings()
+    reason, evidence = (None, []) if assume_chain else structure.unknown_reason(desc, probe)
     ignored = REGISTRY.ignored(s.ignore)  # rule codes; the other entries are layer-name globs
     globs = [entry for entry in s.ignore if not CODE.match(entry)]
     judged = [layer for layer in desc.layers if layer.kind != "embedding"]
@@ -85,14 +98,22 @@ def inspect_description(
             if ln_r is not None and layer.name not in off_chain:
                 hidden_chain.append((finding, ln_r))
 
-    ln_compound = chain.compound(hidden_chain, s, ignored)
+    if reason is not None:
+        structure.facts_only(findings, s)
+        hidden_chain = []  # no chain is known: no compounding
+    over_chain = chain.measured_ratio(hidden_chain, probe)  # Var[y_L] / (g_1² · E[x_1²]), measured
+    ln_compound = chain.compound(hidden_chain, s, ignored, over_chain)
     measures = None
     if probe is not None:
-        measures = measured.apply_probe(findings, probe, s, ignored, off_chain)
+        measures = measured.apply_probe(
+            findings, probe, s, ignored, off_chain, depth_healthy=chain.within(over_chain, s)
+        )
     norm_findings = [norms.judge_norm(n, ignored) for n in desc.norms]
     normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
     block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
-    summary = summarize(findings, norm_findings, ln_compound, s, ignored, measures, stream)
+    summary = summarize(
+        findings, norm_findings, ln_compound, s, ignored, measures, stream, over_chain, reason
+    )
     summary.kaiming_mode = s.mode
     model = {
         "path": desc.path,
@@ -114,6 +135,10 @@ def inspect_description(
     notes = list(desc.notes)
     if s.mode == "fan_out" and not forced:
         notes.append(modes.FAN_OUT_NOTE)
+    if reason is not None:
+        notes.append(f"structure not known ({reason}): " + "; ".join(evidence))
+    elif assume_chain:
+        notes.append("--force: judged as a plain chain of layers, whatever the structure")
     if desc.blocks and probe is None:
         notes.append(f"{len(desc.blocks)} residual blocks found; their growth needs the probe")
     return Report(model, asdict(s), findings, norm_findings, summary, notes, probe_info, block_findings)

@@ -67,7 +67,9 @@ P203 = Rule(
     why="A systematic per-layer factor compounds with depth like a scale error in the weights "
     "(He et al. 2015, eq. 7: `Var[y] = fan_in · Var[w] · E[x²]`).",
     formula="error when `|ln G| > ln T_warn + 3·sd(ln r)/sqrt(L)` (3 standard errors of the mean "
-    "of `L ≥ 2` layers); each layer beyond `T_warn` in the same direction becomes error.",
+    "of `L ≥ 2` layers); each layer beyond `T_warn` in the same direction becomes error. `G` "
+    "divides by the assumed gain: when the signal measured over the chain stays within "
+    "`[1/T_chain, T_chain]`, P203 does not fire.",
     silence=f"Fix the per-layer scales (`initdoctor fix`). {_PROBE}.",
     messages={
         "default": "measured: the signal's variance changes ×{ratio:.3g} per layer on average "
@@ -131,9 +133,13 @@ def apply_probe(
     s: Settings,
     ignored: frozenset[str],
     off_chain: set[str] | None = None,
+    depth_healthy: bool = False,
 ) -> Measured:
     """Merge measured statistics into the findings and judge them (see the module docstring).
-    ``off_chain``: hidden layers the graph does not show in a plain chain (a concat follows)."""
+    ``off_chain``: hidden layers the graph does not show in a plain chain (a concat follows).
+    ``depth_healthy``: the signal measured over the chain stays within the compound threshold
+    (:func:`initdoctor.checks.chain.measured_ratio`), so the gain-normalized mean ``G`` cannot
+    claim a drift the signal does not show: no layer becomes P203 error (see checks/summary.py)."""
     off_chain = off_chain or set()
     notes: dict[str, tuple[float, str]] = {}  # expected measured ratio and why, where not 1
     plain_measured = 0
@@ -197,7 +203,7 @@ def apply_probe(
             sd = math.sqrt(sum((x - mean_ln) ** 2 for x in logs) / (len(logs) - 1))
             # P203: |ln G| > ln T_warn + 3 · sd(ln r) / sqrt(L)
             systematic = abs(mean_ln) > math.log(s.warn_threshold) + 3 * sd / math.sqrt(len(logs))
-    drift = systematic and P203.code not in ignored
+    drift = systematic and P203.code not in ignored and not depth_healthy
     for f, ln_r in chain:
         if drift and ln_r * mean_ln > 0 and abs(ln_r) > math.log(s.warn_threshold):
             if f.status != Status.ERROR:

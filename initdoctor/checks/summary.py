@@ -2,7 +2,29 @@
 (compounding), P203 (systematic measured drift), P205 (measured depth drift), R301/R302 (residual
 growth). ``summary.rule`` is the model-level rule whose message the summary carries (None when
 the layers' own statuses decided it); an ignored model-level rule that would have fired is named
-at the end of the message."""
+at the end of the message.
+
+Precedence — measurement beats assumption:
+
+1. **Structure-independent facts** decide first and always: NaN/Inf weights (K105), all-zero
+   (K106) or constant (K107) weights, NaN/Inf produced by the forward (P201), non-finite norm
+   parameters (N401). They keep their ``error`` whatever else is known.
+2. **What the probe measured** decides the depth behaviour: the signal's product over the chain
+   (``Var[y_last] / (g_1² · E[x_1²])``, ``chain.measured_ratio``; P205 over the plain chain),
+   the residual stream's growth (R301), the per-layer measured ratios (P203, P204).
+3. **The static chain product** (C501) and the gain-normalized measured mean (P203) rest on an
+   assumption (each layer's gain, the chain itself). When the probe measured the same chain and
+   the signal over it stays within ``[1/T_chain, T_chain]``, neither may claim "vanish/explode":
+   C501 and P203 do not fire, the product stays in the report as explanation
+   (``summary.compound_variance_ratio``, per-layer ratios and rescale suggestions) and the message
+   says the static product is not confirmed. A static product the measurement confirms (beyond the
+   threshold too) keeps its ``error``.
+4. **No measurement and no known structure**: the summary is ``unknown``
+   (``checks/structure.py``: no graph and not evidently a plain chain, or a graph with residual blocks or
+   normalization and no probe), with ``unknown_reason``, unless a layer's structure-independent
+   finding decided otherwise. Without a probe a plain chain (graph or evidently plain file)
+   keeps the static verdict (C501).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +33,15 @@ from typing import TYPE_CHECKING
 
 from ..report import LayerFinding, NormFinding, Role, Status, Summary, worse
 from .blocks import Stream
-from .chain import C501, broken
+from .chain import C501, broken, within
 from .measured import P203, P205, Measured
 from .registry import ignored_note
+from .structure import MESSAGES
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-_BADNESS = {Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
+_BADNESS = {Status.OK: 1, Status.UNKNOWN: 1, Status.WARN: 2, Status.ERROR: 3}
 
 
 def summarize(
@@ -29,7 +52,12 @@ def summarize(
     ignored: frozenset[str],
     measured: Measured | None = None,
     stream: Stream | None = None,
+    over_chain: float | None = None,
+    unknown: str | None = None,
 ) -> Summary:
+    """The model-level verdict (see the module docstring). ``over_chain``: the signal's ratio
+    over the static chain as measured (None: not measured); ``unknown``: why no verdict on depth
+    can be formed (:data:`~initdoctor.report.UNKNOWN_REASONS`), None when it can."""
     counts = {status: 0 for status in Status}
     status = Status.OK
     for f in findings:
@@ -46,8 +74,10 @@ def summarize(
         return fires
 
     compound = math.exp(ln_compound) if ln_compound is not None else None
-    chain_broken = applies(C501.code, broken(ln_compound, s))  # |Σ ln r| > ln T_chain
-    systematic = applies(P203.code, measured is not None and measured.systematic)
+    contradicted = within(over_chain, s)  # the measured signal over the chain stays within T_chain
+    # C501: |Σ ln r| > ln T_chain, unless the measurement over the same chain contradicts it
+    chain_broken = applies(C501.code, broken(ln_compound, s) and not contradicted)
+    systematic = applies(P203.code, measured is not None and measured.systematic and not contradicted)
     depth = measured.depth_ratio if measured is not None else None
     # P205: |ln depth_ratio| > ln T_chain
     depth_drift = applies(
@@ -80,10 +110,16 @@ def summarize(
         assert measured is not None
         status = worse(status, Status.WARN)
         message, rule = P205.message(ratio=measured.depth_ratio), P205.code
+    elif unknown is not None and status == Status.OK:
+        status, message = Status.UNKNOWN, MESSAGES[unknown]
     elif status == Status.OK:
         message = f"{counts[Status.OK]} of {n} layers within Kaiming bands"
     else:
         message = f"{counts[Status.ERROR]} error, {counts[Status.WARN]} warn of {n} layers; worst: {worst}"
+        if unknown is not None:
+            message += f"; {MESSAGES[unknown]}"
+    if broken(ln_compound, s) and contradicted and n:
+        message += "; " + C501.message("contradicted", total=compound, measured=over_chain)
     # counts after the summary-level rules
     counts = {k: sum(1 for f in findings if f.status == k) for k in Status}
     summary = Summary(
@@ -96,6 +132,7 @@ def summarize(
         compound,
         message,
         rule=rule,
+        unknown_reason=unknown if status == Status.UNKNOWN else None,
     )
     if measured is not None:
         summary.depth_ratio = measured.depth_ratio
@@ -116,3 +153,5 @@ def summarize(
 
 
 _RULES = {r.code: r for r in (C501, P203, P205)}
+#: the precedence, as the module docstring states it (docs/rules.md shows it)
+PRECEDENCE = (__doc__ or "").split("Precedence — measurement beats assumption:", 1)[-1]

@@ -19,6 +19,7 @@ from .json import compare_rows, compare_to_dict, fix_to_dict
 from .model import (
     FAIL_ON,
     STATUSES,
+    UNKNOWN_REASONS,
     BlockFinding,
     LayerFinding,
     NormFinding,
@@ -51,6 +52,7 @@ __all__ = [
     "Source",
     "Status",
     "Summary",
+    "UNKNOWN_REASONS",
     "at_least",
     "clean",
     "compare_rows",

@@ -1,4 +1,4 @@
-"""The JSON forms of a repair (``initdoctor.fix/1``) and of a comparison (``initdoctor.compare/1``),
+"""The JSON forms of a repair (``initdoctor.fix/2``) and of a comparison (``initdoctor.compare/2``),
 every number in them computed here (the renderer only lays them out). The report's own JSON is
 :meth:`~initdoctor.report.Report.to_dict`; the schemas and their versioning rule are in
 :mod:`initdoctor.report.schema` and ``docs/schemas/``.
@@ -18,7 +18,7 @@ _CHANGE_INTERNAL = ("bias_key", "shape")
 
 
 def fix_to_dict(result: FixResult, dry: bool) -> dict[str, Any]:
-    """JSON form of a :class:`FixResult` (schema ``initdoctor.fix/1``)::
+    """JSON form of a :class:`FixResult` (schema ``initdoctor.fix/2``)::
 
         {"schema", "written", "output", "backup", "backups",
          "changes": [{"name", "weight_key", "method", "old_std", "new_std", "factor",
@@ -70,7 +70,7 @@ def _get(finding: LayerFinding | None, attr: str) -> Any:
 
 
 def compare_to_dict(a: Report, b: Report) -> dict[str, Any]:
-    """JSON form of ``initdoctor compare A B`` (schema ``initdoctor.compare/1``)::
+    """JSON form of ``initdoctor compare A B`` (schema ``initdoctor.compare/2``)::
 
         {"schema", "a": model, "b": model, "layers": [compare_rows], "summary": {"a", "b"}}
 

@@ -1,6 +1,6 @@
 """The report's data: per-layer findings, a summary and the exit code (no rendering, no I/O).
 
-The JSON form (:meth:`Report.to_dict`, schema ``initdoctor.report/1``) is described in
+The JSON form (:meth:`Report.to_dict`, schema ``initdoctor.report/2``) is described in
 :mod:`initdoctor.report.schema`; how a report displays itself in :mod:`initdoctor.report.display`.
 """
 
@@ -18,10 +18,13 @@ from .schema import REPORT_SCHEMA, clean
 
 class Status(StrEnum):
     """A finding's verdict, in increasing severity. ``skip`` = not judged (embedding, integer
-    weights, empty, ignored by a layer-name glob)."""
+    weights, empty, ignored by a layer-name glob). ``unknown`` is a model-level status only
+    (``summary.status``): no verdict could be formed on depth behaviour (no graph and not evidently
+    a plain chain, or residual/normalized structure not probed; see ``summary.unknown_reason``)."""
 
     SKIP = "skip"
     OK = "ok"
+    UNKNOWN = "unknown"
     WARN = "warn"
     ERROR = "error"
 
@@ -50,14 +53,18 @@ class Source(StrEnum):
 
 #: Statuses in increasing severity.
 STATUSES = tuple(Status)
-_RANK: dict[str, int] = {Status.SKIP: 0, Status.OK: 1, Status.WARN: 2, Status.ERROR: 3}
+_RANK: dict[str, int] = {Status.SKIP: 0, Status.OK: 1, Status.UNKNOWN: 2, Status.WARN: 3, Status.ERROR: 4}
 
-#: ``fail_on`` values: the lowest status that makes the exit code 1 (``never``: always 0).
-FAIL_ON = ("warn", "error", "never")
+#: ``fail_on`` values: the lowest status that makes the exit code 1 (``never``: always 0);
+#: ok < unknown < warn < error, so ``unknown`` fails on unknown, warn and error.
+FAIL_ON = ("unknown", "warn", "error", "never")
+#: why a summary is ``unknown`` (``summary.unknown_reason``): no graph and the layers are not
+#: evidently a plain chain; a graph with residual blocks or normalization that was not probed
+UNKNOWN_REASONS = ("no-graph", "not-probed")
 
 
 def rank(status: str) -> int:
-    """0 (skip) … 3 (error)."""
+    """0 (skip) … 4 (error)."""
     return _RANK[status]
 
 
@@ -149,6 +156,7 @@ class Summary:
     residual_growth: float | None = None  # geometric mean of the blocks' growth
     rule: str | None = None  # the model-level rule that decided the summary (None: the layers did)
     kaiming_mode: str | None = None  # the He condition judged: "fan_in" or "fan_out" (detected or forced)
+    unknown_reason: str | None = None  # one of UNKNOWN_REASONS when status is unknown, else None
 
 
 @dataclass
@@ -164,7 +172,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when no layer is ``error`` (the default ``fail_on``)."""
+        """True when the summary is not ``error`` (the default ``fail_on``; ``unknown`` is ok)."""
         return self.summary.status != "error"
 
     def exit_code(self, fail_on: str = "error") -> int:
@@ -175,7 +183,7 @@ class Report:
         return [layer for layer in self.layers if at_least(layer.status, fail_on)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (schema ``initdoctor.report/1``): NaN/Inf are ``null``."""
+        """The JSON form (schema ``initdoctor.report/2``): NaN/Inf are ``null``."""
         layers = []
         for layer in self.layers:
             row = asdict(layer)
