@@ -301,12 +301,14 @@ def graph_follower(
     walk goes on through ``"other"`` ops (rotary embeddings' products and concatenations, a class
     token's concat, a position embedding's add) and returns ``("linear", None, False)`` when every
     path ends at attention, a norm, the residual stream, another weighted layer or an output
-    without meeting an activation (a patch embedding, q/k/v under rotary embeddings). None when an
-    activation (or a gate) is met, or the walk is too long: then nothing is claimed.
+    without meeting an activation (a patch embedding, q/k/v under rotary embeddings), and
+    ``("normalized", None, False)`` when every path ends at a norm (a DenseNet layer whose output is
+    concatenated, then batch-normalized per channel: its scale does not reach the signal). None
+    when an activation (or a gate) is met, or the walk is too long: then nothing is claimed.
     """
     frontier = list(nodes[start].users)
     seen: set[str] = set()
-    ends = 0
+    ends = norms = 0
     while frontier:
         node_id = frontier.pop()
         if node_id in seen:
@@ -317,6 +319,9 @@ def graph_follower(
             return None
         if node.op in ("weighted", "attention", "norm", "output", "residual"):
             ends += 1
+            norms += node.op == "norm"
         else:  # pass, other
             frontier.extend(node.users)
+    if ends and norms == ends:
+        return ("normalized", None, False)
     return ("linear", None, False) if ends else None

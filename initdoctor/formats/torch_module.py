@@ -226,7 +226,9 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             layer.normalized_after = name in then_norm
         layers.append(layer)
     params = count_parameters(list(module.state_dict(keep_vars=True).values()))
-    desc = ModelDescription(path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates)
+    desc = ModelDescription(
+        path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates=gates
+    )
     if not isinstance(module, torch.jit.ScriptModule):
         desc.inputs = config_inputs(module, 2)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"

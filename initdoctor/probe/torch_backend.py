@@ -293,6 +293,15 @@ def _tensors(obj: Any) -> list[Any]:
     return []
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Bit-for-bit the same values, NaN where the other has NaN (``torch.equal`` says NaN ≠ NaN)."""
+    import torch
+
+    if torch.equal(a, b):
+        return True
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all()) if a.is_floating_point() else False
+
+
 #: Parameters up to this many bytes are copied before the probe, so that a forward that changes
 #: its own weights is undone exactly; above it the change is still detected (version counters).
 SNAPSHOT_BYTES = 256 * 2**20
@@ -341,7 +350,7 @@ class _ModelState:
         import torch
 
         changed = [name for name, p, version in self.versions if p._version != version]
-        changed += [n for n, p, copy in self.saved if n not in changed and not torch.equal(p.detach(), copy)]
+        changed += [n for n, p, copy in self.saved if n not in changed and not _same(p.detach(), copy)]
         if not changed:
             return
         with torch.no_grad():
