@@ -9,10 +9,11 @@ file of initdoctor: each safetensors header by :func:`.safetensors_header.read_h
 sharded index by :func:`.safetensors_header.shard_files`/``check_shards``), ``.bin`` files only
 through ``torch.load(weights_only=True)`` within :mod:`.torch_limits`. They are assigned to the
 model (``load_state_dict(assign=True)``: the file's tensors and dtypes) under the names
-``from_pretrained`` gives them (transformers' conversion mapping, :func:`match_names`), then tied as transformers
-ties them (``save_pretrained`` drops the tied copy, e.g. GPT-2's ``lm_head.weight``). Weights the
-checkpoint lacks that are not tied copies are initialized by the model (transformers'
-``initialize_weights``, as ``from_pretrained`` does) and listed in ``new_layers`` and a note.
+``from_pretrained`` gives them (transformers' conversion mapping, :func:`match_names`), then
+tied as transformers ties them (``save_pretrained`` drops the tied copy, e.g. GPT-2's
+``lm_head.weight``). Weights the checkpoint lacks that are not tied copies are initialized by
+the model (transformers' ``initialize_weights``, as ``from_pretrained`` does) and listed in
+``new_layers`` and a note.
 Code from the folder (``auto_map``: ``trust_remote_code``) runs only with ``trust``.
 
 The built model is described like a factory's (:func:`.torch_module.describe_module_graph`), keeps
