@@ -392,3 +392,94 @@ def test_factory_loads_a_save_pretrained_file_without_the_tied_head(tmp_path, mo
     report = initdoctor.diagnose("tiny_gpt2:gpt2_factory", weights=folder / "model.safetensors")
     same_table(report, initdoctor.diagnose(folder))  # seed 1 replaced by the file's weights
     sys.modules.pop("tiny_gpt2", None)
+
+
+# --- checkpoint names that differ from the model's (transformers' conversion mapping) -------------
+from tests.realzoo import MATRIX  # noqa: E402
+
+HF_ENTRIES = [e for e in MATRIX if e.hf]
+
+
+def verdict(report: initdoctor.Report) -> tuple[str, str | None]:
+    return report.summary.status, report.summary.rule
+
+
+def test_vit_folder_holds_legacy_key_names_that_transformers_renames(tmp_path):
+    from safetensors import safe_open
+
+    from tests.realzoo import vit
+
+    folder = save(vit(), tmp_path / "vit")
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+    assert "vit.encoder.layer.0.attention.attention.key.weight" in keys  # save_pretrained's legacy name
+    loaded = initdoctor.load(folder)
+    assert loaded.names["vit.encoder.layer.0.attention.attention.key.weight"] == (
+        "vit.layers.0.attention.k_proj.weight"
+    )
+    assert loaded.description.new_layers == [] and loaded.unused == {}
+
+
+@pytest.mark.parametrize("entry", HF_ENTRIES, ids=[e.name for e in HF_ENTRIES])
+def test_every_hf_zoo_folder_is_judged_like_its_factory(tmp_path, entry):
+    model = entry.build()
+    folder = save(model, tmp_path / entry.name)
+    from_folder = initdoctor.diagnose(folder, probe=True)
+    from_factory = initdoctor.diagnose(entry.factory, probe=True)
+    same_table(from_folder, from_factory)
+    assert not any("new layers" in n or "not used by the model" in n for n in from_folder.notes)
+    assert verdict(from_folder) == verdict(from_factory)
+
+
+def test_fix_of_a_vit_folder_writes_the_checkpoint_names(tmp_path):
+    from safetensors import safe_open
+
+    from tests.realzoo import vit
+
+    model = vit()
+    with torch.no_grad():  # the head ×100
+        model.classifier.weight.mul_(100)
+    folder = save(model, tmp_path / "in", max_shard_size="100KB")
+    before = digests(folder)
+    loaded = initdoctor.load(folder)
+    file_key = {model_key: key for key, model_key in loaded.names.items()}
+    out = tmp_path / "out"
+    result = initdoctor.fix_model(folder, output=out, probe=False, force=True)
+    assert "classifier.weight" in {c.weight_key for c in result.changes}
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    changed = {index[file_key[c.weight_key]] for c in result.changes}
+    after = digests(out)
+    for name, value in before.items():  # a shard is rewritten exactly when it holds a rescaled tensor
+        assert (after[name] != value) == (name in changed), name
+    for change in result.changes:
+        key = file_key[change.weight_key]
+        with safe_open(str(out / index[key]), "pt") as handle:
+            assert set(handle.keys()) == {k for k, f in index.items() if f == index[key]}  # file names
+            tensor = handle.get_tensor(key)
+        assert tensor.double().std(unbiased=False).item() == pytest.approx(change.expected_std, rel=1e-5)
+    again = initdoctor.load(out)
+    assert again.description.new_layers == []
+
+
+def test_fix_of_a_broken_vit_block_writes_its_legacy_checkpoint_names(tmp_path):
+    from safetensors import safe_open
+
+    from tests.realzoo import vit_broken
+
+    folder = save(vit_broken(), tmp_path / "in")  # block 1's matrices ×10
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        keys_in = list(handle.keys())
+    loaded = initdoctor.load(folder)
+    file_key = {model_key: key for key, model_key in loaded.names.items()}
+    out = tmp_path / "out"
+    result = initdoctor.fix_model(folder, output=out, all_layers=True, probe=False, force=True)
+    changes = {c.weight_key: c for c in result.changes}
+    change = changes["vit.layers.1.attention.k_proj.weight"]
+    assert file_key[change.weight_key] == "vit.encoder.layer.1.attention.attention.key.weight"
+    assert change.old_std == pytest.approx(0.2, rel=0.1)  # N(0, 0.02) ×10, read from the file
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert list(handle.keys()) == keys_in  # the checkpoint's own names, in its order
+        tensor = handle.get_tensor("vit.encoder.layer.1.attention.attention.key.weight")
+    assert tensor.double().std(unbiased=False).item() == pytest.approx(change.expected_std, rel=1e-5)
+    assert change.expected_std == pytest.approx(64**-0.5, rel=0.2)  # Kaiming-ish for fan_in 64
+    assert initdoctor.load(out).description.new_layers == []

@@ -8,10 +8,12 @@ initialization the checkpoint replaces. The weights are data, read as strictly a
 file of initdoctor: each safetensors header by :func:`.safetensors_header.read_header` (and a
 sharded index by :func:`.safetensors_header.shard_files`/``check_shards``), ``.bin`` files only
 through ``torch.load(weights_only=True)`` within :mod:`.torch_limits`. They are assigned to the
-model (``load_state_dict(assign=True)``: the file's tensors and dtypes), then tied as transformers
-ties them (``save_pretrained`` drops the tied copy, e.g. GPT-2's ``lm_head.weight``). Weights the
-checkpoint lacks that are not tied copies are initialized by the model (transformers'
-``initialize_weights``, as ``from_pretrained`` does) and listed in ``new_layers`` and a note.
+model (``load_state_dict(assign=True)``: the file's tensors and dtypes) under the names
+``from_pretrained`` gives them (transformers' conversion mapping, :func:`match_names`), then
+tied as transformers ties them (``save_pretrained`` drops the tied copy, e.g. GPT-2's
+``lm_head.weight``). Weights the checkpoint lacks that are not tied copies are initialized by
+the model (transformers' ``initialize_weights``, as ``from_pretrained`` does) and listed in
+``new_layers`` and a note.
 Code from the folder (``auto_map``: ``trust_remote_code``) runs only with ``trust``.
 
 The built model is described like a factory's (:func:`.torch_module.describe_module_graph`), keeps
@@ -204,16 +206,39 @@ def _safetensors_tensors(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: truncated or corrupt safetensors file ({exc})") from None
 
 
-def match_names(file_keys: list[str], model_keys: list[str], prefix: str) -> dict[str, str]:
-    """File tensor name → model name: as is, or with the base model's prefix added or removed (a
-    ``BertModel`` checkpoint in a ``BertForSequenceClassification``), whichever matches most."""
-    own = set(model_keys)
-    dot = f"{prefix}." if prefix else ""
-    ways = [lambda k: k]
-    if dot:
-        ways += [lambda k: dot + k, lambda k: k.removeprefix(dot)]
-    best = max(ways, key=lambda way: sum(way(k) in own for k in file_keys))
-    return {k: best(k) for k in file_keys}
+def match_names(model: Any, file_keys: list[str]) -> dict[str, str]:
+    """File tensor name → model name, as ``from_pretrained`` renames them: transformers' own
+    checkpoint conversion mapping for the model (``get_model_conversion_mapping``: legacy names
+    such as ViT's ``attention.attention.key`` → ``attention.k_proj``, ``gamma``/``beta``) applied
+    by its ``rename_source_key``, which also adds or removes the base model's prefix (a
+    ``BertModel`` checkpoint in a ``BertForSequenceClassification``). A key that a
+    ``WeightConverter`` would merge or split (fused QKV, stacked experts) keeps its name: it is
+    reported unused rather than loaded wrongly."""
+    own = model.state_dict(keep_vars=True)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except Exception:  # noqa: BLE001 - a transformers without the mapping, or custom code
+        return {k: _with_prefix(k, own, prefix) for k in file_keys}
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    names: dict[str, str] = {}
+    for key in file_keys:
+        renamed, converted = rename_source_key(key, renamings, converters, prefix or None, own)
+        names[key] = key if converted is not None else renamed
+    return names
+
+
+def _with_prefix(key: str, own: dict[str, Any], prefix: str) -> str:
+    """``key`` with the base model's prefix removed or added if that names a model tensor."""
+    if prefix and key.startswith(f"{prefix}.") and key.removeprefix(f"{prefix}.") in own:
+        return key.removeprefix(f"{prefix}.")
+    if prefix and f"{prefix}.{key}" in own:
+        return f"{prefix}.{key}"
+    return key
 
 
 def load_into(
@@ -283,8 +308,7 @@ def load(source: str, name: str, *, trust: bool, weights: str | None, progress: 
     folder = Path(source)
     model = build_model(folder, trust=trust)
     state, files = read_weights(folder)
-    model_keys = list(model.state_dict(keep_vars=True))
-    names = match_names(list(state), model_keys, getattr(model, "base_model_prefix", "") or "")
+    names = match_names(model, list(state))
     new, unused = load_into(model, state, names, folder)
     kept = {k: state[k] for k in unused}  # written back as they were when their file is rewritten
     del state
