@@ -16,7 +16,9 @@ R301 judges each *run* of consecutive unnormalized blocks: the stream's growth o
 threshold is an ``error`` when the growth is exponential — the slope ``b`` of ``ln Δ_k`` against
 ``ln Var[skip_k]`` is ≥ ½ (``b = 1``: the branch scales with its input; ``b = 0``: it adds a
 constant). R302 sees a single block that alone grows or shrinks the stream beyond the compound
-threshold, whatever the other blocks do.
+threshold, whatever the other blocks do (a pre-normalized branch against what the other blocks
+add, not against a stream that starts tiny). R303 sees a post-norm block (the add feeds a norm,
+BERT) whose branch dwarfs the skip, which the norm then erases.
 """
 
 from __future__ import annotations
