@@ -74,6 +74,8 @@ class Block:
     out_tensor: str
     layers: list[str]
     after: str | None = None
+    pre_norm: bool = False  # the branch starts with a normalization of the stream (pre-LN)
+    post_norm: bool = False  # the add feeds a normalization (post-LN: BERT)
 
 
 def unique_names(blocks: list[Block]) -> list[Block]:
@@ -110,7 +112,9 @@ def link_blocks(blocks: list[Block], nodes: Mapping[str, OpNode] | None = None) 
     return blocks
 
 
-def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[Block]:
+def residual_blocks(
+    nodes: dict[str, OpNode], layer_of: dict[str, str], lookups: frozenset[str] = frozenset()
+) -> list[Block]:
     """Residual adds and the weighted layers of their branches.
 
     ``nodes`` must be in topological order (an input listed at or after its reader is not followed);
@@ -119,6 +123,9 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
     more weighted layers is the branch, the other (identity, or a 1×1 downsampling projection) the
     skip. The sides come from :func:`_sides`, a walk back from both inputs that stops where the two
     ancestries meet: each add costs the size of its two sides, not of the whole graph.
+
+    An add whose branch holds only embedding lookups (``lookups``: GPT-2's ``wte + wpe``, BERT's
+    token-type and position embeddings) sums the stream's inputs: it is no residual block.
     """
     ids = list(nodes)
     index = {node_id: i for i, node_id in enumerate(ids)}
@@ -133,16 +140,30 @@ def residual_blocks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> list[
         side_b = [layer_of[n] for n in sorted((n for n in only_b if n in order), key=order.__getitem__)]
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
         skip_tensor = nodes[skip_id].tensor
-        if not branch or skip_tensor is None:
+        if not branch or skip_tensor is None or all(name in lookups for name in branch):
             continue
+        in_branch = set(only_b if branch is side_b else only_a)
         # the block's output: the add, or the activation right after it (a basic block's post-add ReLU)
         end: str = node.tensor
         if len(node.users) == 1 and node.users[0] in nodes:
             nxt = nodes[node.users[0]]
             if nxt.op in ACTIVATIONS and nxt.tensor is not None:
                 end = nxt.tensor
-        blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
+        block = Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch)
+        block.pre_norm = any(_next_op(nodes, u) == "norm" for u in nodes[skip_id].users if u in in_branch)
+        block.post_norm = end == node.tensor and any(_next_op(nodes, u) == "norm" for u in node.users)
+        blocks.append(block)
     return link_blocks(unique_names(blocks), nodes)
+
+
+def _next_op(nodes: Mapping[str, OpNode], node_id: str, max_steps: int = 4) -> str | None:
+    """The first op at or after ``node_id`` that is not a pass-through (a cast, a dropout)."""
+    node = nodes.get(node_id)
+    for _ in range(max_steps):
+        if node is None or node.op != "pass" or len(node.users) != 1:
+            break
+        node = nodes.get(node.users[0])
+    return node.op if node is not None else None
 
 
 def _sides(

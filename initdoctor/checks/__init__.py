@@ -75,6 +75,7 @@ def inspect_description(
     hidden_chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
     branch_of = {name: block.name for block in desc.blocks for name in block.layers}
     feeders = set(desc.stream_inputs)
+    prenormed = bool(desc.blocks) and all(block.pre_norm for block in desc.blocks)
     for layer in desc.layers:
         findings.append(new_finding(layer, desc, s, last_name, branch_of, feeders))
     forced = s.mode != "auto"
@@ -90,7 +91,7 @@ def inspect_description(
         elif finding.role == Role.EMBEDDING:
             mark_skip(finding, skips.S003, skips.S003.message())
         else:
-            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name))
+            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name), prenormed)
             saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
             if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain
                 ln_r = saturating[0]

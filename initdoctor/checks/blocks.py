@@ -16,7 +16,9 @@ R301 judges each *run* of consecutive unnormalized blocks: the stream's growth o
 threshold is an ``error`` when the growth is exponential — the slope ``b`` of ``ln Δ_k`` against
 ``ln Var[skip_k]`` is ≥ ½ (``b = 1``: the branch scales with its input; ``b = 0``: it adds a
 constant). R302 sees a single block that alone grows or shrinks the stream beyond the compound
-threshold, whatever the other blocks do.
+threshold, whatever the other blocks do (a pre-normalized branch against what the other blocks
+add, not against a stream that starts tiny). R303 sees a post-norm block (the add feeds a norm,
+BERT) whose branch dwarfs the skip, which the norm then erases.
 """
 
 from __future__ import annotations
@@ -77,11 +79,19 @@ R302 = Rule(
     severities=(Status.ERROR,),
     applies_to="residual block (measured)",
     title="One residual block alone grows or shrinks the stream beyond the compound threshold.",
-    what="`growth_k = Var[out_k] / Var[skip_k]` of each block.",
+    what="`growth_k = Var[out_k] / Var[skip_k]` of each block; for a pre-normalized branch (its "
+    "first op normalizes the stream, pre-LN) that grows the stream, against a reference skip "
+    "`R_k = max(Var[skip_k], min(1, median_{j≠k} Δ_j))`: `1 + Δ_k / R_k`, `Δ_k = Var[out_k] − "
+    "Var[skip_k]`.",
     why="A single branch whose output is much larger than the stream (a block initialized "
     "×10 too large, a LLaMA with `initializer_range=1.0`: ×17,594 in block 0) swamps the "
-    "stream whatever the other blocks do.",
-    formula="error when `|ln growth_k| > ln T_chain` (`compound-threshold`, default 16).",
+    "stream whatever the other blocks do. A pre-normalized branch adds a bounded amount whatever "
+    "the stream's scale, so a stream that starts tiny (CLIP's text embeddings, std 0.02) grows "
+    "×34 in its first block and that is no jump: the first block adds what the others add "
+    "(Xiong et al. 2020, pre-LN).",
+    formula="error when `|ln growth_k| > ln T_chain` (`compound-threshold`, default 16); for a "
+    "pre-normalized branch with `Δ_k > 0`, `growth_k = 1 + Δ_k / R_k` (the others' median "
+    "addition, capped at 1: what a unit-gain branch adds from a normalized input).",
     silence="Rescale the named block's branch (its last layer), or raise `compound-threshold`.",
     messages={
         "default": "residual blocks that alone change the stream beyond ×{threshold:g}: {blocks}",
@@ -89,7 +99,35 @@ R302 = Rule(
     },
 )
 
-RULES = (R301, R302)
+R303 = Rule(
+    code="R303",
+    name="post-norm-branch-dominates",
+    severities=(Status.ERROR,),
+    applies_to="residual block (post-norm: the add feeds a normalization, measured)",
+    title="A post-norm block's branch dwarfs its skip: the norm that follows erases the stream.",
+    what="`growth_k = Var[x + branch] / Var[x]` at the add of a post-LN block (BERT, DistilBERT: "
+    "the add feeds a LayerNorm, the branch does not start with one).",
+    why="A post-LN block normalizes the stream after each add, so the stream never grows; what "
+    "breaks is the share of the skip: after the norm the skip keeps `1 / growth_k` of the "
+    "variance. A branch at Kaiming/Xavier scale adds about the skip's variance (`growth ≈ 2`, the "
+    "original Transformer); a block ×10 too large (BERT, std ×10 in one layer: ×4.4 at the "
+    "attention add, ×6.6 at the FFN add, healthy ×1.00) swamps the skip and the gradient through "
+    "the residual path (Liu et al. 2020, 'Understanding the Difficulty of Training Transformers'; "
+    "Xiong et al. 2020).",
+    formula="error when a post-norm block's `growth_k > 4` (the skip keeps under a quarter of "
+    "the normalized output's variance: twice a Kaiming-scale branch's share).",
+    silence="Rescale the named block's branch (its last layer), or ignore the rule.",
+    messages={
+        "default": "post-norm blocks whose branch dwarfs the skip (Var[x + branch] / Var[x] > "
+        "{limit:g}; the norm after the add erases the stream): {blocks}",
+        "block": "post-norm add: the branch dwarfs the skip (×{growth:.3g} > {limit:g}); the skip "
+        "keeps {share:.0%} of the variance",
+    },
+)
+
+POST_NORM_LIMIT = 4.0  # growth of a post-norm add beyond which the skip keeps under 1/4
+
+RULES = (R301, R302, R303)
 
 
 @dataclass
@@ -133,6 +171,21 @@ def taps(desc: ModelDescription, probe: ProbeResult | None, names: list[str]) ->
         f = tap_fraction(tuple(shapes[name][2:]), a.input_spatial, a.output_spatial)
         frac *= f if f else 1.0
     return frac
+
+
+def jump_growth(
+    pre_norm: bool, growth: float | None, skip: float, added: dict[int, float], k: int
+) -> float | None:
+    """R302's growth of block ``k``: ``Var[out] / Var[skip]``; for a pre-normalized branch that
+    adds (``Δ_k > 0``), ``1 + Δ_k / R_k`` with ``R_k = max(Var[skip_k], min(1, median_{j≠k} Δ_j))``:
+    the stream's scale is at least what the other blocks add, up to what a unit-gain branch adds
+    from a normalized (unit-variance) input."""
+    if growth is None or not pre_norm or growth <= 1 or skip <= 0:
+        return growth
+    others = sorted(d for j, d in added.items() if j != k and d > 0)
+    typical = others[len(others) // 2] if others else 0.0
+    reference = max(skip, min(1.0, typical))
+    return 1 + (growth - 1) * skip / reference
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
@@ -184,18 +237,31 @@ def judge_blocks(
     total_all = math.prod(growths)
     geo = math.exp(sum(math.log(g) for g in growths) / len(growths))
     problems: list[tuple[Rule, str]] = []
-    # R302: one block alone, |ln growth_k| > ln T_chain
+    # R302: one block alone, |ln growth_k| > ln T_chain (a pre-normalized branch: 1 + Δ_k / R_k)
     limit = math.log(s.compound_threshold)
     jumps: list[str] = []
-    for bf in blocks:
-        if bf.growth is not None and bf.growth > 0 and abs(math.log(bf.growth)) > limit:
-            bf.message += "; " + R302.message("block", growth=bf.growth, threshold=s.compound_threshold)
+    added = {k: tv[b.out_tensor] - tv[b.skip_tensor] for k, b in enumerate(desc.blocks) if blocks[k].growth}
+    for k, (b, bf) in enumerate(zip(desc.blocks, blocks, strict=True)):
+        jump = jump_growth(b.pre_norm, bf.growth, tv.get(b.skip_tensor, 0.0), added, k)
+        if jump is not None and jump > 0 and abs(math.log(jump)) > limit:
+            bf.message += "; " + R302.message("block", growth=jump, threshold=s.compound_threshold)
             flag(bf, R302, Status.ERROR, ignored)
-            jumps.append(f"{bf.name} (×{bf.growth:.3g})")
+            jumps.append(f"{bf.name} (×{jump:.3g})")
     if jumps:
         more = f", … {len(jumps) - 4} more" if len(jumps) > 4 else ""
         text = R302.message(blocks=", ".join(jumps[:4]) + more, threshold=s.compound_threshold)
         problems.append((R302, text))
+    # R303: a post-norm add (the add feeds a norm, the branch does not start with one)
+    swamped = []
+    for b, bf in zip(desc.blocks, blocks, strict=True):
+        if b.post_norm and not b.pre_norm and bf.growth is not None and bf.growth > POST_NORM_LIMIT:
+            bf.message += "; " + R303.message(
+                "block", growth=bf.growth, limit=POST_NORM_LIMIT, share=1 / bf.growth
+            )
+            flag(bf, R303, Status.ERROR, ignored)
+            swamped.append(f"{bf.name} (×{bf.growth:.3g})")
+    if swamped:
+        problems.append((R303, R303.message(blocks=", ".join(swamped[:4]), limit=POST_NORM_LIMIT)))
     # R301: exponential growth over a run of unnormalized blocks
     for run in runs(desc, normalized):
         measured = [

@@ -93,12 +93,18 @@ K103 = Rule(
     title="A layer feeding the residual stream is off Kaiming (at most a warning).",
     what="As K101, for a layer whose output starts the residual stream.",
     why="It sets the stream's starting scale, which the residual blocks then carry; it does not "
-    "compound like a chain layer, so it is never more than a warning.",
-    formula="As K101 (He et al. 2015, eq. 10 / 14, with the sampling allowance), capped at warn.",
+    "compound like a chain layer, so it is never more than a warning. When every block "
+    "normalizes its input (pre-LN: ViT's patch projection, std 0.02 = 0.28× Kaiming) a small "
+    "start is harmless: each branch sees a unit-variance input and their additions set the "
+    "stream's scale (Xiong et al. 2020); only too large (the stream dwarfs the branches) warns.",
+    formula="As K101 (He et al. 2015, eq. 10 / 14, with the sampling allowance), capped at warn; "
+    "with every block pre-normalized, only `ln r > ln T + a` warns.",
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
         "note": "feeds the residual stream (its starting scale): at most a warning",
+        "prenormed": "{what}: the stream starts ×{ratio:.3g} small; fine: every block normalizes "
+        "its input (pre-norm), so the blocks' additions set the stream's scale",
     },
 )
 
@@ -207,10 +213,17 @@ def precheck(finding: LayerFinding, layer: Layer, ignored: frozenset[str]) -> bo
 
 
 def judge_layer(
-    f: LayerFinding, layer: Layer, s: Settings, ignored: frozenset[str], block: str | None
+    f: LayerFinding,
+    layer: Layer,
+    s: Settings,
+    ignored: frozenset[str],
+    block: str | None,
+    prenormed: bool = False,
 ) -> float | None:
     """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
-    layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None."""
+    layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None.
+    ``prenormed``: every residual block normalizes its input (pre-LN), so a stream feeder that is
+    too small is harmless (K103 judges only too large)."""
     st = layer.stats
     # the logits' scale is a forward property: the output layer is judged on fan_in in either mode
     mode = "fan_in" if f.role == Role.OUTPUT else s.mode
@@ -258,7 +271,10 @@ def judge_layer(
         status = Status.ERROR if rule is K101 else Status.WARN  # a stream layer: at most warn
     elif abs(ln_r) > math.log(s.warn_threshold) + allow:
         status = Status.WARN
-    if status is Status.OK:
+    if rule is K103 and prenormed and ln_r < 0 and status is not Status.OK:
+        status = Status.OK  # each branch normalizes the stream first: its starting scale is secondary
+        f.message = K103.message("prenormed", what=what, ratio=f.weight_variance_ratio)
+    elif status is Status.OK:
         f.message = f"{what}: ok"
     else:
         change = "shrinks" if ln_r < 0 else "grows"

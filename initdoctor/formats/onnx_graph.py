@@ -216,7 +216,8 @@ def describe_onnx_model(
     if folded:
         notes.append(BN_FOLDED.format(n=folded))
     layer_of = {nid: layer_name(init_name, node_names[nid]) for nid, init_name, _, _, _ in found}
-    blocks = residual_blocks(nodes, layer_of)
+    lookups = frozenset(layer.name for layer in layers if layer.kind == "embedding")
+    blocks = residual_blocks(nodes, layer_of, lookups)
     feeders = stream_inputs(nodes, layer_of, blocks)
     gate_layers = [layer_of[str(n)] for members in gates.values() for n in members if str(n) in layer_of]
     desc = ModelDescription(

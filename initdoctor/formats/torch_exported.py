@@ -153,7 +153,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         norms,
         True,
         "execution",
-        blocks=(blocks := residual_blocks(nodes, layer_of)),
+        blocks=(blocks := residual_blocks(nodes, layer_of, _lookups(layers))),
         stream_inputs=stream_inputs(nodes, layer_of, blocks),
         gates=gate_layers(nodes, layer_of),
     )
@@ -171,3 +171,8 @@ def _scope(node: Any) -> str | None:
     if class_name_is_norm(name):
         return "norm"
     return class_activation(name)
+
+
+def _lookups(layers: list[Layer]) -> frozenset[str]:
+    """Names of the embedding lookups (an add of two is no residual block)."""
+    return frozenset(layer.name for layer in layers if layer.kind == "embedding")

@@ -180,7 +180,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         }
         order_kind = "execution"
         layer_nodes = {node: path for path, node in node_of.items() if path in weighted}
-        blocks = residual_blocks(nodes, layer_nodes)
+        lookups = frozenset(p for p, (_, kind) in weighted.items() if kind == "embedding")
+        blocks = residual_blocks(nodes, layer_nodes, lookups)
         feeders = stream_inputs(nodes, layer_nodes, blocks)
         gates = gate_layers(nodes, layer_nodes)
         then_norm = {n for n in order if n in node_of and normalized_after_activation(nodes, node_of[n])}
