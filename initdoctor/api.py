@@ -274,7 +274,7 @@ def fix_model(
     its layers are judged (and rescaled) as a plain chain."""
     from .checks.structure import NEEDS
     from .fileio import backup_all, check_output, commit_staged, stage_path
-    from .fix import METHODS, apply, plan
+    from .fix import METHODS, apply, only_new, plan
     from .formats import TorchModule, open_editable
     from .report import FixResult
 
@@ -313,7 +313,7 @@ def fix_model(
             "— or give --force to rescale its layers as a plain chain"
         )
     in_memory = is_torch_module(source)
-    changes, skipped = plan(before, method, fail_on, all_layers, tol)
+    changes, skipped = only_new(before, plan(before, method, fail_on, all_layers, tol), loaded, force)
     result = FixResult(changes, skipped, before)
     if dry_run or not changes:
         return result

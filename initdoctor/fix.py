@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SettingsError
+from .errors import InitDoctorError, SettingsError
 from .options import METHODS
 from .report import Change, FixResult, Report, at_least
 
@@ -35,7 +35,34 @@ MEASURED_ONLY = ("P201", "P202", "P204")
 
 # Change and FixResult (the result's data) live in initdoctor.report; re-exported here, where they
 # were before
-__all__ = ["METHODS", "Change", "FixResult", "apply", "plan"]
+__all__ = ["METHODS", "Change", "FixResult", "apply", "only_new", "plan", "refuse_trained"]
+
+#: why a trained layer is not rescaled (``checks/trained.py``)
+TRAINED = "trained weights, not an initialization: a rescale would destroy what was learned (--force)"
+
+
+def refuse_trained(report: Report, force: bool) -> None:
+    """A trained checkpoint (``summary.weights == "trained"``) is not rescaled without ``force``."""
+    if report.summary.weights == "trained" and not force:
+        raise InitDoctorError(
+            "fix: the weights are trained, not an initialization (see the report's notes); a rescale "
+            "would destroy what was learned — give --force to rescale them anyway"
+        )
+
+
+def only_new(
+    report: Report, planned: tuple[list[Change], list[tuple[str, str]]], loaded: Any, force: bool
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """A trained checkpoint is refused (:func:`refuse_trained`); a mixed one (a trained backbone
+    with new layers): only the new layers are changed, unless ``force``; the others are listed as
+    skipped."""
+    refuse_trained(report, force)
+    changes, skipped = planned
+    if report.summary.weights != "mixed" or force:
+        return changes, skipped
+    new = set(loaded.description.new_layers)
+    skipped.extend((c.name, TRAINED) for c in changes if c.weight_key not in new)
+    return [c for c in changes if c.weight_key in new], skipped
 
 
 def plan(

@@ -17,9 +17,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from ..errors import SettingsError
-from ..report import LayerFinding, Report, Role, Source
+from ..report import LayerFinding, Report, Role, Source, Status
 from ..settings import Settings
-from . import blocks, chain, measured, modes, norms, skips, structure, weights
+from . import blocks, chain, measured, modes, norms, skips, structure, trained, weights
 from . import summary as summary_module
 from .registry import CODE, Registry, Rule, mark_skip
 from .roles import new_finding
@@ -32,7 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["REGISTRY", "Rule", "inspect_description", "rule_text", "rules_markdown"]
 
 REGISTRY = Registry(
-    [*skips.RULES, *weights.RULES, *measured.RULES, *blocks.RULES, *norms.RULES, *chain.RULES]
+    [
+        *skips.RULES,
+        *weights.RULES,
+        *measured.RULES,
+        *trained.RULES,
+        *blocks.RULES,
+        *norms.RULES,
+        *chain.RULES,
+    ]
 )
 
 
@@ -99,16 +107,26 @@ def inspect_description(
             if ln_r is not None and layer.name not in off_chain:
                 hidden_chain.append((finding, ln_r))
 
+    state, evidence_note = trained.weights_state(desc)
     if reason is not None:
         structure.facts_only(findings, s)
         hidden_chain = []  # no chain is known: no compounding
+    learned: set[str] = set()
+    if (
+        state != trained.INIT and not assume_chain
+    ):  # trained weights: facts, judged by measured propagation only
+        learned = trained.trained_facts(findings, desc, s)
     over_chain = chain.measured_ratio(hidden_chain, probe)  # Var[y_L] / (g_1² · E[x_1²]), measured
-    ln_compound = chain.compound(hidden_chain, s, ignored, over_chain)
+    static_chain = [(f, ln_r) for f, ln_r in hidden_chain if f.name not in learned]
+    ln_compound = chain.compound(static_chain, s, ignored, over_chain) if static_chain else None
     measures = None
     if probe is not None:
         measures = measured.apply_probe(
             findings, probe, s, ignored, off_chain, depth_healthy=chain.within(over_chain, s)
         )
+        if state == trained.MIXED and not assume_chain:
+            trained.judge_new(findings, desc, s, ignored)
+    trained.clear_scales(findings, learned)
     norm_findings = [norms.judge_norm(n, ignored) for n in desc.norms]
     normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
     block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
@@ -116,6 +134,11 @@ def inspect_description(
         findings, norm_findings, ln_compound, s, ignored, measures, stream, over_chain, reason
     )
     summary.kaiming_mode = s.mode
+    summary.weights = state
+    if learned and summary.status == Status.OK and summary.rule is None:
+        summary.message = trained.summary_message(
+            state, len(learned), summary.depth_ratio, summary.residual_growth
+        )
     model = {
         "path": desc.path,
         "format": desc.format,
@@ -134,6 +157,8 @@ def inspect_description(
             "notes": list(probe.notes),
         }
     notes = list(desc.notes)
+    if evidence_note is not None:
+        notes.append(evidence_note)
     if s.mode == "fan_out" and not forced:
         notes.append(modes.FAN_OUT_NOTE)
     if reason is not None:

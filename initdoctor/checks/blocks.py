@@ -189,11 +189,15 @@ def jump_growth(
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
-    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm)."""
+    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm). A
+    "block" of embedding lookups only (token + position + type embeddings summed) starts the
+    stream: it has no input to scale, so it is in no run (a trained BERT: ×1.77e3 "growth" from
+    its type embeddings' small scale, docs/rules-evidence.md)."""
+    lookups = {layer.name for layer in desc.layers if layer.kind == "embedding"}
     out: list[list[int]] = []
     current: list[int] = []
     for k, b in enumerate(desc.blocks):
-        if any(name in normalized for name in b.layers):
+        if all(name in lookups for name in b.layers) or any(name in normalized for name in b.layers):
             if current:
                 out.append(current)
             current = []

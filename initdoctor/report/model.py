@@ -157,6 +157,7 @@ class Summary:
     rule: str | None = None  # the model-level rule that decided the summary (None: the layers did)
     kaiming_mode: str | None = None  # the He condition judged: "fan_in" or "fan_out" (detected or forced)
     unknown_reason: str | None = None  # one of UNKNOWN_REASONS when status is unknown, else None
+    weights: str | None = None  # "init", "trained" (not an initialization) or "mixed" (new layers)
 
 
 @dataclass
