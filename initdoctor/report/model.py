@@ -157,6 +157,8 @@ class Summary:
     rule: str | None = None  # the model-level rule that decided the summary (None: the layers did)
     kaiming_mode: str | None = None  # the He condition judged: "fan_in" or "fan_out" (detected or forced)
     unknown_reason: str | None = None  # one of UNKNOWN_REASONS when status is unknown, else None
+    #: the loss at init of a classifier / language model (checks/initloss.py, rule P206), else None
+    init_loss: dict[str, Any] | None = None
 
 
 @dataclass
