@@ -130,6 +130,8 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
         )
     parts += [Text(f"note: {note}", style="dim") for note in report.notes]
     s = report.summary
+    if init_loss_line(s) is not None:
+        parts.append(Text(str(init_loss_line(s))))
     extra = ""
     if s.depth_ratio is not None:
         extra = f"; depth ratio {s.depth_ratio:.3g}"
@@ -142,6 +144,18 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
         )
     )
     return parts
+
+
+def init_loss_line(s: Any) -> str | None:
+    """The loss at init (``summary.init_loss``, rule P207) in one line, None without one."""
+    i = s.init_loss
+    if not i:
+        return None
+    return (
+        f"initial loss (uniform labels): {i['expected']:.3f} nats expected against "
+        f"ln {i['classes']} = {i['baseline']:.3f} (logit std {i['logit_std']:.3g}; "
+        f"ln C + σ²/2 = {i['approx']:.3f})"
+    )
 
 
 def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
@@ -163,6 +177,7 @@ def render_markdown(report: Report) -> str:
         "",
         f"`{m['path']}` ({m['format']}, {m['parameters']:,} parameters): {s.message}.",
         f"ok {s.ok} · warn {s.warn} · error {s.error} · skip {s.skip}",
+        *(["", init_loss_line(s) or ""] if s.init_loss else []),
         "",
         "| " + " | ".join(_headers(_probed(report)) + ["status"]) + " |",
         "|" + "---|" * (len(_headers(_probed(report))) + 1),

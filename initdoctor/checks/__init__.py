@@ -2,11 +2,11 @@
 
 Each rule has a stable code (docs/rules.md, ``initdoctor rule CODE``); the rules live by family:
 :mod:`.skips` (S0xx, not judged), :mod:`.weights` (K1xx, static per layer, He et al. 2015),
-:mod:`.measured` (P2xx, the probe), :mod:`.blocks` (R3xx, residual growth), :mod:`.norms`
-(N4xx), :mod:`.chain` (C5xx, compounding), :mod:`.summary` (the model-level verdict, and the
-precedence of measurement over assumption); :mod:`.roles` resolves what each layer is;
-:mod:`.structure` whether the structure is known well enough for a model-level verdict (else
-``unknown``). This module only runs them in order.
+:mod:`.measured` (P2xx, the probe; P207, the loss at init, in :mod:`.initloss`), :mod:`.blocks`
+(R3xx, residual growth), :mod:`.norms` (N4xx), :mod:`.chain` (C5xx, compounding),
+:mod:`.summary` (the model-level verdict, and the precedence of measurement over assumption);
+:mod:`.roles` resolves what each layer is; :mod:`.structure` whether the structure is known well
+enough for a model-level verdict (else ``unknown``). This module only runs them in order.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import SettingsError
 from ..report import LayerFinding, Report, Role, Source, Status
 from ..settings import Settings
-from . import blocks, chain, measured, modes, norms, skips, structure, trained, weights
+from . import blocks, chain, initloss, measured, modes, norms, skips, structure, trained, weights
 from . import summary as summary_module
 from .registry import CODE, Registry, Rule, mark_skip
 from .roles import new_finding
@@ -37,6 +37,7 @@ REGISTRY = Registry(
         *weights.RULES,
         *measured.RULES,
         *trained.RULES,
+        *initloss.RULES,
         *blocks.RULES,
         *norms.RULES,
         *chain.RULES,
@@ -127,6 +128,7 @@ def inspect_description(
         if state == trained.MIXED and not assume_chain:
             trained.judge_new(findings, desc, s, ignored)
     trained.clear_scales(findings, learned)
+    init_loss, init_status, init_message = initloss.judge_init_loss(findings, probe, ignored)
     norm_findings = [norms.judge_norm(n, ignored) for n in desc.norms]
     normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
     block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
@@ -139,6 +141,7 @@ def inspect_description(
         summary.message = trained.summary_message(
             state, len(learned), summary.depth_ratio, summary.residual_growth
         )
+    summary_module.add_init_loss(summary, init_loss, init_status, init_message)
     model = {
         "path": desc.path,
         "format": desc.format,

@@ -29,6 +29,7 @@ Precedence — measurement beats assumption:
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING
 
 from ..report import LayerFinding, NormFinding, Role, Status, Summary, worse
@@ -152,6 +153,26 @@ def summarize(
     return summary
 
 
+def add_init_loss(summary: Summary, info: dict | None, status: Status, message: str | None) -> None:
+    """``summary.init_loss`` (:mod:`.initloss`); P207 decides the summary's message when nothing
+    worse did, else its message is appended."""
+    summary.init_loss = info
+    if status == Status.OK or message is None:
+        return
+    quiet = summary.status in (Status.OK, Status.UNKNOWN) or (
+        summary.status == Status.WARN and summary.warn <= 1  # the head's own warning at most
+    )
+    if summary.rule is None and quiet:
+        ignored = IGNORED_NOTE.search(summary.message)  # notes of ignored rules stay
+        message += summary.message[ignored.start() :] if ignored else ""
+        summary.status, summary.message, summary.rule = status, message, "P207"
+        return
+    summary.status = worse(summary.status, status)
+    summary.message += f"; {message}"
+
+
+#: where the notes of ignored model-level rules start in a summary message (:func:`ignored_note`)
+IGNORED_NOTE = re.compile(r"; [A-Z][0-9]{3} \([a-z0-9-]+\) ignored by configuration")
 _RULES = {r.code: r for r in (C501, P203, P205)}
 #: the precedence, as the module docstring states it (docs/rules.md shows it)
 PRECEDENCE = (__doc__ or "").split("Precedence — measurement beats assumption:", 1)[-1]

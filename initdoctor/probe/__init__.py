@@ -33,15 +33,16 @@ out), ``dispatch`` (:func:`run_probe`, the backend choice). This package only re
 
 from __future__ import annotations
 
-from .collector import Collector, Ticker
+from .collector import Collector, Ticker, logit_stats
 from .dispatch import run_probe
 from .inputs import check_input_size, default_vocab, extra_tensors, random_inputs
 from .timelimit import TimeLimitStatus, time_limit
-from .types import ActivationStats, ProbeError, ProbeResult, Progress
+from .types import ActivationStats, LogitStats, ProbeError, ProbeResult, Progress
 
 __all__ = [
     "ActivationStats",
     "Collector",
+    "LogitStats",
     "ProbeError",
     "ProbeResult",
     "Progress",
@@ -50,6 +51,7 @@ __all__ = [
     "check_input_size",
     "default_vocab",
     "extra_tensors",
+    "logit_stats",
     "random_inputs",
     "run_probe",
     "time_limit",

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..stats import Moments, fast_moments, scan
-from .types import ActivationStats, Progress
+from .types import ActivationStats, LogitStats, Progress
 
 
 class Ticker:
@@ -112,3 +112,24 @@ class Collector:
             input_spatial=self.spatial[0] if self.spatial else None,
             output_spatial=self.spatial[1] if self.spatial else None,
         )
+
+
+def logit_stats(z: np.ndarray, source: str) -> LogitStats | None:
+    """:class:`LogitStats` of ``z`` (classes on the last axis), None when it is not a finite float
+    tensor of at least two classes."""
+    if z.dtype.kind != "f" or z.ndim < 2 or z.shape[-1] < 2 or not z.size:
+        return None
+    flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
+    if not np.isfinite(flat).all():
+        return None
+    peak = flat.max(axis=1, keepdims=True)
+    lse = peak[:, 0] + np.log(np.exp(flat - peak).sum(axis=1))  # logsumexp_j z_j, stable
+    mean = flat.mean(axis=1)
+    return LogitStats(
+        classes=int(flat.shape[1]),
+        positions=int(flat.shape[0]),
+        lse_minus_mean=float((lse - mean).mean()),
+        logit_var=float(flat.var(axis=1).mean()),
+        offset_var=float(flat.mean(axis=0).var()),
+        source=source,
+    )

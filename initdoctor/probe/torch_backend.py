@@ -33,6 +33,7 @@ from .torch_inputs import (
     program_example,
     seeded_inputs,
 )
+from .torch_logits import output_logits
 from .types import ProbeError, ProbeResult, Progress
 
 # ATen op → (input arg index, weight arg index)
@@ -158,6 +159,7 @@ def probe_torch(
         inputs=inputs.shown(),
         tensor_vars={name: m.var for name, m in extra.items() if m.count},
     )
+    result.logits = output_logits(output, runnable if exported else None)
     missed = [name for name, c in collectors.items() if not c.calls]
     if missed:
         result.notes.append(f"{len(missed)} layers not called by forward: {', '.join(missed[:5])}")

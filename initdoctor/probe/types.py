@@ -36,6 +36,25 @@ class ActivationStats:
 
 
 @dataclass
+class LogitStats:
+    """The model's output logits as the probe saw them (a classifier's or language model's head):
+    ``z`` of shape (positions, classes), over every sample and position of the batch.
+
+    ``lse_minus_mean`` = mean over positions of ``logsumexp_j(z_j) − mean_j z_j``: the expected
+    cross-entropy for a label drawn uniformly among the classes (``E_y[−log softmax(z)_y]``),
+    exactly, for these logits. ``logit_var`` = mean over positions of ``Var_j(z_j)`` (across
+    classes); ``offset_var`` = ``Var_j`` of the per-class mean over positions (the part of
+    ``logit_var`` that is a fixed offset per class: a bias, or a constant input direction)."""
+
+    classes: int
+    positions: int
+    lse_minus_mean: float
+    logit_var: float
+    offset_var: float
+    source: str  # where the logits came from: "output.logits", "output", or a layer's name
+
+
+@dataclass
 class ProbeResult:
     backend: str
     layers: dict[str, ActivationStats]
@@ -46,6 +65,8 @@ class ProbeResult:
     backward: bool = False
     #: Var of extra graph tensors the description asked for (residual blocks' skip and output)
     tensor_vars: dict[str, float] = field(default_factory=dict)
+    #: the output logits (classifiers and language models; see :class:`LogitStats`), None elsewhere
+    logits: LogitStats | None = None
 
 
 #: ``progress(done, total)``: called as the probe measures layers (the CLI draws a bar with it).

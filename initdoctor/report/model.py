@@ -158,6 +158,8 @@ class Summary:
     kaiming_mode: str | None = None  # the He condition judged: "fan_in" or "fan_out" (detected or forced)
     unknown_reason: str | None = None  # one of UNKNOWN_REASONS when status is unknown, else None
     weights: str | None = None  # "init", "trained" (not an initialization) or "mixed" (new layers)
+    #: the loss at init of a classifier / language model (checks/initloss.py, rule P207), else None
+    init_loss: dict[str, Any] | None = None
 
 
 @dataclass

@@ -32,7 +32,10 @@ Report layout (``initdoctor.report/2``)::
      "summary": {"status", "ok", "warn", "error", "skip", "worst_layer",
                  "compound_variance_ratio", "message", "depth_ratio", "measured_chain_ratio",
                  "grad_depth_ratio", "residual_growth", "rule", "kaiming_mode",
-                 "unknown_reason", "weights"},
+                 "unknown_reason", "weights",
+                 "init_loss": null | {"classes", "baseline", "expected", "approx", "logit_std",
+                                      "offset_share", "head", "source", "suggested_scale",
+                                      "status"}},
      "probe": null | {"backend", "inputs": [{"shape", "dtype", "name"?}], "seed", "runs", "backward",
                "notes"},
      "notes": [str]}
