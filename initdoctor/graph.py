@@ -12,7 +12,7 @@ Loaders for graph formats (ONNX, torch.fx, torch.export) translate their nodes i
 * ``"residual"`` for an add of two computed tensors (a skip connection joining a branch);
 * ``"attention"`` for attention's own ops (softmax, scaled_dot_product_attention, bmm/matmul of
   two computed tensors): a projection feeding them is followed by no nonlinearity;
-* ``"act"`` for an activation without a gain here (hardswish, hardsigmoid, ReLU6, ...);
+* ``"act"`` for an activation without a gain here (hardsigmoid, hardtanh, mish, ...);
 * ``"other"`` for anything else (concat, elementwise products, ...).
 
 ``raw`` keeps the source op's own name (``mul``, ``hardsigmoid``…) for pattern searches such as
@@ -28,7 +28,7 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "hardswish", "relu6")
 
 
 @dataclass
@@ -301,12 +301,14 @@ def graph_follower(
     walk goes on through ``"other"`` ops (rotary embeddings' products and concatenations, a class
     token's concat, a position embedding's add) and returns ``("linear", None, False)`` when every
     path ends at attention, a norm, the residual stream, another weighted layer or an output
-    without meeting an activation (a patch embedding, q/k/v under rotary embeddings). None when an
-    activation (or a gate) is met, or the walk is too long: then nothing is claimed.
+    without meeting an activation (a patch embedding, q/k/v under rotary embeddings);
+    ``("normalized", None, False)`` when every path ends at a norm (DenseNet: a layer's output is
+    concatenated and every consumer of the concatenation normalizes it first, per channel). None
+    when an activation (or a gate) is met, or the walk is too long: then nothing is claimed.
     """
     frontier = list(nodes[start].users)
     seen: set[str] = set()
-    ends = 0
+    ends = norms = 0
     while frontier:
         node_id = frontier.pop()
         if node_id in seen:
@@ -317,6 +319,9 @@ def graph_follower(
             return None
         if node.op in ("weighted", "attention", "norm", "output", "residual"):
             ends += 1
+            norms += node.op == "norm"
         else:  # pass, other
             frontier.extend(node.users)
+    if ends and norms == ends:
+        return ("normalized", None, False)
     return ("linear", None, False) if ends else None

@@ -112,7 +112,16 @@ def inspect_description(
     normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
     block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
     summary = summarize(
-        findings, norm_findings, ln_compound, s, ignored, measures, stream, over_chain, reason
+        findings,
+        norm_findings,
+        ln_compound,
+        s,
+        ignored,
+        measures,
+        stream,
+        over_chain,
+        reason,
+        ln_compounding=chain.compounding(hidden_chain),
     )
     summary.kaiming_mode = s.mode
     model = {
