@@ -44,8 +44,8 @@ C501 = Rule(
     formula="error when `|Σ ln r_l − ln r_worst| > ln T_chain` (`compound-threshold`, default 16; "
     "`r_worst` the single layer that drifts most in the direction of `Σ ln r`: compounding needs "
     "two layers); every warn layer drifting the same way (`ln r_l · Σ ln r > 0`) becomes error. "
-    "Measurement beats the product: when the probe measured every layer of the chain and the measured product "
-    "`Var[y_last] / (g_1² · E[x_1²])` (last output against first input) is within "
+    "Measurement beats the product: when the probe measured every layer of the chain and the "
+    "measured product `Var[y_last] / (g_1² · E[x_1²])` (last output against first input) is within "
     "`[1/T_chain, T_chain]`, C501 does not fire.",
     silence="Fix the per-layer scales (`initdoctor fix`), or raise `compound-threshold`.",
     messages={
