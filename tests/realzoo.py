@@ -12,8 +12,8 @@ works from the repository root; :data:`MATRIX` lists them with what a correct di
   torch, so it cannot be installed here), with torchvision's init code copied line for line:
   VGG (convs ``kaiming_normal_(mode="fan_out")``, linears N(0, 0.01) rescaled to torchvision's
   fan_ins: see realcnn.VGG), a ResNet-50-style bottleneck net with BatchNorm, a
-  MobileNetV3-style inverted-residual net with squeeze-excitation, a DenseNet-style concatenating net. Broken twins: a xavier-scaled VGG-16, the nets with their
-  BatchNorms removed.
+  MobileNetV3-style inverted-residual net with squeeze-excitation, a DenseNet-style concatenating
+  net. Broken twins: a xavier-scaled VGG-16, the nets with their BatchNorms removed.
 
 All models are returned in eval mode; :func:`probe_inputs` makes the inputs they take.
 """
