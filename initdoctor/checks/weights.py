@@ -63,8 +63,8 @@ K101 = Rule(
     formula="He et al. 2015, eq. 10 (`fan_in`) / eq. 14 (`fan_out`): `Var[w] = gain² / fan`. "
     "warn when `|ln r| > ln T_warn + a`, with the sampling allowance `a = 8 / sqrt(2(numel − 1))` "
     "(4 standard errors of `ln Var` from `numel` samples). In fan_out mode a layer whose std is "
-    "closer to fan_in's than to fan_out's by more than that band is judged in fan_in (§2.2: either condition is "
-    "sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are 1.25× fan_in Kaiming).",
+    "closer to fan_in's than to fan_out's by more than that band is judged in fan_in (§2.2: "
+    "either condition is sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are 1.25× fan_in Kaiming).",
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
