@@ -90,7 +90,7 @@ def inspect_description(
         elif finding.role == Role.EMBEDDING:
             mark_skip(finding, skips.S003, skips.S003.message())
         else:
-            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name))
+            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name), not forced)
             saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
             if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain
                 ln_r = saturating[0]

@@ -64,7 +64,8 @@ K101 = Rule(
     "warn when `|ln r| > ln T_warn + a`, with the sampling allowance `a = 8 / sqrt(2(numel − 1))` "
     "(4 standard errors of `ln Var` from `numel` samples). In fan_out mode a layer whose std is "
     "closer to fan_in's than to fan_out's by more than that band is judged in fan_in (§2.2: "
-    "either condition is sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are 1.25× fan_in Kaiming).",
+    "either condition is sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are "
+    "1.25× fan_in Kaiming; not when `--mode` is forced).",
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
@@ -211,13 +212,22 @@ def precheck(finding: LayerFinding, layer: Layer, ignored: frozenset[str]) -> bo
 
 
 def judge_layer(
-    f: LayerFinding, layer: Layer, s: Settings, ignored: frozenset[str], block: str | None
+    f: LayerFinding,
+    layer: Layer,
+    s: Settings,
+    ignored: frozenset[str],
+    block: str | None,
+    per_layer_mode: bool = True,
 ) -> float | None:
     """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
-    layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None."""
+    layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None.
+    ``per_layer_mode``: a detected mode may be left per layer (:func:`layer_mode`); a forced one
+    (``--mode``) may not."""
     st = layer.stats
     # the logits' scale is a forward property: the output layer is judged on fan_in in either mode
-    mode = "fan_in" if f.role == Role.OUTPUT else layer_mode(layer, f.gain, s)
+    mode = "fan_in" if f.role == Role.OUTPUT else s.mode
+    if per_layer_mode and f.role != Role.OUTPUT:
+        mode = layer_mode(layer, f.gain, s)
     fan = layer.fan_in if mode == "fan_in" else layer.fan_out
     exp = expected_std(f.gain, max(fan, 1))  # g / sqrt(n): He et al. 2015, eq. 10 / eq. 14
     f.expected_std = exp
