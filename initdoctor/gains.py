@@ -25,7 +25,15 @@ from .options import NONLINEARITIES  # the valid names live with the other optio
 _NUMERIC_GAINS = {
     "gelu": 1.5335,  # E[gelu(z)^2] = 0.4252
     "silu": 1.6765,  # E[silu(z)^2] = 0.3558
+    # MobileNetV3's piecewise activations (Howard et al. 2019, §5.2): hardswish(z) = z·relu6(z+3)/6,
+    # hardsigmoid(z) = relu6(z+3)/6; relu6(z) = min(max(z, 0), 6) differs from ReLU only beyond 6σ
+    "hardswish": 1.7367,  # E[hardswish(z)^2] = 0.3316
+    "hardsigmoid": 1.8978,  # E[hardsigmoid(z)^2] = 0.2776
+    "relu6": 1.4142,  # E[relu6(z)^2] = 0.5 − O(P(z > 6)) = 0.5: sqrt(2), as ReLU
 }
+# The same definition reproduces torch's relu (E = 1/2: sqrt(2)), leaky_relu (E = (1 + a²)/2) and
+# linear (1); torch's tanh 5/3, selu 3/4 and sigmoid 1 are other choices (it would give 1.5925,
+# 1.0 and 1.8462), kept as torch has them.
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -43,6 +51,9 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     selu              :math:`3/4`
     gelu              :math:`1/\\sqrt{E[\\mathrm{gelu}(z)^2]} \\approx 1.5335`
     silu              :math:`1/\\sqrt{E[\\mathrm{silu}(z)^2]} \\approx 1.6765`
+    hardswish         :math:`1/\\sqrt{E[\\mathrm{hardswish}(z)^2]} \\approx 1.7367`
+    hardsigmoid       :math:`1/\\sqrt{E[\\mathrm{hardsigmoid}(z)^2]} \\approx 1.8978`
+    relu6             :math:`1/\\sqrt{E[\\mathrm{relu6}(z)^2]} = \\sqrt{2}` (to 1e-9)
     ================= ====================================================
 
     The first seven rows are ``torch.nn.init.calculate_gain``'s table, value for value.

@@ -12,7 +12,7 @@ Loaders for graph formats (ONNX, torch.fx, torch.export) translate their nodes i
 * ``"residual"`` for an add of two computed tensors (a skip connection joining a branch);
 * ``"attention"`` for attention's own ops (softmax, scaled_dot_product_attention, bmm/matmul of
   two computed tensors): a projection feeding them is followed by no nonlinearity;
-* ``"act"`` for an activation without a gain here (hardswish, hardsigmoid, ReLU6, ...);
+* ``"act"`` for an activation without a gain here (hardsigmoid, hardtanh, mish, ...);
 * ``"other"`` for anything else (concat, elementwise products, ...).
 
 ``raw`` keeps the source op's own name (``mul``, ``hardsigmoid``…) for pattern searches such as
@@ -28,7 +28,7 @@ import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "hardswish", "relu6")
 
 
 @dataclass

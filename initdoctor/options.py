@@ -34,9 +34,24 @@ NONLINEARITIES = (
     "selu",
     "gelu",
     "silu",
+    "hardswish",
+    "hardsigmoid",
+    "relu6",
 )
 #: Nonlinearities with a Kaiming gain (:func:`initdoctor.gains.calculate_gain` is the reference).
-NONLINEARITY_NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu", "silu", "linear")
+NONLINEARITY_NAMES = (
+    "relu",
+    "leaky_relu",
+    "tanh",
+    "sigmoid",
+    "selu",
+    "gelu",
+    "silu",
+    "hardswish",
+    "hardsigmoid",
+    "relu6",
+    "linear",
+)
 MODES = ("auto", "fan_in", "fan_out")
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 #: ``--fail-on`` of inspect/check: ok < unknown < warn < error (``never``: always 0)

@@ -32,18 +32,32 @@ def tv_init(model: nn.Module, conv_mode: str, linear: str) -> nn.Module:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and linear == "zero_bias":  # DenseNet
             nn.init.zeros_(m.bias)
+    if linear == "vgg_scaled":  # see VGG: N(0, 0.01) at torchvision's fan_ins
+        for m, tv_fan_in in zip(model.classifier[::3], VGG.TV_FAN_IN, strict=True):
+            nn.init.normal_(m.weight, 0, 0.01 * (tv_fan_in / m.in_features) ** 0.5)
+            nn.init.zeros_(m.bias)
     return model
 
 
 class VGG(nn.Module):
-    """torchvision ``VGG`` at 1/8 width: convs 3×3 + ReLU, max-pools, a 3-layer classifier."""
+    """torchvision ``VGG``: convs 3×3 + ReLU, max-pools, a 3-layer classifier; ``width`` 8 (the
+    zoo's, 1/8 of the channels, pool 1, hidden 64) or 1 (torchvision's: channels 64…512, pool 7,
+    classifier 25088 → 4096 → 4096).
+
+    torchvision's linears are ``N(0, 0.01)``: at its fan_ins (25088, 4096, 4096) that multiplies
+    the variance by 1.25, 0.2 and (output, gain 1) 0.41; at the tiny fan_ins (64) it would be
+    ×0.0032 per hidden linear — a classifier that really vanishes (measured ×2.8e-6), which
+    torchvision's is not. The zoo's VGG therefore draws its linears at ``0.01 · sqrt(25088 /
+    fan_in)`` etc. (``tv_init(..., "vgg_scaled")``): the per-layer variance factors of
+    torchvision's VGG at 1/8 width."""
 
     CFG = {
         11: [8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"],
         16: [8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M"],
     }
+    TV_FAN_IN = (512 * 7 * 7, 4096, 4096)  # torchvision's classifier fan_ins
 
-    def __init__(self, depth: int = 11) -> None:
+    def __init__(self, depth: int = 11, width: int = 8) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = 3
@@ -51,18 +65,19 @@ class VGG(nn.Module):
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
-                layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.ReLU(inplace=True)]
-                c = int(v)
+                layers += [nn.Conv2d(c, int(v) * 8 // width, 3, padding=1), nn.ReLU(inplace=True)]
+                c = int(v) * 8 // width
+        pool, hidden = (7, 4096) if width == 1 else (1, 64)
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.avgpool = nn.AdaptiveAvgPool2d(pool)
         self.classifier = nn.Sequential(
-            nn.Linear(c, 64),
+            nn.Linear(c * pool * pool, hidden),
             nn.ReLU(True),
             nn.Dropout(),
-            nn.Linear(64, 64),
+            nn.Linear(hidden, hidden),
             nn.ReLU(True),
             nn.Dropout(),
-            nn.Linear(64, CLASSES),
+            nn.Linear(hidden, CLASSES),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

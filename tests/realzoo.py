@@ -10,10 +10,10 @@ works from the repository root; :data:`MATRIX` lists them with what a correct di
   ``initializer_range=1.0`` (N(0, 1) everywhere).
 * torchvision-equivalent CNNs written with ``torch.nn`` (the PyPI torchvision wheel needs a CUDA
   torch, so it cannot be installed here), with torchvision's init code copied line for line:
-  VGG (convs ``kaiming_normal_(mode="fan_out")``, linears N(0, 0.01)), a ResNet-50-style
-  bottleneck net with BatchNorm, a MobileNetV3-style inverted-residual net with squeeze-excitation,
-  a DenseNet-style concatenating net. Broken twins: a xavier-scaled VGG-16, the nets with their
-  BatchNorms removed.
+  VGG (convs ``kaiming_normal_(mode="fan_out")``, linears N(0, 0.01) rescaled to torchvision's
+  fan_ins: see realcnn.VGG), a ResNet-50-style bottleneck net with BatchNorm, a
+  MobileNetV3-style inverted-residual net with squeeze-excitation, a DenseNet-style concatenating
+  net. Broken twins: a xavier-scaled VGG-16, the nets with their BatchNorms removed.
 
 All models are returned in eval mode; :func:`probe_inputs` makes the inputs they take.
 """
@@ -169,11 +169,11 @@ def _seeded(build: Callable[[], nn.Module], conv_mode: str, linear: str) -> nn.M
 
 
 def vgg11() -> nn.Module:
-    return _seeded(lambda: VGG(11), "fan_out", "normal")
+    return _seeded(lambda: VGG(11), "fan_out", "vgg_scaled")
 
 
 def vgg16() -> nn.Module:
-    return _seeded(lambda: VGG(16), "fan_out", "normal")
+    return _seeded(lambda: VGG(16), "fan_out", "vgg_scaled")
 
 
 def vgg16_xavier() -> nn.Module:

@@ -422,10 +422,11 @@ def test_squeeze_excitation_gates_and_hardswish(exported, exporter):
     assert layers["features.1.block.2.fc1"].nonlinearity == "relu"
     assert layers["features.1.block.2.fc2"].nonlinearity == "sigmoid"
     assert all(layers[g].status == "ok" and "gate" in layers[g].message for g in gates)
-    # the expansion conv: BN then hardswish (≈ SiLU); BN folded → the conv feeds hardswish itself
+    # the expansion conv: BN then hardswish; BN folded → the conv feeds hardswish itself
     expand = layers["features.1.block.0.0"]
-    assert expand.nonlinearity == ("normalized" if exporter == "training" else "silu")
-    assert layers["classifier.0"].nonlinearity == "silu" and layers["classifier.3"].role == "output"
+    # HardSwish has its own gain now (1.7367, initdoctor.gains), no longer mapped to silu
+    assert expand.nonlinearity == ("normalized" if exporter == "training" else "hardswish")
+    assert layers["classifier.0"].nonlinearity == "hardswish" and layers["classifier.3"].role == "output"
 
 
 def test_densenet_concatenation_feeds_the_next_norm(exported):

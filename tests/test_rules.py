@@ -80,11 +80,11 @@ def test_enums_keep_todays_strings():
 def test_rule_field_names_the_rule_that_set_the_status():
     model = plain_mlp(depth=6, width=64, init="kaiming")
     with torch.no_grad():
-        model[4].weight.mul_(3.0)  # variance ×9: error
+        model[4].weight.mul_(3.0)  # variance ×9: one layer does not compound, at most warn
         model[6].weight.zero_()
     report = initdoctor.diagnose(model, ignore=("2",))
     by = {f.name: f for f in report.layers}
-    assert (by["4"].status, by["4"].rule) == (Status.ERROR, "K101")
+    assert (by["4"].status, by["4"].rule) == (Status.WARN, "K101")
     assert (by["6"].status, by["6"].rule) == (Status.ERROR, "K106")
     assert (by["2"].status, by["2"].rule, by["2"].message) == (
         Status.SKIP,
@@ -100,21 +100,22 @@ def test_rule_field_names_the_rule_that_set_the_status():
 
 def test_ignoring_the_compounding_rule_leaves_the_layers_own_statuses():
     """xavier 30-layer MLP (examples/models.py): 28 square layers at variance ×0.5 warn, the
-    64-wide first layer (×0.2) is an error on its own; compounding (×7e-10 < 1/16) makes them all
-    errors. Ignoring C501 leaves the per-layer statuses: 1 error, 28 warn."""
+    64-wide first layer (×0.2) too (one layer alone is at most a warning, issue 14 item 1);
+    compounding (×7e-10 < 1/16) makes them all errors. Ignoring C501 leaves the per-layer
+    statuses: 29 warn."""
     model = plain_mlp(init="xavier")
     plain = initdoctor.diagnose(model)
     assert (plain.summary.status, plain.summary.rule) == ("error", "C501")
     assert (plain.summary.error, plain.summary.warn) == (29, 0)
     assert plain.summary.compound_variance_ratio < 1e-6
-    assert sum(f.rule == "C501" for f in plain.layers) == 28
+    assert sum(f.rule == "C501" for f in plain.layers) == 29
     for entry in ("C501", "C5"):
         report = initdoctor.diagnose(model, ignore=(entry,))
         s = report.summary
-        assert (s.status, s.rule, s.ok, s.warn, s.error) == ("error", None, 1, 28, 1)
+        assert (s.status, s.rule, s.ok, s.warn, s.error) == ("warn", None, 1, 29, 0)
         assert (
             s.message
-            == "1 error, 28 warn of 30 layers; worst: 0; C501 (compound-drift) ignored by configuration"
+            == "0 error, 29 warn of 30 layers; worst: 0; C501 (compound-drift) ignored by configuration"
         )
         assert s.compound_variance_ratio == pytest.approx(plain.summary.compound_variance_ratio)
         assert {f.rule for f in report.layers} == {"K101", None}
@@ -141,7 +142,10 @@ def test_ignoring_probe_rules_keeps_their_measurements():
     report = initdoctor.diagnose(model, probe=True, ignore=("C501",))
     assert (report.summary.status, report.summary.rule) == ("error", "P203")
     both = initdoctor.diagnose(model, probe=True, ignore=("C501", "P203"))
-    assert both.summary.rule == "P205" and both.summary.warn == 28
+    # measured ×1e-9 over 29 layers of width 64 (fluctuation ×exp(±4·sqrt(5·29/64)) ≈ ×4e-3):
+    # the signal is lost, an error naming the layers where it drops
+    assert (both.summary.status, both.summary.rule, both.summary.error) == ("error", "P205", 28)
+    assert "lost at " in both.summary.message
     assert both.summary.message.endswith(
         "; C501 (compound-drift) ignored by configuration; P203 (systematic-drift) ignored by configuration"
     )
@@ -173,9 +177,9 @@ def test_ignore_codes_from_pyproject(tmp_path):
     torch.save(plain_mlp(init="xavier").state_dict(), tmp_path / "m.pt")
     # in this process: run_cli with a cwd other than ROOT would import the installed copy
     code, data = cli_json("m.pt", cwd=tmp_path)
-    assert code == 1  # the first layer's own error
+    assert code == 0  # one off-scale layer is at most a warning: no error left
     assert data["settings"]["ignore"] == ["C501"]
-    assert data["summary"]["rule"] is None and data["summary"]["warn"] == 28
+    assert data["summary"]["rule"] is None and data["summary"]["warn"] == 29
     assert data["summary"]["message"].endswith("; C501 (compound-drift) ignored by configuration")
 
 
@@ -185,11 +189,12 @@ def test_inspect_description_is_the_public_entry():
 
 def test_ignore_on_the_command_line_takes_codes_and_globs(tmp_path):
     """``--ignore`` (repeatable) on the command line, as the config's ``ignore`` list: the xavier
-    MLP's summary loses its C501 verdict; a glob skips the first layer (the one error left)."""
+    MLP's summary loses its C501 verdict (warn: no layer is an error on its own); a glob skips
+    the first layer."""
     torch.save(plain_mlp(init="xavier").state_dict(), tmp_path / "m.pt")
     code, data = cli_json(str(tmp_path / "m.pt"), "--ignore", "C501")
-    assert code == 1 and data["settings"]["ignore"] == ["C501"]
-    assert (data["summary"]["rule"], data["summary"]["warn"], data["summary"]["error"]) == (None, 28, 1)
+    assert code == 0 and data["settings"]["ignore"] == ["C501"]
+    assert (data["summary"]["rule"], data["summary"]["warn"], data["summary"]["error"]) == (None, 29, 0)
     code, data = cli_json(str(tmp_path / "m.pt"), "--ignore", "C501", "--ignore", "0")
     assert code == 0 and data["settings"]["ignore"] == ["C501", "0"]
     first = data["layers"][0]

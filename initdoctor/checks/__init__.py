@@ -100,7 +100,9 @@ def inspect_description(
         elif finding.role == Role.EMBEDDING:
             mark_skip(finding, skips.S003, skips.S003.message())
         else:
-            ln_r = weights.judge_layer(finding, layer, s, ignored, branch_of.get(layer.name), prenormed)
+            ln_r = weights.judge_layer(
+                finding, layer, s, ignored, branch_of.get(layer.name), prenormed, not forced
+            )
             saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
             if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain
                 ln_r = saturating[0]
@@ -133,7 +135,16 @@ def inspect_description(
     normalized = {f.name for f in findings if f.role == Role.NORMALIZED}
     block_findings, stream = blocks.judge_blocks(desc, probe, s, ignored, normalized)
     summary = summarize(
-        findings, norm_findings, ln_compound, s, ignored, measures, stream, over_chain, reason
+        findings,
+        norm_findings,
+        ln_compound,
+        s,
+        ignored,
+        measures,
+        stream,
+        over_chain,
+        reason,
+        ln_compounding=chain.compounding(hidden_chain),
     )
     summary.kaiming_mode = s.mode
     summary.weights = state

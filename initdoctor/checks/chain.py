@@ -5,6 +5,13 @@ the chain leaves ``[1/T_chain, T_chain]`` (default 16) the summary is ``error`` 
 layer drifting the same way becomes ``error``: 30 layers that each halve the variance (xavier on a
 square ReLU layer) shrink the signal by 2⁻²⁹.
 
+**Compounding needs two layers** (issue 14, item 1: a one-off off-scale layer that does not
+compound is at most a warning). The test is on the product without its single worst layer in the
+product's direction, ``Σ ln r_l − ln r_worst``: one layer's constant factor is a rescale of what
+follows (like a logit scale), not a drift over depth — torchvision's MobileNetV3 classifier
+``N(0, 0.01)`` at fan_in 96 is ×0.0065 alone and warns (K101); two such layers (a tiny VGG's
+classifier) are ×1e-5 and error. The reported product (``compound_variance_ratio``) stays the full one.
+
 The product is an assumption (each layer's gain, the chain itself); when the probe measured the
 same chain, the measurement decides (:func:`measured_ratio`): the measured product over the chain,
 ``Var[y_last] / (g_1² · E[x_1²])``, within ``[1/T_chain, T_chain]`` contradicts the static product
@@ -34,10 +41,11 @@ C501 = Rule(
     why="Each layer multiplies the signal's variance by its ratio, so small per-layer errors "
     "compound: 30 layers at ×0.5 each (xavier on square ReLU layers) shrink it by 2⁻²⁹ and the "
     "signal vanishes (He et al. 2015, eq. 9: `Var[y_L] = Var[y_1] · prod(½ n_l Var[w_l])`).",
-    formula="error when `|Σ ln r_l| > ln T_chain` (`compound-threshold`, default 16); every warn "
-    "layer drifting the same way (`ln r_l · Σ ln r > 0`) becomes error. Measurement beats the "
-    "product: when the probe measured every layer of the chain and the measured product "
-    "`Var[y_last] / (g_1² · E[x_1²])` (last output against first input) is within "
+    formula="error when `|Σ ln r_l − ln r_worst| > ln T_chain` (`compound-threshold`, default 16; "
+    "`r_worst` the single layer that drifts most in the direction of `Σ ln r`: compounding needs "
+    "two layers); every warn layer drifting the same way (`ln r_l · Σ ln r > 0`) becomes error. "
+    "Measurement beats the product: when the probe measured every layer of the chain and the "
+    "measured product `Var[y_last] / (g_1² · E[x_1²])` (last output against first input) is within "
     "`[1/T_chain, T_chain]`, C501 does not fire.",
     silence="Fix the per-layer scales (`initdoctor fix`), or raise `compound-threshold`.",
     messages={
@@ -64,7 +72,7 @@ def compound(
     if not chain:
         return None
     total = sum(ln_r for _, ln_r in chain)  # ln prod(r_l) = Σ ln r_l
-    if fires(total, measured, s) and C501.code not in ignored:
+    if fires(compounding(chain), measured, s) and C501.code not in ignored:
         drifting = [f for f, ln_r in chain if f.status == Status.WARN and ln_r * total > 0]
         for f in drifting:
             f.message += "; " + C501.message("layer", n=len(chain), total=math.exp(total))
@@ -72,8 +80,18 @@ def compound(
     return total
 
 
+def compounding(chain: list[tuple[LayerFinding, float]]) -> float | None:
+    """``Σ ln r_l − ln r_worst``: the chain's product without its single worst layer in the
+    product's direction (see the module doc: one layer does not compound). None for no chain."""
+    if not chain:
+        return None
+    total = sum(ln_r for _, ln_r in chain)
+    worst = max((ln_r for _, ln_r in chain), key=lambda x: x * total, default=0.0)
+    return total - worst if worst * total > 0 else total
+
+
 def broken(ln_compound: float | None, s: Settings) -> bool:
-    """C501's static test: ``|Σ ln r| > ln T_chain``."""
+    """C501's static test on :func:`compounding`: ``|Σ ln r − ln r_worst| > ln T_chain``."""
     return ln_compound is not None and abs(ln_compound) > math.log(s.compound_threshold)
 
 

@@ -6,7 +6,18 @@
   (``3 · sd(ln r) / sqrt(L)``): an ``error``, as for the static check.
 * **fluctuation** (P204): one layer's measured ratio beyond ``[1/T_probe, T_probe]`` (default 2)
   while its weights are within the Kaiming band: at most ``warn``, naming finite-width fluctuation
-  and the data-driven fix; likewise depth drift beyond the compound threshold (P205, summary).
+  and the data-driven fix.
+* **depth drift** (P205): ``depth_ratio = Var[y_last] / Var[y_first]`` over the plain chain beyond
+  ``[1/T_chain, T_chain]``. Finite-width fluctuation of Kaiming ReLU layers makes ``ln depth_ratio``
+  roughly Gaussian with variance ``5 · Σ 1/n_l`` (Hanin & Nica 2019, "Products of many large random
+  matrices and gradients in deep neural networks": ``ln |z_L|²`` has variance ≈ 5β, β = Σ 1/n_l;
+  the probe averages over the batch, so this bounds it): with ``σ = sqrt(5 Σ 1/n_l)`` over the
+  chain's layers (``n_l`` their output widths), a drift without its single worst layer beyond
+  ``ln T_chain + 4σ`` is not fluctuation — the signal is lost: ``error``, naming the layers with the
+  largest measured drop (``variance_ratio`` in the drift's direction, beyond ``T_warn``); one layer
+  accounting for the drift, or a modest drift: ``warn`` (the one layer, or fluctuation / LSUV).
+  mobilenet_nobn (realzoo): ×2.5e-10 over 26 layers, σ ≈ 1.7, threshold ×6e-5: error at its
+  depthwise convs (fan_out mode gives them ``fan_in / fan_out = 1/64`` each).
 * NaN/Inf produced by the forward: ``error`` (P201). Dead units above ``dead_threshold``: ``warn``
   (P202).
 """
@@ -99,17 +110,28 @@ P204 = Rule(
 P205 = Rule(
     code="P205",
     name="depth-drift",
-    severities=(Status.WARN,),
-    applies_to="model (the hidden chain, measured)",
+    severities=(Status.WARN, Status.ERROR),
+    applies_to="model (the hidden chain, measured) and the layers where the signal is lost",
     title="Measured: the signal's variance drifts from the first to the last layer.",
-    what="`depth_ratio = Var[y_last] / Var[y_first]` over the plain chain of hidden layers.",
-    why="With Kaiming weights the drift is finite-width fluctuation compounding over depth; "
-    "a data-driven init (LSUV) fixes it.",
-    formula="warn when `|ln depth_ratio| > ln T_chain` (`compound-threshold`).",
-    silence=f"`initdoctor fix --method lsuv`, or raise `compound-threshold`. {_PROBE}.",
+    what="`depth_ratio = Var[y_last] / Var[y_first]` over the plain chain of hidden layers; each "
+    "layer's measured `variance_ratio` says where it drifts.",
+    why="Finite-width fluctuation of Kaiming layers compounds like `exp(±sqrt(5 Σ 1/n_l))` "
+    "(Hanin & Nica 2019); far beyond that the signal really vanishes or explodes, whatever the "
+    "weights' nominal scale (measurement beats assumption).",
+    formula="`d = ln depth_ratio − ln v_worst` (the single layer drifting most the same way "
+    "removed: one layer does not compound), `σ = sqrt(5 Σ 1/n_l)`: error when "
+    "`|d| > ln T_chain + 4σ`, and each layer drifting the same way beyond `T_warn` becomes error; "
+    "otherwise warn when `|ln depth_ratio| > ln T_chain`.",
+    silence=f"Rescale the named layers (`initdoctor fix`), `initdoctor fix --method lsuv` for a "
+    f"modest drift, or raise `compound-threshold`. {_PROBE}.",
     messages={
         "default": "measured: the signal's variance drifts ×{ratio:.3g} from first to last layer "
-        "although the weights are Kaiming: finite-width fluctuation; data-driven init (LSUV) fixes it"
+        "although the weights are Kaiming: finite-width fluctuation; data-driven init (LSUV) fixes it",
+        "one": "measured: the signal's variance drifts ×{ratio:.3g} from first to last layer, "
+        "mostly at one layer: {name} (×{layer:.3g}); one layer does not compound: rescale it",
+        "lost": "measured: the signal's variance {change} ×{ratio:.3g} over {n} layers, beyond "
+        "×{threshold:g} and the finite-width fluctuation (×{fluct:.3g}): lost at {where}",
+        "layer": "measured ×{ratio:.3g} here: the signal {change} over depth (P205)",
     },
 )
 
@@ -125,6 +147,8 @@ class Measured:
     systematic: bool  # P203's test (True even when P203 is ignored)
     depth_ratio: float | None
     grad_depth_ratio: float | None
+    depth_lost: bool = False  # P205's error test (see the module doc)
+    depth_message: str | None = None  # P205's message when the depth ratio is beyond T_chain
 
 
 def apply_probe(
@@ -142,6 +166,7 @@ def apply_probe(
     claim a drift the signal does not show: no layer becomes P203 error (see checks/summary.py)."""
     off_chain = off_chain or set()
     notes: dict[str, tuple[float, str]] = {}  # expected measured ratio and why, where not 1
+    explained: dict[str, float] = {}  # ln of the share of it that is no loss over depth
     plain_measured = 0
     first_var: float | None = None
     first_grad: float | None = None
@@ -177,6 +202,7 @@ def apply_probe(
             f.measured_scale = 1.0 / math.sqrt(f.variance_ratio)
             spatial = (a.input_spatial, a.output_spatial) if a.input_spatial and a.output_spatial else None
             factor, note = modes.expected_measured(f, s.mode, spatial)  # fan_out mode, padded taps
+            explained[f.name] = math.log(modes.telescoping(f, s.mode, factor))
             if note:
                 notes[f.name] = (factor, note)
             saturating = f.nonlinearity.split("(")[0] in modes.SATURATING  # judged by depth stability
@@ -226,4 +252,88 @@ def apply_probe(
     if not plain_measured:
         last = None  # no plain chain of hidden layers (normalized or residual nets): no depth verdict
     grad_depth = first_grad / last_hidden_grad if first_grad and last_hidden_grad else None
-    return Measured(chain_ratio, systematic, last.depth_ratio if last else None, grad_depth)
+    depth = last.depth_ratio if last else None
+    lost, message = depth_drift(findings, last, depth, s, ignored, explained)
+    return Measured(chain_ratio, systematic, depth, grad_depth, lost, message)
+
+
+def depth_drift(
+    findings: list[LayerFinding],
+    last: LayerFinding | None,
+    depth: float | None,
+    s: Settings,
+    ignored: frozenset[str],
+    explained: dict[str, float],
+) -> tuple[bool, str | None]:
+    """P205 (see the module doc): (whether the signal is lost, the summary's message); flags the
+    layers where it is lost. ``(False, None)`` when the depth ratio, less what fan_out's
+    telescoping and padded taps explain (``explained``, :func:`.modes.telescoping`), is within
+    ``T_chain``."""
+    if last is None or not depth or depth <= 0:
+        return False, None
+    first = next(i for i, f in enumerate(findings) if f.depth_ratio is not None)
+    span = findings[first : findings.index(last) + 1]
+    on_path = (Role.HIDDEN, Role.STREAM, Role.RESIDUAL)  # normalized layers' output is rescaled
+    # each layer's measured step less its explained share; the first layer is the reference
+    steps = [
+        (f, math.log(f.variance_ratio) - explained.get(f.name, 0.0))
+        for f in span[1:]
+        if f.role in on_path and f.variance_ratio is not None and f.variance_ratio > 0
+    ]
+    expl = sum(explained.get(f.name, 0.0) for f in span[1:] if f.role in on_path)
+    ln_d = math.log(depth) - expl  # the drift fan_out's telescoping and padded taps do not explain
+    if abs(ln_d) <= math.log(s.compound_threshold):
+        return False, None
+    lost, message = _depth_verdict(steps, span, ln_d, depth, s, ignored)
+    if abs(expl) > 0.01:
+        message += (
+            f"; the expected ratios (fan_out's telescoping, padded taps) account for ×{math.exp(expl):.3g}"
+        )
+    return lost, message
+
+
+def _depth_verdict(
+    steps: list[tuple[LayerFinding, float]],
+    span: list[LayerFinding],
+    ln_d: float,
+    depth: float,
+    s: Settings,
+    ignored: frozenset[str],
+) -> tuple[bool, str]:
+    """P205's split (module doc): one layer, fluctuation, or lost (flagging where)."""
+    on_path = (Role.HIDDEN, Role.STREAM, Role.RESIDUAL)
+    widths = [f.shape[0] for f in span if f.role in on_path and f.shape and f.shape[0] > 0]
+    sigma = math.sqrt(5 * sum(1 / n for n in widths))  # sd of ln depth_ratio (Hanin & Nica 2019)
+    worst = max(steps, key=lambda t: t[1] * ln_d, default=None)
+    if worst is not None and worst[1] * ln_d > 0:
+        rest = ln_d - worst[1]  # without the single worst layer: one layer does not compound
+        if abs(rest) <= math.log(s.compound_threshold):
+            name, ratio = worst[0].name, worst[0].variance_ratio
+            return False, P205.message("one", ratio=depth, name=name, layer=ratio)
+    else:
+        rest = ln_d
+    limit = math.log(s.compound_threshold) + 4 * sigma  # ln T_chain + 4σ
+    if abs(rest) <= limit or P205.code in ignored:
+        return False, P205.message(ratio=depth)
+    change = "vanishes" if ln_d < 0 else "explodes"
+    drops = sorted(
+        (t for t in steps if t[1] * ln_d > 0 and abs(t[1]) > math.log(s.warn_threshold)),
+        key=lambda t: -abs(t[1]),
+    )
+    for f, _ in drops:
+        if f.status != Status.ERROR:
+            f.message += "; " + P205.message("layer", ratio=f.variance_ratio, change=change)
+            flag(f, P205, Status.ERROR, ignored)
+    where = ", ".join(f"{f.name} (×{f.variance_ratio:.3g})" for f, _ in drops[:3])
+    where += f" and {len(drops) - 3} more" if len(drops) > 3 else ""
+    fluct = math.exp(-limit if ln_d < 0 else limit)  # the fluctuation's 4σ edge beyond T_chain
+    message = P205.message(
+        "lost",
+        change=change,
+        ratio=depth,
+        n=len(steps),
+        threshold=s.compound_threshold,
+        fluct=fluct,
+        where=where or "no single layer (the drift is spread)",
+    )
+    return True, message

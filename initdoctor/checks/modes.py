@@ -165,6 +165,25 @@ def tap_fraction(kernel: tuple[int, ...], n_in: tuple[int, ...], n_out: tuple[in
     return frac
 
 
+def judged_fan_out(f: LayerFinding, mode: str) -> bool:
+    """Whether the layer was judged in fan_out (mode fan_out, and not moved to fan_in by
+    :func:`initdoctor.checks.weights.layer_mode`: its expected std is then fan_in's)."""
+    from ..gains import expected_std
+
+    if mode != "fan_out" or f.fan_out <= 0 or f.expected_std is None:
+        return False
+    return not math.isclose(f.expected_std, expected_std(f.gain, max(f.fan_in, 1)), rel_tol=1e-9)
+
+
+def telescoping(f: LayerFinding, mode: str, factor: float) -> float:
+    """The share of a layer's expected measured ratio (:func:`expected_measured`) that is not a
+    loss over depth: fan_out's ``fan_in / fan_out = c_in / c_out`` telescopes over the chain (He et
+    al. 2015, eq. 16), the padded taps are the architecture's; a grouped conv's ``fan_in / fan_out
+    = c_in / (groups · c_out)`` leaves ``1 / groups`` per layer that does not telescope (a
+    depthwise conv in fan_out mode keeps ``1/c`` of the variance): it is a real loss."""
+    return factor * (max(f.groups, 1) if judged_fan_out(f, mode) else 1)
+
+
 def expected_measured(
     f: LayerFinding, mode: str, spatial: tuple[tuple[int, ...], tuple[int, ...]] | None
 ) -> tuple[float, str | None]:
@@ -173,7 +192,7 @@ def expected_measured(
     so ``fan_in · Var[w] / gain² = fan_in / fan_out``), times the taps' fraction on a map smaller
     than the kernel reaches (:func:`tap_fraction`)."""
     factor, note = 1.0, None
-    if mode == "fan_out" and f.fan_out > 0:
+    if judged_fan_out(f, mode):
         factor = f.fan_in / f.fan_out
     if spatial is not None and len(f.shape) > 2:
         kernel = tuple(int(k) for k in f.shape[2:])

@@ -55,10 +55,14 @@ def summarize(
     stream: Stream | None = None,
     over_chain: float | None = None,
     unknown: str | None = None,
+    ln_compounding: float | None = None,
 ) -> Summary:
     """The model-level verdict (see the module docstring). ``over_chain``: the signal's ratio
     over the static chain as measured (None: not measured); ``unknown``: why no verdict on depth
-    can be formed (:data:`~initdoctor.report.UNKNOWN_REASONS`), None when it can."""
+    can be formed (:data:`~initdoctor.report.UNKNOWN_REASONS`), None when it can;
+    ``ln_compounding``: the chain's product without its worst layer (:func:`.chain.compounding`),
+    what C501 tests (``ln_compound`` when not given)."""
+    ln_test = ln_compounding if ln_compounding is not None else ln_compound
     counts = {status: 0 for status in Status}
     status = Status.OK
     for f in findings:
@@ -76,14 +80,11 @@ def summarize(
 
     compound = math.exp(ln_compound) if ln_compound is not None else None
     contradicted = within(over_chain, s)  # the measured signal over the chain stays within T_chain
-    # C501: |Σ ln r| > ln T_chain, unless the measurement over the same chain contradicts it
-    chain_broken = applies(C501.code, broken(ln_compound, s) and not contradicted)
+    # C501: |Σ ln r − ln r_worst| > ln T_chain, unless the measurement over the chain contradicts it
+    chain_broken = applies(C501.code, broken(ln_test, s) and not contradicted)
     systematic = applies(P203.code, measured is not None and measured.systematic and not contradicted)
-    depth = measured.depth_ratio if measured is not None else None
-    # P205: |ln depth_ratio| > ln T_chain
-    depth_drift = applies(
-        P205.code, bool(depth) and abs(math.log(depth or 1.0)) > math.log(s.compound_threshold)
-    )
+    # P205: |ln depth_ratio| > ln T_chain (error when the signal is lost: measured.depth_drift)
+    depth_drift = applies(P205.code, measured is not None and measured.depth_message is not None)
     if chain_broken:
         status = Status.ERROR
     scored = [f for f in findings if f.status != Status.SKIP]
@@ -108,9 +109,9 @@ def summarize(
         status = Status.ERROR
         message, rule = P203.message(ratio=measured.chain_ratio), P203.code
     elif depth_drift:
-        assert measured is not None
-        status = worse(status, Status.WARN)
-        message, rule = P205.message(ratio=measured.depth_ratio), P205.code
+        assert measured is not None and measured.depth_message is not None
+        status = worse(status, Status.ERROR if measured.depth_lost else Status.WARN)
+        message, rule = measured.depth_message, P205.code
     elif unknown is not None and status == Status.OK:
         status, message = Status.UNKNOWN, MESSAGES[unknown]
     elif status == Status.OK:
@@ -119,7 +120,7 @@ def summarize(
         message = f"{counts[Status.ERROR]} error, {counts[Status.WARN]} warn of {n} layers; worst: {worst}"
         if unknown is not None:
             message += f"; {MESSAGES[unknown]}"
-    if broken(ln_compound, s) and contradicted and n:
+    if broken(ln_test, s) and contradicted and n:
         message += "; " + C501.message("contradicted", total=compound, measured=over_chain)
     # counts after the summary-level rules
     counts = {k: sum(1 for f in findings if f.status == k) for k in Status}

@@ -52,15 +52,20 @@ _BANDS = (
 K101 = Rule(
     code="K101",
     name="hidden-variance-off-kaiming",
-    severities=(Status.WARN, Status.ERROR),
+    severities=(Status.WARN,),
     applies_to="layer (role hidden)",
     title="A hidden layer's weight variance is off Kaiming's.",
     what="`weight_variance_ratio = (std / expected_std)²`, `expected_std = gain / sqrt(fan)`.",
     why="A hidden layer multiplies the signal's variance by its `weight_variance_ratio`; away from "
-    "1 the signal shrinks or grows at every such layer and vanishes or explodes with depth.",
+    "1 the signal shrinks or grows at every such layer and vanishes or explodes with depth. One "
+    "layer alone is a constant factor, not a drift over depth: at most a warning; the layer "
+    "becomes error when the drift compounds (C501, P203) or the signal measurably vanishes (P205).",
     formula="He et al. 2015, eq. 10 (`fan_in`) / eq. 14 (`fan_out`): `Var[w] = gain² / fan`. "
-    "warn when `|ln r| > ln T_warn + a`, error when `|ln r| > ln T_err + a`, with the sampling "
-    "allowance `a = 8 / sqrt(2(numel − 1))` (4 standard errors of `ln Var` from `numel` samples).",
+    "warn when `|ln r| > ln T_warn + a`, with the sampling allowance `a = 8 / sqrt(2(numel − 1))` "
+    "(4 standard errors of `ln Var` from `numel` samples). In fan_out mode a layer whose std is "
+    "closer to fan_in's than to fan_out's by more than that band is judged in fan_in (§2.2: "
+    "either condition is sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are "
+    "1.25× fan_in Kaiming; not when `--mode` is forced).",
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
@@ -219,14 +224,18 @@ def judge_layer(
     ignored: frozenset[str],
     block: str | None,
     prenormed: bool = False,
+    per_layer_mode: bool = True,
 ) -> float | None:
     """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
     layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None.
     ``prenormed``: every residual block normalizes its input (pre-LN), so a stream feeder that is
-    too small is harmless (K103 judges only too large)."""
+    too small is harmless (K103 judges only too large). ``per_layer_mode``: a detected mode may be
+    left per layer (:func:`layer_mode`); a forced one (``--mode``) may not."""
     st = layer.stats
     # the logits' scale is a forward property: the output layer is judged on fan_in in either mode
     mode = "fan_in" if f.role == Role.OUTPUT else s.mode
+    if per_layer_mode and f.role != Role.OUTPUT:
+        mode = layer_mode(layer, f.gain, s)
     fan = layer.fan_in if mode == "fan_in" else layer.fan_out
     exp = expected_std(f.gain, max(fan, 1))  # g / sqrt(n): He et al. 2015, eq. 10 / eq. 14
     f.expected_std = exp
@@ -266,10 +275,9 @@ def judge_layer(
             flag(f, K102, status, ignored)
         return None
     rule = K103 if f.role == Role.STREAM else K101
-    # K101 / K103: |ln r| > ln T + a, the band widened by the sampling allowance
-    if abs(ln_r) > math.log(s.error_threshold) + allow:
-        status = Status.ERROR if rule is K101 else Status.WARN  # a stream layer: at most warn
-    elif abs(ln_r) > math.log(s.warn_threshold) + allow:
+    # K101 / K103: |ln r| > ln T_warn + a, the band widened by the sampling allowance; at most warn
+    # (one layer does not compound: C501, P203 and P205 promote the layers that do)
+    if abs(ln_r) > math.log(s.warn_threshold) + allow:
         status = Status.WARN
     if rule is K103 and prenormed and ln_r < 0 and status is not Status.OK:
         status = Status.OK  # each branch normalizes the stream first: its starting scale is secondary
@@ -294,6 +302,23 @@ def judge_layer(
         f.message += "; " + K103.message("note")
         return None
     return ln_r
+
+
+def layer_mode(layer: Layer, gain: float, s: Settings) -> str:
+    """The fan a layer is judged on: ``s.mode``, except in fan_out mode for a layer whose std is
+    closer to fan_in's Kaiming std than to fan_out's by more than the warn band (with the sampling
+    allowance) — He et al. 2015 §2.2: each condition is sufficient, and libraries mix them per
+    layer (torchvision's VGG: convs ``kaiming_normal_(mode="fan_out")``, linears ``N(0, 0.01)``:
+    classifier.0 is ×1.25 in fan_in 25088, ×0.2 in fan_out 4096)."""
+    st = layer.stats
+    if s.mode != "fan_out" or layer.fan_in == layer.fan_out or layer.fan_in <= 0 or layer.fan_out <= 0:
+        return s.mode
+    if st.std is None or not (st.std > 0 and math.isfinite(st.std)):
+        return s.mode
+    band = math.log(s.warn_threshold) + sampling_allowance(st.finite_count)
+    off_in = abs(2 * math.log(st.std / expected_std(gain, layer.fan_in)))  # |ln r| for fan_in
+    off_out = abs(2 * math.log(st.std / expected_std(gain, layer.fan_out)))
+    return "fan_in" if off_in < off_out - band else s.mode
 
 
 def judge_structural(

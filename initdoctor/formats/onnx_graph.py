@@ -32,8 +32,8 @@ _ACTIVATIONS = {
     "Sigmoid": "sigmoid",
     "Selu": "selu",
     "Gelu": "gelu",
-    # hardswish is MobileNetV3's piecewise approximation of swish = SiLU (Howard et al. 2019, §5.2)
-    "HardSwish": "silu",
+    # MobileNetV3's piecewise swish (Howard et al. 2019, §5.2), its own gain (initdoctor.gains)
+    "HardSwish": "hardswish",
     "HardSigmoid": "sigmoid",  # its approximation of σ: a gate, gain 1 like sigmoid
 }
 _PASS = {

@@ -8,7 +8,8 @@ pattern (the nodes an exporter writes)                   neutral op of every nod
 ``x · ½(1 + erf(x/√2))`` (GELU, legacy exporters)        ``gelu``
 ``½x(1 + tanh(√(2/π)(x + 0.044715x³)))`` (GPT-2 GELU)    ``gelu``
 ``x · σ(1.702x)`` (CLIP's quick GELU)                    ``gelu``
-``x · σ(x)``, ``x · hardsigmoid(x)`` (SiLU, hardswish)   ``silu``
+``x · σ(x)`` (SiLU)                                      ``silu``
+``x · hardsigmoid(x)`` (hardswish)                       ``hardswish``
 ``x / √(mean(x²) + ε) · γ`` (RMSNorm, as LLaMA exports)  ``norm`` (``rmsnorm``, γ a NormLayer)
 ``(x − mean x) / √(var + ε) · γ + β`` (decomposed LN)    ``norm`` (``layernorm``)
 =======================================================  ==========================================
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 _ELEMENTWISE = {"Mul", "Div", "Add", "Sub", "Pow", "Erf", "Tanh", "Sigmoid", "HardSigmoid", "Cast"}
-_CORES = {"Erf": "gelu", "Tanh": "gelu", "Sigmoid": "silu", "HardSigmoid": "silu"}
+_CORES = {"Erf": "gelu", "Tanh": "gelu", "Sigmoid": "silu", "HardSigmoid": "hardswish"}
 _POOLS = {"ReduceMean", "GlobalAveragePool", "GlobalMaxPool", "ReduceMax"}
 
 
@@ -224,7 +225,18 @@ def gate_nodes(ix: Index, op_of: Callable[[int], str]) -> dict[int, list[int]]:
                 break
             flow = ix.flowing(cur)
             if (
-                op not in ("weighted", "pass", "relu", "silu", "sigmoid", "leaky_relu", "gelu")
+                op
+                not in (
+                    "weighted",
+                    "pass",
+                    "relu",
+                    "silu",
+                    "sigmoid",
+                    "leaky_relu",
+                    "gelu",
+                    "hardswish",
+                    "relu6",
+                )
                 or len(flow) != 1
             ):
                 break

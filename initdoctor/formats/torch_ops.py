@@ -39,7 +39,8 @@ NORM_CLASSES = {
 }
 _ACTIVATION_CLASSES = {
     "ReLU": "relu",
-    "ReLU6": None,
+    "ReLU6": "relu6",
+    "Hardswish": "hardswish",
     "LeakyReLU": "leaky_relu",
     "Tanh": "tanh",
     "Sigmoid": "sigmoid",
@@ -85,6 +86,9 @@ ACTIVATION_NAMES = {
     "gelu": "gelu",
     "silu": "silu",
     "silu_": "silu",
+    "hardswish": "hardswish",
+    "hardswish_": "hardswish",
+    "relu6": "relu6",
 }
 PASS_NAMES = {
     "view",
@@ -183,24 +187,19 @@ def count_parameters(tensors: Any) -> int:
 #: subclass that also applies an activation).
 _NORM_NAME = re.compile(r"(Norm|NormAct)([123]d)?$")
 
-#: Activations initdoctor has no gain for (``hardswish``…): a nonlinearity the graph shows but
+#: Activations initdoctor has no gain for (``hardtanh``, ``mish``…): a nonlinearity the graph shows but
 #: does not name for the rules; a walk stops there.
 OTHER_ACTIVATIONS = {
-    "hardswish",
-    "hardswish_",
     "hardsigmoid",
     "hardsigmoid_",
     "hardtanh",
     "hardtanh_",
-    "relu6",
     "elu",
     "elu_",
     "mish",
     "softplus",
-    "Hardswish",
     "Hardsigmoid",
     "Hardtanh",
-    "ReLU6",
     "ELU",
     "Mish",
     "Softplus",
