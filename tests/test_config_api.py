@@ -29,7 +29,7 @@ def test_pyproject_config_changes_thresholds_and_ignores_a_layer(tmp_path):
     model = plain_mlp(depth=6, width=64, init="kaiming")
     with torch.no_grad():
         model[4].weight.mul_(1.3)  # variance ×1.69: warn at the default 1.25 band
-        model[8].weight.mul_(3.0)  # variance ×9: error
+        model[8].weight.mul_(3.0)  # variance ×9: beyond the error band, alone a warning (no compounding)
     sub = _project(tmp_path, 'warn-threshold = 2.0\nignore = ["8"]\nfail-on = "warn"\nprobe = false')
     torch.save(model.state_dict(), sub / "m.pt")
     plain = run_cli(
@@ -48,7 +48,8 @@ def test_pyproject_config_changes_thresholds_and_ignores_a_layer(tmp_path):
     assert plain.returncode == 2  # m.pt is not in ROOT: the path is relative to the project
     default = json.loads(run_cli("inspect", str(sub / "m.pt"), "--format", "json", cwd=ROOT).stdout)
     by = {layer["name"]: layer for layer in default["layers"]}
-    assert by["4"]["status"] == "warn" and by["8"]["status"] == "error"
+    assert by["4"]["status"] == "warn" and by["8"]["status"] == "warn"
+    assert by["8"]["weight_variance_ratio"] > 4  # the error band: K101 alone is at most warn
     proc = run_cli("inspect", "m.pt", "--format", "json", cwd=sub)  # config found walking up
     data = json.loads(proc.stdout)
     by = {layer["name"]: layer for layer in data["layers"]}
@@ -137,7 +138,7 @@ def test_pre_commit_hook_runs_on_a_staged_model(tmp_path):
 
 
 def test_compare_before_and_after_fix(tmp_path):
-    torch.save(plain_mlp(depth=6, width=32, init="xavier").state_dict(), tmp_path / "a.pt")
+    torch.save(plain_mlp(depth=8, width=32, init="xavier").state_dict(), tmp_path / "a.pt")
     initdoctor.fix_model(tmp_path / "a.pt", output=tmp_path / "b.pt")
     proc = run_cli("compare", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--format", "json")
     data = json.loads(proc.stdout)
@@ -149,7 +150,8 @@ def test_compare_before_and_after_fix(tmp_path):
     assert rows["2"]["std_ratio_delta"] == pytest.approx(
         1 - 0.707, abs=0.06
     )  # xavier → Kaiming, square 32×32 layer
-    assert data["summary"] == {"a": "error", "b": "ok"}  # 5 xavier layers: variance ×0.042 over the chain
+    # 7 xavier hidden layers: variance ×½ each; without the worst one still ≈ ×0.016 (C501)
+    assert data["summary"] == {"a": "error", "b": "ok"}
 
 
 def test_plot_from_torch_and_onnx(tmp_path):

@@ -196,8 +196,8 @@ def test_resnet_blocks_equal_the_bitmask_analysis_in_torch_and_onnx(tmp_path, mo
 
     checked = []
 
-    def compared(nodes, layer_of):
-        got = residual_blocks(nodes, layer_of)
+    def compared(nodes, layer_of, lookups=frozenset()):
+        got = residual_blocks(nodes, layer_of, lookups)  # no embedding lookups in a ResNet
         assert got == link_blocks(unique_names(_blocks_by_bitmasks(nodes, layer_of)), nodes)
         checked.append(got)
         return got
