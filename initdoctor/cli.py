@@ -171,7 +171,10 @@ def check(
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("check", opts)
         for source in models:
-            report = diagnose(source, trust=opts["trust"], probe=opts["probe"], **settings)
+            model, weights_file = _source(source, opts["model"], None)
+            report = diagnose(
+                model, trust=opts["trust"], weights=weights_file, probe=opts["probe"], **settings
+            )
             s = report.summary
             code = report.exit_code(resolved["fail-on"])
             worst = max(worst, code)

@@ -106,6 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     # --- where the model comes from
     Option("weights", Path, None, "State_dict or safetensors file to load into a factory's model.",
            MODEL_COMMANDS),
+    Option("check-model", str, None, "Factory package.module:function that builds the model whose weights "
+           "each MODEL holds (gives a state_dict a graph: a verdict instead of unknown).", (CHECK,),
+           flag="--model"),
     Option("trust", bool, False, "Allow formats whose loading runs code from the file: full pickles, "
            "TorchScript, torch.export, a Hugging Face folder's auto_map code. Command line only: never "
            "from a config file.", ALL_COMMANDS,

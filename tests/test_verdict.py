@@ -259,3 +259,19 @@ def test_inspect_check_fix_and_diagnose_agree(files):
     statuses = {status for status, _ in resnet.values()}
     assert len(statuses) == 1 and statuses != {"unknown"}, resnet
     assert _four("examples.resnets:resnet_bn", probe=False)["inspect"] == ("unknown", 0)
+
+
+def test_check_takes_a_model_factory_for_a_state_dict(tmp_path):
+    """`check` (the pre-commit entry) gets `--model` like inspect: a LLaMA state_dict alone is
+    unknown (no graph), with its factory and the probe it gets the measured verdict — ok for the
+    library's init, error R302 naming block 0 for N(0, 1) weights (initializer_range=1.0)."""
+    from tests.realzoo import llama, llama_broken
+
+    torch.save(llama().state_dict(), tmp_path / "llama.pt")
+    torch.save(llama_broken().state_dict(), tmp_path / "broken.pt")
+    code, out, _ = cli("check", str(tmp_path / "llama.pt"))
+    assert code == 0 and ": unknown — static only" in out and "--model pkg.mod:fn" in out
+    code, out, _ = cli("check", str(tmp_path / "llama.pt"), "--model", "tests.realzoo:llama", "--probe")
+    assert code == 0 and ": ok — " in out
+    code, out, _ = cli("check", str(tmp_path / "broken.pt"), "--model", "tests.realzoo:llama", "--probe")
+    assert code == 1 and ": error — " in out and "model.layers.0.self_attn" in out
