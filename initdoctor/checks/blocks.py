@@ -189,15 +189,13 @@ def jump_growth(
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
-    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm). A
-    "block" of embedding lookups only (token + position + type embeddings summed) starts the
-    stream: it has no input to scale, so it is in no run (a trained BERT: ×1.77e3 "growth" from
-    its type embeddings' small scale, docs/rules-evidence.md)."""
-    lookups = {layer.name for layer in desc.layers if layer.kind == "embedding"}
+    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm). Sums
+    of embedding lookups are no blocks at all (:func:`initdoctor.graph.residual_blocks` drops them:
+    a trained BERT's type embeddings gave ×1.77e3 "growth", docs/rules-evidence.md)."""
     out: list[list[int]] = []
     current: list[int] = []
     for k, b in enumerate(desc.blocks):
-        if all(name in lookups for name in b.layers) or any(name in normalized for name in b.layers):
+        if any(name in normalized for name in b.layers):
             if current:
                 out.append(current)
             current = []
