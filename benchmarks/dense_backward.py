@@ -5,6 +5,8 @@ Prints numbers; not a test.
     python benchmarks/dense_backward.py layers NAME    # per-layer numbers of one model
     python benchmarks/dense_backward.py sharpness      # top Hessian eigenvalue at init (CNNs, MLP)
     python benchmarks/dense_backward.py consumers      # the k-consumer gradient sum per dense block
+    python benchmarks/dense_backward.py gradratio      # initdoctor --backward on every zoo model
+    python benchmarks/dense_backward.py cost           # a probed inspect with and without --backward
     python benchmarks/dense_backward.py train [--steps 300] [--lrs 0.01,0.03,0.1] [--seeds 0,1,2]
 
 ``measure``: each model from its zoo factory in train mode (BatchNorm on batch statistics, as the
@@ -194,6 +196,35 @@ def consumers(task: Task, name: str) -> list[float]:
     return gains
 
 
+def gradratio() -> None:
+    """Every zoo model through initdoctor with --backward: verdict, the largest grad_ratio."""
+    import initdoctor
+
+    for e in realzoo.MATRIX:
+        r = initdoctor.diagnose(e.factory, probe=True, backward=True)
+        top = max(((f.grad_ratio, f.name) for f in r.layers if f.grad_ratio), default=(math.nan, "-"))
+        gdr = r.summary.grad_depth_ratio
+        print(
+            f"{e.name:<18} {'healthy' if e.healthy else 'broken':<8} {r.summary.status:<6} "
+            f"grad_depth_ratio {'-' if gdr is None else f'{gdr:.3g}':>8}  "
+            f"max grad_ratio {top[0]:.3g} ({top[1]})",
+            flush=True,
+        )
+
+
+def cost(name: str = "densenet_nobn", repeats: int = 4) -> None:
+    """A probed inspect with and without --backward: the fastest of ``repeats`` runs each."""
+    import initdoctor
+
+    best = {False: math.inf, True: math.inf}
+    for _ in range(repeats):
+        for backward in (False, True):
+            t = time.perf_counter()
+            initdoctor.diagnose(f"tests.realzoo:{name}", probe=True, backward=backward)
+            best[backward] = min(best[backward], time.perf_counter() - t)
+    print(f"{name}: probe {best[False]:.3f} s, probe + backward {best[True]:.3f} s")
+
+
 def train(task: Task, name: str, lr: float, seed: int, steps: int) -> str:
     model = build(name).train()
     torch.manual_seed(seed)
@@ -220,7 +251,9 @@ def train(task: Task, name: str, lr: float, seed: int, steps: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("measure", "layers", "train", "sharpness", "consumers"))
+    p.add_argument(
+        "what", choices=("measure", "layers", "train", "sharpness", "consumers", "gradratio", "cost")
+    )
     p.add_argument("name", nargs="?", default="densenet_nobn")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lrs", default="0.01,0.03,0.1")
@@ -239,6 +272,10 @@ def main() -> None:
     elif a.what == "consumers":
         for name in ("densenet", "densenet_nobn"):
             print(name, " ".join(f"{g:.3g}" for g in consumers(task, name)))
+    elif a.what == "gradratio":
+        gradratio()
+    elif a.what == "cost":
+        cost(a.name)
     elif a.what == "layers":
         layers(task, a.name)
     else:

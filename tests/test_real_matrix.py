@@ -26,7 +26,9 @@ from tests.realzoo import MATRIX, Entry
 #: rows that do not hold yet (name → what happens); see docs/accuracy.md
 KNOWN_GAPS: dict[str, str] = {
     "densenet_nobn": "BatchNorm removed: reported ok (measured signal within bounds); training breaks it "
-    "only for SGD lr 0.1 (NaN at step 34), with AdamW it trains better than with BN (eval 0.194 vs 0.537)",
+    "only for SGD lr 0.1 (NaN at step 34), with AdamW it trains better than with BN (eval 0.194 vs 0.537), "
+    "with SGD lr 0.01 too (0.002 vs 0.015); nothing at init separates it, the backward signal included "
+    "(tests/test_backward_rules.py, docs/rules-evidence.md 'DenseNet without BN: the backward signal')",
 }
 #: ONNX rows whose verdict differs from torch's
 ONNX_GAPS: dict[str, str] = {
