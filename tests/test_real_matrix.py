@@ -24,16 +24,14 @@ from initdoctor.report import Report
 from tests.realzoo import MATRIX, Entry
 
 #: rows that do not hold yet (name → what happens); see docs/accuracy.md
-KNOWN_GAPS: dict[str, str] = {
-    "densenet_nobn": "BatchNorm removed: reported ok (measured signal within bounds); training breaks it "
-    "only for SGD lr 0.1 (NaN at step 34), with AdamW it trains better than with BN (eval 0.194 vs 0.537), "
-    "with SGD lr 0.01 too (0.002 vs 0.015); nothing at init separates it, the backward signal included "
-    "(tests/test_backward_rules.py, docs/rules-evidence.md 'DenseNet without BN: the backward signal')",
-}
+KNOWN_GAPS: dict[str, str] = {}
+# densenet_nobn (BatchNorm removed) was a gap here until session 3: nothing at init separates it
+# from the BN model and it trains as well (SGD lr 0.01/0.03, AdamW; it diverges only at SGD lr 0.1,
+# where healthy models diverge too): the matrix counts it healthy, and densenet_broken (std ×10 in one
+# dense block, no BN) is the DenseNet's broken twin (docs/rules-evidence.md).
 #: ONNX rows whose verdict differs from torch's
 ONNX_GAPS: dict[str, str] = {
-    "densenet_nobn": "ONNX warns on 3 concat-fed convs (its reader does not see that every consumer of "
-    "the concatenation normalizes it) where torch says ok",
+    "densenet_nobn": "ONNX warns on 3 concat-fed convs where torch says ok",
 }
 
 HF = [e for e in MATRIX if e.hf]
