@@ -297,7 +297,8 @@ def judge_layer(
     # output layer does (K102). Measured (docs/rules-evidence.md "Head layers", 3 seeds each): at
     # r = 0.2 (VGG) the head trains as at r = 1 (SGD 1.16 ± 0.26 vs 1.14 ± 0.20, AdamW 0.45 vs
     # 0.61), a feature-stack conv at r = 0.2 does not (1.54, 0.58); at r = 0.01 and below it trains
-    # worse (MobileNet SGD 1.81 vs 0.16 at r = 1): the floor is the chain's own limit, 1/T_chain.
+    # worse (MobileNet SGD 1.81 vs 0.16 at r = 1), and so at torchvision MobileNetV3's r = 0.032
+    # (1.18 vs 0.13): the floor is the chain's own limit, 1/T_chain.
     if head and ln_r < 0 and ln_r > -math.log(s.compound_threshold) - allow and status is not Status.OK:
         status = Status.OK
         f.message = K101.message("head", what=what, ratio=f.weight_variance_ratio, scale=f.suggested_scale)
