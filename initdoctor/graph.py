@@ -346,3 +346,33 @@ def graph_follower(
     if ends and norms == ends:
         return ("normalized", None, False)
     return ("linear", None, False) if ends else None
+
+
+def head_layers(nodes: Mapping[str, OpNode], layer_of: Mapping[str, str], max_steps: int = 32) -> list[str]:
+    """Weighted layers whose output reaches the model only through the output (logit) layer:
+    every path goes through activations and pass-through nodes (dropout, flatten, pooling) to
+    weighted layers that themselves feed a model output directly — a classifier head's
+    penultimate linear (torchvision's VGG ``classifier.3``, MobileNetV3's ``classifier.0``).
+    A norm, a residual add, attention or any other op on the way: not a head layer."""
+    found: list[str] = []
+    for node_id, name in layer_of.items():
+        frontier, reached, ok = list(nodes[node_id].users), False, True
+        seen: set[str] = set()
+        while frontier and ok:
+            nxt = nodes.get(frontier.pop())
+            if nxt is None or len(seen) > max_steps:
+                ok = False
+            elif nxt.id in seen:
+                continue
+            elif nxt.op == "weighted" and nxt.id in layer_of:
+                seen.add(nxt.id)
+                reached = True
+                ok = following_nonlinearity(nodes, nxt.id) == ("linear", None, True)
+            elif nxt.op in ACTIVATIONS or nxt.op == "pass":
+                seen.add(nxt.id)
+                frontier.extend(nxt.users)
+            else:
+                ok = False
+        if ok and reached:
+            found.append(name)
+    return found

@@ -103,6 +103,9 @@ class ModelDescription:
     #: the exporter folded BatchNorm into the convolutions (ONNX): at init an eval-mode BatchNorm
     #: is the identity, so the graph is the unnormalized net (see docs/onnx-export.md)
     bn_folded: bool = False
+    #: hidden layers that reach the model only through the output layer (a classifier head's
+    #: penultimate linear; see :func:`initdoctor.graph.head_layers`)
+    head_layers: list[str] = field(default_factory=list)
     #: the inputs the model says it takes (a transformers ``config``: token ids, images, decoder ids)
     inputs: list[InputSpec] = field(default_factory=list)
 

@@ -62,6 +62,10 @@ def rule_text(code: str | None) -> str:
     return rule.doc()
 
 
+def linears(desc: ModelDescription) -> set[str]:
+    return {layer.name for layer in desc.layers if layer.kind in ("linear", "matmul")}
+
+
 def inspect_description(
     desc: ModelDescription,
     settings: Settings | None = None,
@@ -84,6 +88,10 @@ def inspect_description(
     hidden_chain: list[tuple[LayerFinding, float]] = []  # (finding, ln weight_variance_ratio)
     branch_of = {name: block.name for block in desc.blocks for name in block.layers}
     feeders = set(desc.stream_inputs)
+    # a convolutional net's classifier head (after global pooling): linears that reach the model
+    # only through the output layer; an MLP's last hidden layer is its feature stack's, not a head's
+    convolutional = any(layer.kind.startswith("conv") for layer in desc.layers)
+    heads = {name for name in desc.head_layers if convolutional and name in linears(desc)}
     prenormed = bool(desc.blocks) and all(block.pre_norm for block in desc.blocks)
     for layer in desc.layers:
         findings.append(new_finding(layer, desc, s, last_name, branch_of, feeders))
@@ -101,7 +109,14 @@ def inspect_description(
             mark_skip(finding, skips.S003, skips.S003.message())
         else:
             ln_r = weights.judge_layer(
-                finding, layer, s, ignored, branch_of.get(layer.name), prenormed, not forced
+                finding,
+                layer,
+                s,
+                ignored,
+                branch_of.get(layer.name),
+                prenormed,
+                not forced,
+                layer.name in heads and finding.role == Role.HIDDEN,
             )
             saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
             if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from ..report import LayerFinding, Role, Status
 from . import modes
 from .registry import Rule, flag
+from .weights import sampling_allowance
 
 if TYPE_CHECKING:
     from ..probe import ProbeResult
@@ -151,6 +152,14 @@ class Measured:
     depth_message: str | None = None  # P205's message when the depth ratio is beyond T_chain
 
 
+def kaiming(f: LayerFinding, s: Settings) -> bool:
+    """Whether the layer's weights are within K101's warn band (``|ln r| ≤ ln T_warn + a``)."""
+    r = f.weight_variance_ratio
+    if r is None or r <= 0:
+        return True
+    return abs(math.log(r)) <= math.log(s.warn_threshold) + sampling_allowance(f.numel)
+
+
 def apply_probe(
     findings: list[LayerFinding],
     probe: ProbeResult,
@@ -235,8 +244,9 @@ def apply_probe(
             if f.status != Status.ERROR:
                 f.message += "; " + P203.message("layer", ratio=f.variance_ratio, mean=chain_ratio)
                 flag(f, P203, Status.ERROR, ignored)
-        elif abs(ln_r) > math.log(s.probe_warn_threshold) and f.status == Status.OK:
-            # P204: |ln variance_ratio| > ln T_probe with Kaiming weights
+        elif abs(ln_r) > math.log(s.probe_warn_threshold) and f.status == Status.OK and kaiming(f, s):
+            # P204: |ln variance_ratio| > ln T_probe with Kaiming weights (not a layer ok for
+            # another reason: a head layer's note, a pre-normed stream feeder, K101 ignored)
             f.message += "; " + P204.message(ratio=f.variance_ratio, scale=f.measured_scale)
             flag(f, P204, Status.WARN, ignored)
         if f.name in notes:

@@ -22,6 +22,9 @@ Thresholds are variance factors, symmetric in log space, all configurable:
   ``2·T_warn``, ``error`` above ``2·T_err`` (the 2 lets a ReLU-gain Kaiming logit layer pass).
   It is the layer the graph shows feeding a model output, or without a graph the last weighted
   layer in order. It is not part of the chain.
+* **classifier-head layers** (K101 note) — a convolutional net's linear that reaches the model only
+  through the output layer (``graph.head_layers``): shrinking by at most ``1/T_chain`` is ``ok``
+  with a note (it sets the logits' scale, like a small output layer); larger or far smaller: K101.
 * **stream layers** (K103) — feed the residual stream: the hidden band, at most ``warn``.
 * NaN/Inf values (K105), all-zero (K106) and constant (K107) hidden weights are ``error``; a mean
   larger than half the std is ``warn`` (K104: Kaiming assumes zero-mean weights).
@@ -65,10 +68,18 @@ K101 = Rule(
     "(4 standard errors of `ln Var` from `numel` samples). In fan_out mode a layer whose std is "
     "closer to fan_in's than to fan_out's by more than that band is judged in fan_in (§2.2: "
     "either condition is sufficient; torchvision's VGG linears N(0, 0.01) at fan_in 25088 are "
-    "1.25× fan_in Kaiming; not when `--mode` is forced).",
+    "1.25× fan_in Kaiming; not when `--mode` is forced). A convolutional net's classifier-head "
+    "layer (a linear whose every path reaches the model through the output layer only: "
+    "activations, dropout, flatten between) with `−ln T_chain − a < ln r < 0` is a note (ok, "
+    "rescale kept): with ReLU-like followers `W·α` only scales the logits by α, as a small output "
+    'layer does (K102); measured in docs/rules-evidence.md "Head layers".',
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
+        "head": "{what}: variance shrinks ×{ratio:.3g} here; fine: a classifier-head layer that "
+        "reaches the model only through the output layer sets the logits' scale, as a small output "
+        "layer does (K102; the loss at init: P207), within 1/compound-threshold; rescale W by "
+        "{scale:.3g} for Kaiming",
     },
 )
 
@@ -225,12 +236,14 @@ def judge_layer(
     block: str | None,
     prenormed: bool = False,
     per_layer_mode: bool = True,
+    head: bool = False,
 ) -> float | None:
     """Judge one float, finite, non-empty layer; returns ``ln weight_variance_ratio`` when the
     layer belongs to the hidden chain (see :mod:`initdoctor.checks.chain`), else None.
     ``prenormed``: every residual block normalizes its input (pre-LN), so a stream feeder that is
     too small is harmless (K103 judges only too large). ``per_layer_mode``: a detected mode may be
-    left per layer (:func:`layer_mode`); a forced one (``--mode``) may not."""
+    left per layer (:func:`layer_mode`); a forced one (``--mode``) may not. ``head``: the layer reaches
+    the model only through the output layer (a classifier head, ``graph.head_layers``)."""
     st = layer.stats
     # the logits' scale is a forward property: the output layer is judged on fan_in in either mode
     mode = "fan_in" if f.role == Role.OUTPUT else s.mode
@@ -279,7 +292,17 @@ def judge_layer(
     # (one layer does not compound: C501, P203 and P205 promote the layers that do)
     if abs(ln_r) > math.log(s.warn_threshold) + allow:
         status = Status.WARN
-    if rule is K103 and prenormed and ln_r < 0 and status is not Status.OK:
+    # K101 head note: a classifier-head layer (graph.head_layers) with 1/T_chain ≤ r < 1 (band
+    # widened by a). With ReLU-like followers, W_head·α only scales the logits by α, as a small
+    # output layer does (K102). Measured (docs/rules-evidence.md "Head layers", 3 seeds each): at
+    # r = 0.2 (VGG) the head trains as at r = 1 (SGD 1.16 ± 0.26 vs 1.14 ± 0.20, AdamW 0.45 vs
+    # 0.61), a feature-stack conv at r = 0.2 does not (1.54, 0.58); at r = 0.01 and below it trains
+    # worse (MobileNet SGD 1.81 vs 0.16 at r = 1), and so at torchvision MobileNetV3's r = 0.032
+    # (1.18 vs 0.13): the floor is the chain's own limit, 1/T_chain.
+    if head and ln_r < 0 and ln_r > -math.log(s.compound_threshold) - allow and status is not Status.OK:
+        status = Status.OK
+        f.message = K101.message("head", what=what, ratio=f.weight_variance_ratio, scale=f.suggested_scale)
+    elif rule is K103 and prenormed and ln_r < 0 and status is not Status.OK:
         status = Status.OK  # each branch normalizes the stream first: its starting scale is secondary
         f.message = K103.message("prenormed", what=what, ratio=f.weight_variance_ratio)
     elif status is Status.OK:

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from ..gains import fans
-from ..graph import ACTIVATIONS, OpNode, following_nonlinearity, residual_blocks, stream_inputs
+from ..graph import (
+    ACTIVATIONS,
+    OpNode,
+    following_nonlinearity,
+    head_layers,
+    residual_blocks,
+    stream_inputs,
+)
 from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats
 from .onnx_data import external_extent, weight_stats
@@ -224,6 +231,7 @@ def describe_onnx_model(
         str(path), "onnx", params, layers, norms, True, "execution", notes, blocks, feeders
     )
     desc.gates = list(dict.fromkeys(gate_layers))
+    desc.head_layers = head_layers(nodes, layer_of)
     desc.bn_folded = folded > 0
     return desc
 

@@ -10,6 +10,7 @@ from ..graph import (
     OpNode,
     following_nonlinearity,
     graph_follower,
+    head_layers,
     residual_blocks,
     stream_inputs,
 )
@@ -156,6 +157,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         blocks=(blocks := residual_blocks(nodes, layer_of, _lookups(layers))),
         stream_inputs=stream_inputs(nodes, layer_of, blocks),
         gates=gate_layers(nodes, layer_of),
+        head_layers=head_layers(nodes, layer_of),
     )
 
 

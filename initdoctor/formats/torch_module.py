@@ -18,6 +18,7 @@ from ..graph import (
     OpNode,
     following_nonlinearity,
     graph_follower,
+    head_layers,
     residual_blocks,
     stream_inputs,
 )
@@ -184,12 +185,13 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         blocks = residual_blocks(nodes, layer_nodes, lookups)
         feeders = stream_inputs(nodes, layer_nodes, blocks)
         gates = gate_layers(nodes, layer_nodes)
+        heads = head_layers(nodes, layer_nodes)
         then_norm = {n for n in order if n in node_of and normalized_after_activation(nodes, node_of[n])}
     else:
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
-        blocks, gates, then_norm = module_blocks(module, weighted), [], set()
+        blocks, gates, then_norm, heads = module_blocks(module, weighted), [], set(), []
         feeders = _stream_feeder(order, blocks)
         for block in blocks:  # inside a block the next module registered is no follower (q → k)
             for name in block.layers:
@@ -230,6 +232,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
     desc = ModelDescription(
         path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates=gates
     )
+    desc.head_layers = heads
     if not isinstance(module, torch.jit.ScriptModule):
         desc.inputs = config_inputs(module, 2)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"

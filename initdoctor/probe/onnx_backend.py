@@ -106,7 +106,7 @@ def probe_onnx(
 
     def collectors() -> dict[str, Collector]:
         ticker = Ticker(len(triples) * repeats, progress)
-        return {
+        made = {
             name: Collector(
                 name,
                 wanted[name].kind,
@@ -115,6 +115,11 @@ def probe_onnx(
             )
             for name, _, _ in triples
         }
+        for name, x, y in triples:  # a conv's spatial sizes from shape inference, as torch's hooks see them
+            xs, ys = info.get(x, (0, None))[1], info.get(y, (0, None))[1]
+            if made[name].kind.startswith("conv") and xs and ys and len(xs) == len(ys) > 2:
+                made[name].spatial = (xs[2:], ys[2:])
+        return made
 
     notes = []
     extra = {t: Moments() for t in extra_tensors(desc)}
