@@ -94,3 +94,24 @@ def test_t5_tied_head_copy_is_the_embedding(folder: Path) -> None:
     assert (head.kind, head.status, head.rule) == ("embedding", "skip", "S003")
     assert head.weight_std == pytest.approx(1.0, abs=0.01)  # T5's embedding: N(0, 1)
     assert any("lm_head: its weight is shared's" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_p207_measures_the_onnx_logits_as_torch(name: str, folder: Path) -> None:
+    """P207 on the ONNX probe: the dynamo export's only output (``linear``, written by the tied or
+    untied head's MatMul) is read as the logits; the expected initial loss equals torch's to 1e-3
+    (measured: GPT-2 6.92072 vs 6.92077, LLaMA 6.92078 vs 6.92121; ln 1000 = 6.90776)."""
+    onnx_loss = initdoctor.diagnose(export_onnx(BY_NAME[name], folder), probe=True).summary.init_loss
+    torch_loss = torch_report(name).summary.init_loss
+    assert onnx_loss is not None and torch_loss is not None
+    assert onnx_loss["classes"] == torch_loss["classes"] == 1000
+    assert onnx_loss["expected"] == pytest.approx(torch_loss["expected"], abs=1e-3)
+    assert onnx_loss["status"] == torch_loss["status"] == "ok"
+
+
+def test_p207_warns_on_the_onnx_logits_of_a_broken_llama(folder: Path) -> None:
+    """LLaMA with N(0, 1) weights: logits std ≈ 8, expected initial loss ≈ 26 nats against
+    ln 1000 = 6.9 (torch 25.9 on its own batch), a P207 warning from the ONNX probe too."""
+    loss = initdoctor.diagnose(export_onnx(BY_NAME["llama_broken"], folder), probe=True).summary.init_loss
+    assert loss is not None and loss["status"] == "warn" and loss["head"] == "lm_head"
+    assert 7.5 < loss["logit_std"] < 8.5 and 24 < loss["expected"] < 28
