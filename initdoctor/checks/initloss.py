@@ -17,7 +17,9 @@ last layer: transformers' heads that return ``logits`` (``*ForCausalLM``, ``*For
 heads included), or a model whose output tensor is the output of its last Linear (role
 ``output``, ``fan_out = C ≥ 2``, fed to nothing else). Backbones without a head (``BertModel``,
 ``LlamaModel``: hidden states, no logits), models with several or non-tensor outputs, a single
-output unit (regression, a binary logit) and ONNX probes (no logits returned) get no P207.
+output unit (regression, a binary logit) get no P207. An ONNX graph's logits are its output
+``logits``, or its only output when a projection by a stored weight writes it (the dynamo
+exporter names a causal LM's logits ``linear``): probe/onnx_logits.py; other ONNX outputs, none.
 A regression net with several outputs whose last Linear is the output would be judged too: ignore
 P207 for it.
 

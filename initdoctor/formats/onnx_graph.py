@@ -22,7 +22,8 @@ from ..graph import (
 )
 from ..model import Layer, ModelDescription, NormLayer
 from ..stats import WeightStats
-from .onnx_data import external_extent, weight_stats
+from .graph_patterns import normalized_after_activation
+from .onnx_data import external_extent, initializer_array, weight_stats
 from .onnx_patterns import (
     Index,
     attention_products,
@@ -201,7 +202,10 @@ def describe_onnx_model(
         follows = following_nonlinearity(nodes, nid) or structural_follower(nodes, nid, linear, attention)
         if follows is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
+        layer.normalized_after = normalized_after_activation(nodes, nid)  # BERT's MLM transform
         layers.append(layer)
+    if with_stats:
+        notes_tied = tied_copies(layers, inits, base)
     norms = (
         [
             NormLayer(
@@ -219,6 +223,7 @@ def describe_onnx_model(
     )
     params = sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer)
     notes = [] if model.opset_import else ["the model declares no opset"]
+    notes += notes_tied if with_stats else []
     folded = folded_batchnorm(ix)
     if folded:
         notes.append(BN_FOLDED.format(n=folded))
@@ -243,8 +248,9 @@ def structural_follower(
     layer whose value reaches, through shape ops and linear ops (``linear``: RoPE's rotations, a
     gated product, masking), only attention's bilinear products (q, k, v), other weighted
     layers, norms, or a residual add (an attention output projection, an MLP's last layer) is
-    followed by no nonlinearity: ``("linear", None, False)``. An activation right after the
-    residual add (a ResNet block's post-add ReLU) is the layer's follower."""
+    followed by no nonlinearity: ``("linear", None, False)``; a graph output beside such uses is
+    an end too (CLIP's projections). An activation right after the residual add (a ResNet
+    block's post-add ReLU) is the layer's follower."""
     frontier = list(nodes[start].users)
     seen: set[str] = set()
     while frontier:
@@ -255,8 +261,8 @@ def structural_follower(
         node = nodes.get(node_id)
         if node is None or len(seen) > max_steps:
             return None
-        if node_id in attention or node.op in ("norm", "weighted"):
-            continue
+        if node_id in attention or node.op in ("norm", "weighted", "output"):
+            continue  # an output beside other uses (CLIP's embeddings): an end, as in torch's graphs
         if node.op == "residual":
             after = following_nonlinearity(nodes, node_id)
             if after is not None and after[0] in ACTIVATIONS:
@@ -269,6 +275,32 @@ def structural_follower(
 
 
 _NO_STATS = WeightStats(0, "float", math.nan, math.nan)
+
+
+def tied_copies(layers: list[Layer], inits: dict[str, Any], base: Path) -> list[str]:
+    """A projection whose weight is an embedding table's values, transposed, under another name:
+    a tied head (T5's ``lm_head`` = ``shared``) whose tie the exporter broke (the legacy exporter
+    folds ``shared.weight.T`` into a new constant). It is the embedding, as torch reports it
+    (kind ``embedding``: not judged against a fan-in); each is named in a note."""
+    tables = [x for x in layers if x.kind == "embedding" and len(x.shape) == 2]
+    notes = []
+    for layer in layers:
+        if layer.kind not in ("matmul", "linear") or len(layer.shape) != 2:
+            continue
+        for table in tables:
+            same = (layer.fan_out, layer.fan_in) == tuple(
+                table.shape
+            ) and layer.stats.numel == table.stats.numel
+            if not same or not math.isclose(layer.stats.std, table.stats.std, rel_tol=1e-9):
+                continue
+            weight = initializer_array(inits[layer.weight_key], base)
+            values = initializer_array(inits[table.weight_key], base)
+            if np.array_equal(weight if layer.shape == table.shape else weight.T, values):
+                layer.kind, layer.nonlinearity_param = "embedding", None
+                layer.fan_in, layer.fan_out = fans("embedding", tuple(table.shape))
+                notes.append(f"{layer.name}: its weight is {table.name}'s (a tied copy the exporter made)")
+                break
+    return notes
 
 
 def _after_bias(tensor: str, ix: Index) -> str:

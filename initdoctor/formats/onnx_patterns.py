@@ -12,6 +12,7 @@ pattern (the nodes an exporter writes)                   neutral op of every nod
 ``x · hardsigmoid(x)`` (hardswish)                       ``hardswish``
 ``x / √(mean(x²) + ε) · γ`` (RMSNorm, as LLaMA exports)  ``norm`` (``rmsnorm``, γ a NormLayer)
 ``(x − mean x) / √(var + ε) · γ + β`` (decomposed LN)    ``norm`` (``layernorm``)
+``x / √(Σ x²)`` or ``x / ReduceL2(x)`` (L2 normalisation)  ``norm`` (no γ: no NormLayer)
 =======================================================  ==========================================
 
 A composite activation is found from its core (``Erf``, ``Tanh``, ``Sigmoid``,
@@ -131,21 +132,24 @@ def norm_patterns(ix: Index) -> tuple[dict[int, str], list[tuple[str, str, str |
     ops: dict[int, str] = {}
     params: list[tuple[str, str, str | None]] = []
     for i, node in enumerate(ix.nodes):
-        if node.op_type != "ReduceMean" or not node.input or i in ops:
+        if node.op_type not in ("ReduceMean", "ReduceSum", "ReduceL2") or not node.input or i in ops:
             continue
+        # ReduceSum / ReduceL2: an L2 normalisation x / ‖x‖ (CLIP's embeddings before the logits)
         sq = ix.producer.get(node.input[0])
-        if sq is None:
-            continue
-        sq_node = ix.nodes[sq]
-        flow = ix.flowing(sq)
-        squares = (sq_node.op_type == "Pow" and len(flow) == 1) or (
-            sq_node.op_type == "Mul" and len(sq_node.input) == 2 and sq_node.input[0] == sq_node.input[1]
-        )
-        if not squares or not flow:
-            continue
-        y = flow[0]
-        nodes = {sq, i}
-        # mean(y²) + ε → √ → 1/· (or rsqrt) → y · (or y / √·)
+        if node.op_type == "ReduceL2":
+            y, nodes = node.input[0], {i}
+        else:
+            if sq is None:
+                continue
+            sq_node = ix.nodes[sq]
+            flow = ix.flowing(sq)
+            squares = (sq_node.op_type == "Pow" and len(flow) == 1) or (
+                sq_node.op_type == "Mul" and len(sq_node.input) == 2 and sq_node.input[0] == sq_node.input[1]
+            )
+            if not squares or not flow:
+                continue
+            y, nodes = flow[0], {sq, i}
+        # mean(y²) + ε → √ (or ^½) → 1/· (or rsqrt) → y · (or y / √·)
         cur, scaled = ix.only_user(node.output[0]), None
         for _ in range(5):
             if cur is None:
@@ -156,7 +160,7 @@ def norm_patterns(ix: Index) -> tuple[dict[int, str], list[tuple[str, str, str |
                 nodes.add(cur)
                 break
             if (
-                n.op_type not in ("Add", "Sqrt", "Reciprocal", "Rsqrt", "Div", "Cast")
+                n.op_type not in ("Add", "Sqrt", "Reciprocal", "Rsqrt", "Div", "Cast", "Pow", "Max", "Clip")
                 or len(ix.flowing(cur)) != 1
             ):
                 break

@@ -38,6 +38,7 @@ from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from .collector import Collector, Ticker
 from .inputs import extra_tensors
+from .onnx_logits import onnx_logits
 from .onnx_reduce import probe_reduce
 from .onnx_session import (
     ONNX_TO_NUMPY,
@@ -141,6 +142,7 @@ def probe_onnx(
     cols, runs = result
     out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
     out.tensor_vars = {t: m.var for t, m in extra.items() if m.count}
+    out.logits = onnx_logits(model, weights, feeds, repeats)
     if repeats > 1:
         out.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
     out.notes.extend(notes)
