@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import render  # noqa: F401  # registers how reports display themselves (report.display)
 from .errors import InitDoctorError, InitializationError, InputError, SettingsError, Terminated
 from .options import default
+from .settings import example_inputs_from
 
 if TYPE_CHECKING:
     from .formats import LoadedModel
@@ -182,7 +183,7 @@ def diagnose(
     probe, a ``{name: tensor or array}`` dict (passed by name: ``forward``'s keywords, an ONNX
     graph's inputs) or the path of a .npz/.pt/.safetensors file (``--inputs``).
     """
-    example_inputs = _example_inputs(inputs, example_inputs, settings)
+    example_inputs = example_inputs_from(inputs, example_inputs, settings)
     inspect_settings, probe_settings = split_settings(settings)
     return run(
         source,
@@ -194,19 +195,6 @@ def diagnose(
         progress=progress,
         example_inputs=example_inputs,
     ).report
-
-
-def _example_inputs(inputs: Any, example_inputs: Any, settings: dict[str, Any]) -> Any:
-    """``inputs=``: a path goes to the probe settings (``inputs_file``, read and checked there); a
-    mapping or tensors become the example inputs."""
-    if inputs is None:
-        return example_inputs
-    if example_inputs is not None:
-        raise SettingsError("give example_inputs or inputs, not both")
-    if isinstance(inputs, (str, Path)):
-        settings["inputs_file"] = str(inputs)
-        return None
-    return inputs
 
 
 def assert_healthy_init(
@@ -274,7 +262,7 @@ def fix_model(
     its layers are judged (and rescaled) as a plain chain."""
     from .checks.structure import NEEDS
     from .fileio import backup_all, check_output, commit_staged, stage_path
-    from .fix import METHODS, apply, only_new, plan
+    from .fix import METHODS, apply, only_new, plan, unrepaired
     from .formats import TorchModule, open_editable
     from .report import FixResult
 
@@ -286,7 +274,7 @@ def fix_model(
         raise SettingsError("--in-place writes over MODEL (keeping MODEL.bak); it takes no --output")
     if method == "lsuv" and not probe:
         raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
-    example_inputs = _example_inputs(inputs, None, settings)
+    example_inputs = example_inputs_from(inputs, None, settings)
     inspect_settings, probe_settings = split_settings(settings)
     phase = getattr(progress, "phase", None)
     needs = (
@@ -313,8 +301,10 @@ def fix_model(
             "— or give --force to rescale its layers as a plain chain"
         )
     in_memory = is_torch_module(source)
-    changes, skipped = only_new(before, plan(before, method, fail_on, all_layers, tol), loaded, force)
-    result = FixResult(changes, skipped, before)
+    desc = loaded.description
+    planned = plan(before, method, fail_on, all_layers, tol, blocks=desc.blocks, norms=desc.norms)
+    changes, skipped = only_new(before, planned, loaded, force)
+    result = FixResult(changes, skipped, before, unrepaired=unrepaired(before, changes, method, fail_on))
     if dry_run or not changes:
         return result
     if not in_memory and output is None and not in_place:

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InitDoctorError, SettingsError
-from .options import METHODS
-from .report import Change, FixResult, Report, at_least
+from ..errors import InitDoctorError, SettingsError
+from ..options import METHODS
+from ..report import Change, FixResult, Report, at_least
+from .blocks import branch_of, flagged, plan_fixup, plan_skipinit
 
 #: measured-only findings a static rescale cannot address (NaN activations, dead units, finite-width
 #: fluctuation of Kaiming weights): kaiming and reinit do not select a layer for them
@@ -71,14 +72,88 @@ def plan(
     fail_on: str = "warn",
     all_layers: bool = False,
     tol: float = 0.05,
+    *,
+    blocks: Any = None,
+    norms: Any = None,
 ) -> tuple[list[Change], list[tuple[str, str]]]:
-    """Which layers to change and how (pure: reads the report only)."""
+    """Which layers to change and how (pure: reads the report, and for the residual remedies the
+    description's ``blocks`` and ``norms``). ``auto``: the residual remedy for the blocks an R3xx
+    rule flags (:func:`residual_remedy`), Kaiming for the other layers a static rule flags, LSUV
+    for those only the measurement flags (when the probe measured them)."""
     if method not in METHODS:
         raise SettingsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method in ("fixup", "skipinit", "zero-gamma", "auto"):
+        planned: set[str] = set()
+        changes, skipped = residual_remedy(report, method, blocks, norms or [], planned)
+        if method != "auto":
+            return changes, skipped
+        return _auto_layers(report, changes, skipped, planned, fail_on, all_layers, tol)
+    return _plan_layers(report, report.layers, method, fail_on, all_layers, tol, set())
+
+
+def _auto_layers(
+    report: Report,
+    changes: list[Change],
+    skipped: list[tuple[str, str]],
+    planned: set[str],
+    fail_on: str,
+    all_layers: bool,
+    tol: float,
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """``auto``'s per-layer part, after the residual remedy: the layers of remedied blocks are
+    left to it, and so are the measured (P2xx) findings when a block is remedied (they measure a
+    stream the remedy changes: the re-inspection says whether they stand). Otherwise Kaiming as
+    ``kaiming`` selects; a measured finding whose Kaiming rescale is under 10 % (the weights'
+    std is right, the signal is not: Mishkin & Matas 2016) gets LSUV where the probe measured it."""
+    blocks = {c.block for c in changes if c.block}
+    remedied = {n for b in report.residual_blocks if b.name in blocks for n in b.layers}
+    taken = planned | {f.weight_key for f in report.layers if f.name in remedied}
+    layers = [f for f in report.layers if not (blocks and (f.rule or "").startswith("P"))]
+    more, skip2 = _plan_layers(report, layers, "kaiming", fail_on, all_layers, tol, taken)
+    by_name = {f.name: f for f in report.layers}
+    for c in more:
+        f = by_name[c.name]
+        small = c.factor is not None and abs(math.log(c.factor)) < math.log(1.1)
+        if small and (f.rule or "").startswith("P") and f.variance_ratio is not None:
+            c.method, c.new_std, c.factor = "lsuv", None, None
+    return changes + more, skipped + skip2
+
+
+def residual_remedy(
+    report: Report, method: str, blocks: Any, norms: list[Any], planned: set[str]
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """``fixup``: every unnormalized block (and every flagged one); ``skipinit``/``zero-gamma``:
+    every block; ``auto``: when a flagged block is unnormalized, Fixup on all unnormalized blocks
+    (``L`` = their number: Fixup is an initialization of the whole network), and zero-γ / the
+    branch's last layer zeroed for flagged normalized blocks (they end in, or start with, a norm)."""
+    branches = branch_of(report, blocks)
+    bad = flagged(report)
+    if method == "fixup":
+        return plan_fixup(report, [b for b in branches if not b[2] or b[0] in bad], planned)
+    if method in ("skipinit", "zero-gamma"):
+        return plan_skipinit(report, branches, norms, planned)
+    plain = [b for b in branches if not b[2]]
     changes: list[Change] = []
     skipped: list[tuple[str, str]] = []
-    planned: set[str] = set()
-    for f in report.layers:
+    if any(b[0] in bad for b in plain):
+        changes, skipped = plan_fixup(report, plain, planned)
+    more, skip2 = plan_skipinit(report, [b for b in branches if b[2] and b[0] in bad], norms, planned)
+    return changes + more, skipped + skip2
+
+
+def _plan_layers(
+    report: Report,
+    layers: Any,
+    method: str,
+    fail_on: str,
+    all_layers: bool,
+    tol: float,
+    planned: set[str],
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """The per-layer methods (kaiming, reinit, lsuv) on ``layers``."""
+    changes: list[Change] = []
+    skipped: list[tuple[str, str]] = []
+    for f in layers:
         if f.role == "embedding" or f.expected_std is None:
             continue
         if f.weight_key in planned:  # one tensor reported twice: fixed once (tied weights)
@@ -131,7 +206,14 @@ def apply(
     ``progress(done, total)`` after each layer."""
     rng = np.random.default_rng(seed)
     for done, change in enumerate(changes, 1):
-        if change.method == "kaiming" and change.factor is not None:
+        if change.factor == 0.0 and change.method in ("fixup", "skipinit"):  # Fixup/SkipInit: W ← 0
+            editable.assign(
+                change.weight_key, np.zeros(change.shape or editable.array(change.weight_key).shape)
+            )
+            if change.bias_key:
+                editable.assign(change.bias_key, np.zeros_like(editable.array(change.bias_key)))
+                change.bias_zeroed = True
+        elif change.method in ("kaiming", "fixup") and change.factor is not None:
             editable.scale(change.weight_key, change.factor)
         elif change.method == "reinit" and change.expected_std is not None:
             editable.assign(change.weight_key, rng.standard_normal(change.shape) * change.expected_std)
@@ -157,8 +239,8 @@ def _lsuv_layer(
     max_iter: int,
     example_inputs: Any = None,
 ) -> None:
-    from .formats import LoadedModel
-    from .probe import run_probe
+    from ..formats import LoadedModel
+    from ..probe import run_probe
 
     total = 1.0
     target = LoadedModel(loaded.description, None, editable.probe_backend)
@@ -176,3 +258,30 @@ def _lsuv_layer(
         total *= step
     change.factor = total
     change.new_std = editable.std(change.weight_key)
+
+
+def unrepaired(
+    report: Report, changes: list[Change], method: str, fail_on: str = "error"
+) -> list[tuple[str, str, str]]:
+    """The findings at or above ``fail_on`` (inspect's default: ``error``) that no planned change
+    addresses: ``(name, rule, reason)``. ``fix --check`` lists them and exits 1, as inspect would."""
+    changed = {c.name for c in changes}
+    blocks = {c.block for c in changes if c.block}
+    changed |= {n for b in report.residual_blocks if b.name in blocks for n in b.layers}
+    remedy = "--method auto, fixup or skipinit"
+    out: list[tuple[str, str, str]] = []
+    for b in report.residual_blocks:
+        if at_least(b.status, fail_on) and b.name not in blocks:
+            out.append((b.name, b.rule or "", f"--method {method} does not repair {b.rule}: use {remedy}"))
+    for f in report.layers:
+        if at_least(f.status, fail_on) and f.name not in changed:
+            why = (
+                "measured only (NaN, dead units or width noise)"
+                if f.rule in MEASURED_ONLY
+                else "not selected"
+            )
+            out.append((f.name, f.rule or "", f"no method repairs {f.rule}: {why}"))
+    s = report.summary
+    if at_least(s.status, fail_on) and not changes and not out:
+        out.append(("model", s.rule or "", f"no method repairs {s.rule}: {s.message}"))
+    return out
