@@ -45,7 +45,8 @@ class Run:
 def is_torch_module(obj: Any) -> bool:
     """True for an in-memory ``torch.nn.Module`` (without importing torch when nobody has)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
+    live = (torch.nn.Module, torch.export.ExportedProgram) if torch is not None else ()
+    return torch is not None and isinstance(obj, live)  # a program: a factory read by torch.export
 
 
 def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None) -> LoadedModel:

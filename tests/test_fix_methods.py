@@ -196,3 +196,38 @@ def test_fix_check_names_what_kaiming_cannot_repair(tmp_path):
     assert {u["rule"] for u in data["unrepaired"]} == {"R301"}
     assert all("--method auto" in u["reason"] for u in data["unrepaired"])
     assert np.isfinite(data["before"]["residual_growth"])
+
+
+class _Untraceable(torch.nn.Module):
+    """torch.fx cannot trace ``if x.shape[0] > 0`` (a Python branch on a traced value);
+    torch.export can: a factory read through torch.export (issue 15: fix then failed with
+    "initdoctor: error: ExportedProgram:")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(32, 32) for _ in range(12))
+        for layer in self.layers:
+            torch.nn.init.normal_(layer.weight, std=0.02)
+
+    def forward(self, x):
+        if x.shape[0] > 0:
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+        return x
+
+
+def untraceable_mlp():
+    torch.manual_seed(0)
+    return _Untraceable()
+
+
+def test_fix_of_a_torch_export_factory_writes_and_rechecks(tmp_path):
+    out = tmp_path / "x.pt"
+    code, data = _cli(
+        "fix", "tests.test_fix_methods:untraceable_mlp", "-o", str(out), "--input-shape", "4,32"
+    )
+    assert code == 0, data
+    assert data["changes"] and all(c["method"] == "kaiming" for c in data["changes"])
+    state = torch.load(out, weights_only=True)
+    # N(0, 0.02) → Kaiming relu std sqrt(2/32) = 0.25
+    assert state["layers.5.weight"].std(unbiased=False).item() == pytest.approx(0.25, rel=1e-4)

@@ -2,7 +2,16 @@
 
 Methods, for each selected layer with weight ``W``, Kaiming std ``σ* = gain / sqrt(fan)``:
 
-``kaiming`` (static, default)
+``auto`` (default)
+    The residual remedy for the blocks an R3xx rule flags (``fixup`` on every unnormalized block
+    when a flagged one is unnormalized; ``skipinit`` on flagged normalized blocks), then
+    ``kaiming`` on the layers it selects outside the remedied blocks (measured P2xx findings are
+    left to the re-inspection when a block is remedied), ``lsuv`` for a measured finding whose
+    Kaiming rescale would be under 10 % (the std is right, the signal is not). Each change
+    records the method that made it.
+``fixup`` / ``skipinit`` (alias ``zero-gamma``)
+    See :mod:`initdoctor.fix.blocks` (Zhang et al. 2019; Goyal et al. 2017; De & Smith 2020).
+``kaiming`` (static)
     ``W ← W · σ*/std(W)`` — the report's ``suggested_scale``. Selected: layers whose status
     reaches ``fail_on`` (default ``warn``) by a static rule or one the measurement confirms (not
     :data:`MEASURED_ONLY`), or every weighted layer with ``all_layers``. All-zero,
@@ -15,7 +24,8 @@ Methods, for each selected layer with weight ``W``, Kaiming std ``σ* = gain / s
     ``|variance_ratio − 1| < tol`` or ``max_iter``. Selected: hidden layers whose measured ratio is
     outside ``tol`` (every layer but embeddings with ``all_layers``). Needs a graph.
 
-Biases are left alone unless ``zero_bias``; normalization layers are never touched.
+Biases are left alone unless ``zero_bias`` (a layer Fixup/SkipInit zeroes loses its bias too);
+normalization layers are touched only by ``skipinit`` (γ ← 0).
 """
 
 from __future__ import annotations
@@ -275,6 +285,12 @@ def unrepaired(
             out.append((b.name, b.rule or "", f"--method {method} does not repair {b.rule}: use {remedy}"))
     for f in report.layers:
         if at_least(f.status, fail_on) and f.name not in changed:
+            if blocks and (f.rule or "").startswith("P"):
+                why = (
+                    "measured on the residual stream the block remedy changes: see the findings after the fix"
+                )
+                out.append((f.name, f.rule or "", why))
+                continue
             why = (
                 "measured only (NaN, dead units or width noise)"
                 if f.rule in MEASURED_ONLY
