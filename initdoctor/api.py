@@ -13,16 +13,14 @@ own signals).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import render  # noqa: F401  # registers how reports display themselves (report.display)
-from .errors import InitDoctorError, InitializationError, InputError, SettingsError, Terminated
+from .errors import InitDoctorError, InitializationError, SettingsError, no_exit_from_model_code
 from .options import default
 from .settings import example_inputs_from
 
@@ -127,7 +125,7 @@ def run(
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout) as limit, _no_exit_from_model_code():
+    with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
         loaded = load(
             source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
         )
@@ -145,20 +143,6 @@ def run(
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
     return Run(loaded, result, report)
-
-
-@contextlib.contextmanager
-def _no_exit_from_model_code() -> Iterator[None]:
-    """A factory or forward that calls ``sys.exit`` (0.7.0 then exited 0 with no output) is an
-    error naming it; a :class:`~initdoctor.errors.Terminated` (SIGTERM) passes through."""
-    try:
-        yield
-    except Terminated:
-        raise
-    except SystemExit as exc:
-        raise InputError(
-            f"the model's code called sys.exit({exc.code!r}) while it was loaded or run"
-        ) from None
 
 
 def diagnose(
@@ -263,7 +247,7 @@ def fix_model(
     its layers are judged (and rescaled) as a plain chain."""
     from .checks.structure import NEEDS
     from .fileio import backup_all, check_output, commit_staged, stage_path
-    from .fix import METHODS, apply, only_new, plan, unrepaired
+    from .fix import METHODS, apply, only_new, plan, settle, unrepaired
     from .formats import TorchModule, open_editable
     from .report import FixResult
 
@@ -337,6 +321,16 @@ def fix_model(
         lsuv=lsuv,
     )
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
+    if method == "auto" and run_after_probe and (in_memory or desc.format == "factory"):
+        live = getattr(editable, "model", None)  # the twin of a live model (TorchModule)
+        settle(  # a block remedied can leave the next one jumping: re-inspect the live model, remedy again
+            lambda: (
+                run(live, inspect_settings, probe_settings, probe=True, example_inputs=example_inputs).report
+            ),
+            lambda new: apply(editable, new, seed=seed),
+            changes,
+            desc,
+        )
     staged = dst = None
     if in_memory or loaded.description.format == "factory":
         assert isinstance(editable, TorchModule)  # the twin of an in-memory module or a factory's

@@ -231,3 +231,18 @@ def test_fix_of_a_torch_export_factory_writes_and_rechecks(tmp_path):
     state = torch.load(out, weights_only=True)
     # N(0, 0.02) → Kaiming relu std sqrt(2/32) = 0.25
     assert state["layers.5.weight"].std(unbiased=False).item() == pytest.approx(0.25, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gpt2_broken", "bert_broken", "vit_broken", "t5_broken", "llama_broken"])
+def test_auto_repairs_the_broken_real_zoo_models(name):
+    """tests.realzoo's broken models (one block's weight matrices ×10): inspect errors (R302/R303);
+    fix_model(auto) re-inspects the live model until no block is flagged; inspect then exits 0."""
+    pytest.importorskip("transformers")
+    import tests.realzoo as realzoo
+
+    model = getattr(realzoo, name)()
+    assert initdoctor.diagnose(model, probe=True).summary.rule in ("R302", "R303")
+    result = initdoctor.fix_model(model, method="auto")
+    assert {c.method for c in result.changes} <= {"fixup", "skipinit"} and result.changes
+    assert all(c.block for c in result.changes)
+    assert initdoctor.diagnose(model, probe=True).exit_code() == 0

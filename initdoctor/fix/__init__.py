@@ -31,6 +31,7 @@ normalization layers are touched only by ``skipinit`` (γ ← 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -301,3 +302,22 @@ def unrepaired(
     if at_least(s.status, fail_on) and not changes and not out:
         out.append(("model", s.rule or "", f"no method repairs {s.rule}: {s.message}"))
     return out
+
+
+def settle(
+    reinspect: Callable[[], Report],
+    edit: Callable[[list[Change]], None],
+    changes: list[Change],
+    desc: Any,
+    rounds: int = 3,
+) -> None:
+    """``auto`` on a live model: re-inspect after the residual remedy and remedy the blocks then
+    flagged (a block set to the identity can leave the next one jumping against the smaller
+    stream), at most ``rounds`` times; the new changes are appended to ``changes``."""
+    planned = {c.weight_key for c in changes}
+    for _ in range(rounds):
+        new, _ = residual_remedy(reinspect(), "auto", desc.blocks, desc.norms, planned)
+        if not new:
+            return
+        edit(new)
+        changes.extend(new)
