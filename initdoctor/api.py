@@ -13,17 +13,16 @@ own signals).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import render  # noqa: F401  # registers how reports display themselves (report.display)
-from .errors import InitDoctorError, InitializationError, InputError, SettingsError, Terminated
+from .errors import InitDoctorError, InitializationError, SettingsError, no_exit_from_model_code
 from .options import default
+from .settings import example_inputs_from
 
 if TYPE_CHECKING:
     from .formats import LoadedModel
@@ -44,7 +43,8 @@ class Run:
 def is_torch_module(obj: Any) -> bool:
     """True for an in-memory ``torch.nn.Module`` (without importing torch when nobody has)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
+    live = (torch.nn.Module, torch.export.ExportedProgram) if torch is not None else ()
+    return torch is not None and isinstance(obj, live)  # a program: a factory read by torch.export
 
 
 def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None) -> LoadedModel:
@@ -125,7 +125,7 @@ def run(
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout) as limit, _no_exit_from_model_code():
+    with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
         loaded = load(
             source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
         )
@@ -143,20 +143,6 @@ def run(
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
     return Run(loaded, result, report)
-
-
-@contextlib.contextmanager
-def _no_exit_from_model_code() -> Iterator[None]:
-    """A factory or forward that calls ``sys.exit`` (0.7.0 then exited 0 with no output) is an
-    error naming it; a :class:`~initdoctor.errors.Terminated` (SIGTERM) passes through."""
-    try:
-        yield
-    except Terminated:
-        raise
-    except SystemExit as exc:
-        raise InputError(
-            f"the model's code called sys.exit({exc.code!r}) while it was loaded or run"
-        ) from None
 
 
 def diagnose(
@@ -182,7 +168,7 @@ def diagnose(
     probe, a ``{name: tensor or array}`` dict (passed by name: ``forward``'s keywords, an ONNX
     graph's inputs) or the path of a .npz/.pt/.safetensors file (``--inputs``).
     """
-    example_inputs = _example_inputs(inputs, example_inputs, settings)
+    example_inputs = example_inputs_from(inputs, example_inputs, settings)
     inspect_settings, probe_settings = split_settings(settings)
     return run(
         source,
@@ -194,19 +180,6 @@ def diagnose(
         progress=progress,
         example_inputs=example_inputs,
     ).report
-
-
-def _example_inputs(inputs: Any, example_inputs: Any, settings: dict[str, Any]) -> Any:
-    """``inputs=``: a path goes to the probe settings (``inputs_file``, read and checked there); a
-    mapping or tensors become the example inputs."""
-    if inputs is None:
-        return example_inputs
-    if example_inputs is not None:
-        raise SettingsError("give example_inputs or inputs, not both")
-    if isinstance(inputs, (str, Path)):
-        settings["inputs_file"] = str(inputs)
-        return None
-    return inputs
 
 
 def assert_healthy_init(
@@ -274,7 +247,7 @@ def fix_model(
     its layers are judged (and rescaled) as a plain chain."""
     from .checks.structure import NEEDS
     from .fileio import backup_all, check_output, commit_staged, stage_path
-    from .fix import METHODS, apply, only_new, plan
+    from .fix import METHODS, apply, only_new, plan, settle, unrepaired
     from .formats import TorchModule, open_editable
     from .report import FixResult
 
@@ -286,7 +259,7 @@ def fix_model(
         raise SettingsError("--in-place writes over MODEL (keeping MODEL.bak); it takes no --output")
     if method == "lsuv" and not probe:
         raise SettingsError("--method lsuv measures the model as it goes; it cannot run with --no-probe")
-    example_inputs = _example_inputs(inputs, None, settings)
+    example_inputs = example_inputs_from(inputs, None, settings)
     inspect_settings, probe_settings = split_settings(settings)
     phase = getattr(progress, "phase", None)
     needs = (
@@ -313,8 +286,10 @@ def fix_model(
             "— or give --force to rescale its layers as a plain chain"
         )
     in_memory = is_torch_module(source)
-    changes, skipped = only_new(before, plan(before, method, fail_on, all_layers, tol), loaded, force)
-    result = FixResult(changes, skipped, before)
+    desc = loaded.description
+    planned = plan(before, method, fail_on, all_layers, tol, blocks=desc.blocks, norms=desc.norms)
+    changes, skipped = only_new(before, planned, loaded, force)
+    result = FixResult(changes, skipped, before, unrepaired=unrepaired(before, changes, method, fail_on))
     if dry_run or not changes:
         return result
     if not in_memory and output is None and not in_place:
@@ -346,6 +321,16 @@ def fix_model(
         lsuv=lsuv,
     )
     run_after_probe = probe and (method == "lsuv" or editable.probe_backend is not None)
+    if method == "auto" and run_after_probe and (in_memory or desc.format == "factory"):
+        live = getattr(editable, "model", None)  # the twin of a live model (TorchModule)
+        settle(  # a block remedied can leave the next one jumping: re-inspect the live model, remedy again
+            lambda: (
+                run(live, inspect_settings, probe_settings, probe=True, example_inputs=example_inputs).report
+            ),
+            lambda new: apply(editable, new, seed=seed),
+            changes,
+            desc,
+        )
     staged = dst = None
     if in_memory or loaded.description.format == "factory":
         assert isinstance(editable, TorchModule)  # the twin of an in-memory module or a factory's

@@ -247,7 +247,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
         else:
             render_fix(result, dry=dry)
     if opts["check"]:
-        raise typer.Exit(1 if result.changes else 0)
+        raise typer.Exit(1 if result.changes or result.unrepaired else 0)
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)
 
 

@@ -7,6 +7,9 @@ single line with exit code 2; library users catch it the same way.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 def first_line(exc: BaseException, default: str = "") -> str:
     """The first line of an exception's message (``default`` when it has none): what a one-line
@@ -43,3 +46,17 @@ class InitializationError(AssertionError):
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+@contextlib.contextmanager
+def no_exit_from_model_code() -> Iterator[None]:
+    """A factory or forward that calls ``sys.exit`` (0.7.0 then exited 0 with no output) is an
+    error naming it; a :class:`~initdoctor.errors.Terminated` (SIGTERM) passes through."""
+    try:
+        yield
+    except Terminated:
+        raise
+    except SystemExit as exc:
+        raise InputError(
+            f"the model's code called sys.exit({exc.code!r}) while it was loaded or run"
+        ) from None

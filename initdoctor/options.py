@@ -59,7 +59,7 @@ FAIL_ON = ("unknown", "warn", "error", "never")
 #: ``fix --fail-on``: the layers' statuses (a layer is never ``unknown``)
 FIX_FAIL_ON = ("warn", "error", "never")
 FORMATS = ("table", "json", "markdown")
-METHODS = ("kaiming", "lsuv", "reinit")
+METHODS = ("auto", "kaiming", "fixup", "skipinit", "zero-gamma", "lsuv", "reinit")
 ONNX_STRATEGIES = ("reduce", "expose")
 
 INSPECT, CHECK, COMPARE, FIX = "inspect", "check", "compare", "fix"
@@ -184,8 +184,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("fix-output", Path, None, "Where to write the repaired model, in MODEL's own format (a folder "
            "for a sharded checkpoint or a Hugging Face folder; a state_dict for a factory).", (FIX,),
            flag="--output", short="-o"),
-    Option("method", str, "kaiming", "kaiming: rescale W to the Kaiming std; lsuv: rescale until the "
-           "measured variance ratio is 1 (needs a graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
+    Option("method", str, "auto", "auto: Kaiming rescale for layers a static rule flags, the residual "
+           "remedy for blocks R3xx flags (fixup for unnormalized branches, zero-γ where they end in a norm), "
+           "LSUV for layers only the probe flags; kaiming: rescale W to the Kaiming std; fixup: branch "
+           "layers × L^(-1/(2m-2)) on their Kaiming std and each branch's last layer zeroed (Zhang et "
+           "al. 2019); skipinit (zero-gamma): each branch's last norm γ zeroed, else its last layer (Goyal "
+           "et al. 2017; De & Smith 2020); lsuv: rescale until the measured variance ratio is 1 (needs a "
+           "graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
            choices=METHODS),
     Option("fix-fail-on", str, "warn", "Fix the layers whose status reaches this (kaiming, reinit).", (FIX,),
            choices=FIX_FAIL_ON, flag="--fail-on"),

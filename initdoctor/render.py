@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .report import FixResult, LayerFinding, Report, compare_to_dict, register_display
+from .report import FixResult, LayerFinding, Report, compare_to_dict, register_display, standing
 
 _STYLE = {"ok": "green", "unknown": "cyan", "warn": "yellow", "error": "bold red", "skip": "dim"}
 _ICON = {"ok": "ok", "unknown": "UNKNOWN", "warn": "WARN", "error": "ERROR", "skip": "skip"}
@@ -249,6 +249,7 @@ class ProgressBar:
 def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None:
     """Before → after per changed layer, then where the result went and how healthy it is."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=None if __import__("sys").stdout.isatty() else 140)
@@ -271,8 +272,11 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
         console.print(table)
     for name, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
+    for name, rule, reason in result.unrepaired:
+        console.print(f"[red]not repaired[/] {name} ({rule}): {escape(reason)}", highlight=False)
     if not result.changes:
-        console.print("nothing to fix: no layer reaches the threshold", highlight=False)
+        if not result.unrepaired:
+            console.print("nothing to fix: no layer reaches the threshold", highlight=False)
         return
     if dry:
         console.print(f"{len(result.changes)} layers would change (nothing written)", highlight=False)
@@ -287,6 +291,9 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
         f"{s.message}{depth}",
         highlight=False,
     )
+    for f in standing(result.after)[:20] if result.after else []:
+        line = f"{f['name']} ({f['status']} {f['rule']}): {f['message']}"
+        console.print(f"[red]still standing[/] {escape(line)}", highlight=False)
 
 
 def report_renderable(report: Report) -> Any:

@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import SettingsError
 from .options import INPUT_DTYPES, MODES, NONLINEARITIES, ONNX_STRATEGIES, default
@@ -153,3 +154,16 @@ def parse_input(text: str) -> tuple[str, tuple[int, ...], str]:
             "pixel_values=8,3,32,32"
         )
     return name.strip(), shape, dtype.strip() or "float32"
+
+
+def example_inputs_from(inputs: Any, example_inputs: Any, settings: dict[str, Any]) -> Any:
+    """``inputs=``: a path goes to the probe settings (``inputs_file``, read and checked there); a
+    mapping or tensors become the example inputs."""
+    if inputs is None:
+        return example_inputs
+    if example_inputs is not None:
+        raise SettingsError("give example_inputs or inputs, not both")
+    if isinstance(inputs, (str, Path)):
+        settings["inputs_file"] = str(inputs)
+        return None
+    return inputs

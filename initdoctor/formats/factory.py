@@ -6,7 +6,7 @@ loads a state_dict file into it (``torch.load(weights_only=True)`` or safetensor
 
 fix edits the live model through :class:`TorchModule` (also the twin of every other live torch
 model: a trusted pickle, TorchScript, ``torch.export``) and saves a factory's weights as a
-state_dict.
+state_dict (a safetensors file when the output's name ends in ``.safetensors``).
 """
 
 from __future__ import annotations
@@ -121,6 +121,11 @@ class TorchModule(TorchTensors):
 
         if self.fmt == "factory":
             state = {k: v.detach() for k, v in self._tensors().items()}
+            if Path(dst).suffix == ".safetensors":  # -o x.safetensors: a safetensors file, not a pickle
+                from safetensors.torch import save_file
+
+                flat = {k: v.contiguous().clone() for k, v in state.items()}
+                return atomic_write(dst, lambda tmp: save_file(flat, str(tmp)))
             return atomic_write(dst, lambda tmp: torch.save(state, tmp))
         if self.fmt == "torchscript":
             return atomic_write(dst, lambda tmp: torch.jit.save(self.model, str(tmp)))

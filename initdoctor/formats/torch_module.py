@@ -127,6 +127,10 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
     (``torch.export``; its parameters are the module's own)."""
     import torch
 
+    if isinstance(module, torch.export.ExportedProgram):  # fix's re-check of a factory torch.export read
+        desc = describe_exported(module, path=path)
+        desc.format = fmt
+        return desc, module, "torch.export"
     weighted: dict[str, tuple[Any, str]] = {}
     norms: list[NormLayer] = []
     leaves: list[tuple[str, Any]] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .display import KINDS as DISPLAY_KINDS
 from .display import display, register_display
 from .fixresult import Change, FixResult
-from .json import compare_rows, compare_to_dict, fix_to_dict
+from .json import compare_rows, compare_to_dict, fix_to_dict, standing
 from .model import (
     FAIL_ON,
     STATUSES,
@@ -59,6 +59,7 @@ __all__ = [
     "compare_to_dict",
     "display",
     "fix_to_dict",
+    "standing",
     "rank",
     "register_display",
     "worse",

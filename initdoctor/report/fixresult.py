@@ -26,6 +26,8 @@ class Change:
     bias_key: str | None = None
     expected_std: float | None = None
     shape: tuple[int, ...] = ()
+    #: the residual block a fixup/skipinit change belongs to
+    block: str | None = None
 
 
 @dataclass
@@ -39,6 +41,8 @@ class FixResult:
     #: every backup ``--in-place`` made: the model file first, then its other files (ONNX external data)
     backups: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: findings no planned change addresses: (name, rule, reason) — ``fix --check`` lists them
+    unrepaired: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:

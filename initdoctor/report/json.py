@@ -23,7 +23,12 @@ def fix_to_dict(result: FixResult, dry: bool) -> dict[str, Any]:
         {"schema", "written", "output", "backup", "backups",
          "changes": [{"name", "weight_key", "method", "old_std", "new_std", "factor",
                       "status_before", "bias_zeroed", "iterations", "expected_std"}],
-         "skipped": [{"name", "reason"}], "before": summary, "after": summary | null}
+         "skipped": [{"name", "reason"}], "before": summary, "after": summary | null,
+         "unrepaired": [{"name", "rule", "reason"}], "standing": [{"name", "status", "rule", "message"}]}
+
+    ``unrepaired``: findings at ``error`` no planned change addresses; ``standing``: the findings
+    at ``warn`` or above the re-inspection still shows (empty without one). A change's ``block``
+    names the residual block of a fixup/skipinit change (0.10.0 additions: fix/2 kept).
 
     ``written`` is true when a file (or the in-memory model) was changed: not ``dry`` and
     something to change.
@@ -41,8 +46,20 @@ def fix_to_dict(result: FixResult, dry: bool) -> dict[str, Any]:
             "skipped": [{"name": n, "reason": r} for n, r in result.skipped],
             "before": asdict(result.before.summary),
             "after": asdict(result.after.summary) if result.after else None,
+            "unrepaired": [{"name": n, "rule": r, "reason": why} for n, r, why in result.unrepaired],
+            "standing": standing(result.after) if result.after else [],
         }
     )
+
+
+def standing(report: Report) -> list[dict[str, Any]]:
+    """The findings at ``warn`` or above of a report: residual blocks, norms, layers."""
+    found: list[Any] = [*report.residual_blocks, *report.norm_layers, *report.layers]
+    return [
+        {"name": f.name, "status": str(f.status), "rule": f.rule, "message": f.message}
+        for f in found
+        if f.status in ("warn", "error")
+    ]
 
 
 def compare_rows(a: Report, b: Report) -> list[dict[str, Any]]:
