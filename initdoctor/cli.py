@@ -166,6 +166,7 @@ def check(
 ) -> None:
     """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
     from .api import diagnose
+    from .render import counts_text
 
     worst = 0
     with _errors(opts["debug"]):
@@ -178,7 +179,7 @@ def check(
             s = report.summary
             code = report.exit_code(resolved["fail-on"])
             worst = max(worst, code)
-            typer.echo(f"{source}: {s.status} — {s.message} (ok {s.ok}, warn {s.warn}, error {s.error})")
+            typer.echo(f"{source}: {s.status} — {s.message} ({counts_text(report, skip=False)})")
     raise typer.Exit(worst)
 
 
@@ -276,10 +277,10 @@ def _emit(report: Any, fmt: str, output: Path | None) -> None:
     else:
         from rich.console import Console
 
-        if output is None:
-            render.render_table(report, Console(width=None if sys.stdout.isatty() else 160))
+        if output is None:  # the terminal's width; piped: COLUMNS, else 80 (rich's rule)
+            render.render_table(report, Console())
             return
-        console = Console(record=True, width=160, file=io.StringIO())
+        console = Console(record=True, file=io.StringIO())
         render.render_table(report, console)
         text = console.export_text()
     if output is None:

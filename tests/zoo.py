@@ -29,7 +29,7 @@ TMP = "<tmp>"
 VOLATILE = ("schema", "initdoctor_version", "rule")
 #: fields added after 0.7.0 (an addition keeps the schema version): dropped before comparing, so
 #: that every field the golden holds must still be there, unchanged
-ADDED = ("backups", "kaiming_mode", "unknown_reason", "weights", "init_loss")
+ADDED = ("backups", "kaiming_mode", "unknown_reason", "weights", "init_loss", "blocks")
 
 
 # --- models that the examples do not have ------------------------------------------------------
