@@ -184,3 +184,53 @@ def test_piped_inspect_wider_columns_keeps_more() -> None:
     header = next(line for line in run.stdout.splitlines() if line.startswith("┃"))
     assert "kaiming std" in header and "fan_in" not in header
     assert max(len(line) for line in run.stdout.splitlines()[:-1]) <= 120
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["COLUMNS"] = "80"
+    return subprocess.run(
+        [sys.executable, "-m", "initdoctor", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", ["inspect", "check", "compare", "fix", "rule"])
+def test_help_at_80_columns_reads_plainly(command: str) -> None:
+    run = _cli(command, "--help")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    usage = {
+        "inspect": "MODEL",
+        "check": "MODELS...",
+        "compare": "BEFORE AFTER",
+        "fix": "MODEL",
+        "rule": "[CODE]",
+    }
+    assert lines[0].endswith(f" {command} [OPTIONS] {usage[command]}")
+    for noise in ("<bool>", "<str>", "{model}", "[default: (", "variance .", "╭"):
+        assert noise not in run.stdout
+    if command != "rule":
+        assert "Exit codes: 0 " in run.stdout.replace("\n  ", " ")
+    if command == "inspect":
+        assert "--nonlinearity TEXT" in run.stdout and "[default: relu]" in run.stdout
+        assert "--mode auto|fan_in|fan_out" in run.stdout and "--trust / --no-trust" in run.stdout
+
+
+def test_usage_error_is_the_usage_line_and_one_line(tmp_path: Path) -> None:
+    run = _cli("inspect", str(tmp_path / "x.pt"), "-f", "sarif")
+    assert run.returncode == 2 and run.stdout == ""
+    usage, error = run.stderr.splitlines()
+    assert usage.endswith("inspect [OPTIONS] MODEL")
+    assert error.startswith("initdoctor: error: Invalid value for '--format'") and "'sarif'" in error
+    run = _cli("inspect", "--no-such-flag", "x.pt")
+    assert (
+        run.returncode == 2
+        and run.stderr.splitlines()[1] == "initdoctor: error: No such option: --no-such-flag"
+    )
