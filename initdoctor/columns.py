@@ -49,15 +49,20 @@ def shorten_middle(text: str, width: int) -> str:
 
 @dataclass
 class Fit:
-    """The columns kept (indices into the headers, in order) and the names' width (None: whole)."""
+    """The columns kept (indices into the headers, in order), the names' width (None: whole), the
+    table's width, and whether it is drawn ``compact`` (no box: columns two spaces apart)."""
 
     columns: list[int]
     name_width: int | None
     width: int
+    compact: bool = False
 
 
-def table_width(widths: Sequence[int]) -> int:
-    """The width of a box table whose columns' text is ``widths`` cells wide."""
+def table_width(widths: Sequence[int], compact: bool = False) -> int:
+    """The width of a box table whose columns' text is ``widths`` cells wide (``compact``: no box,
+    no edges, one space of padding on each side of an inner column)."""
+    if compact:
+        return sum(widths) + 2 * (len(widths) - 1)
     return sum(widths) + COLUMN_OVERHEAD * len(widths) + 1
 
 
@@ -66,7 +71,8 @@ def fit(
 ) -> Fit:
     """Which columns of ``headers``/``rows`` fit in ``width`` cells: the headers in ``drop`` are
     removed in that order until the table fits, then column ``name`` is shortened (not below
-    :data:`MIN_NAME`). A table that does not fit even then keeps what is left, whole."""
+    :data:`MIN_NAME`); a table that still does not fit is drawn compact (no box), its names down
+    to 8 cells. One that does not fit even then keeps what is left, whole (wider than ``width``)."""
     natural = [max([cell_width(h)] + [cell_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
     kept = list(range(len(headers)))
     for header in drop:
@@ -74,12 +80,16 @@ def fit(
             break
         if header in headers:
             kept.remove(list(headers).index(header))
-    total = table_width([natural[i] for i in kept])
-    name_width = None
-    if total > width:
-        name_width = max(MIN_NAME, cell_width(headers[name]), natural[name] - (total - width))
-        total -= natural[name] - name_width
-    return Fit(kept, name_width, total)
+    result = Fit(kept, None, table_width([natural[i] for i in kept]))
+    for compact, floor in ((False, MIN_NAME), (True, 8)):
+        total = table_width([natural[i] for i in kept], compact)
+        result = Fit(kept, None, total, compact)
+        if total > width:
+            name_width = max(min(floor, natural[name]), natural[name] - (total - width))
+            result = Fit(kept, name_width, total - (natural[name] - name_width), compact)
+        if result.width <= width:
+            break
+    return result
 
 
 # --- the report's rows -------------------------------------------------------------------------
@@ -126,6 +136,10 @@ def headers(probed: bool) -> list[str]:
 DROP_ORDER = (
     "var ratio (meas.)", "shape", "fan_in", "std", "kaiming std", "kind", "dead", "nonlin", "depth",
 )  # fmt: skip
+DEPTH_NOTE = (
+    "depth –: Var[y]/Var[y_first] is measured along a plain chain of hidden layers; "
+    "a residual model has none (its blocks' growth is judged instead)"
+)
 BLOCK_NOTE = "block rows: ×g = Var[out]/Var[in] of the residual block, measured by the probe"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .columns import BLOCK_NOTE, DROP_ORDER, counts_text, fit, shorten_middle, table_rows
+from .columns import BLOCK_NOTE, DEPTH_NOTE, DROP_ORDER, counts_text, fit, shorten_middle, table_rows
 from .columns import ICON as _ICON
 from .columns import headers as _headers
 from .columns import layer_cells as _columns
@@ -59,12 +59,17 @@ def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> lis
     notes = [_CAPTION] if any(f.nonlinearity_source != "graph" for f in report.layers) else []
     if any(b.status != "ok" for b in report.residual_blocks):
         notes.append(BLOCK_NOTE)
+    shown = [headers[i] for i in fitted.columns]  # "depth" only with a probe
+    if report.residual_blocks and "depth" in shown and all(f.depth_ratio is None for f in report.layers):
+        notes.append(DEPTH_NOTE)
     table = Table(
         title=f"initdoctor · {m['path']} · {m['format']} · {m['parameters']:,} parameters",
         title_justify="left",
         caption=Text("\n".join(notes)) if notes else None,
         caption_justify="left",
     )
+    if fitted.compact:  # narrower than the box allows: columns two spaces apart
+        table.box, table.pad_edge, table.show_edge = None, False, False
     left = ("layer", "kind", "nonlin", "shape", "status", "rule")
     for i in fitted.columns:
         table.add_column(headers[i], justify="left" if headers[i] in left else "right", no_wrap=True)

@@ -77,6 +77,10 @@ def test_fit_drops_in_the_issues_order_then_shortens_names() -> None:
     assert dropped.columns == [0, 2, 3] and dropped.width == 56 and dropped.name_width is None
     shortened = fit(headers, rows, 50, ("fan_in",))  # 56 − 50: the name loses 6 cells → 25
     assert shortened.columns == [0, 2, 3] and shortened.name_width == 25 and shortened.width == 50
+    # boxed, the name cannot go below 12: 12 + 9 + 6 + 10 = 37 > 30; compact (no box, columns two
+    # spaces apart): 31 + 9 + 6 + 4 = 50, the name loses 20 cells → 11, the table is 30 wide
+    compact = fit(headers, rows, 30, ("fan_in",))
+    assert compact.compact and compact.name_width == 11 and compact.width == 30
 
 
 def test_residual_net_at_80_columns(resnet_plain: initdoctor.Report) -> None:
@@ -109,6 +113,9 @@ def test_residual_net_at_80_columns(resnet_plain: initdoctor.Report) -> None:
     # a block row follows its block's last layer
     names = [r[0] for r in rows]
     assert names.index("layers.0 (block)") == names.index("layers.0.conv2") + 1
+    text = "\n".join(lines)  # the captions say what a block row's ×g is and why depth is "–"
+    assert "block rows: ×g = Var[out]/Var[in]" in text and "depth –: Var[y]/Var[y_first]" in text
+    assert all(by_name[f.name]["depth"] == "–" for f in resnet_plain.layers)
     assert resnet_plain.to_dict()["summary"]["blocks"] == {"ok": 1, "warn": 0, "error": 7}
     assert resnet_plain.to_dict()["summary"]["ok"] == 17  # the layers' count keeps its meaning
 
@@ -132,6 +139,11 @@ def test_llama_long_names_shortened_in_the_middle(llama_broken: initdoctor.Repor
         assert max(len(line) for line in lines[:-1]) <= width
         headers, rows = _table(lines)
         assert {"layer", "std ratio", "rescale", "status", "rule"} <= set(headers)
+    compact = _render(llama_broken, 46)  # too narrow for the box: no box, statuses still whole
+    assert max(len(line) for line in compact[:-1]) <= 46
+    assert not any(line.startswith("┃") for line in compact)
+    assert any(line.endswith("ERROR   R302") for line in compact)
+    assert any(re.search(r" ×4\.3\de\+03 ", line) for line in compact)
     lines = _render(llama_broken, 60)
     headers, rows = _table(lines)
     q_proj = rows[1]  # model.layers.0.self_attn.q_proj: 31 characters, shortened to 18
