@@ -21,16 +21,8 @@ import typer
 import typer.core
 
 from .errors import InitDoctorError, SettingsError, Terminated
-from .options import CONFIG_KEYS, Option, for_command
+from .options import CONFIG_KEYS, EXIT_CODES, Option, for_command
 from .version import __version__
-
-EXIT_CODES = "Exit codes: 0 nothing reaches --fail-on; 1 something does; 2 a usage or input error."
-#: the help's epilog per command (``fix`` and ``compare`` use the codes their own way)
-EPILOG = {
-    "compare": "Exit codes: 0 both reports printed; 2 a usage or input error.",
-    "fix": "Exit codes: 0 the written model is healthy (or --dry-run); 1 it is not, or --check found "
-    "layers to change; 2 a usage or input error, or an unknown verdict without --force.",
-}
 
 
 class _Command(typer.core.TyperCommand):
@@ -62,7 +54,7 @@ class _Command(typer.core.TyperCommand):
 app = typer.Typer(
     name="initdoctor",
     help="Diagnose the weight initialization of a neural network (He et al. 2015, Kaiming).",
-    epilog=EXIT_CODES,
+    epilog=EXIT_CODES["inspect"],
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -143,7 +135,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
         params = own + [_parameter(option, name) for option in for_command(name)]
         func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # read by typer
         func.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command(name, cls=_Command, epilog=EPILOG.get(name, EXIT_CODES))(func)
+        return app.command(name, cls=_Command, epilog=EXIT_CODES[name])(func)
 
     return register
 
@@ -387,7 +379,8 @@ def main() -> None:
             ctx = getattr(exc, "ctx", None)
             if ctx is not None:
                 typer.echo(ctx.get_usage(), err=True)
-            typer.echo(f"initdoctor: error: {exc.format_message()}", err=True)
+            message = exc.format_message().replace("Value error, ", "")  # typer's choice check says so
+            typer.echo(f"initdoctor: error: {message}", err=True)
     except typer.Abort:
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

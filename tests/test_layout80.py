@@ -240,7 +240,10 @@ def test_usage_error_is_the_usage_line_and_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2 and run.stdout == ""
     usage, error = run.stderr.splitlines()
     assert usage.endswith("inspect [OPTIONS] MODEL")
-    assert error.startswith("initdoctor: error: Invalid value for '--format'") and "'sarif'" in error
+    assert error == (
+        "initdoctor: error: Invalid value for '--format' / '-f': "
+        "'sarif' is not one of 'table', 'json', 'markdown'."
+    )
     run = _cli("inspect", "--no-such-flag", "x.pt")
     assert (
         run.returncode == 2
