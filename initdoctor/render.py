@@ -50,6 +50,7 @@ def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> lis
     """The rich renderables of a report, in order: the table (fitted to ``width``: see
     :mod:`initdoctor.columns`), the depth sparkline and probe notes, the findings, residual
     blocks, norm layers, notes, and the summary line (last: print it without wrapping)."""
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -79,6 +80,7 @@ def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> lis
         kept = [cells[i] for i in fitted.columns]
         if fitted.name_width is not None:
             kept[0] = shorten_middle(kept[0], fitted.name_width)
+        kept = [escape(cell) for cell in kept]  # a name holding "[" is text, not markup
         kept[fitted.columns.index(headers.index("status"))] = f"[{style}]{cells[headers.index('status')]}[/]"
         table.add_row(*kept, style=None if status in ("ok", "skip") else style)
     parts: list[Any] = [table]
