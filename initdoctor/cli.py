@@ -18,17 +18,47 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+import typer.core
 
 from .errors import InitDoctorError, SettingsError, Terminated
-from .options import CONFIG_KEYS, Option, for_command
+from .options import CONFIG_KEYS, EXIT_CODES, Option, for_command
 from .version import __version__
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help names its arguments plainly (``MODEL``, ``[CODE]``, ``MODELS...``)."""
+
+    @staticmethod
+    def _name(param: Any) -> str:
+        return str(param.name).upper() + ("..." if param.nargs != 1 else "")
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(self._name(param) if param.required else f"[{self._name(param)}]")
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        params = self.get_params(ctx)
+        args = [
+            (self._name(p), getattr(p, "help", None) or "") for p in params if p.param_type_name == "argument"
+        ]
+        opts = [r for p in params if p.param_type_name == "option" and (r := p.get_help_record(ctx))]
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
 
 app = typer.Typer(
     name="initdoctor",
     help="Diagnose the weight initialization of a neural network (He et al. 2015, Kaiming).",
+    epilog=EXIT_CODES["inspect"],
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -70,14 +100,22 @@ def _parameter(option: Option, command: str) -> inspect.Parameter:
     if option.choices:  # click checks them: an Enum of the valid values, passed on as plain strings
         value_type = cast(Any, StrEnum)(option.param, {choice: choice for choice in option.choices})
     configurable = option.config and option.name in CONFIG_KEYS
-    if configurable:
-        extra["show_default"] = False if option.type is bool else _shown(option.default)
+    text = option.help_for(command)
+    if option.type is not bool:
+        extra["metavar"] = "|".join(option.choices) if option.choices else _METAVAR.get(option.type, "TEXT")
+    if configurable:  # click would print a string default in parentheses: written here instead
+        extra["show_default"] = False
+        if option.type is not bool and option.default not in (None, [], {}):
+            text += f"  [default: {_shown(option.default)}]"
     annotation: Any = value_type | None if configurable or option.default is None else value_type
     default = None if configurable else option.default
-    info = typer.Option(default, *decls, help=option.help_for(command), **extra)
+    info = typer.Option(default, *decls, help=text, **extra)
     return inspect.Parameter(
         option.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation
     )
+
+
+_METAVAR: dict[Any, str] = {float: "FLOAT", int: "INTEGER", Path: "FILE", str: "TEXT", list: "TEXT"}
 
 
 def _shown(value: Any) -> str:
@@ -97,7 +135,7 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
         params = own + [_parameter(option, name) for option in for_command(name)]
         func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # read by typer
         func.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command(name)(func)
+        return app.command(name, cls=_Command, epilog=EXIT_CODES[name])(func)
 
     return register
 
@@ -166,6 +204,7 @@ def check(
 ) -> None:
     """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
     from .api import diagnose
+    from .render import counts_text
 
     worst = 0
     with _errors(opts["debug"]):
@@ -178,7 +217,7 @@ def check(
             s = report.summary
             code = report.exit_code(resolved["fail-on"])
             worst = max(worst, code)
-            typer.echo(f"{source}: {s.status} — {s.message} (ok {s.ok}, warn {s.warn}, error {s.error})")
+            typer.echo(f"{source}: {s.status} — {s.message} ({counts_text(report, skip=False)})")
     raise typer.Exit(worst)
 
 
@@ -251,7 +290,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def rule(
     code: Annotated[str | None, typer.Argument(help="A rule code, e.g. K101 (a finding's `rule`).")] = None,
     all_rules: Annotated[bool, typer.Option("--all", help="List every rule.")] = False,
@@ -276,10 +315,10 @@ def _emit(report: Any, fmt: str, output: Path | None) -> None:
     else:
         from rich.console import Console
 
-        if output is None:
-            render.render_table(report, Console(width=None if sys.stdout.isatty() else 160))
+        if output is None:  # the terminal's width; piped: COLUMNS, else 80 (rich's rule)
+            render.render_table(report, Console())
             return
-        console = Console(record=True, width=160, file=io.StringIO())
+        console = Console(record=True, file=io.StringIO())
         render.render_table(report, console)
         text = console.export_text()
     if output is None:
@@ -330,7 +369,21 @@ def main() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's errors (typer vendors click: its classes)
+        code = getattr(exc, "exit_code", EXIT_ERROR)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `initdoctor`: the help
+            exc.show()  # type: ignore[attr-defined]  # a click exception: it shows itself
+        else:  # a usage error: the usage line and one line saying what is wrong
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                typer.echo(ctx.get_usage(), err=True)
+            message = exc.format_message().replace("Value error, ", "")  # typer's choice check says so
+            typer.echo(f"initdoctor: error: {message}", err=True)
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

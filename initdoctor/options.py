@@ -63,6 +63,15 @@ METHODS = ("auto", "kaiming", "fixup", "skipinit", "zero-gamma", "lsuv", "reinit
 ONNX_STRATEGIES = ("reduce", "expose")
 
 INSPECT, CHECK, COMPARE, FIX = "inspect", "check", "compare", "fix"
+_CODES = "Exit codes: 0 nothing reaches --fail-on; 1 something does; 2 a usage or input error."
+#: how each command's ``--help`` ends: its exit codes (README, "Exit codes")
+EXIT_CODES = {
+    INSPECT: _CODES,
+    CHECK: _CODES,
+    COMPARE: "Exit codes: 0 both reports printed; 2 a usage or input error.",
+    FIX: "Exit codes: 0 the written model is healthy (or --dry-run); 1 it is not, or --check found "
+    "layers to change; 2 a usage or input error, or an unknown verdict without --force.",
+}
 MODEL_COMMANDS = (INSPECT, FIX)  # commands that take one model and the judgement's settings
 ALL_COMMANDS = (INSPECT, CHECK, COMPARE, FIX)
 

@@ -13,46 +13,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .report import FixResult, LayerFinding, Report, compare_to_dict, register_display, standing
+from .columns import BLOCK_NOTE, DEPTH_NOTE, DROP_ORDER, counts_text, fit, shorten_middle, table_rows
+from .columns import ICON as _ICON
+from .columns import headers as _headers
+from .columns import layer_cells as _columns
+from .columns import number as _num
+from .report import FixResult, Report, compare_to_dict, register_display, standing
 
 _STYLE = {"ok": "green", "unknown": "cyan", "warn": "yellow", "error": "bold red", "skip": "dim"}
-_ICON = {"ok": "ok", "unknown": "UNKNOWN", "warn": "WARN", "error": "ERROR", "skip": "skip"}
-
-
-def _num(x: float | None, spec: str = ".4g") -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _columns(f: LayerFinding, probed: bool) -> list[str]:
-    cells = [
-        f.name,
-        f.kind,
-        "×".join(str(d) for d in f.shape),
-        str(f.fan_in),
-        f.nonlinearity + ("" if f.nonlinearity_source == "graph" else "*"),
-        _num(f.weight_std),
-        _num(f.expected_std),
-        _num(f.std_ratio, ".3f"),
-    ]
-    if probed:
-        cells += [
-            _num(f.variance_ratio, ".3f"),
-            _num(f.depth_ratio, ".3g"),
-            "" if f.dead_fraction is None else f"{f.dead_fraction:.0%}",
-        ]
-    cells.append(
-        _num(f.suggested_scale, ".3f") if f.status in ("warn", "error") and f.suggested_scale else ""
-    )
-    return cells
 
 
 _CAPTION = "* nonlinearity from --nonlinearity or the output-layer rule, not read from a graph"
-STATIC_HEADERS = ["layer", "kind", "shape", "fan_in", "nonlin", "std", "kaiming std", "std ratio"]
-PROBE_HEADERS = ["var ratio (meas.)", "depth", "dead"]
-
-
-def _headers(probed: bool) -> list[str]:
-    return STATIC_HEADERS + (PROBE_HEADERS if probed else []) + ["rescale"]
 
 
 def _probed(report: Report) -> bool:
@@ -75,27 +46,43 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BLOCKS[min(7, int((x - lo) / span * 7.999))] for x in logs)
 
 
-def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
-    """The rich renderables of a report, in order: the table, the depth sparkline and probe
-    notes, the findings, residual blocks, norm layers, notes, and the summary line."""
+def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> list[Any]:
+    """The rich renderables of a report, in order: the table (fitted to ``width``: see
+    :mod:`initdoctor.columns`), the depth sparkline and probe notes, the findings, residual
+    blocks, norm layers, notes, and the summary line (last: print it without wrapping)."""
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     m = report.model
+    headers, rows = table_rows(report)
+    fitted = fit(headers, [cells for cells, _ in rows], width, DROP_ORDER)
+    notes = [_CAPTION] if any(f.nonlinearity_source != "graph" for f in report.layers) else []
+    if any(b.status != "ok" for b in report.residual_blocks):
+        notes.append(BLOCK_NOTE)
+    shown = [headers[i] for i in fitted.columns]  # "depth" only with a probe
+    if report.residual_blocks and "depth" in shown and all(f.depth_ratio is None for f in report.layers):
+        notes.append(DEPTH_NOTE)
     table = Table(
         title=f"initdoctor · {m['path']} · {m['format']} · {m['parameters']:,} parameters",
         title_justify="left",
-        caption=_CAPTION if any(f.nonlinearity_source != "graph" for f in report.layers) else None,
+        caption=Text("\n".join(notes)) if notes else None,
         caption_justify="left",
     )
+    if fitted.compact:  # narrower than the box allows: columns two spaces apart
+        table.box, table.pad_edge, table.show_edge = None, False, False
+    left = ("layer", "kind", "nonlin", "shape", "status", "rule")
+    for i in fitted.columns:
+        table.add_column(headers[i], justify="left" if headers[i] in left else "right", no_wrap=True)
     probed = _probed(report)
-    for h in _headers(probed):
-        table.add_column(h, justify="right" if h not in ("layer", "kind", "nonlin", "shape") else "left")
-    table.add_column("status")
-    for f in report.layers:
-        style = _STYLE[f.status]
-        row_style = None if f.status in ("ok", "skip") else style
-        table.add_row(*_columns(f, probed), f"[{style}]{_ICON[f.status]}[/]", style=row_style)
+    for cells, status in rows:
+        style = _STYLE[status]
+        kept = [cells[i] for i in fitted.columns]
+        if fitted.name_width is not None:
+            kept[0] = shorten_middle(kept[0], fitted.name_width)
+        kept = [escape(cell) for cell in kept]  # a name holding "[" is text, not markup
+        kept[fitted.columns.index(headers.index("status"))] = f"[{style}]{cells[headers.index('status')]}[/]"
+        table.add_row(*kept, style=None if status in ("ok", "skip") else style)
     parts: list[Any] = [table]
     if probed:
         variances = [
@@ -138,10 +125,7 @@ def report_parts(report: Report, max_findings: int = 10) -> list[Any]:
     if s.grad_depth_ratio is not None:
         extra += f", gradient depth ratio {s.grad_depth_ratio:.3g}"
     parts.append(
-        Text.assemble(
-            (s.status.upper(), _STYLE[s.status]),
-            f": {s.message} (ok {s.ok}, warn {s.warn}, error {s.error}, skip {s.skip}{extra})",
-        )
+        Text.assemble((s.status.upper(), _STYLE[s.status]), f": {s.message} ({counts_text(report)}{extra})")
     )
     return parts
 
@@ -163,8 +147,10 @@ def render_table(report: Report, console: Any | None = None, max_findings: int =
     from rich.console import Console
 
     console = console or Console()
-    for part in report_parts(report, max_findings):
+    *parts, summary = report_parts(report, max_findings, console.width)
+    for part in parts:
         console.print(part)
+    console.print(summary, soft_wrap=True)  # one line, whatever the width: `grep '^ERROR:'` gets it all
 
 
 def render_markdown(report: Report) -> str:
@@ -298,9 +284,17 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
 
 def report_renderable(report: Report) -> Any:
     """The whole report as one rich renderable (for ``__rich__``), sized by the caller's console."""
-    from rich.console import Group
+    return _ReportView(report)
 
-    return Group(*report_parts(report))
+
+class _ReportView:
+    """A report as a rich renderable: the table fitted to the width the console offers."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield from report_parts(self.report, width=options.max_width)
 
 
 def report_html(report: Report) -> str:

@@ -327,7 +327,12 @@ MATRIX: list[Entry] = [
     Entry("densenet", densenet, True, "image"),
     Entry("densenet_nobn", densenet_nobn, True, "image"),
     Entry(
-        "densenet_broken", densenet_broken, False, "image", ("features.denseblock2",), "no BN, std ×10 in one block"
+        "densenet_broken",
+        densenet_broken,
+        False,
+        "image",
+        ("features.denseblock2",),
+        "no BN, std ×10 in one block",
     ),
 ]
 BY_NAME = {e.name: e for e in MATRIX}

@@ -196,4 +196,5 @@ def inspect_description(
         notes.append("--force: judged as a plain chain of layers, whatever the structure")
     if desc.blocks and probe is None:
         notes.append(f"{len(desc.blocks)} residual blocks found; their growth needs the probe")
+    summary.blocks = {k: sum(1 for b in block_findings if b.status == k) for k in ("ok", "warn", "error")}
     return Report(model, asdict(s), findings, norm_findings, summary, notes, probe_info, block_findings)

@@ -160,6 +160,9 @@ class Summary:
     weights: str | None = None  # "init", "trained" (not an initialization) or "mixed" (new layers)
     #: the loss at init of a classifier / language model (checks/initloss.py, rule P207), else None
     init_loss: dict[str, Any] | None = None
+    #: the residual blocks' statuses counted (``{"ok", "warn", "error"}``; ok/warn/error above
+    #: count layers only); zeros without blocks
+    blocks: dict[str, int] = field(default_factory=lambda: {"ok": 0, "warn": 0, "error": 0})
 
 
 @dataclass

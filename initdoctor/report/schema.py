@@ -35,7 +35,8 @@ Report layout (``initdoctor.report/2``)::
                  "unknown_reason", "weights",
                  "init_loss": null | {"classes", "baseline", "expected", "approx", "logit_std",
                                       "offset_share", "head", "source", "suggested_scale",
-                                      "status"}},
+                                      "status"},
+                 "blocks": {"ok", "warn", "error"}},  # residual blocks counted
      "probe": null | {"backend", "inputs": [{"shape", "dtype", "name"?}], "seed", "runs", "backward",
                "notes"},
      "notes": [str]}
