@@ -238,7 +238,7 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console(width=None if __import__("sys").stdout.isatty() else 140)
+    console = console or Console()  # the terminal's width; piped: COLUMNS, else 80
     after = {f.name: f for f in result.after.layers} if result.after else {}
     if result.changes:
         table = Table(title="would change" if dry else "changed", title_justify="left")
