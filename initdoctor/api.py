@@ -217,7 +217,7 @@ def fix_model(
     output: str | Path | None = None,
     in_place: bool = False,
     dry_run: bool = False,
-    fail_on: str = default("fix-fail-on"),
+    fail_on: str = default("select-from"),
     all_layers: bool = False,
     zero_bias: bool = False,
     tol: float = default("tol"),

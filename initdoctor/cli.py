@@ -9,7 +9,6 @@ Results go to stdout (or ``--output``), messages to stderr.
 from __future__ import annotations
 
 import inspect
-import io
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Annotated, Any, cast
 import typer
 import typer.core
 
-from .errors import InitDoctorError, SettingsError, Terminated
+from .errors import SettingsError, Terminated
 from .options import CONFIG_KEYS, EXIT_CODES, Option, for_command
 from .version import __version__
 
@@ -74,7 +73,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."),
     ] = False,
 ) -> None:
     """Diagnose the weight initialization of a neural network (He et al. 2015, Kaiming)."""
@@ -142,8 +142,10 @@ def command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
 
 def _library_settings(command_name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Resolve ``opts`` (a command's parameters): the library settings and the resolved options."""
+    from .commands import common_flags
     from .config import resolve
 
+    common_flags(command_name, opts)
     settings, resolved = resolve(opts)
     for option in for_command(command_name):  # command-line-only options that set a library field
         if option.field is not None and option.name not in CONFIG_KEYS:
@@ -177,7 +179,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
         source, weights_file = _source(model, opts["model_factory"], opts["weights"])
         settings, resolved = _library_settings("inspect", opts)
         _check_outputs(source, weights_file, opts["output"], opts["plot"])
-        with ProgressBar("probing layers", quiet=opts["quiet"]) as bar:
+        with ProgressBar("probing layers", quiet=opts["no_progress"]) as bar:
             report = diagnose(
                 source,
                 trust=opts["trust"],
@@ -186,7 +188,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
                 progress=bar,
                 **settings,
             )
-        _emit(report, opts["format"], opts["output"])
+        _emit(report, opts["format"], opts["output"], opts["verbose"])
         if opts["plot"] is not None:
             from .plot import plot_report
 
@@ -202,22 +204,13 @@ def check(
     ],
     **opts: Any,
 ) -> None:
-    """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates."""
-    from .api import diagnose
-    from .render import counts_text
+    """One line per model, exit 1 if any reaches --fail-on: for pre-commit hooks and quick CI gates.
+    Every model is reported (one that cannot be read: an error line, exit 2)."""
+    from .commands import run_check
 
-    worst = 0
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("check", opts)
-        for source in models:
-            model, weights_file = _source(source, opts["model"], None)
-            report = diagnose(
-                model, trust=opts["trust"], weights=weights_file, probe=opts["probe"], **settings
-            )
-            s = report.summary
-            code = report.exit_code(resolved["fail-on"])
-            worst = max(worst, code)
-            typer.echo(f"{source}: {s.status} — {s.message} ({counts_text(report, skip=False)})")
+        worst = run_check(models, opts, settings, resolved["fail-on"])
     raise typer.Exit(worst)
 
 
@@ -229,18 +222,22 @@ def compare(
 ) -> None:
     """Two reports side by side with per-layer deltas (before/after fix, torch vs its ONNX export)."""
     from .api import diagnose
+    from .commands import emit, recorded
     from .render import render_compare
     from .report import compare_to_dict
 
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("compare", opts)
+        _check_outputs(before, None, opts["output"])
+        _check_outputs(after, None, opts["output"])
         a = diagnose(before, trust=opts["trust"], probe=resolved["probe"], **settings)
         b = diagnose(after, trust=opts["trust"], probe=resolved["probe"], **settings)
         if opts["format"] == "json":
             import json
 
-            data = compare_to_dict(a, b)
-            sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+            emit(json.dumps(compare_to_dict(a, b), indent=2, allow_nan=False) + "\n", opts["output"])
+        elif opts["output"] is not None:
+            emit(recorded(render_compare, a, b), opts["output"])
         else:
             render_compare(a, b)
 
@@ -254,17 +251,17 @@ def fix(model: ModelArg, **opts: Any) -> None:
     with _errors(opts["debug"]):
         source, weights_file = _source(model, opts["model_factory"], opts["weights"])
         settings, resolved = _library_settings("fix", opts)
-        if opts["fail_on"] == "never" and not opts["all_layers"]:
-            raise SettingsError("--fail-on never would fix nothing; use warn, error or --all")
+        if opts["select_from"] == "never" and not opts["all_layers"]:
+            raise SettingsError("--select-from never would fix nothing; use warn, error or --all")
         dry = opts["dry_run"] or opts["check"]
-        with ProgressBar("probing layers", quiet=opts["quiet"]) as bar:
+        with ProgressBar("probing layers", quiet=opts["no_progress"]) as bar:
             result = fix_model(
                 source,
                 method=opts["method"],
                 output=opts["output"],
                 in_place=opts["in_place"],
                 dry_run=dry,
-                fail_on=opts["fail_on"],
+                fail_on=opts["select_from"],
                 all_layers=opts["all_layers"],
                 zero_bias=opts["zero_bias"],
                 tol=opts["tol"],
@@ -276,13 +273,16 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 force=opts["force"],
                 **settings,
             )
-        from .render import render_fix
+        from .commands import emit
+        from .render import render_fix, render_fix_markdown
         from .report import fix_to_dict
 
         if opts["format"] == "json":
             import json
 
-            sys.stdout.write(json.dumps(fix_to_dict(result, dry), indent=2, allow_nan=False) + "\n")
+            emit(json.dumps(fix_to_dict(result, dry), indent=2, allow_nan=False) + "\n", None)
+        elif opts["format"] == "markdown":
+            emit(render_fix_markdown(result, dry), None)
         else:
             render_fix(result, dry=dry)
     if opts["check"]:
@@ -305,8 +305,9 @@ def rule(
         typer.echo(rule_text(code), nl=False)
 
 
-def _emit(report: Any, fmt: str, output: Path | None) -> None:
+def _emit(report: Any, fmt: str, output: Path | None, verbose: bool = False) -> None:
     from . import render
+    from .commands import emit, recorded
 
     if fmt == "json":
         text = report.to_json() + "\n"
@@ -316,17 +317,10 @@ def _emit(report: Any, fmt: str, output: Path | None) -> None:
         from rich.console import Console
 
         if output is None:  # the terminal's width; piped: COLUMNS, else 80 (rich's rule)
-            render.render_table(report, Console())
+            render.render_table(report, Console(), verbose=verbose)
             return
-        console = Console(record=True, file=io.StringIO())
-        render.render_table(report, console)
-        text = console.export_text()
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(output, text)
+        text = recorded(lambda r, c: render.render_table(r, c, verbose=verbose), report)
+    emit(text, output)
 
 
 class _errors:
@@ -349,15 +343,9 @@ class _errors:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, (typer.Exit, KeyboardInterrupt, SystemExit)) or self.debug:
             return
-        if isinstance(exc, InitDoctorError):
-            message = str(exc)
-        elif isinstance(exc, OSError):
-            message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-        else:
-            message = f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
-        typer.echo(
-            f"initdoctor: error: {message.splitlines()[0] if message else type(exc).__name__}", err=True
-        )
+        from .commands import error_line
+
+        typer.echo(f"initdoctor: error: {error_line(exc)}", err=True)
         raise typer.Exit(EXIT_ERROR)
 
 

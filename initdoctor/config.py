@@ -83,10 +83,16 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
         )
     for key, value in table.items():
         if key not in KEYS:
-            raise SettingsError(f"{path}: unknown key {key!r} in [tool.initdoctor]; valid: {', '.join(KEYS)}")
+            raise SettingsError(f"unknown key {key!r} in {path} [tool.initdoctor]; {_did_you_mean(key, KEYS)}")
         if not isinstance(value, KEYS[key]) or (isinstance(value, bool) and bool not in KEYS[key]):
             raise SettingsError(
                 f"{path}: [tool.initdoctor] {key} has the wrong type ({type(value).__name__})"
+            )
+        choices = CONFIG_KEYS[key].choices
+        if choices and value not in choices:
+            raise SettingsError(
+                f"{path}: [tool.initdoctor] {key} = {value!r} is not one of {', '.join(choices)}; "
+                + _did_you_mean(str(value), choices)
             )
     if not all(isinstance(item, str) for item in table.get("ignore", [])):
         raise SettingsError(
@@ -115,6 +121,15 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
                 f"{path}: [tool.initdoctor.overrides] {pattern!r}: nonlinearity must be a string"
             )
     return table, path
+
+
+def _did_you_mean(word: str, valid: Any) -> str:
+    """``did you mean 'warn-threshold'?`` for the closest valid name (``_`` read as ``-``), else the
+    list of valid names."""
+    import difflib
+
+    close = difflib.get_close_matches(word.replace("_", "-"), list(valid), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
 
 
 def overrides_setting(table: dict[str, Any]) -> tuple[tuple[str, str, float | None], ...]:

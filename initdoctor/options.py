@@ -73,6 +73,7 @@ EXIT_CODES = {
     "layers to change; 2 a usage or input error, or an unknown verdict without --force.",
 }
 MODEL_COMMANDS = (INSPECT, FIX)  # commands that take one model and the judgement's settings
+JUDGING_COMMANDS = (INSPECT, CHECK, FIX)  # commands that take the thresholds and probe inputs
 ALL_COMMANDS = (INSPECT, CHECK, COMPARE, FIX)
 
 
@@ -133,11 +134,11 @@ OPTIONS: tuple[Option, ...] = (
            "(eq. 14); auto: the one the weights follow (fan_out when most layers are Kaiming for "
            "fan_out and not fan_in), else fan_in.", MODEL_COMMANDS, "mode", True, MODES),
     Option("warn-threshold", float, 1.25, "Variance factor beyond which a layer warns (either way).",
-           MODEL_COMMANDS, "warn_threshold", True),
-    Option("error-threshold", float, 4.0, "Variance factor beyond which a layer is an error.", MODEL_COMMANDS,
-           "error_threshold", True),
+           JUDGING_COMMANDS, "warn_threshold", True),
+    Option("error-threshold", float, 4.0, "Variance factor beyond which a layer is an error.",
+           JUDGING_COMMANDS, "error_threshold", True),
     Option("compound-threshold", float, 16.0, "Variance factor over the whole chain of hidden layers beyond "
-           "which the model is an error.", MODEL_COMMANDS, "compound_threshold", True),
+           "which the model is an error.", JUDGING_COMMANDS, "compound_threshold", True),
     Option("probe-warn-threshold", float, 2.0, "Measured variance ratio beyond which a Kaiming layer warns "
            "(finite-width fluctuation).", (), "probe_warn_threshold"),
     Option("dead-threshold", float, 0.9, "Fraction of ReLU units zero for the whole batch beyond which a "
@@ -154,10 +155,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("check-probe", bool, False, "Also run the probe (slower; static by default here).", (CHECK,),
            flag="--probe/--no-probe"),
     Option("input-shape", list, [], "Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: "
-           "the ONNX graph's, else inferred from the first layer.", MODEL_COMMANDS, "input_shapes", True),
+           "the ONNX graph's, else inferred from the first layer.", JUDGING_COMMANDS, "input_shapes", True),
     Option("input", list, [], "A named probe input name=shape:dtype, e.g. input_ids=8,16:int64 (repeat for "
            "several; dtype default float32). Default: what the model's config says (token ids, images, "
-           "decoder ids), else inferred from the first layer.", MODEL_COMMANDS, "named_inputs", True),
+           "decoder ids), else inferred from the first layer.", JUDGING_COMMANDS, "named_inputs", True),
     Option("inputs", str, None, "A file of real example tensors for the probe and --method lsuv: .npz, .pt "
            "(read with weights_only=True) or .safetensors; a name → tensor mapping is passed by name, a "
            "single tensor by position.", MODEL_COMMANDS, "inputs_file", True),
@@ -185,10 +186,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail-on", str, "error", "Lowest status that makes the exit code 1 (ok < unknown < warn < "
            "error; unknown: no verdict on depth could be formed).", (INSPECT, CHECK), config=True,
            choices=FAIL_ON),
-    Option("format", str, "table", "Output format.", (INSPECT, COMPARE, FIX), choices=FORMATS, short="-f",
-           cli_help=((COMPARE, "table or json."), (FIX, "Output format (table or json)."))),
-    Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT,), short="-o"),
-    Option("quiet", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--quiet", short="-q"),
+    Option("format", str, "table", "Output format: table, json or markdown.", ALL_COMMANDS, choices=FORMATS,
+           short="-f", cli_help=((CHECK, "Output format: table (one line per model), json (a list of "
+                                  "inspect's reports) or markdown (one report per model)."),
+                                 (COMPARE, "Output format: table or json (markdown: the table)."),
+                                 (FIX, "Output format: table, json or markdown."))),
+    Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT, CHECK, COMPARE),
+           short="-o"),
+    Option("verbose", bool, False, "Also print every layer's message (not only the first 10 findings) and "
+           "the notes.", (INSPECT, CHECK, FIX), flag="--verbose", short="-v"),
+    Option("quiet", bool, False, "Deprecated: hides the progress bar, as --no-progress (prints a notice); "
+           "from 0.11 -q prints only the summary line.", MODEL_COMMANDS, flag="--quiet", short="-q"),
+    Option("no-progress", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--no-progress"),
+    Option("no-color", bool, False, "No colours (as the NO_COLOR environment variable).", ALL_COMMANDS,
+           flag="--no-color"),
     # --- fix
     Option("fix-output", Path, None, "Where to write the repaired model, in MODEL's own format (a folder "
            "for a sharded checkpoint or a Hugging Face folder; a state_dict for a factory).", (FIX,),
@@ -201,8 +212,10 @@ OPTIONS: tuple[Option, ...] = (
            "et al. 2017; De & Smith 2020); lsuv: rescale until the measured variance ratio is 1 (needs a "
            "graph); reinit: redraw W from N(0, Kaiming std²).", (FIX,),
            choices=METHODS),
-    Option("fix-fail-on", str, "warn", "Fix the layers whose status reaches this (kaiming, reinit).", (FIX,),
-           choices=FIX_FAIL_ON, flag="--fail-on"),
+    Option("select-from", str, "warn", "Fix the layers whose status reaches this (warn: warn and error).",
+           (FIX,), choices=FIX_FAIL_ON),
+    Option("fix-fail-on", str, None, "Deprecated name of --select-from (prints a notice); from 0.11 fix "
+           "--fail-on sets the exit code, as inspect's does.", (FIX,), choices=FIX_FAIL_ON, flag="--fail-on"),
     Option("all-layers", bool, False, "Fix every weighted layer.", (FIX,), flag="--all"),
     Option("zero-bias", bool, False, "Also set the fixed layers' biases to zero.", (FIX,),
            flag="--zero-bias"),

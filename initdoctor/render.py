@@ -46,10 +46,11 @@ def sparkline(values: list[float]) -> str:
     return "".join(_BLOCKS[min(7, int((x - lo) / span * 7.999))] for x in logs)
 
 
-def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> list[Any]:
+def report_parts(report: Report, max_findings: int = 10, width: int = 80, verbose: bool = False) -> list[Any]:
     """The rich renderables of a report, in order: the table (fitted to ``width``: see
-    :mod:`initdoctor.columns`), the depth sparkline and probe notes, the findings, residual
-    blocks, norm layers, notes, and the summary line (last: print it without wrapping)."""
+    :mod:`initdoctor.columns`), the depth sparkline and probe notes, the findings (``verbose``:
+    every layer's message), residual blocks, norm layers, notes, and the summary line (last: print
+    it without wrapping)."""
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
@@ -96,8 +97,8 @@ def report_parts(report: Report, max_findings: int = 10, width: int = 80) -> lis
                 )
             )
         parts += [Text(f"probe: {note}", style="dim") for note in (report.probe or {}).get("notes", [])]
-    flagged = [f for f in report.layers if f.status in ("warn", "error")]
-    for f in flagged[:max_findings]:
+    flagged = [f for f in report.layers if verbose or f.status in ("warn", "error")]
+    for f in flagged if verbose else flagged[:max_findings]:
         parts.append(Text.assemble((_ICON[f.status], _STYLE[f.status]), f" {f.name}: {f.message}"))
     if len(flagged) > max_findings:
         parts.append(Text(f"… and {len(flagged) - max_findings} more (see --format json)"))
@@ -142,12 +143,15 @@ def init_loss_line(s: Any) -> str | None:
     )
 
 
-def render_table(report: Report, console: Any | None = None, max_findings: int = 10) -> None:
-    """Print the report as a rich table, the findings of drifting layers, and a summary line."""
+def render_table(
+    report: Report, console: Any | None = None, max_findings: int = 10, verbose: bool = False
+) -> None:
+    """Print the report as a rich table, the findings of drifting layers (``verbose``: every
+    layer's message), and a summary line."""
     from rich.console import Console
 
     console = console or Console()
-    *parts, summary = report_parts(report, max_findings, console.width)
+    *parts, summary = report_parts(report, max_findings, console.width, verbose)
     for part in parts:
         console.print(part)
     console.print(summary, soft_wrap=True)  # one line, whatever the width: `grep '^ERROR:'` gets it all
@@ -280,6 +284,29 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
     for f in standing(result.after)[:20] if result.after else []:
         line = f"{f['name']} ({f['status']} {f['rule']}): {f['message']}"
         console.print(f"[red]still standing[/] {escape(line)}", highlight=False)
+
+
+def render_fix_markdown(result: FixResult, dry: bool) -> str:
+    """``fix --format markdown``: the changed layers as a Markdown table and the verdict after."""
+    rows = [
+        f"| {c.name} | {c.method} | {c.status_before} | {_num(c.old_std)} | {_num(c.new_std)} | "
+        f"{_num(c.factor, '.4g')} |"
+        for c in result.changes
+    ]
+    s = (result.after or result.before).summary
+    lines = [f"## initdoctor fix: {len(result.changes)} layers {'would change' if dry else 'changed'}", ""]
+    if rows:
+        lines += [
+            "| layer | method | status before | old std | new std | factor |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [*rows, ""]
+    lines += [f"- not repaired: {name} ({rule}): {reason}" for name, rule, reason in result.unrepaired]
+    lines += [
+        f"after: **{s.status}** {s.message}" if result.after else f"before: **{s.status}** {s.message}",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def report_renderable(report: Report) -> Any:

@@ -182,7 +182,7 @@ def test_fix_check_exits_as_inspect(zoo_files, case, fail_on):
         code, report = _cli(*args, "--fail-on", fail_on)
         if report["summary"]["status"] == "unknown":
             pytest.skip("verdict unknown: fix refuses without --force")
-        fix_code, data = _cli("fix", *args[1:], "--check", "--fail-on", fail_on)
+        fix_code, data = _cli("fix", *args[1:], "--check", "--select-from", fail_on)
     finally:
         os.chdir(old)
     assert fix_code == code, (report["summary"]["message"], data)

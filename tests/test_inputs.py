@@ -34,7 +34,7 @@ def _measured(report: dict, name: str) -> dict:
 
 def test_vit_is_probed_at_its_config_image_size():
     # image_size 64: 0.8.0 fed 32×32 inferred from the patch conv and crashed
-    code, report = cli_json("tests.inputs_zoo:vit64", "-q")
+    code, report = cli_json("tests.inputs_zoo:vit64", "--no-progress")
     assert code in (0, 1)
     assert report["probe"]["inputs"] == [
         {"shape": [2, 3, 64, 64], "dtype": "float32", "name": "pixel_values"}
@@ -48,7 +48,7 @@ def test_token_models_run_at_the_given_batch(name):
     # 0.8.0: "Guard failed: input_ids.size()[0] == 2" (the graph was exported at batch 2)
     code, report = cli_json(
         f"tests.inputs_zoo:{name}",
-        "-q",
+        "--no-progress",
         "--input-shape",
         "8,16",
         "--input-dtype",
@@ -108,7 +108,7 @@ def test_sequence_length_is_capped_by_the_position_table():
 
 
 def test_named_input_on_the_command_line():
-    code, report = cli_json("tests.inputs_zoo:mlp", "-q", "--input", "x=8,16:float32")
+    code, report = cli_json("tests.inputs_zoo:mlp", "--no-progress", "--input", "x=8,16:float32")
     assert report["probe"]["inputs"] == [{"shape": [8, 16], "dtype": "float32", "name": "x"}]
     assert _measured(report, "fc1")["activation_var"] > 0
 
@@ -144,7 +144,7 @@ def test_inputs_file_is_what_the_probe_measures(tmp_path, kind, suffix):
     x = (np.random.default_rng(7).standard_normal((12, 16)) * 3 + 1).astype(np.float32)
     path = tmp_path / f"batch{suffix}"
     _write(kind, path, x)
-    code, report = cli_json("tests.inputs_zoo:mlp", "-q", "--inputs", str(path))
+    code, report = cli_json("tests.inputs_zoo:mlp", "--no-progress", "--inputs", str(path))
     shown = {
         "shape": [12, 16],
         "dtype": "float32",
@@ -170,15 +170,15 @@ def test_onnx_inputs_by_name(tmp_path):
         inputs_zoo.mlp(), (torch.randn(2, 16),), str(onnx_path), input_names=["x"],
         dynamic_axes={"x": {0: "batch"}}, dynamo=False,
     )  # fmt: skip
-    code, report = cli_json(str(onnx_path), "-q", "--input", "x=5,16")
+    code, report = cli_json(str(onnx_path), "--no-progress", "--input", "x=5,16")
     assert report["probe"]["inputs"] == [{"shape": [5, 16], "dtype": "float32", "name": "x"}]
     x = np.random.default_rng(1).standard_normal((9, 16)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
-    code, report = cli_json(str(onnx_path), "-q", "--inputs", str(tmp_path / "x.npz"))
+    code, report = cli_json(str(onnx_path), "--no-progress", "--inputs", str(tmp_path / "x.npz"))
     assert report["probe"]["inputs"] == [{"shape": [9, 16], "dtype": "float32", "name": "x"}]
     fc1 = next(f for f in report["layers"] if f["activation_var"] is not None and f["fan_in"] == 16)
     assert fc1["activation_var"] == pytest.approx(_by_hand(x), rel=1e-5)
-    line = _error_line("inspect", str(onnx_path), "-q", "--input", "y=5,16")
+    line = _error_line("inspect", str(onnx_path), "--no-progress", "--input", "y=5,16")
     assert "no input named 'y'" in line and "x" in line
 
 
@@ -223,19 +223,19 @@ def test_lsuv_fix_on_real_data(tmp_path):
 def test_bad_input_specs_are_one_line_exit_2(tmp_path, args, words):
     (tmp_path / "batch.csv").write_text("1,2\n")
     args = [a if not a.endswith((".csv", ".npz")) else str(tmp_path / a) for a in args]
-    assert words in _error_line("inspect", "tests.inputs_zoo:mlp", "-q", *args)
+    assert words in _error_line("inspect", "tests.inputs_zoo:mlp", "--no-progress", *args)
 
 
 def test_a_damaged_inputs_file_is_one_line(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     assert "cannot read it" in _error_line(
-        "inspect", "tests.inputs_zoo:mlp", "-q", "--inputs", str(tmp_path / "bad.pt")
+        "inspect", "tests.inputs_zoo:mlp", "--no-progress", "--inputs", str(tmp_path / "bad.pt")
     )
     np.savez(tmp_path / "big.npz", x=np.zeros((4, 16), np.float32))
     line = _error_line(
         "inspect",
         "tests.inputs_zoo:mlp",
-        "-q",
+        "--no-progress",
         "--inputs",
         str(tmp_path / "big.npz"),
         "--max-input-mib",
@@ -248,9 +248,9 @@ def test_config_keys_input_and_inputs(tmp_path):
     x = np.random.default_rng(11).standard_normal((10, 16)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     (tmp_path / "pyproject.toml").write_text('[tool.initdoctor]\ninput = ["x=3,16"]\n')
-    code, report = cli_json("tests.inputs_zoo:mlp", "-q", cwd=tmp_path)
+    code, report = cli_json("tests.inputs_zoo:mlp", "--no-progress", cwd=tmp_path)
     assert report["probe"]["inputs"] == [{"shape": [3, 16], "dtype": "float32", "name": "x"}]
     (tmp_path / "pyproject.toml").write_text('[tool.initdoctor]\ninputs = "x.npz"\n')
-    code, report = cli_json("tests.inputs_zoo:mlp", "-q", cwd=tmp_path)
+    code, report = cli_json("tests.inputs_zoo:mlp", "--no-progress", cwd=tmp_path)
     assert report["probe"]["inputs"] == [{"shape": [10, 16], "dtype": "float32", "name": "x"}]
     assert _measured(report, "fc1")["activation_var"] == pytest.approx(_by_hand(x), rel=1e-5)

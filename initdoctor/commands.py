@@ -1,0 +1,130 @@
+"""What the commands share beyond the option table, kept out of the thin ``cli.py``: the flags every
+command reads (``--no-color``, the deprecated ``-q`` and ``fix --fail-on``), one error line per
+problem, the output's destination (stdout or ``-o``), and ``check``'s loop over its files (every
+file reported, a bad one as one error line, the exit code the worst of them).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import InitDoctorError, SettingsError
+from .options import default
+
+#: printed on stderr by ``-q`` in this release: its meaning changes in 0.11 (issue 16)
+QUIET_NOTICE = (
+    "initdoctor: warning: -q will print only the summary line from 0.11; use --no-progress to hide "
+    "the progress bar only"
+)
+#: printed on stderr by ``fix --fail-on``: renamed ``--select-from`` (``--fail-on`` of inspect and
+#: check sets the exit code; one name, one meaning from 0.11)
+FAIL_ON_NOTICE = (
+    "initdoctor: warning: fix --fail-on is deprecated, use --select-from (from 0.11 fix --fail-on sets "
+    "the exit code, as inspect's does)"
+)
+
+
+def common_flags(command: str, opts: dict[str, Any]) -> None:
+    """Apply the flags every command shares, before any output: ``--no-color`` (as ``NO_COLOR``,
+    which rich reads when a console is made), ``-q`` (a notice; hides the progress bar as
+    ``--no-progress``) and ``fix --fail-on`` (a notice; the value of ``--select-from``)."""
+    if opts.get("no_color"):
+        os.environ["NO_COLOR"] = "1"
+    if opts.get("quiet"):
+        print(QUIET_NOTICE, file=sys.stderr)
+        opts["no_progress"] = True
+    if command == "fix" and opts.get("fail_on") is not None:
+        print(FAIL_ON_NOTICE, file=sys.stderr)
+        if opts["select_from"] != default("select-from"):
+            raise SettingsError("--fail-on is the deprecated name of --select-from: give --select-from only")
+        opts["select_from"] = opts["fail_on"]
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception as the one line the CLI prints after ``initdoctor: error:``."""
+    if isinstance(exc, InitDoctorError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    else:
+        message = f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
+    return message.splitlines()[0] if message else type(exc).__name__
+
+
+def emit(text: str, output: Path | None) -> None:
+    """``text`` to stdout, or atomically to ``output`` (``-o``)."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from .fileio import atomic_write_text
+
+        atomic_write_text(output, text)
+
+
+def recorded(render: Any, *args: Any) -> str:
+    """What a rich renderer (``render(*args, console)``) prints, as plain text (for ``-o``)."""
+    from rich.console import Console
+
+    console = Console(record=True, file=io.StringIO())
+    render(*args, console)
+    return console.export_text()
+
+
+def check_line(source: str, report: Any, verbose: bool) -> str:
+    """``check``'s table format: one line per model; ``-v`` adds each layer's message and the notes."""
+    from .columns import counts_text
+
+    s = report.summary
+    lines = [f"{source}: {s.status} — {s.message} ({counts_text(report, skip=False)})"]
+    if verbose:
+        for f in report.layers:
+            lines.append(f"  {f.name}: {f.status}{f' {f.rule}' if f.rule else ''} — {f.message}")
+        lines += [f"  note: {note}" for note in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def run_check(models: list[str], opts: dict[str, Any], settings: dict[str, Any], fail_on: str) -> int:
+    """Judge every model of ``check``; a model that cannot be read is one error line on stderr (exit
+    code 2) and the others are still judged. Returns the worst exit code."""
+    from .api import diagnose, input_files
+    from .fileio import check_output
+
+    if opts["output"] is not None:
+        check_output(opts["output"], [p for m in models for p in input_files(m, None)])
+    fmt, stream = opts["format"], opts["format"] == "table" and opts["output"] is None
+    worst, texts, reports = 0, [], []
+    for source in models:
+        model, weights = (opts["model"], Path(source)) if opts["model"] else (source, None)
+        try:
+            report = diagnose(model, trust=opts["trust"], weights=weights, probe=opts["probe"], **settings)
+        except Exception as exc:  # one line per bad file; the others are still checked
+            if opts["debug"]:
+                raise
+            message = error_line(exc)
+            message = message if source in message else f"{source}: {message}"
+            print(f"initdoctor: error: {message}", file=sys.stderr)
+            worst = 2
+            continue
+        worst = max(worst, report.exit_code(fail_on))
+        if fmt == "table":
+            text = check_line(source, report, opts["verbose"])
+            if stream:  # a line as soon as its model is judged
+                emit(text, None)
+            else:
+                texts.append(text)
+        elif fmt == "markdown":
+            from .render import render_markdown
+
+            texts.append(render_markdown(report))
+        reports.append(report.to_dict())
+    if fmt == "json":
+        texts = [json.dumps(reports, indent=2, allow_nan=False) + "\n"]
+    if not stream:
+        emit("\n".join(texts) if fmt == "markdown" else "".join(texts), opts["output"])
+    return worst
