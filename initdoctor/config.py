@@ -83,7 +83,9 @@ def load_config(start: Path | None = None) -> tuple[dict[str, Any], Path | None]
         )
     for key, value in table.items():
         if key not in KEYS:
-            raise SettingsError(f"unknown key {key!r} in {path} [tool.initdoctor]; {_did_you_mean(key, KEYS)}")
+            raise SettingsError(
+                f"unknown key {key!r} in {path} [tool.initdoctor]; {_did_you_mean(key, KEYS)}"
+            )
         if not isinstance(value, KEYS[key]) or (isinstance(value, bool) and bool not in KEYS[key]):
             raise SettingsError(
                 f"{path}: [tool.initdoctor] {key} has the wrong type ({type(value).__name__})"

@@ -100,7 +100,7 @@ def report_parts(report: Report, max_findings: int = 10, width: int = 80, verbos
     flagged = [f for f in report.layers if verbose or f.status in ("warn", "error")]
     for f in flagged if verbose else flagged[:max_findings]:
         parts.append(Text.assemble((_ICON[f.status], _STYLE[f.status]), f" {f.name}: {f.message}"))
-    if len(flagged) > max_findings:
+    if not verbose and len(flagged) > max_findings:
         parts.append(Text(f"… and {len(flagged) - max_findings} more (see --format json)"))
     if report.residual_blocks:
         growths = [f"{b.growth:.2f}" if b.growth is not None else "–" for b in report.residual_blocks]

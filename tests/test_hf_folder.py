@@ -360,11 +360,15 @@ def test_cli_inspect_and_fix_a_folder(tmp_path):
     code, _, err = cli("inspect", str(folder), "-o", str(folder / "tokenizer.json"))
     assert code == 2 and "is an input of this run" in err
     (tmp_path / "out").mkdir()  # OUT_DIR may exist when it is empty
-    code, out, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "--no-progress")
+    code, out, err = cli(
+        "fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "--no-progress"
+    )
     assert code in (0, 1), err
     assert digest(tmp_path / "out" / "config.json") == digest(folder / "config.json")
     assert digest(tmp_path / "out" / "model.safetensors") != digest(folder / "model.safetensors")
-    code, _, err = cli("fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "--no-progress")
+    code, _, err = cli(
+        "fix", str(folder), "-o", str(tmp_path / "out"), "--no-probe", "--force", "--no-progress"
+    )
     assert code == 2 and "not an empty folder" in err  # and nothing else
 
 

@@ -184,7 +184,15 @@ CASES: dict[str, list[str]] = {
     ],
     # fix (nothing written: --check / --dry-run) and compare
     "fix_check_safetensors": ["fix", "{d}/xavier.safetensors", "--check", "--format", "json"],
-    "fix_dry_onnx_error": ["fix", "{d}/xavier.onnx", "--dry-run", "--select-from", "error", "--format", "json"],
+    "fix_dry_onnx_error": [
+        "fix",
+        "{d}/xavier.onnx",
+        "--dry-run",
+        "--select-from",
+        "error",
+        "--format",
+        "json",
+    ],
     "fix_check_kaiming": ["fix", "{d}/kaiming.pt", "--check", "--format", "json"],
     "fix_dry_lsuv_factory": [
         "fix",
