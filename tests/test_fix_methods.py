@@ -174,7 +174,7 @@ INSPECT_CASES = [c for c, argv in zoo.CASES.items() if argv[0] == "inspect"]
 @pytest.mark.parametrize("fail_on", ["warn", "error"])
 @pytest.mark.parametrize("case", INSPECT_CASES)
 def test_fix_check_exits_as_inspect(zoo_files, case, fail_on):
-    """``fix --check --fail-on X`` exits as ``inspect --fail-on X`` (fix's default is warn)."""
+    """``fix --check --select-from X`` exits as ``inspect --fail-on X`` (fix's default is warn)."""
     old = os.getcwd()
     os.chdir(zoo.ROOT)
     try:
