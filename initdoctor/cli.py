@@ -284,7 +284,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
         elif opts["format"] == "markdown":
             emit(render_fix_markdown(result, dry), None)
         else:
-            render_fix(result, dry=dry)
+            render_fix(result, dry=dry, verbose=opts["verbose"])
     if opts["check"]:
         raise typer.Exit(1 if result.changes or result.unrepaired else 0)
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)

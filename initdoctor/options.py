@@ -194,7 +194,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT, CHECK, COMPARE),
            short="-o"),
     Option("verbose", bool, False, "Also print every layer's message (not only the first 10 findings) and "
-           "the notes.", (INSPECT, CHECK, FIX), flag="--verbose", short="-v"),
+           "the notes.", (INSPECT, CHECK, FIX), flag="--verbose", short="-v",
+           cli_help=((FIX, "Also print every finding still standing after the fix (not only the first "
+                      "20)."),)),
     Option("quiet", bool, False, "Deprecated: hides the progress bar, as --no-progress (prints a notice); "
            "from 0.11 -q prints only the summary line.", MODEL_COMMANDS, flag="--quiet", short="-q"),
     Option("no-progress", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--no-progress"),

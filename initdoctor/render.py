@@ -236,8 +236,9 @@ class ProgressBar:
             self.bar.stop()
 
 
-def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None:
-    """Before → after per changed layer, then where the result went and how healthy it is."""
+def render_fix(result: FixResult, dry: bool, console: Any | None = None, verbose: bool = False) -> None:
+    """Before → after per changed layer, then where the result went and how healthy it is (the
+    findings still standing: the first 20, ``verbose`` every one)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -281,7 +282,7 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None) -> None
         f"{s.message}{depth}",
         highlight=False,
     )
-    for f in standing(result.after)[:20] if result.after else []:
+    for f in (standing(result.after)[: None if verbose else 20]) if result.after else []:
         line = f"{f['name']} ({f['status']} {f['rule']}): {f['message']}"
         console.print(f"[red]still standing[/] {escape(line)}", highlight=False)
 

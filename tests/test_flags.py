@@ -115,7 +115,12 @@ def test_fix_markdown_and_select_from():
     code, stdout, _ = _run("fix", XAVIER, "--dry-run", "-f", "markdown")
     assert code == 0 and stdout.startswith("## initdoctor fix: 29 layers would change")
     assert "| 0 | kaiming | error | 0.078 | 0.1768 | 2.266 |" in stdout  # 0.1768 / 0.078 = 2.266
-    assert "table, json or markdown" in " ".join(_run("fix", "--help")[1].split())
+    fix_help = " ".join(_run("fix", "--help")[1].split())
+    assert "table, json or markdown" in fix_help
+    assert (
+        "-v, --verbose Also print every finding still standing after the fix (not only the first 20)"
+        in fix_help
+    )
 
 
 def test_fix_fail_on_is_a_deprecated_name_of_select_from():
