@@ -58,7 +58,9 @@ INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 FAIL_ON = ("unknown", "warn", "error", "never")
 #: ``fix --fail-on``: the layers' statuses (a layer is never ``unknown``)
 FIX_FAIL_ON = ("warn", "error", "never")
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "html")
+#: commands whose ``--format`` takes ``html`` (the others refuse it with one line)
+HTML_COMMANDS = ("inspect", "check")
 METHODS = ("auto", "kaiming", "fixup", "skipinit", "zero-gamma", "lsuv", "reinit")
 ONNX_STRATEGIES = ("reduce", "expose")
 
@@ -185,7 +187,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail-on", str, "error", "Lowest status that makes the exit code 1 (ok < unknown < warn < "
            "error; unknown: no verdict on depth could be formed).", (INSPECT, CHECK), config=True,
            choices=FAIL_ON),
-    Option("format", str, "table", "Output format.", (INSPECT, COMPARE, FIX), choices=FORMATS, short="-f",
+    Option("format", str, "table", "Output format (html: one self-contained page, the plot "
+           "inline).", (INSPECT, COMPARE, FIX), choices=FORMATS, short="-f",
            cli_help=((COMPARE, "table or json."), (FIX, "Output format (table or json)."))),
     Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT,), short="-o"),
     Option("quiet", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--quiet", short="-q"),
