@@ -20,7 +20,7 @@ import typer
 import typer.core
 
 from .errors import SettingsError, Terminated
-from .options import CONFIG_KEYS, EXIT_CODES, Option, for_command
+from .options import CONFIG_KEYS, EXIT_CODES, HTML_COMMANDS, Option, for_command
 from .version import __version__
 
 
@@ -147,6 +147,8 @@ def _library_settings(command_name: str, opts: dict[str, Any]) -> tuple[dict[str
 
     common_flags(command_name, opts)
     settings, resolved = resolve(opts)
+    if opts.get("format") == "html" and command_name not in HTML_COMMANDS:
+        raise SettingsError(f"--format html is for inspect; {command_name} writes table or json")
     for option in for_command(command_name):  # command-line-only options that set a library field
         if option.field is not None and option.name not in CONFIG_KEYS:
             settings[option.field] = opts[option.param]
@@ -313,6 +315,10 @@ def _emit(report: Any, fmt: str, output: Path | None, verbose: bool = False) -> 
         text = report.to_json() + "\n"
     elif fmt == "markdown":
         text = render.render_markdown(report)
+    elif fmt == "html":  # one self-contained file: table, findings, the plot inline
+        from .htmlreport import render_html
+
+        text = render_html(report)
     else:
         from rich.console import Console
 

@@ -58,7 +58,9 @@ INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 FAIL_ON = ("unknown", "warn", "error", "never")
 #: ``fix --fail-on``: the layers' statuses (a layer is never ``unknown``)
 FIX_FAIL_ON = ("warn", "error", "never")
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "json", "markdown", "html")
+#: commands whose ``--format`` takes ``html`` (the others refuse it with one line)
+HTML_COMMANDS = ("inspect", "check")
 METHODS = ("auto", "kaiming", "fixup", "skipinit", "zero-gamma", "lsuv", "reinit")
 ONNX_STRATEGIES = ("reduce", "expose")
 
@@ -186,9 +188,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("fail-on", str, "error", "Lowest status that makes the exit code 1 (ok < unknown < warn < "
            "error; unknown: no verdict on depth could be formed).", (INSPECT, CHECK), config=True,
            choices=FAIL_ON),
-    Option("format", str, "table", "Output format: table, json or markdown.", ALL_COMMANDS, choices=FORMATS,
+    Option("format", str, "table", "Output format: table, json, markdown or html (one self-contained "
+           "page, the plot inline).", ALL_COMMANDS, choices=FORMATS,
            short="-f", cli_help=((CHECK, "Output format: table (one line per model), json (a list of "
-                                  "inspect's reports) or markdown (one report per model)."),
+                                  "inspect's reports), markdown (one report per model) or html."),
                                  (COMPARE, "Output format: table or json (markdown: the table)."),
                                  (FIX, "Output format: table, json or markdown."))),
     Option("output", Path, None, "Write the report to FILE instead of stdout.", (INSPECT, CHECK, COMPARE),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from .errors import InitDoctorError, InputError
 from .fileio import atomic_write
@@ -19,16 +20,44 @@ _COLOURS = {"ok": "#2a9d8f", "warn": "#e9c46a", "error": "#e63946", "skip": "#ad
 
 def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.0), dpi: int = 100) -> Path:
     """Write the figure to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
+    plt = _pyplot("--plot")
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: folder {folder} does not exist")
+    fig = _figure(plt, report, size, dpi)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def png_bytes(report: Report, size: tuple[float, float] = (8.0, 6.0), dpi: int = 100) -> bytes:
+    """The same figure as PNG bytes (``--format html`` embeds them); InitDoctorError without matplotlib."""
+    import io
+
+    plt = _pyplot("the HTML report's plot")
+    fig = _figure(plt, report, size, dpi)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot(what: str) -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InitDoctorError("--plot needs matplotlib: pip install 'initdoctor[plot]'") from None
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise InputError(f"{path}: folder {folder} does not exist")
+        raise InitDoctorError(f"{what} needs matplotlib: pip install 'initdoctor[plot]'") from None
+    return plt
+
+
+def _figure(plt: Any, report: Report, size: tuple[float, float], dpi: int) -> Any:
     layers = [f for f in report.layers if f.role != "embedding"]
     measured = [f for f in layers if f.activation_var is not None and f.activation_var > 0]
     panels = 2 if measured else 1
@@ -66,8 +95,4 @@ def plot_report(report: Report, path: Path, size: tuple[float, float] = (8.0, 6.
     ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"initdoctor · {Path(str(report.model['path'])).name} · {report.summary.status}")
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")
-    finally:
-        plt.close(fig)
-    return path
+    return fig

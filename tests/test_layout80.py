@@ -242,7 +242,7 @@ def test_usage_error_is_the_usage_line_and_one_line(tmp_path: Path) -> None:
     assert usage.endswith("inspect [OPTIONS] MODEL")
     assert error == (
         "initdoctor: error: Invalid value for '--format' / '-f': "
-        "'sarif' is not one of 'table', 'json', 'markdown'."
+        "'sarif' is not one of 'table', 'json', 'markdown', 'html'."
     )
     run = _cli("inspect", "--no-such-flag", "x.pt")
     assert (
