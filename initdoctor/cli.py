@@ -276,6 +276,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 force=opts["force"],
                 **settings,
             )
+        from .nextstep import check_next_step
         from .render import render_fix
         from .report import fix_to_dict
 
@@ -284,7 +285,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
 
             sys.stdout.write(json.dumps(fix_to_dict(result, dry), indent=2, allow_nan=False) + "\n")
         else:
-            render_fix(result, dry=dry)
+            render_fix(result, dry=dry, then=check_next_step(sys.argv[1:], model) if dry else None)
     if opts["check"]:
         raise typer.Exit(1 if result.changes or result.unrepaired else 0)
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)
