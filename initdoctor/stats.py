@@ -245,6 +245,8 @@ def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int, deadline: float |
             total = float(np.add.reduce(wide))
             squares = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
             if math.isfinite(total) and math.isfinite(squares):
+                # max|x| = √max(x²): one pass over the squares (exact for float32 data: x² fits float64)
+                out.max_abs = max(out.max_abs, math.sqrt(float(np.maximum.reduce(sq))))
                 mean = total / n
                 if n * mean * mean <= 1e-6 * squares:
                     # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
@@ -254,7 +256,6 @@ def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int, deadline: float |
                     np.subtract(wide, mean, out=wide)
                     m2 = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
                 out.moments.merge(n, mean, m2)
-                out.max_abs = max(out.max_abs, float(np.maximum.reduce(np.abs(chunk, out=sq))))
                 continue
             _scan_slow(wide, out)
     return out
