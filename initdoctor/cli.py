@@ -276,6 +276,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
                 **settings,
             )
         from .commands import emit
+        from .nextstep import check_next_step
         from .render import render_fix, render_fix_markdown
         from .report import fix_to_dict
 
@@ -286,7 +287,12 @@ def fix(model: ModelArg, **opts: Any) -> None:
         elif opts["format"] == "markdown":
             emit(render_fix_markdown(result, dry), None)
         else:
-            render_fix(result, dry=dry, verbose=opts["verbose"])
+            render_fix(
+                result,
+                dry=dry,
+                verbose=opts["verbose"],
+                then=check_next_step(sys.argv[1:], model) if dry else None,
+            )
     if opts["check"]:
         raise typer.Exit(1 if result.changes or result.unrepaired else 0)
     raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)

@@ -123,3 +123,16 @@ def expected_std(gain: float, fan: int) -> float:
     if fan <= 0:
         raise SettingsError(f"fan must be positive, got {fan}")
     return gain / math.sqrt(fan)
+
+
+def torch_default_init(std: float, max_abs: float, fan_in: int, count: int) -> bool:
+    """Whether weights look drawn by PyTorch's own default for ``nn.Linear``/``nn.Conv*``:
+    ``kaiming_uniform_(a=√5)`` = U(±1/√fan_in), std ``1/√(3·fan_in)`` (0.577/1.414 = 0.41× Kaiming
+    for ReLU). The std within 4 standard errors of that (a uniform's std has relative error
+    ``√((κ−1)/(4n)) = √(0.2/n)``, kurtosis κ = 1.8), and uniform-shaped: the largest |w| at the
+    bound 1/√fan_in (≤ it, and within 1 % of it: a normal of that std passes √3·σ at n ≥ 5)."""
+    if not (fan_in > 0 and count > 1 and math.isfinite(std) and math.isfinite(max_abs) and std > 0):
+        return False
+    bound = 1.0 / math.sqrt(fan_in)
+    near = abs(std * math.sqrt(3 * fan_in) - 1) <= 4 * math.sqrt(0.2 / count) + 1e-3
+    return near and 0.99 * bound <= max_abs <= bound * (1 + 1e-3)

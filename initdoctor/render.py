@@ -18,6 +18,7 @@ from .columns import ICON as _ICON
 from .columns import headers as _headers
 from .columns import layer_cells as _columns
 from .columns import number as _num
+from .nextstep import inspect_next_step, next_command
 from .report import FixResult, Report, compare_to_dict, register_display, standing
 
 _STYLE = {"ok": "green", "unknown": "cyan", "warn": "yellow", "error": "bold red", "skip": "dim"}
@@ -155,6 +156,9 @@ def render_table(
     for part in parts:
         console.print(part)
     console.print(summary, soft_wrap=True)  # one line, whatever the width: `grep '^ERROR:'` gets it all
+    step = inspect_next_step(report)
+    if step is not None:  # its own line, after the summary (never wrapped into it)
+        console.print(step, soft_wrap=True, highlight=False, markup=False)
 
 
 def render_markdown(report: Report) -> str:
@@ -167,6 +171,7 @@ def render_markdown(report: Report) -> str:
         "",
         f"`{m['path']}` ({m['format']}, {m['parameters']:,} parameters): {s.message}.",
         f"ok {s.ok} · warn {s.warn} · error {s.error} · skip {s.skip}",
+        *(["", f"Next: `{step[0]}`{step[1]}"] if (step := next_command(report)) else []),
         *(["", init_loss_line(s) or ""] if s.init_loss else []),
         "",
         "| " + " | ".join(_headers(_probed(report)) + ["status"]) + " |",
@@ -236,9 +241,12 @@ class ProgressBar:
             self.bar.stop()
 
 
-def render_fix(result: FixResult, dry: bool, console: Any | None = None, verbose: bool = False) -> None:
+def render_fix(
+    result: FixResult, dry: bool, console: Any | None = None, verbose: bool = False, then: str | None = None
+) -> None:
     """Before → after per changed layer, then where the result went and how healthy it is (the
-    findings still standing: the first 20, ``verbose`` every one)."""
+    findings still standing: the first 20, ``verbose`` every one); ``then``: the command that writes
+    the changes (after a dry run)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -271,6 +279,8 @@ def render_fix(result: FixResult, dry: bool, console: Any | None = None, verbose
         return
     if dry:
         console.print(f"{len(result.changes)} layers would change (nothing written)", highlight=False)
+        if then is not None:
+            console.print(then, soft_wrap=True, highlight=False, markup=False)
         return
     if result.backups:
         console.print(f"backup: {', '.join(map(str, result.backups))}", highlight=False)

@@ -37,6 +37,7 @@ class WeightStats:
     std: float
     nan_count: int = 0
     inf_count: int = 0
+    max_abs: float = math.nan  # the largest finite |value| (NaN where the reader has no scan)
 
     @property
     def finite_count(self) -> int:
@@ -93,11 +94,13 @@ class Scan:
     moments: Moments
     nan: int = 0
     inf: int = 0
+    max_abs: float = 0.0
 
     def merge(self, other: Scan) -> None:
         self.moments.merge_moments(other.moments)
         self.nan += other.nan
         self.inf += other.inf
+        self.max_abs = max(self.max_abs, other.max_abs)
 
 
 class DeadlineExceeded(BaseException):  # not an Exception: passes through the loaders' error handling
@@ -242,6 +245,8 @@ def _reduce_blocks(blocks: Iterable[np.ndarray], largest: int, deadline: float |
             total = float(np.add.reduce(wide))
             squares = float(np.add.reduce(np.multiply(wide, wide, out=sq)))
             if math.isfinite(total) and math.isfinite(squares):
+                # max|x| = √max(x²): one pass over the squares (exact for float32 data: x² fits float64)
+                out.max_abs = max(out.max_abs, math.sqrt(float(np.maximum.reduce(sq))))
                 mean = total / n
                 if n * mean * mean <= 1e-6 * squares:
                     # mean negligible next to the spread (zero-mean weights): Σx² − n·mean² loses
@@ -265,13 +270,14 @@ def _scan_slow(chunk: np.ndarray, out: Scan) -> None:
     if n:
         c_mean = float(chunk.mean())
         out.moments.merge(n, c_mean, float(np.square(chunk - c_mean).sum()))
+        out.max_abs = max(out.max_abs, float(np.abs(chunk).max()))
 
 
 def _summary(s: Scan, numel: int, dtype: str) -> WeightStats:
     m = s.moments
     if not m.count:
         return WeightStats(numel, dtype, math.nan, math.nan, s.nan, s.inf)
-    return WeightStats(numel, dtype, m.mean, math.sqrt(m.var), s.nan, s.inf)
+    return WeightStats(numel, dtype, m.mean, math.sqrt(m.var), s.nan, s.inf, s.max_abs)
 
 
 def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:

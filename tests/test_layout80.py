@@ -32,7 +32,16 @@ def _render(report: initdoctor.Report, width: int) -> list[str]:
 
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     render_table(report, console)
-    return console.export_text().splitlines()
+    lines = console.export_text().splitlines()
+    return _without_next(lines) if report.summary.status in ("error", "warn") else lines
+
+
+def _without_next(lines: list[str]) -> list[str]:
+    """The lines up to the summary: an ERROR/WARN report ends with the repairing command (issue
+    16), on its own line after the summary and, like it, never wrapped (a command to copy)."""
+    assert lines[-1].startswith("next: initdoctor fix "), lines[-1]
+    assert not any(line.startswith("next:") for line in lines[:-1])
+    return lines[:-1]
 
 
 def _table(lines: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -180,7 +189,9 @@ def _inspect(env_columns: str | None) -> subprocess.CompletedProcess[str]:
 def test_piped_inspect_honours_columns_and_defaults_to_80(columns: str | None) -> None:
     run = _inspect(columns)
     assert run.returncode == 1, run.stderr
-    lines = run.stdout.splitlines()
+    lines = _without_next(run.stdout.splitlines())
+    assert lines[-1].startswith("ERROR:")
+    assert run.stdout.splitlines()[-1].startswith("next: initdoctor fix examples.resnets:resnet_plain -o ")
     assert max(len(line) for line in lines[:-1]) <= 80
     errors = [line for line in lines if line.startswith("ERROR:")]  # grep '^ERROR:'
     assert errors == [lines[-1]]
@@ -195,7 +206,7 @@ def test_piped_inspect_wider_columns_keeps_more() -> None:
     run = _inspect("120")
     header = next(line for line in run.stdout.splitlines() if line.startswith("┃"))
     assert "kaiming std" in header and "fan_in" not in header
-    assert max(len(line) for line in run.stdout.splitlines()[:-1]) <= 120
+    assert max(len(line) for line in _without_next(run.stdout.splitlines())[:-1]) <= 120
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

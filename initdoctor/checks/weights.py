@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..gains import expected_std
+from ..gains import expected_std, torch_default_init
 from ..report import LayerFinding, Role, Status
 from ..stats import is_float_dtype
 from .registry import Rule, flag, mark_skip
@@ -72,10 +72,17 @@ K101 = Rule(
     "layer (a linear whose every path reaches the model through the output layer only: "
     "activations, dropout, flatten between) with `−ln T_chain − a < ln r < 0` is a note (ok, "
     "rescale kept): with ReLU-like followers `W·α` only scales the logits by α, as a small output "
-    'layer does (K102); measured in docs/rules-evidence.md "Head layers".',
+    'layer does (K102); measured in docs/rules-evidence.md "Head layers". Weights drawn by torch\'s '
+    "own default for nn.Linear/nn.Conv, `kaiming_uniform_(a=√5)` = U(±1/√fan_in) (std within 4 "
+    "standard errors, `4·sqrt(0.2/numel)`, of `1/sqrt(3·fan_in)`, and `max|w|` within 1 % under "
+    "`1/sqrt(fan_in)`), are named so in a ReLU layer's message: 0.41× Kaiming, Var[y] ×1/6 per "
+    'ReLU layer (measured: docs/rules-evidence.md "Torch\'s default init").',
     silence=_BANDS,
     messages={
         "default": "{what}: variance {change} ×{ratio:.3g} here; rescale W by {scale:.3g}",
+        "torch_default": "{what}: torch's default init for nn.Linear/nn.Conv (U(±1/√fan_in)), 0.41× "
+        "Kaiming for ReLU: variance {change} ×{ratio:.3g} here, and in a deep ReLU stack ×1/6 per "
+        "layer (×(1/6)^L until the biases' own variance dominates); rescale W by {scale:.3g}",
         "head": "{what}: variance shrinks ×{ratio:.3g} here; fine: a classifier-head layer that "
         "reaches the model only through the output layer sets the logits' scale, as a small output "
         "layer does (K102; the loss at init: P207), within 1/compound-threshold; rescale W by "
@@ -309,8 +316,17 @@ def judge_layer(
         f.message = f"{what}: ok"
     else:
         change = "shrinks" if ln_r < 0 else "grows"
+        # torch's own default, U(±1/√fan_in) (kaiming_uniform_(a=√5)): std 1/√(3·fan_in), bound
+        # max|w| = 1/√fan_in (gains.torch_default_init): named, as users meet it most
+        torch_default = f.nonlinearity == "relu" and torch_default_init(
+            st.std, st.max_abs, layer.fan_in, st.finite_count
+        )
         f.message = rule.message(
-            what=what, change=change, ratio=f.weight_variance_ratio, scale=f.suggested_scale
+            "torch_default" if torch_default else "default",
+            what=what,
+            change=change,
+            ratio=f.weight_variance_ratio,
+            scale=f.suggested_scale,
         )
         flag(f, rule, status, ignored)
     # K104: |mean| > 0.5·std and beyond 4 standard errors of the mean, 4·std / sqrt(n)

@@ -12,9 +12,7 @@ state_dict (a safetensors file when the output's name ends in ``.safetensors``).
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..fileio import atomic_write
 from .base import Editable, Format, LoadedModel, TorchTensors, torch_region
+from .torch_pickle import cwd_on_path
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -34,9 +33,7 @@ def build_from_factory(spec: str, weights: str | None = None, *, trust: bool = F
     import torch
 
     module_name, _, attr = spec.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    cwd_on_path()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

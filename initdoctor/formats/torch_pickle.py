@@ -21,7 +21,10 @@ allow-list of tensor types, so a malicious pickle is rejected before it runs any
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -35,6 +38,15 @@ from .torch_limits import check_records
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
 
 TRUST_HINT = "re-run with --trust only if you trust where the file comes from"
+PICKLE_HINT = "a full pickle runs code when loaded: give --trust if you trust it"
+
+
+def cwd_on_path() -> None:
+    """The working directory on ``sys.path`` (as ``python -m`` has it; the ``initdoctor`` script
+    does not), so that a factory's module or a pickled class's module is found from there."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def zip_kind(path: Path) -> str:
@@ -118,22 +130,29 @@ def load_torch_object(path: Path, *, trust: bool, meta: bool = False) -> Any:
             damage = _pickle_damage(path)
             if damage:
                 raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({damage})") from None
-            detail = str(exc).splitlines()
-            culprit = next((line.strip() for line in detail if "Unsupported global" in line), "")
-            culprit = f" ({culprit.rstrip('.')})" if culprit else ""
+            # torch's message (~550 characters) advises add_safe_globals: only the global's name is kept
+            culprit = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+            named = f"{culprit.group(1)}, " if culprit else ""
             raise UntrustedFormatError(
-                f"{path}: the checkpoint holds pickled Python objects beyond tensors{culprit}, "
-                f"e.g. a full nn.Module; loading it would run code from the file; {TRUST_HINT}"
+                f"{path}: the checkpoint holds pickled Python objects beyond tensors ({named}e.g. a "
+                f"full nn.Module); {PICKLE_HINT}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - a garbled stream raises IndexError, struct.error...
             if not _is_zip(path) and _legacy_float8(path):
                 raise InputError(f"{path}: {LEGACY_FLOAT8}") from None
             raise InputError(f"{path}: truncated or corrupt PyTorch checkpoint ({error_line(exc)})") from None
+    cwd_on_path()  # the pickle names its classes by module: found from here, as with python -m
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted unpickling can raise anything
         if not _is_zip(path) and _legacy_float8(path):
             raise InputError(f"{path}: {LEGACY_FLOAT8}") from None
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            raise InputError(
+                f"{path}: cannot unpickle the checkpoint: its classes live in module {exc.name!r}, "
+                f"not importable from {os.getcwd()}; run from the folder holding it or put that "
+                "folder on PYTHONPATH"
+            ) from None
         raise InputError(f"{path}: cannot unpickle the checkpoint ({error_line(exc)})") from None
 
 
