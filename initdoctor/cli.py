@@ -212,7 +212,7 @@ def check(
         for source in models:
             model, weights_file = _source(source, opts["model"], None)
             report = diagnose(
-                model, trust=opts["trust"], weights=weights_file, probe=opts["probe"], **settings
+                model, trust=opts["trust"], weights=weights_file, probe=resolved["probe"], **settings
             )
             s = report.summary
             code = report.exit_code(resolved["fail-on"])
