@@ -126,7 +126,8 @@ def test_check_no_probe_is_the_static_look(tmp_path):
 
 def test_a_bf16_model_is_probed_with_bf16_inputs():
     """A bf16 model gets bf16 probe inputs (before: float32 inputs, 'mat1 and mat2 must have the
-    same dtype'); its measured per-layer variance ratios match the float32 model's to 1% (measured: within 0.1%)."""
+    same dtype'); its measured per-layer variance ratios match the float32 model's to 1% (measured:
+    within 0.1%)."""
     model = plain_mlp(depth=6, width=64, init="kaiming")
     half = copy.deepcopy(model).to(torch.bfloat16)
     r32, r16 = initdoctor.diagnose(model), initdoctor.diagnose(half)
