@@ -136,7 +136,7 @@ def run(
                 f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
                 "give the model's factory (--model pkg.mod:fn) to measure activations"
             )
-        elif probe:
+        elif probe and loaded.description.layers:  # no weighted layer: nothing to measure
             result = run_probe(loaded, probe_settings, progress, example_inputs)
     report = inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
     report.notes.extend(notes)
