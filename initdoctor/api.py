@@ -136,7 +136,7 @@ def run(
                 f"static only: a {loaded.description.format} file holds weights but no graph to probe; "
                 "give the model's factory (--model pkg.mod:fn) to measure activations"
             )
-        elif probe:
+        elif probe and loaded.description.layers:  # no weighted layer: nothing to measure
             result = run_probe(loaded, probe_settings, progress, example_inputs)
     report = inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
     report.notes.extend(notes)
@@ -150,7 +150,7 @@ def diagnose(
     *,
     trust: bool = False,
     weights: Any = None,
-    probe: bool = False,
+    probe: bool = True,
     progress: Any = None,
     example_inputs: Any = None,
     inputs: Any = None,
@@ -158,8 +158,10 @@ def diagnose(
 ) -> Report:
     """Inspect ``source`` and return a :class:`~initdoctor.report.Report`.
 
-    ``probe=True`` also runs a seeded random batch through the model (see :mod:`initdoctor.probe`)
-    when it has a graph; a bare state_dict/safetensors file stays static-only, with a note.
+    The probe (default) runs a seeded batch through the model when it has a graph (about one
+    forward; inputs on the model's device, in its floating dtype: :mod:`initdoctor.probe`), so the
+    verdict is the one ``inspect`` and ``check`` give; a bare state_dict/safetensors file stays
+    static-only, with a note. ``probe=False``: the static look only.
     ``settings`` are :class:`~initdoctor.settings.Settings` fields (``nonlinearity``, ``mode``,
     thresholds…) and :class:`~initdoctor.settings.ProbeSettings` fields (``input_shapes``,
     ``batch_size``, ``seed``, ``vocab_size``, ``backward``, ``input_dtype``, ``timeout``).
@@ -187,7 +189,7 @@ def assert_healthy_init(
     example_inputs: Any = None,
     *,
     fail_on: str = "error",
-    probe: bool | None = None,
+    probe: bool = True,
     **settings: Any,
 ) -> Report:
     """Raise :class:`~initdoctor.errors.InitializationError` when ``model``'s initialization has
@@ -196,9 +198,9 @@ def assert_healthy_init(
         def test_init():
             initdoctor.assert_healthy_init(build_model())
 
-    The probe runs when ``example_inputs`` are given (or ``probe=True``). Returns the report.
+    The model is probed as :func:`diagnose` probes it (on ``example_inputs`` when given);
+    ``probe=False``: the static look only. Returns the report.
     """
-    probe = bool(example_inputs is not None) if probe is None else probe
     report = diagnose(model, probe=probe, example_inputs=example_inputs, **settings)
     if report.exit_code(fail_on):
         failing = report.failing(fail_on)

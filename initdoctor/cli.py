@@ -212,6 +212,7 @@ def check(
 
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("check", opts)
+        opts["probe"] = resolved["probe"]  # the command line, else [tool.initdoctor], else on
         worst = run_check(models, opts, settings, resolved["fail-on"])
     raise typer.Exit(worst)
 

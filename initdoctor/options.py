@@ -150,12 +150,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("overrides", dict, {}, "glob → {nonlinearity, negative-slope}: the nonlinearity of matching "
            "layers.", (), "overrides", True),
     # --- the probe (ProbeSettings)
-    Option("probe", bool, True, _PROBE_HELP, (INSPECT, COMPARE, FIX), config=True, flag="--probe/--no-probe",
-           cli_help=((COMPARE, "Probe both (when they have a graph) [default: probe]."),
+    Option("probe", bool, True, _PROBE_HELP, (INSPECT, CHECK, COMPARE, FIX), config=True,
+           flag="--probe/--no-probe",
+           cli_help=((CHECK, "Probe each model that has a graph, as inspect does [default: probe]; "
+                      "--no-probe: the static look only (faster; a residual net is then unknown)."),
+                     (COMPARE, "Probe both (when they have a graph) [default: probe]."),
                      (FIX, "Probe the written model to check the fix (when it has a graph) [default: probe]; "
                       "--no-probe checks it statically, without running it."))),
-    Option("check-probe", bool, False, "Also run the probe (slower; static by default here).", (CHECK,),
-           flag="--probe/--no-probe"),
     Option("input-shape", list, [], "Probe input shape, e.g. 8,3,32,32 (repeat for several inputs). Default: "
            "the ONNX graph's, else inferred from the first layer.", JUDGING_COMMANDS, "input_shapes", True),
     Option("input", list, [], "A named probe input name=shape:dtype, e.g. input_ids=8,16:int64 (repeat for "

@@ -107,7 +107,7 @@ def test_resnet_without_batchnorm_reports_residual_growth(tmp_path):
 
 
 def test_static_report_names_the_blocks_and_asks_for_the_probe():
-    report = initdoctor.diagnose(resnet_plain())
+    report = initdoctor.diagnose(resnet_plain(), probe=False)  # the static report (probe: default)
     assert len(report.residual_blocks) == 8 and report.residual_blocks[0].layers == [
         "layers.0.conv1",
         "layers.0.conv2",

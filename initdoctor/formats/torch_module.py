@@ -13,6 +13,7 @@ import operator
 import weakref
 from typing import Any
 
+from ..errors import InputError
 from ..gains import fans
 from ..graph import (
     OpNode,
@@ -121,6 +122,13 @@ def describe_module(module: Any, *, path: str, fmt: str) -> ModelDescription:
     return describe_module_graph(module, path=path, fmt=fmt)[0]
 
 
+#: the error for a model whose weights have shapes and no values
+META_WEIGHTS = (
+    "the model's weights are on the 'meta' device (shapes, no values): nothing to judge; "
+    "materialize them first (model.to_empty(device='cpu') and its init, or load its weights)"
+)
+
+
 def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDescription, Any, str]:
     """Describe a module and say what runs it for the probe: the module itself (backend
     ``torch``/``torchscript``) or, when only ``torch.export`` could read its graph, that program
@@ -131,6 +139,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         desc = describe_exported(module, path=path)
         desc.format = fmt
         return desc, module, "torch.export"
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        raise InputError(META_WEIGHTS)
     weighted: dict[str, tuple[Any, str]] = {}
     norms: list[NormLayer] = []
     leaves: list[tuple[str, Any]] = []

@@ -28,12 +28,14 @@ from .torch_inputs import (
     check_names,
     flat_arguments,
     given_inputs,
+    on_model,
     placeholder_defaults,
     program_defaults,
     program_example,
     seeded_inputs,
 )
 from .torch_logits import output_logits
+from .torch_state import ModelState
 from .types import ProbeError, ProbeResult, Progress
 
 # ATen op → (input arg index, weight arg index)
@@ -96,6 +98,7 @@ def probe_torch(
         inputs = given_inputs(example_inputs, settings)
     else:
         inputs = seeded_inputs(desc, settings, example)
+    inputs = on_model(inputs, module)  # the model's device and floating dtype
     if settings.backward:
         for t in inputs.tensors():
             if t.is_floating_point():
@@ -108,7 +111,7 @@ def probe_torch(
         for layer in desc.layers
     }
     # an exported program runs as it was exported (its module refuses .eval()/.train())
-    state = _ModelState(module if not exported else None)
+    state = ModelState(module if not exported else None)
     handles: list[Any] = []
     try:
         state.prepare()
@@ -277,7 +280,8 @@ def _backward(output: Any, module: Any, seed: int) -> None:
         raise ProbeError("--backward: the model's output does not depend on its weights")
     rng = np.random.default_rng(seed + 1)
     grads = [
-        torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.dtype) for t in outs
+        torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.device, t.dtype)
+        for t in outs
     ]
     weights = [p for p in module.parameters() if p.requires_grad]
     torch.autograd.grad(outs, weights, grads, allow_unused=True)
@@ -293,76 +297,6 @@ def _tensors(obj: Any) -> list[Any]:
     if isinstance(obj, (list, tuple)):
         return [t for item in obj for t in _tensors(item)]
     return []
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Bit-for-bit the same values, NaN where the other has NaN (``torch.equal`` says NaN ≠ NaN)."""
-    import torch
-
-    if torch.equal(a, b):
-        return True
-    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all()) if a.is_floating_point() else False
-
-
-#: Parameters up to this many bytes are copied before the probe, so that a forward that changes
-#: its own weights is undone exactly; above it the change is still detected (version counters).
-SNAPSHOT_BYTES = 256 * 2**20
-
-
-class _ModelState:
-    """Eval mode for the probe (dropout off), BatchNorm on batch statistics, all put back after;
-    parameters a forward changes in place are detected (and put back, see :data:`SNAPSHOT_BYTES`)."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-        self.flags: list[tuple[Any, bool]] = []
-        self.buffers: list[tuple[Any, Any]] = []
-        self.versions: list[tuple[str, Any, int]] = []
-        self.saved: list[tuple[str, Any, Any]] = []
-
-    def prepare(self) -> None:
-        import torch
-
-        if self.module is None:
-            return
-        params = list(self.module.named_parameters())  # shared (tied) parameters listed once
-        self.versions = [(name, p, p._version) for name, p in params]
-        if sum(p.numel() * p.element_size() for _, p in params) <= SNAPSHOT_BYTES:
-            self.saved = [(name, p, p.detach().clone()) for name, p in params]
-        self.flags = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-        for m in self.module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                self.buffers += [(b, b.detach().clone()) for b in m.buffers()]
-                m.train()
-
-    def restore(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            for buffer, saved in self.buffers:
-                buffer.copy_(saved)
-        for m, flag in self.flags:
-            m.training = flag
-
-    def check_parameters(self) -> None:
-        """Raise when the forward changed a parameter in place (after putting it back where a copy
-        was kept): a probe of a self-modifying forward would measure, and fix would write, another
-        model than the one given."""
-        import torch
-
-        changed = [name for name, p, version in self.versions if p._version != version]
-        changed += [n for n, p, copy in self.saved if n not in changed and not _same(p.detach(), copy)]
-        if not changed:
-            return
-        with torch.no_grad():
-            for _, p, copy in self.saved:
-                p.copy_(copy)
-        undone = "put back as it was" if self.saved else "not put back: too large to keep a copy"
-        raise ProbeError(
-            f"the model's forward changed its own parameter {changed[0]} in place ({undone}); "
-            "initdoctor cannot judge a model whose forward rewrites its weights"
-        )
 
 
 def _probe_torchscript(

@@ -14,6 +14,10 @@ Where they come from, first match wins:
 Seeded values: N(0, 1) for float inputs, token ids uniform in ``[0, vocab)`` (``--vocab-size``, else
 the config's vocabulary for that input, else the smallest embedding table), drawn in order from
 ``numpy.random.default_rng(seed)``.
+
+Every input is then placed where the model is (:func:`on_model`): on its device (a CUDA model gets
+CUDA inputs, token ids included), float inputs in its floating dtype (a bf16 model gets bf16
+inputs), so that probing a model that runs does not fail on a dtype or device mismatch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats.torch_module import META_WEIGHTS
 from ..model import InputSpec, ModelDescription, infer_input_shape
 from ..settings import ProbeSettings
 from .inputs import check_input_size, default_vocab, draw_inputs
@@ -124,6 +129,34 @@ def seeded_inputs(
         else:
             inputs.args.append(tensor)
     return inputs
+
+
+def model_place(module: Any) -> tuple[Any, Any]:
+    """The device and floating dtype of ``module``'s first floating parameter (else buffer), or
+    (None, None) for a module without one."""
+
+    tensors = [*module.parameters(), *module.buffers()]
+    first = next((t for t in tensors if t.is_floating_point()), tensors[0] if tensors else None)
+    if first is None:
+        return None, None
+    return first.device, first.dtype if first.is_floating_point() else None
+
+
+def on_model(inputs: ProbeInputs, module: Any) -> ProbeInputs:
+    """``inputs`` on ``module``'s device, float tensors in its floating dtype (integer ids keep
+    theirs); a model on ``meta`` (no values) is a :class:`ProbeError`."""
+    import torch
+
+    device, dtype = model_place(module)
+    if device is not None and device.type == "meta":
+        raise ProbeError(META_WEIGHTS)
+
+    def place(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or device is None:
+            return t
+        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+
+    return ProbeInputs([place(t) for t in inputs.args], {k: place(v) for k, v in inputs.kwargs.items()})
 
 
 def flat_arguments(placeholders: list[Any], defaults: list[Any], inputs: ProbeInputs) -> list[Any]:
