@@ -63,7 +63,9 @@ def run(task: Task, name: str, build, fix: bool, steps: int) -> str:
         held = task.loss(entry, model, seed=10**6).item()
     tail = losses[-10:]
     arm = f"{name}{' + fix auto' if fix else ''}"
-    return f"{arm:<26} {verdict:<12} {changes:<22} {losses[0]:>7.3f} {sum(tail) / len(tail):>7.3f} {held:>7.3f}"
+    return (
+        f"{arm:<26} {verdict:<12} {changes:<22} {losses[0]:>7.3f} {sum(tail) / len(tail):>7.3f} {held:>7.3f}"
+    )
 
 
 def _entry(name: str):
@@ -79,8 +81,11 @@ def main() -> None:
     torch.set_num_threads(1)
     task = Task()
     arms = {
-        "llama": [("llama", realzoo.llama, False), ("llama_broken", realzoo.llama_broken, False),
-                  ("llama_broken", realzoo.llama_broken, True)],
+        "llama": [
+            ("llama", realzoo.llama, False),
+            ("llama_broken", realzoo.llama_broken, False),
+            ("llama_broken", realzoo.llama_broken, True),
+        ],
         "gpt2x8": [("gpt2", realzoo.gpt2, False), ("gpt2_x8", gpt2_x8, False), ("gpt2_x8", gpt2_x8, True)],
     }
     print(f"# {args.steps} steps AdamW 1e-3, seed 0, torch {torch.__version__}")

@@ -200,7 +200,9 @@ def describe_onnx_model(
             progress(len(seen), total)
         width = torch_shape[1] * groups if kind.startswith("conv_transpose") else torch_shape[0]
         bias = bias_of(ix, int(nid), width)
-        layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, bias, tensors=tensor_io[nid])
+        layer = Layer(
+            name, kind, init_name, stored, fan_in, fan_out, stats, groups, bias, tensors=tensor_io[nid]
+        )
         follows = following_nonlinearity(nodes, nid) or structural_follower(nodes, nid, linear, attention)
         if follows is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
