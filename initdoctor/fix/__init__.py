@@ -326,8 +326,8 @@ def settle(
     """``auto`` on a live model: re-inspect after the residual remedy and remedy the blocks then
     flagged (a block set to the identity can leave the next one jumping against the smaller
     stream), at most ``rounds`` times; the new changes are appended to ``changes``."""
-    # the tensors set to 0 stay so; one auto rescaled to Kaiming may still be zeroed in a later round
-    planned = {c.weight_key for c in changes if c.factor == 0.0}
+    # a tensor is changed once, but one auto rescaled to Kaiming may still be zeroed in a later round
+    planned = {c.weight_key for c in changes if c.method != "kaiming"}
     for _ in range(rounds):
         new, _ = residual_remedy(reinspect(), "auto", desc.blocks, desc.norms, planned)
         if not new:
