@@ -121,6 +121,9 @@ def _gpt2_x8():
 
 
 def test_gpt2_with_output_projections_x8_after_fix_auto_inspects_clean():
+    """inspect already says ok before any fix (pre-LN), and auto changes nothing — yet the net
+    trains worse than stock: 4.199 vs 3.855 after 200 AdamW steps (docs/fix-evidence.md, round 2).
+    inspect's ok is lenient here; this test pins what the tool does, not that the net is fine."""
     model = _gpt2_x8()
     result = initdoctor.fix_model(model, method="auto")
     assert not result.unrepaired

@@ -75,3 +75,33 @@ def test_onnx_matmul_add_bias_found(tmp_path):
     report = initdoctor.diagnose(str(path))
     widths = {f.name: inits[f.bias_key].shape for f in report.layers if f.bias_key}
     assert sorted(widths.values()) == [(4,), (16,)]  # both layers: the Add's constant, out wide
+
+
+def test_auto_on_the_n01_llama_rescales_the_branches_and_the_head_to_kaiming():
+    """tests.realzoo's llama_broken (initializer_range=1.0: every matrix N(0, 1), 8× Kaiming
+    1/sqrt(64) = 0.125): auto zeroes the flagged branches' ends (o_proj, down_proj; the others' to Kaiming) and brings q/k/v/up
+    and lm_head to std 0.125 (gate_proj: SiLU's gain, 0.21); the verdict is then ok, and the net
+    trains as stock does (docs/fix-evidence.md: 2.498 vs 2.451 after 200 steps)."""
+    pytest.importorskip("transformers")
+    from tests.realzoo import llama_broken
+
+    model = llama_broken()
+    result = initdoctor.fix_model(model, method="auto")
+    assert not result.unrepaired
+    std = {n: p.detach().std(unbiased=False).item() for n, p in model.named_parameters()}
+    ends = {True: 0, False: 0}
+    for k in range(4):
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj"):
+            assert std[f"model.layers.{k}.{part}.weight"] == pytest.approx(0.125, rel=1e-4)
+        assert std[f"model.layers.{k}.mlp.gate_proj.weight"] == pytest.approx(0.21, abs=0.005)
+        for end, sigma in (("self_attn.o_proj", 0.125), ("mlp.down_proj", 2**-0.5 / 8)):
+            # zeroed where the block was flagged (layer 0 first), else rescaled to Kaiming
+            got = std[f"model.layers.{k}.{end}.weight"]
+            assert got == 0.0 or got == pytest.approx(sigma, rel=1e-3), (k, end, got)
+            ends[got == 0.0] += 1
+    assert std["model.layers.0.self_attn.o_proj.weight"] == 0.0  # R302 ×4309 before: zeroed
+    assert ends[True] >= 1 and ends[True] + ends[False] == 8
+    assert std["lm_head.weight"] == pytest.approx(0.125, rel=1e-4)
+    assert std["model.embed_tokens.weight"] == pytest.approx(1.0, abs=0.01)  # untouched
+    report = initdoctor.diagnose(model, probe=True)
+    assert report.summary.status == "ok" and report.exit_code() == 0
