@@ -81,7 +81,8 @@ def test_auto_on_the_n01_llama_rescales_the_branches_and_the_head_to_kaiming():
     """tests.realzoo's llama_broken (initializer_range=1.0: every matrix N(0, 1), 8× Kaiming
     1/sqrt(64) = 0.125): auto zeroes the flagged branches' ends (o_proj, down_proj; the others'
     go to Kaiming) and brings q/k/v/up and lm_head to std 0.125 (gate_proj: SiLU's gain, 0.21);
-    the verdict is then ok, and the net trains as stock does (docs/fix-evidence.md: 2.498 vs 2.451 after 200 steps)."""
+    the verdict is then ok, and the net trains as stock does (docs/fix-evidence.md: 2.498 vs
+    2.451 after 200 steps)."""
     pytest.importorskip("transformers")
     from tests.realzoo import llama_broken
 
