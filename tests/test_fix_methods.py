@@ -121,6 +121,9 @@ def _gpt2_x8():
 
 
 def test_gpt2_with_output_projections_x8_after_fix_auto_inspects_clean():
+    """inspect already says ok before any fix (pre-LN), and auto changes nothing — yet the net
+    trains worse than stock: 4.199 vs 3.855 after 200 AdamW steps (docs/fix-evidence.md, round 2).
+    inspect's ok is lenient here; this test pins what the tool does, not that the net is fine."""
     model = _gpt2_x8()
     result = initdoctor.fix_model(model, method="auto")
     assert not result.unrepaired
@@ -235,14 +238,19 @@ def test_fix_of_a_torch_export_factory_writes_and_rechecks(tmp_path):
 
 @pytest.mark.parametrize("name", ["gpt2_broken", "bert_broken", "vit_broken", "t5_broken", "llama_broken"])
 def test_auto_repairs_the_broken_real_zoo_models(name):
-    """tests.realzoo's broken models (one block's weight matrices ×10): inspect errors (R302/R303);
-    fix_model(auto) re-inspects the live model until no block is flagged; inspect then exits 0."""
+    """tests.realzoo's broken models (one block's weight matrices ×10; llama_broken: N(0, 1)):
+    inspect errors (R302/R303); fix_model(auto) re-inspects the live model until no block is
+    flagged, rescaling to Kaiming the branch layers ×2 off it (std); inspect then exits 0."""
     pytest.importorskip("transformers")
     import tests.realzoo as realzoo
 
     model = getattr(realzoo, name)()
     assert initdoctor.diagnose(model, probe=True).summary.rule in ("R302", "R303")
     result = initdoctor.fix_model(model, method="auto")
-    assert {c.method for c in result.changes} <= {"fixup", "skipinit"} and result.changes
-    assert all(c.block for c in result.changes)
+    assert {c.method for c in result.changes} <= {"fixup", "skipinit", "kaiming"} and result.changes
+    assert all(c.block or c.name == "lm_head" for c in result.changes)
+    for c in result.changes:
+        if c.method == "kaiming":  # drifting ≥ ×2: the ×10 block's (std 10σ*) or N(0, 1)'s (8σ*)
+            assert c.old_std / c.expected_std > 2 and c.new_std == pytest.approx(c.expected_std, rel=1e-4)
+            assert name == "llama_broken" or f".{realzoo.B}." in c.name, c.name
     assert initdoctor.diagnose(model, probe=True).exit_code() == 0

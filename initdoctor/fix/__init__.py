@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import InitDoctorError, SettingsError
 from ..options import METHODS
 from ..report import Change, FixResult, Report, at_least
-from .blocks import branch_of, flagged, plan_fixup, plan_skipinit
+from .blocks import branch_of, flagged, plan_branch_kaiming, plan_fixup, plan_skipinit
 
 #: measured-only findings a static rescale cannot address (NaN activations, dead units, finite-width
 #: fluctuation of Kaiming weights): kaiming and reinit do not select a layer for them
@@ -119,7 +119,7 @@ def _auto_layers(
     blocks = {c.block for c in changes if c.block}
     remedied = {n for b in report.residual_blocks if b.name in blocks for n in b.layers}
     taken = planned | {f.weight_key for f in report.layers if f.name in remedied}
-    layers = [f for f in report.layers if not (blocks and (f.rule or "").startswith("P"))]
+    layers = [f for f in report.layers if not (blocks and (f.rule or "").startswith("P") and not _head(f))]
     more, skip2 = _plan_layers(report, layers, "kaiming", fail_on, all_layers, tol, taken)
     by_name = {f.name: f for f in report.layers}
     for c in more:
@@ -128,6 +128,15 @@ def _auto_layers(
         if small and (f.rule or "").startswith("P") and f.variance_ratio is not None:
             c.method, c.new_std, c.factor = "lsuv", None, None
     return changes + more, skipped + skip2
+
+
+def _head(f: Any, limit: float = 4.0) -> bool:
+    """A P207 head (the logits at init too large) whose own weight std is off Kaiming beyond the
+    error threshold (variance ×4): its scale, not the stream's, makes the logits — kept by ``auto``
+    with a block remedy (a LLaMA drawn N(0, 1): lm_head 8× Kaiming)."""
+    if f.rule != "P207" or not f.weight_std or not f.expected_std:
+        return False
+    return not 1 / limit <= (f.weight_std / f.expected_std) ** 2 <= limit
 
 
 def residual_remedy(
@@ -148,7 +157,10 @@ def residual_remedy(
     skipped: list[tuple[str, str]] = []
     if any(b[0] in bad for b in plain):
         changes, skipped = plan_fixup(report, plain, planned)
-    more, skip2 = plan_skipinit(report, [b for b in branches if b[2] and b[0] in bad], norms, planned)
+    normed = [b for b in branches if b[2]]
+    more, skip2 = plan_skipinit(report, [b for b in normed if b[0] in bad], norms, planned)
+    if more:  # the branch layers drifting off Kaiming, in every normalized block
+        more = plan_branch_kaiming(report, normed, planned) + more
     return changes + more, skipped + skip2
 
 
@@ -314,7 +326,8 @@ def settle(
     """``auto`` on a live model: re-inspect after the residual remedy and remedy the blocks then
     flagged (a block set to the identity can leave the next one jumping against the smaller
     stream), at most ``rounds`` times; the new changes are appended to ``changes``."""
-    planned = {c.weight_key for c in changes}
+    # a tensor is changed once, but one auto rescaled to Kaiming may still be zeroed in a later round
+    planned = {c.weight_key for c in changes if c.method != "kaiming"}
     for _ in range(rounds):
         new, _ = residual_remedy(reinspect(), "auto", desc.blocks, desc.norms, planned)
         if not new:

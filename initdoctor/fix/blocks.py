@@ -168,9 +168,55 @@ def plan_skipinit(
     return changes, skipped
 
 
+def plan_branch_kaiming(
+    report: Report, selected: list[tuple[str, list[str], bool]], planned: set[str]
+) -> list[Change]:
+    """``auto`` with a zero-γ/SkipInit remedy: the branch layers (those the remedy does not set,
+    ``planned``) whose weight std exceeds its Kaiming ``σ*`` by more than the error threshold
+    (variance factor, default 4: std > 2σ*) are rescaled to ``σ*`` first — zeroing a
+    branch's end leaves its other layers as they were, and a LLaMA drawn N(0, 1)
+    (``initializer_range=1.0``) keeps q/k/v/gate/up 8× too large: attention logits saturated,
+    the branches learn nothing useful (docs/fix-evidence.md). ``W ← W · σ*/std(W)`` (He et al. 2015)."""
+    limit = float(report.settings.get("error_threshold") or 4.0)
+    by_name = {f.name: f for f in report.layers}
+    changes: list[Change] = []
+    for block, layers, _ in selected:
+        for f in [by_name[n] for n in layers if n in by_name]:
+            if f.weight_key in planned or f.expected_std is None or not f.weight_std:
+                continue
+            if f.nan_count or f.inf_count or (f.weight_std / f.expected_std) ** 2 <= limit:
+                continue  # too small is left: GPT-2's N(0, 0.02) is below Kaiming by design
+            planned.add(f.weight_key)
+            scale = f.expected_std / f.weight_std
+            changes.append(
+                Change(
+                    f.name,
+                    f.weight_key,
+                    "kaiming",
+                    f.weight_std,
+                    f.expected_std,
+                    scale,
+                    f.status,
+                    bias_key=f.bias_key,
+                    expected_std=f.expected_std,
+                    shape=tuple(f.shape),
+                    block=block,
+                )
+            )
+    return changes
+
+
 def flagged(report: Report) -> set[str]:
     """Blocks an R3xx rule flags (status not ok)."""
     return {b.name for b in report.residual_blocks if b.rule and b.status in ("warn", "error")}
 
 
-__all__ = ["branch_of", "fixup_factor", "flagged", "last_norm", "plan_fixup", "plan_skipinit"]
+__all__ = [
+    "branch_of",
+    "fixup_factor",
+    "flagged",
+    "last_norm",
+    "plan_branch_kaiming",
+    "plan_fixup",
+    "plan_skipinit",
+]

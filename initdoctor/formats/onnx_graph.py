@@ -198,7 +198,11 @@ def describe_onnx_model(
         stats = weight_stats(tensor, base) if with_stats else _NO_STATS
         if progress is not None and with_stats:
             progress(len(seen), total)
-        layer = Layer(name, kind, init_name, stored, fan_in, fan_out, stats, groups, tensors=tensor_io[nid])
+        width = torch_shape[1] * groups if kind.startswith("conv_transpose") else torch_shape[0]
+        bias = bias_of(ix, int(nid), width)
+        layer = Layer(
+            name, kind, init_name, stored, fan_in, fan_out, stats, groups, bias, tensors=tensor_io[nid]
+        )
         follows = following_nonlinearity(nodes, nid) or structural_follower(nodes, nid, linear, attention)
         if follows is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = follows
@@ -301,6 +305,24 @@ def tied_copies(layers: list[Layer], inits: dict[str, Any], base: Path) -> list[
                 notes.append(f"{layer.name}: its weight is {table.name}'s (a tied copy the exporter made)")
                 break
     return notes
+
+
+def bias_of(ix: Index, i: int, width: int) -> str | None:
+    """The bias initializer of weighted node ``i``: Conv's ``B`` / Gemm's ``C`` (its third input),
+    or the constant of an ``Add`` right after a MatMul (how exporters write a Linear); only a 1-D
+    tensor of ``width`` values read by that node alone (a shared one is no layer's own bias)."""
+    node = ix.nodes[i]
+    found = None
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2:
+        found = node.input[2]
+    elif node.op_type == "MatMul":  # MatMul + Add: a Linear
+        user = ix.only_user(node.output[0])
+        if user is not None and ix.nodes[user].op_type == "Add" and len(ix.flowing(user)) == 1:
+            found = next((x for x in ix.nodes[user].input if x in ix.inits), None)
+    tensor = ix.inits.get(found or "")
+    if tensor is None or [int(d) for d in tensor.dims] != [width] or len(ix.users(found or "")) != 1:
+        return None
+    return found
 
 
 def _after_bias(tensor: str, ix: Index) -> str:
