@@ -40,14 +40,14 @@ def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_out_of_range_settings_are_one_clear_line(args, message):
     """0.7.0: ``--seed -1`` and ``--timeout inf`` gave "internal error"; ``--timeout nan|-1`` and
     ``--vocab-size -3`` were accepted silently."""
-    line = assert_one_line_error(cli("inspect", "examples.models:kaiming_mlp", "-q", *args))
+    line = assert_one_line_error(cli("inspect", "examples.models:kaiming_mlp", "--no-progress", *args))
     assert line == f"initdoctor: error: {message}"
 
 
 def test_fix_fail_on_never_and_in_place_with_output(tmp_path):
     torch.save(small_model().state_dict(), tmp_path / "m.pt")
-    line = assert_one_line_error(cli("fix", str(tmp_path / "m.pt"), "--fail-on", "never", "--dry-run"))
-    assert line == "initdoctor: error: --fail-on never would fix nothing; use warn, error or --all"
+    line = assert_one_line_error(cli("fix", str(tmp_path / "m.pt"), "--select-from", "never", "--dry-run"))
+    assert line == "initdoctor: error: --select-from never would fix nothing; use warn, error or --all"
     line = assert_one_line_error(
         cli("fix", str(tmp_path / "m.pt"), "--in-place", "-o", str(tmp_path / "x.pt"))
     )
@@ -118,7 +118,7 @@ def test_sigterm_during_a_fix_leaves_no_temp_file(tmp_path):
     for sig in (signal.SIGTERM, signal.SIGHUP):
         out = tmp_path / f"out{sig}.pt"
         proc = subprocess.Popen([sys.executable, "-m", "initdoctor", "fix", "m.pt", "--all", "-o", out.name,
-                                 "--no-probe", "-q"], cwd=tmp_path, stderr=subprocess.PIPE)  # fmt: skip
+                                 "--no-probe", "--no-progress"], cwd=tmp_path, stderr=subprocess.PIPE)  # fmt: skip
         deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline and not any(tmp_path.glob(f".{out.name}.*")) and proc.poll() is None
@@ -146,7 +146,7 @@ def test_a_factory_that_exits_or_warns(tmp_path):
     )
     line = assert_one_line_error(cli("inspect", "nets:exits", cwd=tmp_path))
     assert line == "initdoctor: error: the model's code called sys.exit(0) while it was loaded or run"
-    quiet = cli("inspect", "nets:noisy", "-q", "-f", "json", cwd=tmp_path)
+    quiet = cli("inspect", "nets:noisy", "--no-progress", "-f", "json", cwd=tmp_path)
     assert quiet.returncode in (0, 1) and quiet.stderr == ""
-    loud = cli("inspect", "nets:noisy", "-q", "-f", "json", "--debug", cwd=tmp_path)
+    loud = cli("inspect", "nets:noisy", "--no-progress", "-f", "json", "--debug", cwd=tmp_path)
     assert "something deprecated" in loud.stderr
