@@ -108,6 +108,9 @@ class ModelDescription:
     head_layers: list[str] = field(default_factory=list)
     #: the inputs the model says it takes (a transformers ``config``: token ids, images, decoder ids)
     inputs: list[InputSpec] = field(default_factory=list)
+    #: layers whose output joins a concatenation of several computed tensors (DenseNet): off the
+    #: plain chain (the ONNX reader; torch's readers leave their follower to the flag instead)
+    concat_fed: list[str] = field(default_factory=list)
 
 
 def infer_input_shape(

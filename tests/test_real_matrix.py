@@ -30,9 +30,7 @@ KNOWN_GAPS: dict[str, str] = {}
 # where healthy models diverge too): the matrix counts it healthy, and densenet_broken (std ×10 in one
 # dense block, no BN) is the DenseNet's broken twin (docs/rules-evidence.md).
 #: ONNX rows whose verdict differs from torch's
-ONNX_GAPS: dict[str, str] = {
-    "densenet_nobn": "ONNX warns on 3 concat-fed convs where torch says ok",
-}
+ONNX_GAPS: dict[str, str] = {}
 
 HF = [e for e in MATRIX if e.hf]
 

@@ -100,6 +100,7 @@ def inspect_description(
         s = dataclasses.replace(s, mode=modes.detect_mode(desc.layers, findings, s))
     # a graph that cannot say what follows a layer (a concat, attention): not a plain chain
     off_chain = {f.name for f in findings if desc.has_graph and f.nonlinearity_source == Source.FLAG}
+    off_chain |= set(desc.concat_fed)
     for layer, finding in zip(desc.layers, findings, strict=True):
         if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in globs):
             mark_skip(finding, skips.S004, skips.S004.message())

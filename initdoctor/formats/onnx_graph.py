@@ -242,7 +242,25 @@ def describe_onnx_model(
     desc.gates = list(dict.fromkeys(gate_layers))
     desc.head_layers = head_layers(nodes, layer_of)
     desc.bn_folded = folded > 0
+    desc.concat_fed = [layer_of[nid] for nid in layer_of if _joins_concat(ix, nodes, nid)]
     return desc
+
+
+def _joins_concat(ix: Index, nodes: dict[str, OpNode], start: str, max_steps: int = 32) -> bool:
+    """Whether the output of node ``start`` reaches, through pass-through ops, a Concat of several
+    computed tensors (DenseNet's feature maps): not a plain chain, as torch's ``cat`` (``"other"``)
+    makes it for the torch readers."""
+    frontier, seen = list(nodes[start].users), set[str]()
+    while frontier and len(seen) < max_steps:
+        node_id = frontier.pop()
+        if node_id in seen or node_id not in nodes or node_id == "output":
+            continue
+        seen.add(node_id)
+        if ix.op[int(node_id)] == "Concat" and len(ix.flowing(int(node_id))) > 1:
+            return True
+        if nodes[node_id].op == "pass":
+            frontier.extend(nodes[node_id].users)
+    return False
 
 
 def structural_follower(
