@@ -117,8 +117,8 @@ def test_sigterm_during_a_fix_leaves_no_temp_file(tmp_path):
     torch.save(plain_mlp(depth=12, width=1024, init="xavier").state_dict(), tmp_path / "m.pt")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         out = tmp_path / f"out{sig}.pt"
-        proc = subprocess.Popen([sys.executable, "-m", "initdoctor", "fix", "m.pt", "--all", "-o", out.name,
-                                 "--no-probe", "--no-progress"], cwd=tmp_path, stderr=subprocess.PIPE)  # fmt: skip
+        command = [sys.executable, "-m", "initdoctor", "fix", "m.pt", "--all", "-o", out.name, "--no-probe"]
+        proc = subprocess.Popen([*command, "--no-progress"], cwd=tmp_path, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline and not any(tmp_path.glob(f".{out.name}.*")) and proc.poll() is None
