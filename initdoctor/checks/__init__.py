@@ -45,6 +45,10 @@ REGISTRY = Registry(
 )
 
 
+#: the summary's first words when the exporter folded BatchNorm (formats/onnx_graph.py's note)
+BN_FOLDED_PREFIX = "BatchNorm folded by the exporter: judged as unnormalized — "
+
+
 def rules_markdown() -> str:
     """docs/rules.md, generated from the registry, with the model-level verdict's precedence (the
     part of :mod:`.summary`'s docstring that states it)."""
@@ -169,6 +173,10 @@ def inspect_description(
             state, len(learned), summary.depth_ratio, summary.residual_growth
         )
     summary_module.add_init_loss(summary, init_loss, init_status, init_message)
+    if desc.bn_folded and summary.status in (Status.WARN, Status.ERROR):
+        # issue 14: an eval-mode export folded BatchNorm into the convs (the identity at init): say
+        # first that the verdict is the unnormalized net's, not a plain finding on the trained model
+        summary.message = f"{BN_FOLDED_PREFIX}{summary.message}"
     model = {
         "path": desc.path,
         "format": desc.format,
