@@ -449,7 +449,9 @@ def test_folded_batchnorm_is_detected(exported, exporter):
     assert "(15 convs)" in note and "judged as unnormalized" in note and "dynamo=False" in note
     # issue 14: a finding on the folded graph says first that it is the unnormalized net's verdict
     if report.summary.status in ("warn", "error"):
-        assert report.summary.message.startswith("BatchNorm folded by the exporter: judged as unnormalized — ")
+        assert report.summary.message.startswith(
+            "BatchNorm folded by the exporter: judged as unnormalized — "
+        )
 
 
 def test_bn_faithful_export_is_not_folded(exported):
