@@ -257,3 +257,21 @@ def for_command(command: str) -> list[Option]:
 def config_types(option: Option) -> tuple[type, ...]:
     """Python types a ``[tool.initdoctor]`` value of ``option`` may have (TOML ints are floats too)."""
     return (int, float) if option.type is float else (option.type,)
+
+
+def flags_markdown() -> str:
+    """README's flags table: every command's options from this table (tests/test_flags_table.py
+    keeps README.md equal to it)."""
+    lines: list[str] = []
+    for command in ALL_COMMANDS:
+        lines += [f"`initdoctor {command}`", "", "| flag | default | what it does |", "|---|---|---|"]
+        for option in for_command(command):
+            decl = ", ".join(d for d in (option.short, option.flag or f"--{option.name}") if d)
+            if option.type is bool:
+                default = "on" if option.default else ""
+            else:
+                default = "" if option.default in (None, [], {}, ()) else f"`{option.default}`"
+            text = option.help_for(command).replace("|", "\\|")
+            lines.append(f"| `{decl}` | {default} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
