@@ -42,6 +42,22 @@ def cli_json(*args: str, cwd: Path | None = None) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
+def invoke(*args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, cwd = the repository."""
+    from typer.testing import CliRunner
+
+    from initdoctor.cli import app
+
+    old = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        os.chdir(old)
+    assert result.exit_code in (0, 1, 2), (args, result.output, result.exception)
+    return result.exit_code, result.stdout, result.stderr
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -19,26 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import initdoctor
 from examples.models import plain_mlp
 from examples.resnets import resnet_bn, resnet_plain
-from initdoctor.cli import app
 from initdoctor.errors import InitializationError, InputError
-from tests.conftest import ROOT
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, cwd = the repository."""
-    old = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    assert result.exit_code in (0, 1, 2), (args, result.output, result.exception)
-    return result.exit_code, result.stdout, result.stderr
+from tests.conftest import invoke as cli
 
 
 def export(model: nn.Module, path: Path) -> Path:

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import initdoctor
 from examples.models import plain_mlp
 from initdoctor.checks.structure import chains, not_plain, repeated_groups
-from initdoctor.cli import app
 from initdoctor.errors import InitDoctorError
 from initdoctor.report import Status, at_least
-from tests.conftest import ROOT
+from tests.conftest import invoke as cli
 
 STATIC_ONLY = "static only: depth behaviour not measured"
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, cwd = the repository."""
-    old = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    assert result.exit_code in (0, 1, 2), (args, result.output, result.exception)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def inspect_json(*args: str) -> tuple[int, dict]:
