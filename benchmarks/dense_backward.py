@@ -40,7 +40,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_evidence import CNN_BATCH, Task  # noqa: E402
+from benchmarks.train_evidence import CNN_BATCH, Task, fit  # noqa: E402
 from tests import realzoo  # noqa: E402
 
 MODELS = ("densenet", "densenet_nobn", "resnet", "resnet_nobn", "vgg11", "mlp", "llama")
@@ -229,20 +229,7 @@ def train(task: Task, name: str, lr: float, seed: int, steps: int) -> str:
     model = build(name).train()
     torch.manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    losses: list[float] = []
-    nan_at = None
-    for step in range(steps):
-        loss = loss_of(task, name, model, seed=seed * 100_000 + step)
-        if not math.isfinite(loss.item()):
-            nan_at = step
-            break
-        losses.append(loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        ev = loss_of(task, name, model, seed=10**6).item()
+    losses, nan_at, ev = fit(model, opt, lambda s: loss_of(task, name, model, seed=s), steps, seed * 100_000)
     tail = losses[-10:]
     last = sum(tail) / len(tail) if tail else math.nan
     nan = "-" if nan_at is None else f"@{nan_at}"

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import initdoctor  # noqa: E402
-from benchmarks.train_evidence import Task  # noqa: E402
+from benchmarks.train_evidence import Task, fit  # noqa: E402
 from tests import realzoo  # noqa: E402
 
 
@@ -48,19 +48,9 @@ def run(task: Task, name: str, build, fix: bool, steps: int) -> str:
     model.train()
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for step in range(steps):
-        loss = task.loss(entry, model, seed=step)
-        if not torch.isfinite(loss):
-            losses.append(float("nan"))
-            break
-        losses.append(loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        held = task.loss(entry, model, seed=10**6).item()
+    losses, nan_at, held = fit(model, opt, lambda seed: task.loss(entry, model, seed=seed), steps)
+    if nan_at is not None:
+        losses.append(float("nan"))  # a non-finite step makes the tail's mean NaN
     tail = losses[-10:]
     arm = f"{name}{' + fix auto' if fix else ''}"
     return (

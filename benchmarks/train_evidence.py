@@ -35,6 +35,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -111,18 +112,20 @@ def optimizers(entry: realzoo.Entry) -> list[str]:
     return ["sgd0.1", "adamw1e-3"] if entry.inputs == "image" else ["adamw1e-3"]
 
 
-def train(task: Task, entry: realzoo.Entry, opt_name: str, steps: int) -> dict:
-    model = entry.build().train()
-    torch.manual_seed(0)
-    if opt_name == "sgd0.1":
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+def fit(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_at: Callable[[int], torch.Tensor],
+    steps: int,
+    seed0: int = 0,
+) -> tuple[list[float], int | None, float]:
+    """``steps`` steps of ``opt`` on ``loss_at(seed0 + step)`` (a fresh seeded batch each step), stopped
+    at the first non-finite loss, then the eval-mode loss on the held-out batch ``loss_at(10**6)``:
+    (the training losses, the step of the non-finite one or None, the held-out loss)."""
     losses: list[float] = []
     nan_at = None
-    start = time.perf_counter()
     for step in range(steps):
-        loss = task.loss(entry, model, seed=step)
+        loss = loss_at(seed0 + step)
         if not math.isfinite(loss.item()):
             nan_at = step
             break
@@ -132,7 +135,19 @@ def train(task: Task, entry: realzoo.Entry, opt_name: str, steps: int) -> dict:
         opt.step()
     model.eval()
     with torch.no_grad():
-        held_out = task.loss(entry, model, seed=10**6).item()
+        held_out = loss_at(10**6).item()
+    return losses, nan_at, held_out
+
+
+def train(task: Task, entry: realzoo.Entry, opt_name: str, steps: int) -> dict:
+    model = entry.build().train()
+    torch.manual_seed(0)
+    if opt_name == "sgd0.1":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    losses, nan_at, held_out = fit(model, opt, lambda seed: task.loss(entry, model, seed=seed), steps)
     tail = losses[-10:]
     return {
         "loss0": losses[0] if losses else math.nan,
