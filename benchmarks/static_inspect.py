@@ -2,6 +2,10 @@
 ONNX with external data, against a floor; and `initdoctor --help` against `python -c pass`.
 
     python benchmarks/static_inspect.py [--gib 2.0] [--repeats 5] [--dir /tmp/initdoctor-bench]
+        [--baseline /path/to/other/checkout]
+
+``--baseline``: the inspections are also run from that checkout (its folder first on
+``PYTHONPATH``) in the same rounds, so a before/after comparison alternates run by run.
 
 Checkpoint: Linear weights of 4096×8192 float32 (128 MiB each) split over 4 shards with a
 ``model.safetensors.index.json``; the ONNX model is a MatMul chain over the same weights, all in one
@@ -143,9 +147,15 @@ def _state_dict(folder: Path, index_path: Path) -> Path:
 
 
 def run_once(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one fresh process."""
+    """(wall seconds, peak RSS MiB) of one fresh process; ``PYTHONPATH=DIR`` first: its environment."""
+    env, cwd = dict(os.environ), None
+    if cmd[0].startswith("PYTHONPATH="):  # python -m puts the working folder first: run from there
+        env["PYTHONPATH"] = cwd = cmd[0].split("=", 1)[1]
+        cmd = cmd[1:]
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, env=env, cwd=cwd
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode not in ((0, 1) if "initdoctor" in cmd else (0,)):
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -181,6 +191,7 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/initdoctor-bench"))
+    parser.add_argument("--baseline", type=Path, help="another checkout, timed alongside")
     args = parser.parse_args()
     index, onnx_path = generate(args.dir, args.gib)
     size = sum(p.stat().st_size for p in args.dir.glob("*.safetensors")) / 2**30
@@ -216,6 +227,9 @@ def main() -> None:
         "python -c pass": [py, "-c", "pass"],
         "initdoctor --help": [py, "-m", "initdoctor", "--help"],
     }
+    if args.baseline:
+        for fmt in ("safetensors", "state_dict", "onnx"):
+            runs[f"{fmt} inspect (baseline)"] = [f"PYTHONPATH={args.baseline}", *runs[f"{fmt} inspect"]]
     results = measure_interleaved(runs, args.repeats)
     print(
         f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip "
@@ -240,6 +254,9 @@ def main() -> None:
             f"{peak:.0f} MiB vs budget {budget:.0f} MiB (2 × largest + baseline): "
             f"{'met' if peak <= budget else 'NOT met'}"
         )
+        if f"{fmt} inspect (baseline)" in results:
+            b = results[f"{fmt} inspect (baseline)"]["median"] / results[f"{fmt} floor"]["median"]
+            print(f"{fmt}: baseline {b:.2f}× the floor's time")
     h = results["initdoctor --help"]["median"]
     floor = results["python -c pass"]["median"]
     print(

@@ -16,15 +16,14 @@ progress) -> LoadedModel`` and ``open_editable(loaded, source, *, trust) -> Edit
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..model import ModelDescription
-from . import factory, hf_folder, onnx, safetensors, torch_code, torch_state_dict
 from .base import Editable, Format, LoadedModel
 from .detect import detect_format, in_hf_folder
-from .factory import TorchModule, is_factory_spec
 
 __all__ = [
     "FORMATS",
@@ -39,16 +38,46 @@ __all__ = [
     "open_editable",
 ]
 
-#: Every format, each under the names :func:`detect_format` gives it.
-FORMATS: tuple[Format, ...] = (
-    safetensors.FORMAT,
-    torch_state_dict.FORMAT,
-    torch_code.FORMAT,
-    onnx.FORMAT,
-    factory.FORMAT,
-    hf_folder.FORMAT,
-)
-_BY_NAME = {name: entry for entry in FORMATS for name in entry.names}
+#: The module of every format, under the names :func:`detect_format` gives it (each module's
+#: ``FORMAT.names``): a module is imported when its format is first read, so reading an ONNX file
+#: does not import the torch, safetensors and Hugging Face readers (a lighter start-up).
+_MODULES = {
+    "safetensors": "safetensors",
+    "safetensors-index": "safetensors",
+    "torch-zip": "torch_state_dict",
+    "torch-legacy": "torch_state_dict",
+    "torchscript": "torch_code",
+    "torch.export": "torch_code",
+    "onnx": "onnx",
+    "factory": "factory",
+    "hf-folder": "hf_folder",
+}
+
+
+def _entry(name: str) -> Format | None:
+    module = _MODULES.get(name)
+    if module is None:
+        return None
+    entry: Format = importlib.import_module(f"{__name__}.{module}").FORMAT
+    return entry
+
+
+def __getattr__(attr: str) -> Any:
+    """``FORMATS`` (every :class:`Format`, importing every format module) and ``TorchModule``,
+    on first use."""
+    if attr == "FORMATS":
+        return tuple(dict.fromkeys(e for e in map(_entry, _MODULES) if e is not None))
+    if attr == "TorchModule":
+        from .factory import TorchModule
+
+        return TorchModule
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def is_factory_spec(text: str) -> bool:
+    from .factory import is_factory_spec as spec
+
+    return spec(text)
 
 
 def describe(
@@ -70,7 +99,7 @@ def load(
         if weights:
             raise InputError("--weights goes with a factory source (package.module:function)")
         name = detect_format(Path(text))
-    entry = _BY_NAME.get(name)
+    entry = _entry(name)
     if entry is None:  # pragma: no cover - detect_format only names registered formats
         raise InputError(f"{Path(text)}: unsupported format {name}")
     loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
@@ -85,7 +114,7 @@ def load(
 
 def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
     """The editable twin of a :class:`LoadedModel`, from the entry that loaded it."""
-    entry = _BY_NAME.get(loaded.format_name or "")
+    entry = _entry(loaded.format_name or "")
     if entry is None:
         raise InputError(f"{source}: cannot write the {loaded.description.format} format")
     return entry.open_editable(loaded, str(source), trust=trust)
@@ -98,10 +127,16 @@ def model_files(path: Path, format_name: str | None = None) -> list[Path]:
     may replace."""
     name = format_name or detect_format(path)
     if name == "hf-folder":
-        return hf_folder.folder_files(path)
+        from .hf_folder import folder_files
+
+        return folder_files(path)
     if name in ("safetensors-index", "safetensors-sharded"):
+        from .safetensors import shard_files
+
         index = path if path.is_file() else sorted(path.glob("*.safetensors.index.json"))[0]
-        return [index, *dict.fromkeys(sorted(safetensors.shard_files(index).values()))]
+        return [index, *dict.fromkeys(sorted(shard_files(index).values()))]
     if name == "onnx":
-        return [path, *onnx.external_files(path)]
+        from .onnx import external_files
+
+        return [path, *external_files(path)]
     return [path]

@@ -67,13 +67,11 @@ def zip_kind(path: Path) -> str:
 
 
 def _is_tensor_dict(obj: Any) -> TypeGuard[Mapping[str, Any]]:
-    import torch
-
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
         and all(isinstance(k, str) for k in obj)
-        and all(isinstance(v, torch.Tensor) for v in obj.values())
+        and all(_tensor_like(v) for v in obj.values())
     )
 
 
@@ -104,6 +102,13 @@ def find_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
 
 
 def _tensor_like(value: Any) -> bool:
+    """A torch tensor, or a tensor located without torch (:mod:`.torch_zip_plan`)."""
+    from .torch_zip_plan import PlainTensor
+
+    if isinstance(value, PlainTensor):
+        return True
+    if "torch" not in sys.modules:  # no torch tensor exists before torch is imported
+        return False
     import torch
 
     return isinstance(value, torch.Tensor)

@@ -23,6 +23,7 @@ from .streaming import StreamedTensors, copy_range, write_all
 from .tensors import counted, describe_tensors, weight_count
 from .torch_limits import Expansion
 from .torch_pickle import find_state_dict, load_torch_object
+from .torch_zip_plan import PlainTensor, plain_state, set_offsets
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,12 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
     """
     import struct
 
-    import torch
-
+    plain = plain_state(path)  # without torch where the pickle is a plain state_dict
     try:
-        state = find_state_dict(load_torch_object(path, trust=False, meta=True), path)
+        if plain is not None:
+            state = find_state_dict(plain[0], path)
+        else:
+            state = find_state_dict(load_torch_object(path, trust=False, meta=True), path)
     except InputError:
         # untrusted content, damage, or a tensor the meta device cannot hold (quantized...):
         # the normal load says which, or reads it
@@ -85,12 +88,14 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
                 records[info.header_offset + 30 + name_len + extra_len] = info
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, KeyError) as exc:
         raise InputError(f"{path}: truncated or corrupt zip archive ({exc})") from None
+    if plain is not None:
+        set_offsets(plain[1], {info.filename: start for start, info in records.items()})
     plan: dict[str, ZipTensor] = {}
     budget = Expansion(path)
     streamable = True
     for key, t in state.items():
         dtype = str(t.dtype).replace("torch.", "")
-        if t.layout is not torch.strided or t.is_quantized:
+        if not isinstance(t, PlainTensor) and not _strided(t):
             streamable = False
             continue
         storage = t.untyped_storage()
@@ -133,6 +138,12 @@ def zip_tensor_plan(path: Path) -> dict[str, ZipTensor] | None:
             int(offset),
         )
     return plan if streamable else None
+
+
+def _strided(t: Any) -> bool:
+    import torch
+
+    return t.layout is torch.strided and not t.is_quantized
 
 
 def describe_streamed_state_dict(path: Path, progress: Any = None) -> ModelDescription | None:
