@@ -2,6 +2,15 @@
 (torch) and to plain onnxruntime inference (ONNX), on a model of 20M+ parameters.
 
     python benchmarks/probe_overhead.py [--repeats 5] [--batch 256]
+    python benchmarks/probe_overhead.py --alternate [--repeats 7] [--batch 1024]
+
+``--alternate`` (issue 17): the ONNX modes only, in ONE process, run after run in turn (a slow
+spell of a shared machine hits all alike): ``plain`` (onnxruntime session + one run),
+``session`` (the session alone), ``probe`` (:func:`probe_onnx` in-process: what the probe costs
+beside inference) and ``isolated`` (:func:`probe_onnx_isolated`, the default path: the same in a
+forked child that can be stopped). The probe's fixed cost of being stoppable is ``isolated −
+probe`` per call (the host process that forks the children is started once, by the first call,
+reported apart).
 
 Each mode runs in a fresh child process. Memory: the increase of the process's peak RSS (VmHWM,
 reset through /proc/self/clear_refs once the model is built) during the first, cold run — so the
@@ -116,6 +125,60 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     }
 
 
+def alternate(args: argparse.Namespace, onnx_path: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from initdoctor.formats.onnx import describe_onnx
+    from initdoctor.probe.onnx_backend import probe_onnx
+    from initdoctor.probe.onnx_child import probe_onnx_isolated
+    from initdoctor.settings import ProbeSettings
+
+    shape = (args.batch, args.width)
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    desc = describe_onnx(onnx_path)
+    settings = ProbeSettings(input_shapes=(shape,))
+
+    def session():
+        return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def plain():
+        s = session()
+        return s.run(None, {s.get_inputs()[0].name: x})
+
+    start = time.perf_counter()
+    probe_onnx_isolated(onnx_path, desc, settings)  # starts the host process
+    first = time.perf_counter() - start
+    ops = {
+        "plain": plain,
+        "session": session,
+        "probe": lambda: probe_onnx(onnx_path, desc, settings),
+        "isolated": lambda: probe_onnx_isolated(onnx_path, desc, settings),
+    }
+    for op in ops.values():  # warm
+        op()
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(args.repeats):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op()
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(
+        f"ONNX, alternating in one process, median of {args.repeats}; batch {args.batch}, width {args.width}"
+    )
+    for name, t in times.items():
+        print(f"  {name:9s} {med[name] * 1000:8.1f} ms (min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})")
+    ratio = med["probe"] / med["plain"]
+    fixed = med["isolated"] - med["probe"]
+    print(f"probe / plain = {ratio:.2f}× (goal ≤ 1.2×: {'met' if ratio <= 1.2 else 'NOT met'})")
+    print(
+        f"fixed cost of a stoppable probe: {fixed:.3f} s per call (isolated − probe); the host's start, "
+        f"once: {first - med['isolated']:.3f} s; session creation {med['session']:.3f} s "
+        f"(goal ≤ 0.3 s: {'met' if fixed + med['session'] <= 0.3 else 'NOT met'})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -124,6 +187,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--child")
     parser.add_argument("--onnx")
+    parser.add_argument("--alternate", action="store_true", help="ONNX modes in one process, in turn")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args)))
@@ -135,6 +199,10 @@ def main() -> None:
         model = build(args.width, args.depth)
         torch.onnx.export(model, (torch.randn(args.batch, args.width),), str(onnx_path), dynamo=False)
         del model
+        if args.alternate:
+            torch.set_num_threads(1)
+            alternate(args, onnx_path)
+            return
         results = {}
         for mode in (
             "torch-plain",

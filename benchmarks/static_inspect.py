@@ -230,6 +230,11 @@ def main() -> None:
     if args.baseline:
         for fmt in ("safetensors", "state_dict", "onnx"):
             runs[f"{fmt} inspect (baseline)"] = [f"PYTHONPATH={args.baseline}", *runs[f"{fmt} inspect"]]
+    # byte-compile the package(s) once, as a regular install ships them: with
+    # PYTHONDONTWRITEBYTECODE=1 an editable checkout would recompile every module at every start
+    for root in (Path(__file__).resolve().parents[1], args.baseline):
+        if root is not None:
+            subprocess.run([py, "-m", "compileall", "-q", str(Path(root) / "initdoctor")], check=True)
     results = measure_interleaved(runs, args.repeats)
     print(
         f"checkpoint: {size:.2f} GiB safetensors in 4 shards + the same as ONNX external data and a zip "

@@ -163,3 +163,28 @@ def test_state_dict_inspection_does_not_import_torch(files: dict[str, Path]) -> 
     assert out.returncode == 0, out.stderr
     layers, imported = out.stdout.split()
     assert int(layers) >= 8 and imported == "False"
+
+
+def test_onnx_reduce_fetches_the_logits_in_its_own_runs(tmp_path: Path) -> None:
+    """The reduce probe reads the logits from its runs (no second session): the same LogitStats
+    as the expose strategy, which runs a session of its own for them."""
+    from examples.models import plain_mlp
+    from initdoctor.formats.onnx import describe_onnx
+    from initdoctor.probe.onnx_backend import probe_onnx
+    from initdoctor.settings import ProbeSettings
+
+    torch.manual_seed(0)
+    model = plain_mlp(depth=3, width=32, in_features=16, init="kaiming").eval()
+    torch.onnx.export(model, (torch.randn(8, 16),), str(tmp_path / "mlp.onnx"), dynamo=False)
+    desc = describe_onnx(tmp_path / "mlp.onnx")
+    got = {
+        strategy: probe_onnx(
+            tmp_path / "mlp.onnx", desc, ProbeSettings(input_shapes=((8, 16),), onnx_strategy=strategy)
+        ).logits
+        for strategy in ("reduce", "expose")
+    }
+    reduce, expose = got["reduce"], got["expose"]
+    assert reduce is not None and expose is not None
+    assert (reduce.positions, reduce.classes) == (expose.positions, expose.classes) == (8, 10)
+    for field in ("lse_minus_mean", "logit_var", "offset_var"):
+        assert math.isclose(getattr(reduce, field), getattr(expose, field), rel_tol=1e-12), field

@@ -38,7 +38,7 @@ from ..settings import ProbeSettings
 from ..stats import Moments, fast_moments
 from .collector import Collector, Ticker
 from .inputs import extra_tensors
-from .onnx_logits import onnx_logits
+from .onnx_logits import LogitSums, logits_output, onnx_logits
 from .onnx_reduce import probe_reduce
 from .onnx_session import (
     ONNX_TO_NUMPY,
@@ -125,12 +125,16 @@ def probe_onnx(
     notes = []
     extra = {t: Moments() for t in extra_tensors(desc)}
     strategy = settings.onnx_strategy
+    logit_sums = None
     if strategy == "reduce":
         feeds = Feeds(specs, desc, settings, inputs, named)
-        result = probe_reduce(model, weights, triples, info, feeds, collectors(), repeats, extra)
+        logits_name = logits_output(model.graph)
+        logit_sums = None if logits_name is None else (logits_name, LogitSums())
+        result = probe_reduce(model, weights, triples, info, feeds, collectors(), repeats, extra, logit_sums)
         if result is None:
             notes.append("a reduced sum was not finite or lost precision: re-measured with exposed tensors")
             strategy = "expose"
+            logit_sums = None
     if strategy == "expose":
         feeds = Feeds(specs, desc, settings, inputs, named)
         result = _probe_expose(
@@ -142,7 +146,10 @@ def probe_onnx(
     cols, runs = result
     out = ProbeResult("onnx", {n: c.result() for n, c in cols.items() if c.calls}, feeds.used, runs=runs)
     out.tensor_vars = {t: m.var for t, m in extra.items() if m.count}
-    out.logits = onnx_logits(model, weights, feeds, repeats)
+    # fetched in the reduce runs, else in runs of their own
+    out.logits = (
+        logit_sums[1].result() if logit_sums is not None else onnx_logits(model, weights, feeds, repeats)
+    )
     if repeats > 1:
         out.notes.append(f"the graph's batch dimension is fixed at {batch}: ran {repeats} seeded batches")
     out.notes.extend(notes)

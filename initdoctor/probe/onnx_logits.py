@@ -39,37 +39,59 @@ def logits_output(graph: Any) -> str | None:
     return None
 
 
+class LogitSums:
+    """:class:`LogitStats` accumulated run by run from the logits ``z`` of each run; ``ok`` turns
+    False (and :meth:`result` gives None) when a run's ``z`` is not a finite float tensor of ≥ 2
+    classes."""
+
+    def __init__(self) -> None:
+        self.positions, self.excess, self.variance = 0, 0.0, 0.0
+        self.class_sum: np.ndarray | None = None
+        self.ok = True
+
+    def add(self, z: Any) -> None:
+        z = np.asarray(z)
+        if not self.ok or z.dtype.kind != "f" or z.ndim < 2 or z.shape[-1] < 2 or not z.size:
+            self.ok = False
+            return
+        flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
+        if not np.isfinite(flat).all():
+            self.ok = False
+            return
+        peak = flat.max(axis=1, keepdims=True)
+        lse = peak[:, 0] + np.log(np.exp(flat - peak).sum(axis=1))  # logsumexp_j z_j, stable
+        self.excess += float((lse - flat.mean(axis=1)).sum())
+        self.variance += float(flat.var(axis=1).sum())
+        sums = flat.sum(axis=0)
+        self.class_sum = sums if self.class_sum is None else self.class_sum + sums
+        self.positions += flat.shape[0]
+
+    def result(self) -> LogitStats | None:
+        if not self.ok or self.class_sum is None or not self.positions:
+            return None
+        return LogitStats(
+            classes=int(self.class_sum.shape[0]),
+            positions=self.positions,
+            lse_minus_mean=self.excess / self.positions,
+            logit_var=self.variance / self.positions,
+            offset_var=float((self.class_sum / self.positions).var()),
+            source="output.logits",
+        )
+
+
 def onnx_logits(model: Any, weights: Any, feeds: Any, repeats: int) -> LogitStats | None:
     """:class:`LogitStats` of the graph output ``logits`` over ``repeats`` seeded runs (the same
     numbers :func:`initdoctor.probe.collector.logit_stats` gives on the runs' logits together);
-    None without such an output, or when it is not a finite float tensor of ≥ 2 classes."""
+    None without such an output, or when it is not a finite float tensor of ≥ 2 classes. (The
+    ``reduce`` strategy fetches the logits in its own runs instead: :class:`LogitSums`.)"""
     name = logits_output(model.graph)
     if name is None:
         return None
     session = session_with_outputs(model, weights, [name])
     feeds.restart()
-    positions, excess, variance, class_sum = 0, 0.0, 0.0, None
+    sums = LogitSums()
     for _ in range(repeats):
-        z = np.asarray(run_session(session, [name], feeds.next())[0])
-        if z.dtype.kind != "f" or z.ndim < 2 or z.shape[-1] < 2 or not z.size:
+        sums.add(run_session(session, [name], feeds.next())[0])
+        if not sums.ok:
             return None
-        flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
-        if not np.isfinite(flat).all():
-            return None
-        peak = flat.max(axis=1, keepdims=True)
-        lse = peak[:, 0] + np.log(np.exp(flat - peak).sum(axis=1))  # logsumexp_j z_j, stable
-        excess += float((lse - flat.mean(axis=1)).sum())
-        variance += float(flat.var(axis=1).sum())
-        sums = flat.sum(axis=0)
-        class_sum = sums if class_sum is None else class_sum + sums
-        positions += flat.shape[0]
-    if class_sum is None or not positions:
-        return None
-    return LogitStats(
-        classes=int(class_sum.shape[0]),
-        positions=positions,
-        lse_minus_mean=excess / positions,
-        logit_var=variance / positions,
-        offset_var=float((class_sum / positions).var()),
-        source="output.logits",
-    )
+    return sums.result()

@@ -38,8 +38,11 @@ def probe_reduce(
     collectors: dict[str, Any],
     repeats: int,
     extra: dict[str, Moments],
+    logits: tuple[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int] | None:
-    """Reduction nodes in the graph; returns None when a result cannot be trusted."""
+    """Reduction nodes in the graph; returns None when a result cannot be trusted. ``logits``:
+    (a graph output, a :class:`~.onnx_logits.LogitSums`) fetched in the same runs — a graph
+    output costs nothing more to fetch, where a session of its own would run the graph again."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -119,12 +122,16 @@ def probe_reduce(
         model.graph.node.extend(original)
         del model.graph.output[added_outputs:]
     fetch = [o for outs in fetch_of.values() for o in outs.values()]
+    if logits is not None:
+        fetch.append(logits[0])
     runs = 0
     unmeasured: set[str] = set()
     for _ in range(repeats):
         feed = feeds.next()
         values = dict(zip(fetch, run_session(session, fetch, feed), strict=False))
         runs += 1
+        if logits is not None:
+            logits[1].add(values.pop(logits[0]))
         for name, x, y in triples:
             c = collectors[name]
             x_m: Moments | None = None
