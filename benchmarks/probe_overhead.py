@@ -172,10 +172,12 @@ def alternate(args: argparse.Namespace, onnx_path: Path) -> None:
     ratio = med["probe"] / med["plain"]
     fixed = med["isolated"] - med["probe"]
     print(f"probe / plain = {ratio:.2f}× (goal ≤ 1.2×: {'met' if ratio <= 1.2 else 'NOT met'})")
+    host = first - med["isolated"]
     print(
-        f"fixed cost of a stoppable probe: {fixed:.3f} s per call (isolated − probe); the host's start, "
-        f"once: {first - med['isolated']:.3f} s; session creation {med['session']:.3f} s "
-        f"(goal ≤ 0.3 s: {'met' if fixed + med['session'] <= 0.3 else 'NOT met'})"
+        f"fixed cost of a stoppable probe: {fixed:.3f} s per call (isolated − probe; goal ≤ 0.3 s: "
+        f"{'met' if fixed <= 0.3 else 'NOT met'}); the host process's start, once per process: "
+        f"{host:.3f} s ({'met' if host <= 0.3 else 'NOT met'}); session creation (plain pays it too): "
+        f"{med['session']:.3f} s"
     )
 
 
