@@ -77,6 +77,8 @@ def test_check_html_with_two_models_is_one_page_with_a_section_each(files, tmp_p
     xavier = text[text.index('id="model-2"') :]
     assert xavier.count('<td class="text">C501</td>') == DEPTH and "model-1" not in xavier
     assert text[: text.index('id="model-2"')].count("C501") == 0
+    fixed = files["xavier"].with_name("xavier.fixed.safetensors")
+    assert f"<p>next: <code>initdoctor fix {files['xavier']} -o {fixed}</code>" in xavier
     assert "src=" not in text.replace('src="data:image/png;base64,', "")  # nothing external
 
 
