@@ -14,6 +14,7 @@ own signals).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import render  # noqa: F401  # registers how reports display themselves (report.display)
 from .errors import InitDoctorError, InitializationError, SettingsError, no_exit_from_model_code
+from .nextstep import set_next_step
 from .options import default
 from .settings import example_inputs_from
 
@@ -172,7 +174,7 @@ def diagnose(
     """
     example_inputs = example_inputs_from(inputs, example_inputs, settings)
     inspect_settings, probe_settings = split_settings(settings)
-    return run(
+    report = run(
         source,
         inspect_settings,
         probe_settings,
@@ -182,6 +184,9 @@ def diagnose(
         progress=progress,
         example_inputs=example_inputs,
     ).report
+    if isinstance(source, (str, os.PathLike)):  # a file or factory: summary.next_step can name it
+        set_next_step(report, str(source), ["--weights", str(weights)] if weights is not None else [])
+    return report
 
 
 def assert_healthy_init(

@@ -175,6 +175,8 @@ def _source(model: str, model_factory: str | None, weights: Path | None) -> tupl
 def inspect_(model: ModelArg, **opts: Any) -> None:
     """Report, per weighted layer, how far its weights are from Kaiming initialization."""
     from .api import diagnose
+    from .commands import verdict_flags
+    from .nextstep import set_next_step
     from .render import ProgressBar
 
     with _errors(opts["debug"]):
@@ -190,6 +192,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
                 progress=bar,
                 **settings,
             )
+        set_next_step(report, model, verdict_flags("inspect", opts))
         _emit(report, opts["format"], opts["output"], opts["verbose"])
         if opts["plot"] is not None:
             from .plot import plot_report
@@ -212,8 +215,7 @@ def check(
 
     with _errors(opts["debug"]):
         settings, resolved = _library_settings("check", opts)
-        opts["probe"] = resolved["probe"]  # the command line, else [tool.initdoctor], else on
-        worst = run_check(models, opts, settings, resolved["fail-on"])
+        worst = run_check(models, opts, settings, resolved)
     raise typer.Exit(worst)
 
 

@@ -169,6 +169,36 @@ def _block_cells(block: BlockFinding, names: list[str]) -> list[str]:
     return [cells[h] for h in names]
 
 
+def markdown_table(report: Report, icon: dict[str, str]) -> list[str]:
+    """The Markdown report's tables and findings: the rows of :func:`table_rows` (a layer's rule
+    code, a row per flagged residual block; the status as ``icon[status] status``, ``|`` in a cell
+    escaped), every residual block's growth, and the findings with their rule codes."""
+    names, rows = table_rows(report)
+    status_at = names.index("status")
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for cells, status in rows:
+        cells = [c.replace("|", "\\|") for c in cells]
+        cells[status_at] = f"{icon[status]} {status}"
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.residual_blocks:
+        lines += ["", "| residual block | Var[out]/Var[in] | status | rule |", "|---|---|---|---|"]
+        lines += [
+            f"| {b.name} | {number(b.growth, '.3g')} | {icon[b.status]} {b.status} | {b.rule or ''} |"
+            for b in report.residual_blocks
+        ]
+    flagged = [(f.name, f.status, f.rule, f.message) for f in report.layers if f.status in ("warn", "error")]
+    flagged += [
+        (f"{b.name} (block)", b.status, b.rule, b.message) for b in report.residual_blocks if b.status != "ok"
+    ]
+    if flagged:
+        lines += ["", "### Findings", ""]
+        lines += [
+            f"- **{name}** ({status}{f', {rule}' if rule else ''}): {text}"
+            for name, status, rule, text in flagged
+        ]
+    return lines
+
+
 def counts_text(report: Report, skip: bool = True) -> str:
     """The summary's counts: the layers', then the residual blocks' when some are not ok."""
     s = report.summary

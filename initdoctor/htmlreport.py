@@ -12,11 +12,12 @@ messages) is escaped.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from html import escape
-from typing import Any
 
 from .columns import BLOCK_NOTE, counts_text, table_rows
 from .errors import InitDoctorError
+from .nextstep import next_command
 from .render import init_loss_line
 from .report import Report
 from .version import __version__
@@ -102,38 +103,70 @@ def _findings(report: Report) -> list[str]:
     return out
 
 
-def render_html(report: Report, plot: bool = True) -> str:
-    """The whole report as one HTML document (``plot``: with the figure inline)."""
+def _section(report: Report, plot: bool, anchor: str = "summary", level: int = 2) -> list[str]:
+    """One model's part of the page: heading, summary (``id=anchor``), next step, findings, plot,
+    layer table and notes; ``level`` is the heading level of its parts."""
     m, s = report.model, report.summary
-    title = f"initdoctor · {m['path']} · {s.status}"
     extra = f"; depth ratio {s.depth_ratio:.3g}" if s.depth_ratio is not None else ""
     summary = f"{str(s.status).upper()}: {s.message} ({counts_text(report)}{extra})"
     notes = [*(f"probe: {n}" for n in (report.probe or {}).get("notes", [])), *report.notes]
     if any(b.status != "ok" for b in report.residual_blocks):
         notes.append(BLOCK_NOTE)
-    loss = init_loss_line(s)
-    parts: list[Any] = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>initdoctor {_e(__version__)}: <code>{_e(m['path'])}</code></h1>",
+    loss, step, h = init_loss_line(s), next_command(report), f"h{level}"
+    return [
         f"<p>{_e(m['format'])}, {int(m['parameters']):,} parameters"
         + (", probed" if report.probe is not None else ", static (not probed)")
         + "</p>",
-        f'<p class="summary {_e(s.status)}" id="summary">{_e(summary)}</p>',
+        f'<p class="summary {_e(s.status)}" id="{_e(anchor)}">{_e(summary)}</p>',
+        *([f"<p>next: <code>{_e(step[0])}</code>{_e(step[1])}</p>"] if step else []),
         *([f"<p>{_e(loss)}</p>"] if loss else []),
-        "<h2>Findings</h2>",
+        f"<{h}>Findings</{h}>",
         *_findings(report),
-        "<h2>Variance across depth</h2>",
+        f"<{h}>Variance across depth</{h}>",
         plot_html(report) if plot else '<p class="note">No plot: not asked for.</p>',
-        "<h2>Layers</h2>",
+        f"<{h}>Layers</{h}>",
         *_table(report),
         *(
-            ['<h2>Notes</h2><ul class="note">', *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
+            [f'<{h}>Notes</{h}><ul class="note">', *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
             if notes
             else []
         ),
-        "</body></html>",
-        "",
     ]
-    return "\n".join(parts)
+
+
+def _document(title: str, body: list[str]) -> str:
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
+    ]
+    return "\n".join([*head, *body, "</body></html>", ""])
+
+
+def render_html(report: Report, plot: bool = True) -> str:
+    """The whole report as one HTML document (``plot``: with the figure inline)."""
+    m, s = report.model, report.summary
+    title = f"initdoctor · {m['path']} · {s.status}"
+    heading = f"<h1>initdoctor {_e(__version__)}: <code>{_e(m['path'])}</code></h1>"
+    return _document(title, [heading, *_section(report, plot)])
+
+
+def render_html_many(reports: Sequence[tuple[str, Report]], plot: bool = True) -> str:
+    """Several models (``check -f html``: (name as given, report) pairs) as one self-contained
+    page: a list of their verdicts, worst first in the title, then a section per model."""
+    order = ("ok", "unknown", "warn", "error")
+    worst = max((str(r.summary.status) for _, r in reports), key=order.index, default="ok")
+    body = [
+        f"<h1>initdoctor {_e(__version__)}: {len(reports)} models, worst {_e(worst)}</h1>",
+        "<ul>",
+        *(
+            f'<li><a href="#model-{i}"><code>{_e(name)}</code></a>: '
+            f'<span class="{_e(r.summary.status)}">{_e(str(r.summary.status).upper())}</span> '
+            f"{_e(r.summary.message)}</li>"
+            for i, (name, r) in enumerate(reports, 1)
+        ),
+        "</ul>",
+    ]
+    for i, (name, report) in enumerate(reports, 1):
+        body += [f"<h2><code>{_e(name)}</code></h2>", *_section(report, plot, f"model-{i}", level=3)]
+    return _document(f"initdoctor · {len(reports)} models · {worst}", body)

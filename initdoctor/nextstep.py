@@ -7,6 +7,7 @@ Pure text from the report (and, for ``fix --check``, the command line as given):
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +46,48 @@ def inspect_next_step(report: Any) -> str | None:
     return None if step is None else f"next: {step[0]}{step[1]}"
 
 
-def next_command(report: Any) -> tuple[str, str] | None:
-    """The repairing command and a note on it (" (…)" or ""), for an ERROR/WARN report."""
-    s = report.summary
-    if s.status not in ("error", "warn"):
+def fix_command(report: Any, source: str | None = None, carry: Sequence[str] = ()) -> str | None:
+    """The ``initdoctor fix`` command that repairs an ERROR/WARN report (None otherwise):
+    ``source`` as given on the command line (default: the report's path) and ``carry``, the flags
+    of the judging command that change the verdict (:func:`initdoctor.commands.verdict_flags`), so
+    that running it judges the model as the report did."""
+    if report.summary.status not in ("error", "warn"):
         return None
-    source = str(report.model["path"])
-    words = ["initdoctor", "fix", source]
-    if report.model.get("format") in TRUSTED_FORMATS:
+    source = str(report.model["path"]) if source is None else source
+    words = ["initdoctor", "fix", source, *carry]
+    if report.model.get("format") in TRUSTED_FORMATS and "--trust" not in carry:
         words.append("--trust")
     method = block_method(report)
-    layers_too = any(f.status in ("warn", "error") for f in report.layers)
-    if method is not None and not layers_too:  # the blocks alone: the remedy is the whole fix
+    if method is not None and not _layers_too(report):  # the blocks alone: the remedy is the whole fix
         words += ["--method", method]
     words += ["-o", fixed_name(source)]
-    line = ""
+    return shlex.join(words)
+
+
+def set_next_step(report: Any, source: str | None = None, carry: Sequence[str] = ()) -> None:
+    """Write :func:`fix_command` into ``report.summary.next_step`` (JSON ``summary.next_step``)."""
+    report.summary.next_step = fix_command(report, source, carry)
+
+
+def _layers_too(report: Any) -> bool:
+    return any(f.status in ("warn", "error") for f in report.layers)
+
+
+def next_command(report: Any) -> tuple[str, str] | None:
+    """The repairing command (``summary.next_step`` when set, else :func:`fix_command`) and a note
+    on it (" (…)" or ""), for an ERROR/WARN report."""
+    command = fix_command(report)
+    if command is None:
+        return None
+    command = getattr(report.summary, "next_step", None) or command
+    method, line = block_method(report), ""
     if method is not None:
         rules = sorted({b.rule or "" for b in report.residual_blocks if b.status != "ok"} & set(BLOCK_RULES))
         line += f" ({method} on the residual blocks: {', '.join(rules)}"
-        line += "; Kaiming rescale on the flagged layers)" if layers_too else ")"
-    elif not report.model.get("has_graph", True):
+        line += "; Kaiming rescale on the flagged layers)" if _layers_too(report) else ")"
+    elif not report.model.get("has_graph", True) and "--model" not in shlex.split(command):
         line += " (no graph in the file: --model PKG.MODULE:FN builds one, so fix can probe it)"
-    return shlex.join(words), line
+    return command, line
 
 
 def check_next_step(argv: list[str], source: str) -> str:

@@ -13,10 +13,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .columns import BLOCK_NOTE, DEPTH_NOTE, DROP_ORDER, counts_text, fit, shorten_middle, table_rows
+from .columns import (
+    BLOCK_NOTE,
+    DEPTH_NOTE,
+    DROP_ORDER,
+    counts_text,
+    fit,
+    markdown_table,
+    shorten_middle,
+    table_rows,
+)
 from .columns import ICON as _ICON
-from .columns import headers as _headers
-from .columns import layer_cells as _columns
 from .columns import number as _num
 from .nextstep import inspect_next_step, next_command
 from .report import FixResult, Report, compare_to_dict, register_display, standing
@@ -174,22 +181,8 @@ def render_markdown(report: Report) -> str:
         *(["", f"Next: `{step[0]}`{step[1]}"] if (step := next_command(report)) else []),
         *(["", init_loss_line(s) or ""] if s.init_loss else []),
         "",
-        "| " + " | ".join(_headers(_probed(report)) + ["status"]) + " |",
-        "|" + "---|" * (len(_headers(_probed(report))) + 1),
+        *markdown_table(report, icon),
     ]
-    for f in report.layers:
-        cells = [c.replace("|", "\\|") for c in _columns(f, _probed(report))]
-        lines.append("| " + " | ".join(cells + [f"{icon[f.status]} {f.status}"]) + " |")
-    if report.residual_blocks:
-        lines += ["", "| residual block | Var[out]/Var[in] | status |", "|---|---|---|"]
-        lines += [
-            f"| {b.name} | {_num(b.growth, '.3g')} | {icon[b.status]} {b.status} |"
-            for b in report.residual_blocks
-        ]
-    flagged = [f for f in report.layers if f.status in ("warn", "error")]
-    if flagged:
-        lines += ["", "### Findings", ""]
-        lines += [f"- **{f.name}** ({f.status}): {f.message}" for f in flagged]
     lines += ["", "\\* nonlinearity from the flag or the output-layer rule, not read from a graph", ""]
     return "\n".join(lines)
 

@@ -84,6 +84,15 @@ def test_a_failing_model_keeps_its_report_in_the_step_summary(tmp_path):
 
 def test_the_install_step_installs_from_the_repository_not_the_index():
     job = next(iter(yaml.safe_load(WORKFLOW.read_text())["jobs"].values()))
-    install = next(s["run"] for s in job["steps"] if "pip install" in s.get("run", ""))
-    assert 'pip install "$INITDOCTOR"' in install
-    assert job["env"]["INITDOCTOR"].startswith("initdoctor[plot] @ git+https://")
+    steps = [s.get("uses", "") or s.get("run", "") for s in job["steps"]]
+    install = next(i for i, s in enumerate(steps) if "pip install" in s)
+    assert 'pip install "$INITDOCTOR"' in steps[install]
+    # no placeholder: the checked-out repository (initdoctor or any fork), checked out before
+    assert "OWNER" not in WORKFLOW.read_text()
+    assert job["env"]["INITDOCTOR"] == ".[plot]"
+    assert any(s.startswith("actions/checkout@") for s in steps[:install])
+    # `.` from the workspace root is this project, and `plot` one of its extras
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "initdoctor" and "plot" in project["optional-dependencies"]

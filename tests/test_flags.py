@@ -54,6 +54,8 @@ def test_check_reports_every_file_and_exits_with_the_worst(tmp_path):
     proc = run_cli("check", XAVIER, str(tmp_path / "missing.pt"), str(bad), KAIMING)
     assert proc.returncode == 2
     lines = proc.stdout.splitlines()
+    # the failing model's line is followed by the command that repairs it (issue 16: `next:`)
+    assert lines.pop(1) == "  next: initdoctor fix examples.models:xavier_mlp -o fixed.safetensors"
     assert [line.split(":")[0] + ":" + line.split(":")[1].split()[0] for line in lines] == [
         "examples.models:xavier_mlp",
         "examples.models:kaiming_mlp",

@@ -38,6 +38,7 @@ ADDED = (
     "block",
     "unrepaired",
     "standing",
+    "next_step",
     "blocks",
 )
 

@@ -163,6 +163,8 @@ class Summary:
     #: the residual blocks' statuses counted (``{"ok", "warn", "error"}``; ok/warn/error above
     #: count layers only); zeros without blocks
     blocks: dict[str, int] = field(default_factory=lambda: {"ok": 0, "warn": 0, "error": 0})
+    #: the ``initdoctor fix`` command that repairs an error/warn model (initdoctor.nextstep), else None
+    next_step: str | None = None
 
 
 @dataclass

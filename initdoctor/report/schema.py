@@ -36,7 +36,8 @@ Report layout (``initdoctor.report/2``)::
                  "init_loss": null | {"classes", "baseline", "expected", "approx", "logit_std",
                                       "offset_share", "head", "source", "suggested_scale",
                                       "status"},
-                 "blocks": {"ok", "warn", "error"}},  # residual blocks counted
+                 "blocks": {"ok", "warn", "error"},  # residual blocks counted
+                 "next_step": str | null},  # the `initdoctor fix` command that repairs it
      "probe": null | {"backend", "inputs": [{"shape", "dtype", "name"?}], "seed", "runs", "backward",
                "notes"},
      "notes": [str]}
