@@ -142,9 +142,11 @@ def model_place(module: Any) -> tuple[Any, Any]:
     return first.device, first.dtype if first.is_floating_point() else None
 
 
-def on_model(inputs: ProbeInputs, module: Any) -> ProbeInputs:
+def on_model(inputs: ProbeInputs, module: Any, *, keep_device: bool = False) -> ProbeInputs:
     """``inputs`` on ``module``'s device, float tensors in its floating dtype (integer ids keep
-    theirs); a model on ``meta`` (no values) is a :class:`ProbeError`."""
+    theirs); a model on ``meta`` (no values) is a :class:`ProbeError`. ``keep_device``: the
+    caller's own example inputs stay on the device they were given on (a model spread over
+    several devices takes its inputs where its first layer is, which the caller knows best)."""
     import torch
 
     device, dtype = model_place(module)
@@ -154,7 +156,8 @@ def on_model(inputs: ProbeInputs, module: Any) -> ProbeInputs:
     def place(t: Any) -> Any:
         if not isinstance(t, torch.Tensor) or device is None:
             return t
-        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+        where = t.device if keep_device else device
+        return t.to(device=where, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
     return ProbeInputs([place(t) for t in inputs.args], {k: place(v) for k, v in inputs.kwargs.items()})
 
