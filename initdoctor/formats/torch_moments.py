@@ -13,7 +13,8 @@ host once per tensor (one synchronisation). ``m2 = Σx² − n·mean²`` is kept
 small next to the variance (float64: ≤ 10⁴·var; CPU cascade: ≤ 10·var; float32: ≤ var); beyond
 that a second pass sums ``(x − mean)²`` in the accumulator dtype (two-pass variance). On the
 test zoo the ratios agree with the float64 numpy path (:func:`initdoctor.stats.scan`) to 1e-5
-relative (tests/test_device_stats.py). A tensor holding NaN/Inf (its sums are not finite) is reduced again over its finite values, which are counted.
+relative (tests/test_device_stats.py). A tensor holding NaN/Inf (its sums are not finite) is
+reduced again over its finite values, which are counted.
 """
 
 from __future__ import annotations
