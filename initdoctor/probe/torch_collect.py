@@ -4,6 +4,7 @@ dead fraction is taken, one scalar) and gradients; only scalars cross to the hos
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ..formats.torch_moments import reduce, tensor_moments, unit_max
@@ -67,21 +68,22 @@ def torch_logit_stats(z: Any, source: str) -> LogitStats | None:
     the accumulator dtype (float64 on CPU and CUDA); only the five numbers come to the host."""
     import torch
 
-    from ..formats.torch_moments import accumulator
+    from ..formats.torch_moments import accumulator, one_thread
 
     if not z.is_floating_point() or z.dim() < 2 or z.shape[-1] < 2 or not z.numel():
         return None
-    flat = z.detach().reshape(-1, z.shape[-1]).to(accumulator(z.device))
-    lse = torch.logsumexp(flat, dim=1)
-    row_mean = flat.mean(dim=1)
-    values = torch.stack(
-        [
-            torch.isfinite(flat).all().to(flat.dtype),
-            (lse - row_mean).mean(),
-            flat.var(dim=1, correction=0).mean(),
-            flat.mean(dim=0).var(correction=0),
-        ]
-    ).tolist()
+    with one_thread() if z.device.type == "cpu" else contextlib.nullcontext():
+        flat = z.detach().reshape(-1, z.shape[-1]).to(accumulator(z.device))
+        lse = torch.logsumexp(flat, dim=1)
+        row_mean = flat.mean(dim=1)
+        values = torch.stack(
+            [
+                torch.isfinite(flat).all().to(flat.dtype),
+                (lse - row_mean).mean(),
+                flat.var(dim=1, correction=0).mean(),
+                flat.mean(dim=0).var(correction=0),
+            ]
+        ).tolist()
     if not values[0]:
         return None
     return LogitStats(
