@@ -168,7 +168,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("inputs", str, None, "A file of real example tensors for the probe and --method lsuv: .npz, .pt "
            "(read with weights_only=True) or .safetensors; a name → tensor mapping is passed by name, a "
            "single tensor by position.", MODEL_COMMANDS, "inputs_file", True),
-    Option("input-dtype", str, "float32", "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ".",
+    Option("input-dtype", str, None, "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ". Default: a torch "
+           "model's floating dtype (a bf16 model gets bf16 inputs), else float32.",
            MODEL_COMMANDS, "input_dtype", True),  # validated by ProbeSettings (its message), not by click
     Option("device", str, None, "Where a factory's or loaded checkpoint's model is described and probed: "
            "cpu, cuda, cuda:N, mps or auto (CUDA if available). Default: files on the CPU, a factory's "

@@ -66,7 +66,8 @@ class ProbeSettings:
     (see :func:`initdoctor.model.infer_input_shape`)."""
 
     input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtype: str = default("input-dtype")
+    #: None: float inputs in the torch model's floating dtype (float32 where it has none)
+    input_dtype: str | None = default("input-dtype")
     batch_size: int = default("batch-size")
     seed: int = default("seed")
     vocab_size: int | None = default("vocab-size")
@@ -88,7 +89,7 @@ class ProbeSettings:
     device: str | None = default("device")
 
     def __post_init__(self) -> None:
-        if self.input_dtype not in INPUT_DTYPES:
+        if self.input_dtype is not None and self.input_dtype not in INPUT_DTYPES:
             raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
         if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device):
             raise SettingsError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N, mps, auto")

@@ -185,3 +185,14 @@ def test_cli_device() -> None:
     assert code == 2 and "unknown device 'tpu9'" in out + err
     code, _, _ = invoke("inspect", "examples.models:kaiming_mlp", "--device", "cpu", "--no-probe")
     assert code in (0, 1)
+
+
+def test_input_dtype_given_is_kept() -> None:
+    """--input-dtype overrides the model's dtype: float64 inputs into a float64 model stay float64,
+    float32 inputs into a bf16 model reach it as float32 (and its forward refuses them: one error)."""
+    model64 = plain_mlp(depth=2, width=8, in_features=4).double()
+    report = initdoctor.diagnose(model64, probe=True, input_dtype="float64", input_shapes=((4, 4),))
+    assert report.probe is not None and report.probe["inputs"][0]["dtype"] == "float64"
+    bf16 = plain_mlp(depth=2, width=8, in_features=4).to(torch.bfloat16)
+    with pytest.raises(InitDoctorError, match="forward raised"):
+        initdoctor.diagnose(bf16, probe=True, input_dtype="float32", input_shapes=((4, 4),))

@@ -81,7 +81,8 @@ def probe_torch(
     else:
         inputs = seeded_inputs(desc, settings, example)
     # the model's device (the caller's example inputs keep theirs) and floating dtype
-    inputs = on_model(inputs, module, keep_device=example_inputs is not None)
+    given_dtype = example_inputs is None and settings.input_dtype is not None  # --input-dtype
+    inputs = on_model(inputs, module, keep_device=example_inputs is not None, keep_dtype=given_dtype)
     if settings.backward:
         for t in inputs.tensors():
             if t.is_floating_point():
