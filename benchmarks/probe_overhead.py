@@ -4,8 +4,9 @@
     python benchmarks/probe_overhead.py [--repeats 5] [--batch 256]
     python benchmarks/probe_overhead.py --alternate [--repeats 7] [--batch 1024]
 
-``--alternate`` (issue 17): the ONNX modes only, in ONE process, run after run in turn (a slow
-spell of a shared machine hits all alike): ``plain`` (onnxruntime session + one run),
+``--alternate`` (issue 17): torch plain vs probe, then the ONNX modes, in ONE process, run
+after run in turn (a slow spell of a shared machine hits all alike): ``plain`` (onnxruntime
+session + one run),
 ``session`` (the session alone), ``probe`` (:func:`probe_onnx` in-process: what the probe costs
 beside inference) and ``isolated`` (:func:`probe_onnx_isolated`, the default path: the same in a
 forked child that can be stopped). The probe's fixed cost of being stoppable is ``isolated −
@@ -125,6 +126,46 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     }
 
 
+def alternate_torch(args: argparse.Namespace) -> None:
+    """``--alternate`` (first part): torch plain forward and torch probe alternated in this one process
+    (``--repeats`` rounds after one warm-up of each), median times and the ratio of medians."""
+    import numpy as np
+    import torch
+
+    from initdoctor.formats.torch_module import describe_module
+    from initdoctor.probe.torch_backend import probe_torch
+    from initdoctor.settings import ProbeSettings
+
+    torch.manual_seed(0)
+    model = build(args.width, args.depth)
+    shape = (args.batch, args.width)
+    desc = describe_module(model, path="bench", fmt="factory")
+    settings = ProbeSettings(input_shapes=(shape,))
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32)))
+
+    ops = {"torch-plain": plain, "torch-probe": lambda: probe_torch(model, desc, settings)}
+    for op in ops.values():
+        op()
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(args.repeats):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op()
+            times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratio = med["torch-probe"] / med["torch-plain"]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; depth {args.depth}, width "
+        f"{args.width}, batch {args.batch}; medians of {args.repeats} alternating runs"
+    )
+    for name, t in times.items():
+        print(f"  {name:12s} {med[name] * 1000:8.1f} ms (min {min(t) * 1000:.1f}, max {max(t) * 1000:.1f})")
+    print(f"torch probe / plain = {ratio:.3f}× (goal ≤ 1.05×): {'met' if ratio <= 1.05 else 'NOT met'}")
+
+
 def alternate(args: argparse.Namespace, onnx_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -189,8 +230,14 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--child")
     parser.add_argument("--onnx")
-    parser.add_argument("--alternate", action="store_true", help="ONNX modes in one process, in turn")
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="torch plain vs probe, then the ONNX modes, each alternated in one process",
+    )
     args = parser.parse_args()
+    if args.alternate:
+        alternate_torch(args)
     if args.child:
         print(json.dumps(child(args.child, args)))
         return

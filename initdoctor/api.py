@@ -122,15 +122,17 @@ def run(
     ``check``, ``fix --check``, :func:`diagnose`): the same model and settings, probed or not, give
     the same ``summary.status``."""
     from .checks import inspect_description
+    from .formats.torch_device import requested_device
     from .probe import run_probe, time_limit
 
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
     with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
-        loaded = load(
-            source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
-        )
+        with requested_device(probe_settings.device):  # --device: checked, then applied on load
+            loaded = load(
+                source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
+            )
         if probe and loaded.runnable is None:
             if need_graph:
                 raise InitDoctorError(need_graph.format(format=loaded.description.format))

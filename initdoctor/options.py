@@ -15,6 +15,7 @@ Adding an option is one entry here (and the code that reads it). Where one flag 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ NONLINEARITY_NAMES = (
     "linear",
 )
 MODES = ("auto", "fan_in", "fan_out")
+#: ``--device`` values (whether the device exists is checked when the model is loaded)
+DEVICE_PATTERN = re.compile(r"cpu|cuda|cuda:\d+|mps|auto")
 INPUT_DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32")
 #: ``--fail-on`` of inspect/check: ok < unknown < warn < error (``never``: always 0)
 FAIL_ON = ("unknown", "warn", "error", "never")
@@ -165,8 +168,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("inputs", str, None, "A file of real example tensors for the probe and --method lsuv: .npz, .pt "
            "(read with weights_only=True) or .safetensors; a name → tensor mapping is passed by name, a "
            "single tensor by position.", MODEL_COMMANDS, "inputs_file", True),
-    Option("input-dtype", str, "float32", "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ".",
+    Option("input-dtype", str, None, "Probe input dtype: " + ", ".join(INPUT_DTYPES) + ". Default: a torch "
+           "model's floating dtype (a bf16 model gets bf16 inputs), else float32.",
            MODEL_COMMANDS, "input_dtype", True),  # validated by ProbeSettings (its message), not by click
+    Option("device", str, None, "Where a factory's or loaded checkpoint's model is described and probed: "
+           "cpu, cuda, cuda:N, mps or auto (CUDA if available). Default: files on the CPU, a factory's "
+           "model where the factory put it.", MODEL_COMMANDS, "device", True),
     Option("batch-size", int, 32, "Probe batch size (fills a dynamic batch dimension).", MODEL_COMMANDS,
            "batch_size", True),
     Option("seed", int, 0, "Seed of the probe's inputs (and of --method reinit): the same seed gives the "

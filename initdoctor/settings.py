@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingsError
-from .options import INPUT_DTYPES, MODES, NONLINEARITIES, ONNX_STRATEGIES, default
+from .options import DEVICE_PATTERN, INPUT_DTYPES, MODES, NONLINEARITIES, ONNX_STRATEGIES, default
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class ProbeSettings:
     (see :func:`initdoctor.model.infer_input_shape`)."""
 
     input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtype: str = default("input-dtype")
+    #: None: float inputs in the torch model's floating dtype (float32 where it has none)
+    input_dtype: str | None = default("input-dtype")
     batch_size: int = default("batch-size")
     seed: int = default("seed")
     vocab_size: int | None = default("vocab-size")
@@ -84,10 +85,14 @@ class ProbeSettings:
     named_inputs: tuple[tuple[str, tuple[int, ...], str], ...] = ()
     #: a file of real example tensors (.npz, .pt, .safetensors) fed instead of a seeded batch
     inputs_file: str | None = default("inputs")
+    #: where a factory's or loaded checkpoint's model runs (``--device``; None: where it is)
+    device: str | None = default("device")
 
     def __post_init__(self) -> None:
-        if self.input_dtype not in INPUT_DTYPES:
+        if self.input_dtype is not None and self.input_dtype not in INPUT_DTYPES:
             raise SettingsError(f"unknown input dtype {self.input_dtype!r}; valid: {', '.join(INPUT_DTYPES)}")
+        if self.device is not None and not DEVICE_PATTERN.fullmatch(self.device):
+            raise SettingsError(f"unknown device {self.device!r}; valid: cpu, cuda, cuda:N, mps, auto")
         if self.onnx_strategy not in ONNX_STRATEGIES:
             raise SettingsError(f"unknown ONNX probe strategy {self.onnx_strategy!r}; valid: reduce, expose")
         if self.batch_size < 1:

@@ -16,7 +16,8 @@ from ..graph import (
 )
 from ..model import Layer, ModelDescription, NormLayer
 from .graph_patterns import gate_layers, normalized_after_activation
-from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op, tensor_stats
+from .torch_moments import weight_stats
+from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op
 
 _EXPORT_WEIGHTED = {
     # aten op name: (weight arg index, groups arg index or None, transposed)
@@ -124,7 +125,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         fan_in, fan_out = fans(kind, shape[::-1] if kind == "matmul" else shape, groups)  # matmul: [in, out]
         name = fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn
         bias_key = f"{name}.bias" if f"{name}.bias" in state else None
-        layer = Layer(name, kind, fqn, shape, fan_in, fan_out, tensor_stats(weight), groups, bias_key)
+        layer = Layer(name, kind, fqn, shape, fan_in, fan_out, weight_stats(weight), groups, bias_key)
         hit = following_nonlinearity(nodes, node_name) or graph_follower(nodes, node_name)
         if hit is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
@@ -136,8 +137,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             "norm",
             fqn,
             tuple(t.shape),
-            tensor_stats(t),
-            tensor_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None,
+            weight_stats(t),
+            weight_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None,
         )
         for fqn, t in state.items()
         if fqn.endswith(".weight") and t.dim() == 1 and fqn not in seen

@@ -27,7 +27,9 @@ from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
 from .graph_patterns import gate_layers, normalized_after_activation
 from .model_inputs import config_inputs, constant_kwargs, split_positional
+from .torch_device import place
 from .torch_exported import describe_exported
+from .torch_moments import weight_stats
 from .torch_ops import (
     WEIGHTED_CLASSES,
     activation_module,
@@ -37,7 +39,6 @@ from .torch_ops import (
     lookup,
     module_op,
     norm_kind_of,
-    tensor_stats,
 )
 from .torch_structure import module_blocks
 
@@ -141,6 +142,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
         return desc, module, "torch.export"
     if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
         raise InputError(META_WEIGHTS)
+    module = place(module)  # --device (a no-op unless one was asked for)
     weighted: dict[str, tuple[Any, str]] = {}
     norms: list[NormLayer] = []
     leaves: list[tuple[str, Any]] = []
@@ -171,8 +173,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
                     norm_kind,
                     f"{name}.weight",
                     tuple(weight.shape),
-                    tensor_stats(weight),
-                    tensor_stats(bias) if isinstance(bias, torch.Tensor) else None,
+                    weight_stats(weight),
+                    weight_stats(bias) if isinstance(bias, torch.Tensor) else None,
                 )
             )
 
@@ -233,7 +235,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             shape,
             fan_in,
             fan_out,
-            tensor_stats(weight),
+            weight_stats(weight),
             groups,
             bias_key=f"{name}.bias" if isinstance(bias, torch.Tensor) else None,
         )

@@ -4,6 +4,7 @@ definitions cannot drift apart; see :mod:`initdoctor.probe` for what is measured
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class Collector:
         self.inf = 0
         self.input_bad = 0
         self.calls = 0
-        self.unit_max: np.ndarray | None = None
+        self.unit_max: Any = None
         self.grad_y = Moments()
         self.grad_x = Moments()
         self.spatial: tuple[tuple[int, ...], tuple[int, ...]] | None = None
@@ -72,7 +73,7 @@ class Collector:
         y: Moments | None,
         nan: int = 0,
         inf: int = 0,
-        unit_max: np.ndarray | None = None,
+        unit_max: Any = None,
     ) -> None:
         """One call, already reduced: input and output moments, NaN/Inf counts, per-unit max."""
         self.calls += 1
@@ -86,7 +87,16 @@ class Collector:
         self.nan += nan
         self.inf += inf
         if unit_max is not None:
-            self.unit_max = unit_max if self.unit_max is None else np.maximum(self.unit_max, unit_max)
+            self.unit_max = unit_max if self.unit_max is None else self.maximum(self.unit_max, unit_max)
+
+    def maximum(self, a: Any, b: Any) -> Any:
+        """The elementwise maximum of two per-unit maxima (numpy here; the torch collector keeps
+        them on the device)."""
+        return np.maximum(a, b)
+
+    def dead_fraction(self) -> float | None:
+        """The fraction of units whose maximum over the batch is ≤ 0 (None: not a ReLU layer)."""
+        return float((self.unit_max <= 0).mean()) if self.unit_max is not None else None
 
     def grad_output(self, g: np.ndarray) -> None:
         self.grad_y.merge_moments(fast_moments(g)[0])
@@ -95,7 +105,7 @@ class Collector:
         self.grad_x.merge_moments(fast_moments(g)[0])
 
     def result(self) -> ActivationStats:
-        dead = float((self.unit_max <= 0).mean()) if self.unit_max is not None else None
+        dead = self.dead_fraction()
         return ActivationStats(
             name=self.name,
             input_second_moment=self.x.second_moment,

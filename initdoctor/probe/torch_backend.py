@@ -20,9 +20,10 @@ from ..formats.model_inputs import constant_kwargs
 from ..formats.torch_module import reexport
 from ..model import ModelDescription
 from ..settings import ProbeSettings
-from ..stats import Moments, fast_moments
-from .collector import Collector, Ticker
+from ..stats import Moments
+from .collector import Ticker
 from .inputs import extra_tensors
+from .torch_collect import TorchCollector, merge_into
 from .torch_inputs import (
     ProbeInputs,
     check_names,
@@ -55,25 +56,6 @@ _WEIGHTED_ATEN = {
 }
 
 
-def _np(t: Any) -> np.ndarray | None:
-    """A detached CPU numpy view (float32 for half types) of a float tensor, else None."""
-    import torch
-
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        return None
-    t = t.detach()
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.float()
-    return t.cpu().numpy()
-
-
-def _array(t: Any) -> np.ndarray:
-    """A gradient as a numpy array (a gradient is always a tensor)."""
-    array = _np(t)
-    assert array is not None
-    return array
-
-
 def probe_torch(
     runnable: Any,
     desc: ModelDescription,
@@ -98,14 +80,16 @@ def probe_torch(
         inputs = given_inputs(example_inputs, settings)
     else:
         inputs = seeded_inputs(desc, settings, example)
-    inputs = on_model(inputs, module)  # the model's device and floating dtype
+    # the model's device (the caller's example inputs keep theirs) and floating dtype
+    given_dtype = example_inputs is None and settings.input_dtype is not None  # --input-dtype
+    inputs = on_model(inputs, module, keep_device=example_inputs is not None, keep_dtype=given_dtype)
     if settings.backward:
         for t in inputs.tensors():
             if t.is_floating_point():
                 t.requires_grad_()
     ticker = Ticker(len(desc.layers), progress)
     collectors = {
-        layer.name: Collector(
+        layer.name: TorchCollector(
             layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output, ticker
         )
         for layer in desc.layers
@@ -192,17 +176,17 @@ def _for_shapes(program: Any, flat: list[Any], module: Any) -> tuple[Any, list[A
     return again.module(), program_defaults(again)
 
 
-def _observe(collector: Collector, x: Any, y: Any, backward: bool) -> None:
+def _observe(collector: TorchCollector, x: Any, y: Any, backward: bool) -> None:
     import torch
 
-    collector.forward(_np(x), _np(y))
+    collector.observe(x, y)  # reduced on the tensors' device: only scalars reach the host
     if backward and isinstance(y, torch.Tensor) and y.requires_grad:
-        y.register_hook(lambda g: collector.grad_output(_array(g)))
+        y.register_hook(collector.grad_output_tensor)
         if isinstance(x, torch.Tensor) and x.requires_grad:
-            x.register_hook(lambda g: collector.grad_input(_array(g)))
+            x.register_hook(collector.grad_input_tensor)
 
 
-def _hook(module: Any, name: str, collector: Collector, backward: bool) -> Any:
+def _hook(module: Any, name: str, collector: TorchCollector, backward: bool) -> Any:
     target = module.get_submodule(name) if name != "(root)" else module
     parent_name, _, leaf = name.rpartition(".")
     parent = module.get_submodule(parent_name) if name != "(root)" else None
@@ -233,15 +217,14 @@ def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
             (f"{path}:in", inputs[0] if inputs else None),
             (f"{path}:out", outs[0] if outs else None),
         ):
-            values = _np(t)
-            if values is not None and name in extra:
-                extra[name].merge_moments(fast_moments(values)[0])
+            if name in extra:
+                merge_into(extra[name], t)
 
     return module.get_submodule(path).register_forward_hook(hook, with_kwargs=True)
 
 
 def _interpreter(
-    module: Any, by_weight: dict[str, Collector], backward: bool, extra: dict[str, Moments]
+    module: Any, by_weight: dict[str, TorchCollector], backward: bool, extra: dict[str, Moments]
 ) -> Any:
     import torch.fx
 
@@ -249,9 +232,7 @@ def _interpreter(
         def run_node(self, n: Any) -> Any:
             result = super().run_node(n)
             if n.name in extra:
-                values = _np(result)
-                if values is not None:
-                    extra[n.name].merge_moments(fast_moments(values)[0])
+                merge_into(extra[n.name], result)
             if n.op == "call_function":
                 aten = getattr(n.target, "__name__", "").split(".")[0]
                 spec = _WEIGHTED_ATEN.get(aten)

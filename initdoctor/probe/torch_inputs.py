@@ -91,7 +91,9 @@ def seeded_specs(
     if settings.input_shapes:
         embedding_first = bool(desc.layers) and desc.layers[0].kind == "embedding"
         dtype = (
-            "int64" if embedding_first and settings.input_dtype.startswith("float") else settings.input_dtype
+            "int64"
+            if embedding_first and _float_dtype(settings).startswith("float")
+            else _float_dtype(settings)
         )
         return [InputSpec(None, shape, dtype) for shape in settings.input_shapes]
     if example is not None and example.tensors():
@@ -107,7 +109,12 @@ def seeded_specs(
         raise ProbeError("no weighted layer to infer an input shape from; pass --input-shape")
     first = desc.layers[0]
     shape = infer_input_shape(first.kind, first.shape, first.groups, settings.batch_size)
-    return [InputSpec(None, shape, "int64" if first.kind == "embedding" else settings.input_dtype)]
+    return [InputSpec(None, shape, "int64" if first.kind == "embedding" else _float_dtype(settings))]
+
+
+def _float_dtype(settings: ProbeSettings) -> str:
+    """The seeded float inputs' dtype before :func:`on_model` (``--input-dtype``, else float32)."""
+    return settings.input_dtype or "float32"
 
 
 def seeded_inputs(
@@ -142,19 +149,27 @@ def model_place(module: Any) -> tuple[Any, Any]:
     return first.device, first.dtype if first.is_floating_point() else None
 
 
-def on_model(inputs: ProbeInputs, module: Any) -> ProbeInputs:
+def on_model(
+    inputs: ProbeInputs, module: Any, *, keep_device: bool = False, keep_dtype: bool = False
+) -> ProbeInputs:
     """``inputs`` on ``module``'s device, float tensors in its floating dtype (integer ids keep
-    theirs); a model on ``meta`` (no values) is a :class:`ProbeError`."""
+    theirs); a model on ``meta`` (no values) is a :class:`ProbeError`. ``keep_device``: the
+    caller's own example inputs stay on the device they were given on (a model spread over
+    several devices takes its inputs where its first layer is, which the caller knows best).
+    ``keep_dtype``: float inputs keep their dtype (``--input-dtype`` was given)."""
     import torch
 
     device, dtype = model_place(module)
+    if keep_dtype:
+        dtype = None
     if device is not None and device.type == "meta":
         raise ProbeError(META_WEIGHTS)
 
     def place(t: Any) -> Any:
         if not isinstance(t, torch.Tensor) or device is None:
             return t
-        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
+        where = t.device if keep_device else device
+        return t.to(device=where, dtype=dtype if dtype is not None and t.is_floating_point() else None)
 
     return ProbeInputs([place(t) for t in inputs.args], {k: place(v) for k, v in inputs.kwargs.items()})
 

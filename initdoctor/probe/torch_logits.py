@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .collector import logit_stats
+from .torch_collect import torch_logit_stats
 from .types import LogitStats
 
 
@@ -28,4 +28,4 @@ def output_logits(output: Any, program: Any = None) -> LogitStats | None:
         output, source = output["logits"], "output.logits"
     if not isinstance(output, torch.Tensor) or not output.is_floating_point():
         return None
-    return logit_stats(output.detach().float().cpu().numpy(), source)
+    return torch_logit_stats(output, source)  # reduced on the output's device

@@ -1,0 +1,96 @@
+"""The torch probe's statistics, computed on the tensors' device (:mod:`initdoctor.formats.torch_moments`):
+a layer's input and output moments, NaN/Inf counts, per-unit maxima (kept on the device until the
+dead fraction is taken, one scalar) and gradients; only scalars cross to the host."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ..formats.torch_moments import reduce, tensor_moments, unit_max
+from ..stats import Moments
+from .collector import Collector
+from .types import LogitStats
+
+
+def _is_float(t: Any) -> bool:
+    import torch
+
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 0
+
+
+class TorchCollector(Collector):
+    """A :class:`Collector` fed torch tensors, reduced where they are."""
+
+    def observe(self, x: Any, y: Any) -> None:
+        """One call: ``x`` the layer's input, ``y`` its output (anything: non-float is skipped)."""
+        x_moments, x_bad = tensor_moments(x) if _is_float(x) else (None, 0)
+        if not _is_float(y):
+            self.add(x_moments, x_bad, None)
+            return
+        if self.kind.startswith("conv") and _is_float(x) and x.dim() == y.dim() > 2:
+            self.spatial = (tuple(int(d) for d in x.shape[2:]), tuple(int(d) for d in y.shape[2:]))
+        y_moments, nan, inf, _ = reduce(y)
+        peak = unit_max(y, self.unit_axis) if self.relu and y.dim() >= 2 else None
+        self.add(x_moments, x_bad, y_moments, nan, inf, peak)
+
+    def maximum(self, a: Any, b: Any) -> Any:
+        import torch
+
+        return torch.maximum(a, b)
+
+    def dead_fraction(self) -> float | None:
+        if self.unit_max is None:
+            return None
+        return float((self.unit_max <= 0).sum()) / max(int(self.unit_max.numel()), 1)
+
+    def grad_output_tensor(self, g: Any) -> None:
+        moments, _ = tensor_moments(g)
+        if moments is not None:
+            self.grad_y.merge_moments(moments)
+
+    def grad_input_tensor(self, g: Any) -> None:
+        moments, _ = tensor_moments(g)
+        if moments is not None:
+            self.grad_x.merge_moments(moments)
+
+
+def merge_into(target: Moments, t: Any) -> None:
+    """Add a tensor's moments (on its device) to ``target``; non-float tensors are skipped."""
+    if _is_float(t):
+        moments, _ = tensor_moments(t)
+        if moments is not None:
+            target.merge_moments(moments)
+
+
+def torch_logit_stats(z: Any, source: str) -> LogitStats | None:
+    """:func:`~initdoctor.probe.collector.logit_stats` of a torch tensor, reduced on its device in
+    the accumulator dtype (float64 on CPU and CUDA); only the five numbers come to the host."""
+    import torch
+
+    from ..formats.torch_moments import accumulator, one_thread
+
+    if not z.is_floating_point() or z.dim() < 2 or z.shape[-1] < 2 or not z.numel():
+        return None
+    with one_thread() if z.device.type == "cpu" else contextlib.nullcontext():
+        flat = z.detach().reshape(-1, z.shape[-1]).to(accumulator(z.device))
+        lse = torch.logsumexp(flat, dim=1)
+        row_mean = flat.mean(dim=1)
+        values = torch.stack(
+            [
+                torch.isfinite(flat).all().to(flat.dtype),
+                (lse - row_mean).mean(),
+                flat.var(dim=1, correction=0).mean(),
+                flat.mean(dim=0).var(correction=0),
+            ]
+        ).tolist()
+    if not values[0]:
+        return None
+    return LogitStats(
+        classes=int(flat.shape[1]),
+        positions=int(flat.shape[0]),
+        lse_minus_mean=float(values[1]),
+        logit_var=float(values[2]),
+        offset_var=float(values[3]),
+        source=source,
+    )
