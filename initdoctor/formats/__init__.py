@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..model import ModelDescription
-from . import factory, hf_folder, onnx, safetensors, torch_code, torch_state_dict
+from . import factory, hf_folder, hf_stream, onnx, safetensors, torch_code, torch_state_dict
 from .base import Editable, Format, LoadedModel
 from .detect import detect_format, in_hf_folder
 from .factory import TorchModule, is_factory_spec
@@ -59,10 +59,17 @@ def describe(
 
 
 def load(
-    source: str | Path, *, trust: bool = False, weights: str | Path | None = None, progress: Any = None
+    source: str | Path,
+    *,
+    trust: bool = False,
+    weights: str | Path | None = None,
+    progress: Any = None,
+    stream: bool = False,
 ) -> LoadedModel:
     """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible).
-    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors)."""
+    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors).
+    A Hugging Face folder is streamed (:mod:`.hf_stream`) when ``stream`` or when its checkpoint
+    is over half the available memory."""
     text = str(source)
     if is_factory_spec(text):
         name = "factory"
@@ -73,7 +80,12 @@ def load(
     entry = _BY_NAME.get(name)
     if entry is None:  # pragma: no cover - detect_format only names registered formats
         raise InputError(f"{Path(text)}: unsupported format {name}")
-    loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
+    if stream and name != "hf-folder":
+        raise InputError(f"{text}: --stream takes a Hugging Face folder (config.json + safetensors)")
+    if name == "hf-folder" and hf_stream.should_stream(Path(text), stream):
+        loaded = hf_stream.load_streamed(Path(text), trust=trust)
+    else:
+        loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
     loaded.format_name = name
     if name not in ("factory", "hf-folder") and in_hf_folder(Path(text)):
         folder = Path(text).parent

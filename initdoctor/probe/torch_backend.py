@@ -9,6 +9,7 @@ run on batch statistics (as in training) with their running buffers put back aft
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from typing import Any
@@ -80,9 +81,15 @@ def probe_torch(
     settings: ProbeSettings,
     progress: Progress | None = None,
     example_inputs: Any = None,
+    weights: Any = None,
 ) -> ProbeResult:
+    """``weights``: a streamed model's tensors by name, read on access (:mod:`.streamed`)."""
     import torch
 
+    from .streamed import BlockProgress, check, offloaded
+
+    if weights is not None:
+        check(settings)
     if isinstance(runnable, torch.jit.ScriptModule):
         return _probe_torchscript(runnable, desc, settings, progress)
     exported = isinstance(runnable, torch.export.ExportedProgram)
@@ -121,7 +128,7 @@ def probe_torch(
             flat = flat_arguments(placeholders, defaults, inputs)
             if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
                 module, flat = _for_shapes(runnable, flat, module)
-            runner = _interpreter(module, by_weight, settings.backward, extra)
+            runner = _interpreter(module, by_weight, settings.backward, extra, weights, BlockProgress(False))
             call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
@@ -142,7 +149,8 @@ def probe_torch(
                 flat = flat_arguments(nodes, placeholder_defaults(nodes), given)
                 runner = _interpreter(traced, {}, settings.backward, in_graph)
                 call = lambda: runner.run(*flat)  # noqa: E731
-        with torch.set_grad_enabled(settings.backward):
+        streaming = offloaded(module, weights) if weights is not None and not exported else None
+        with torch.set_grad_enabled(settings.backward), streaming or _nothing():
             try:
                 output = call()
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
@@ -241,11 +249,23 @@ def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
 
 
 def _interpreter(
-    module: Any, by_weight: dict[str, Collector], backward: bool, extra: dict[str, Moments]
+    module: Any,
+    by_weight: dict[str, Collector],
+    backward: bool,
+    extra: dict[str, Moments],
+    weights: Any = None,
+    progress: Any = None,
 ) -> Any:
     import torch.fx
 
     class StatsInterpreter(torch.fx.Interpreter):
+        def fetch_attr(self, target: str) -> Any:
+            if weights is not None and target in weights:  # streamed: read now, freed after last use
+                if progress is not None:
+                    progress(target)
+                return weights[target]
+            return super().fetch_attr(target)
+
         def run_node(self, n: Any) -> Any:
             result = super().run_node(n)
             if n.name in extra:
@@ -268,6 +288,11 @@ def _interpreter(
             return result
 
     return StatsInterpreter(module)
+
+
+@contextlib.contextmanager
+def _nothing() -> Any:
+    yield
 
 
 def _backward(output: Any, module: Any, seed: int) -> None:
