@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import invoke  # noqa: E402
 
-from initdoctor import api  # noqa: E402
+from initdoctor import api, formats  # noqa: E402
+from initdoctor.errors import InputError  # noqa: E402
 from initdoctor.formats import hf_stream  # noqa: E402
 
 
@@ -79,6 +80,9 @@ def test_stream_flag_and_auto_choice(folder: Path) -> None:
     assert any("streamed probe" in note for note in report["notes"])
     assert hf_stream.available_bytes() and hf_stream.available_bytes() > 1 << 20
     assert not hf_stream.should_stream(folder, False)  # ~0.2 MiB: loaded whole
+    loaded = formats.load(folder, stream=True)  # fix cannot write from weights it does not hold
+    with pytest.raises(InputError, match="streamed"):
+        formats.open_editable(loaded, str(folder), trust=False)
 
 
 def _copy(folder: Path, dst: Path) -> Path:
@@ -102,3 +106,114 @@ def test_bad_folders_one_line_exit_2(folder: Path, tmp_path: Path) -> None:
         assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     code, _, err = invoke("inspect", str(next(folder.glob("*.safetensors"))), "--stream")
     assert code == 2 and "--stream takes a Hugging Face folder" in err
+
+
+class ResidualMLP(torch.nn.Module):
+    """``depth`` residual blocks ``x + W2 relu(W1 x)`` (functional adds: torch.fx reads them)."""
+
+    def __init__(self, width: int = 32, depth: int = 3) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, width))
+            for _ in range(depth)
+        )
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ResidualMLP()
+
+
+def test_factory_weights_streamed_through_accelerate_hooks(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v * 3 for k, v in mlp().state_dict().items()}, str(weights))  # not the factory's init
+    spec = "tests.test_streamed_probe:mlp"
+    settings, probe = api.split_settings({"stream": False})
+    whole = api.run(spec, settings, probe, probe=True, weights=weights)
+    settings, probe = api.split_settings({"stream": True})
+    streamed = api.run(spec, settings, probe, probe=True, weights=weights)
+    assert whole.loaded.backend == streamed.loaded.backend == "torch"  # an nn.Module: accelerate's hooks
+    assert whole.probe is not None and streamed.probe is not None and len(whole.probe.layers) == 7
+    for name, a in whole.probe.layers.items():
+        b = streamed.probe.layers[name]
+        assert _close(a.activation_var, b.activation_var) and _close(a.dead_fraction, b.dead_fraction), name
+    assert whole.probe.tensor_vars and all(
+        _close(v, streamed.probe.tensor_vars[k]) for k, v in whole.probe.tensor_vars.items()
+    )
+    assert _close(whole.report.summary.residual_growth, streamed.report.summary.residual_growth)
+    std = whole.loaded.description.layers[0].stats.std  # 3 × U(±1/√32): 3/√96 = 0.306
+    assert abs(std - 3 / math.sqrt(96)) < 0.03 and _close(
+        std, streamed.loaded.description.layers[0].stats.std
+    )
+
+
+RSS_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from initdoctor import api
+status = lambda key: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith(key)))
+base = status("VmRSS:")
+settings, probe = api.split_settings({"stream": True})
+run = api.run("rssmodel:build", settings, probe, probe=True, weights=sys.argv[2])
+assert run.probe is not None and len(run.probe.layers) >= 4
+print(status("VmHWM:") - base)
+"""
+
+RSS_MODEL = """
+import os, torch
+from torch import nn
+
+class Deep(nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(768, 768), nn.ReLU(), nn.Linear(768, 768))
+                                    for _ in range(depth))
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+def build():
+    torch.manual_seed(0)
+    return Deep(int(os.environ["DEPTH"]))
+"""
+
+
+def test_streamed_peak_memory_does_not_grow_with_depth(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "rssmodel.py").write_text(RSS_MODEL)
+    root = Path(__file__).resolve().parents[1]
+    from safetensors.torch import save_file
+
+    space: dict = {}
+    exec(RSS_MODEL, space)  # the weight files, written here: only the child processes are measured
+    for depth in (2, 8):
+        save_file(space["Deep"](depth).state_dict(), str(tmp_path / f"w{depth}.safetensors"))
+    peaks = {}
+    for depth in (2, 8):  # 4.5 MiB of float32 weights per block: 9 vs 36 MiB
+        env = {**os.environ, "DEPTH": str(depth), "PYTHONPATH": str(root)}
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_SCRIPT, str(tmp_path), str(tmp_path / f"w{depth}.safetensors")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            check=False,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        peaks[depth] = int(out.stdout.split()[-1]) / 1024  # MiB above the RSS after the imports
+    # whole, the deeper model would add 27 MiB of weights; streamed, about one block at a time
+    assert peaks[8] - peaks[2] < 9, peaks

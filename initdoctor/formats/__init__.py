@@ -80,10 +80,15 @@ def load(
     entry = _BY_NAME.get(name)
     if entry is None:  # pragma: no cover - detect_format only names registered formats
         raise InputError(f"{Path(text)}: unsupported format {name}")
-    if stream and name != "hf-folder":
-        raise InputError(f"{text}: --stream takes a Hugging Face folder (config.json + safetensors)")
     if name == "hf-folder" and hf_stream.should_stream(Path(text), stream):
         loaded = hf_stream.load_streamed(Path(text), trust=trust)
+    elif name == "factory" and weights and hf_stream.should_stream_file(Path(weights), stream):
+        loaded = hf_stream.load_factory_streamed(text, Path(weights), trust=trust)
+    elif stream:
+        raise InputError(
+            f"{text}: --stream takes a Hugging Face folder (config.json + safetensors) or "
+            "--model pkg.mod:fn --weights FILE.safetensors"
+        )
     else:
         loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
     loaded.format_name = name
@@ -100,6 +105,11 @@ def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
     entry = _BY_NAME.get(loaded.format_name or "")
     if entry is None:
         raise InputError(f"{source}: cannot write the {loaded.description.format} format")
+    if loaded.streamed is not None:  # its parameters hold no values: nothing to write from
+        raise InputError(
+            f"{source}: the weights were streamed (larger than half the available memory), not held; "
+            "fix rewrites a safetensors checkpoint without loading it: give the .safetensors file or index"
+        )
     return entry.open_editable(loaded, str(source), trust=trust)
 
 

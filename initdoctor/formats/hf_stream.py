@@ -66,6 +66,18 @@ def should_stream(folder: Path, force: bool) -> bool:
     return available is not None and size > available / 2
 
 
+def should_stream_file(weights: Path, force: bool) -> bool:
+    """A factory's ``--weights``: stream a safetensors file when forced or over half the memory."""
+    from .detect import detect_format
+
+    if not weights.is_file() or detect_format(weights) != "safetensors":
+        if force:
+            raise InputError(f"{weights}: --stream reads a .safetensors --weights file")
+        return False
+    available = available_bytes()
+    return force or (available is not None and weights.stat().st_size > available / 2)
+
+
 def _accelerate() -> Any:
     try:
         from accelerate.utils import OffloadedWeightsLoader
@@ -77,39 +89,105 @@ def _accelerate() -> Any:
     return OffloadedWeightsLoader
 
 
+class Files:
+    """The safetensors files' headers (checked by :func:`.safetensors_header.read_header`): each
+    tensor's file, entry and data start; a tensor's statistics streamed from its file."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.headers: dict[Path, dict[str, Any]] = {}
+        self.starts: dict[Path, int] = {}
+        self.owner: dict[str, Path] = {}
+        self.weight_files: list[WeightFile] = []
+        for path in files:
+            self.headers[path], metadata, self.starts[path] = read_header(path)
+            self.weight_files.append(
+                WeightFile(path, "safetensors", list(self.headers[path]), dict(metadata))
+            )
+            self.owner.update(dict.fromkeys(self.headers[path], path))
+
+    def entry(self, key: str) -> dict[str, Any]:
+        return self.headers[self.owner[key]][key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.entry(key)["shape"])
+
+    def stats(self, key: str, read: Any) -> WeightStats:
+        entry, path = self.entry(key), self.owner[key]
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            from .torch_ops import tensor_stats
+
+            return tensor_stats(read())
+        stored, bf16 = SAFETENSORS_DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        count = (end - begin) // np.dtype(stored).itemsize
+        start = self.starts[path] + begin
+        return file_stats(path, start, count, stored, DTYPE_NAMES[entry["dtype"]], bfloat16=bf16)
+
+
+def _check_shapes(label: Path, model: Any, files: Files, loaded: dict[str, str], what: str) -> None:
+    own = model.state_dict(keep_vars=True)
+    for name, key in loaded.items():
+        if tuple(own[name].shape) != files.shape(key):
+            raise InputError(
+                f"{label}: the weights do not fit the model {what} "
+                f"({key}: {files.shape(key)} in the file, {tuple(own[name].shape)} in the model)"
+            )
+
+
+def _index(model: Any, files: Files, loaded: dict[str, str], cast: bool) -> dict[str, dict[str, str]]:
+    """accelerate's offload index: model name → its safetensors file and name there (and the
+    model's dtype when ``cast``: a factory's ``load_state_dict`` copies into it); tied names → the
+    kept one's entry."""
+    import torch
+
+    own = model.state_dict(keep_vars=True)
+    index: dict[str, dict[str, str]] = {}
+    for name, key in loaded.items():
+        index[name] = {"safetensors_file": str(files.owner[key]), "weight_name": key}
+        if cast and isinstance(own[name], torch.Tensor) and own[name].is_floating_point():
+            index[name]["dtype"] = str(own[name].dtype).replace("torch.", "")
+    kept = {id(p): n for n, p in model.named_parameters() if n in index}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name not in index and id(param) in kept:
+            index[name] = index[kept[id(param)]]
+    return index
+
+
+def _finish(
+    model: Any, files: Files, loaded: dict[str, str], index: dict[str, Any], path: str, fmt: str
+) -> LoadedModel:
+    from .torch_module import describe_module_graph
+
+    loader = _accelerate()(index=index, device="cpu")
+    desc, runnable, backend = describe_module_graph(
+        model, path=path, fmt=fmt, stats=lambda name: files.stats(loaded[name], lambda: loader[name])
+    )
+    size = sum(f.stat().st_size for f in files.headers) / 2**20
+    desc.notes.append(f"streamed probe: {size:.0f} MiB of weights read from the files as each block runs")
+    result = LoadedModel(desc, runnable, backend)
+    if fmt == "hf-folder":
+        result = HFLoaded(desc, runnable, backend, folder=Path(path), model=model, files=files.weight_files)
+    result.streamed = loader
+    return result
+
+
 def load_streamed(folder: Path, *, trust: bool) -> LoadedModel:
     """The folder as :func:`.hf_folder.load` reads it, with the weights left in their files."""
     import torch
 
-    from .torch_module import describe_module_graph
-
-    loader_class = _accelerate()
+    _accelerate()
     weights = hf_weights(folder)
     model = build_model(folder, trust=trust)
-    files = shards(folder) or []
-    headers: dict[Path, dict[str, Any]] = {}
-    starts: dict[Path, int] = {}
-    owner: dict[str, Path] = {}
-    weight_files: list[WeightFile] = []
-    for shard in files:
-        headers[shard], metadata, starts[shard] = read_header(shard)
-        weight_files.append(WeightFile(shard, "safetensors", list(headers[shard]), dict(metadata)))
-        owner.update(dict.fromkeys(headers[shard], shard))
+    files = Files(shards(folder) or [])
     if weights.name.endswith(".index.json"):
-        check_shards(weights, shard_files(weights), headers)
-    names = match_names(model, list(owner))
+        check_shards(weights, shard_files(weights), files.headers)
+    names = match_names(model, list(files.owner))
     own = model.state_dict(keep_vars=True)
-    loaded = {names[k]: k for k in owner if names[k] in own}
+    loaded = {names[k]: k for k in files.owner if names[k] in own}
     if not loaded:
         raise InputError(f"{folder}: no tensor of the checkpoint belongs to the model config.json describes")
-    for name, key in loaded.items():
-        shape = tuple(int(d) for d in headers[owner[key]][key]["shape"])
-        if tuple(own[name].shape) != shape:
-            raise InputError(
-                f"{folder}: the weights do not fit the model config.json describes "
-                f"({key}: {shape} in the file, {tuple(own[name].shape)} in the model)"
-            )
-    codes = {headers[owner[k]][k]["dtype"] for k in loaded.values()} & {"F64", "F32", "F16", "BF16"}
+    _check_shapes(folder, model, files, loaded, "config.json describes")
+    codes = {files.entry(k)["dtype"] for k in loaded.values()} & {"F64", "F32", "F16", "BF16"}
     dtype = getattr(torch, DTYPE_NAMES[codes.pop()]) if len(codes) == 1 else None
     materialize(model, dtype)  # storage never written: address space only
     own = model.state_dict(keep_vars=True)
@@ -130,29 +208,29 @@ def load_streamed(folder: Path, *, trust: bool) -> LoadedModel:
         torch.manual_seed(0)
         model.initialize_weights()  # buffers only (rotary frequencies…): every parameter is marked
     model.eval()
-    index = {name: {"safetensors_file": str(owner[key]), "weight_name": key} for name, key in loaded.items()}
-    for name, param in model.named_parameters(remove_duplicate=False):  # tied names read the kept one
-        if name not in index:
-            first = next((n for n, p in model.named_parameters() if p is param), None)
-            if first in index:
-                index[name] = index[first]
+    return _finish(model, files, loaded, _index(model, files, loaded, False), str(folder), "hf-folder")
 
-    def stats(name: str) -> WeightStats:
-        key = loaded[name]
-        entry = headers[owner[key]][key]
-        if entry["dtype"] not in SAFETENSORS_DTYPES:
-            from .torch_ops import tensor_stats
 
-            return tensor_stats(loader_class(index=index)[name])
-        stored, bf16 = SAFETENSORS_DTYPES[entry["dtype"]]
-        begin, end = entry["data_offsets"]
-        count = (end - begin) // np.dtype(stored).itemsize
-        start = starts[owner[key]] + begin
-        return file_stats(owner[key], start, count, stored, DTYPE_NAMES[entry["dtype"]], bfloat16=bf16)
+def load_factory_streamed(spec: str, weights: Path, *, trust: bool) -> LoadedModel:
+    """``--model pkg.mod:fn --weights FILE.safetensors`` with the weights left in the file: the
+    factory runs under accelerate's ``init_empty_weights`` (parameters on the meta device)."""
+    from accelerate import init_empty_weights
 
-    desc, runnable, backend = describe_module_graph(model, path=str(folder), fmt="hf-folder", stats=stats)
-    size = sum(f.stat().st_size for f in files) / 2**20
-    desc.notes.append(f"streamed probe: {size:.0f} MiB of weights read from the files as each block runs")
-    result = HFLoaded(desc, runnable, backend, folder=folder, model=model, files=weight_files, names=names)
-    result.streamed = loader_class(index=index, device="cpu")
-    return result
+    from .factory import build_from_factory
+
+    _accelerate()
+    with init_empty_weights():
+        model = build_from_factory(spec, trust=trust)
+    files = Files([weights])
+    own = model.state_dict(keep_vars=True)
+    loaded = {k: k for k in files.owner if k in own}
+    unexpected = [k for k in files.owner if k not in own]
+    index = _index(model, files, loaded, True)
+    missing = [k for k, _ in model.named_parameters(remove_duplicate=False) if k not in index]
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise InputError(f"{weights}: weights do not match the model ({detail})")
+    _check_shapes(weights, model, files, loaded, "the factory builds")
+    materialize(model, None)
+    model.eval()
+    return _finish(model, files, loaded, index, spec, "factory")

@@ -10,7 +10,6 @@ the files as each part of the model runs, by accelerate's machinery, and dropped
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -36,16 +35,40 @@ def check(settings: Any) -> None:
         raise ProbeError("--backward needs every activation of the graph at once; not with a streamed probe")
 
 
-class BlockProgress:
-    """One stderr line per top-level block read (``model.layers.3``), when not quiet."""
+def block_of(name: str) -> str:
+    """The top-level block a tensor belongs to: ``model.layers.3`` for
+    ``model.layers.3.mlp.up_proj.weight``, ``lm_head`` for ``lm_head.weight``."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:-1] or parts)
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.last = ""
 
-    def __call__(self, name: str) -> None:
-        parts = name.split(".")
-        block = ".".join(parts[:3]) if len(parts) > 3 and parts[2].isdigit() else ".".join(parts[:2])
-        if self.enabled and block != self.last:
-            self.last = block
-            print(f"streaming {block}", file=sys.stderr, flush=True)
+class Reporting(Mapping[str, Any]):
+    """The streamed weights, telling ``progress(done, total)`` of each new block read (the CLI's
+    bar on stderr, "streaming blocks"; nothing with --no-progress or off a terminal)."""
+
+    def __init__(self, weights: Mapping[str, Any], progress: Any) -> None:
+        self.weights = weights
+        phase = getattr(progress, "phase", None)
+        self.progress = phase("streaming blocks") if phase else None
+        self.names = set(weights)  # the keys only: Mapping's `in` would read the tensor
+        self.blocks = list(dict.fromkeys(block_of(k) for k in weights))
+        self.seen: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.names
+
+    def __getitem__(self, key: str) -> Any:
+        block = block_of(key)
+        if self.progress is not None and block not in self.seen:
+            self.seen.add(block)
+            self.progress(len(self.seen), len(self.blocks))
+        return self.weights[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.weights)
+
+    def __len__(self) -> int:
+        return len(self.weights)

@@ -86,10 +86,11 @@ def probe_torch(
     """``weights``: a streamed model's tensors by name, read on access (:mod:`.streamed`)."""
     import torch
 
-    from .streamed import BlockProgress, check, offloaded
+    from .streamed import Reporting, check, offloaded
 
     if weights is not None:
         check(settings)
+        weights = Reporting(weights, progress)
     if isinstance(runnable, torch.jit.ScriptModule):
         return _probe_torchscript(runnable, desc, settings, progress)
     exported = isinstance(runnable, torch.export.ExportedProgram)
@@ -118,6 +119,9 @@ def probe_torch(
         for layer in desc.layers
     }
     # an exported program runs as it was exported (its module refuses .eval()/.train())
+    stack = contextlib.ExitStack()
+    if weights is not None and not exported:  # parameters on the meta device from here (no snapshot)
+        stack.enter_context(offloaded(module, weights))
     state = ModelState(module if not exported else None)
     handles: list[Any] = []
     try:
@@ -128,7 +132,7 @@ def probe_torch(
             flat = flat_arguments(placeholders, defaults, inputs)
             if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
                 module, flat = _for_shapes(runnable, flat, module)
-            runner = _interpreter(module, by_weight, settings.backward, extra, weights, BlockProgress(False))
+            runner = _interpreter(module, by_weight, settings.backward, extra, weights)
             call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
@@ -149,8 +153,7 @@ def probe_torch(
                 flat = flat_arguments(nodes, placeholder_defaults(nodes), given)
                 runner = _interpreter(traced, {}, settings.backward, in_graph)
                 call = lambda: runner.run(*flat)  # noqa: E731
-        streaming = offloaded(module, weights) if weights is not None and not exported else None
-        with torch.set_grad_enabled(settings.backward), streaming or _nothing():
+        with torch.set_grad_enabled(settings.backward):
             try:
                 output = call()
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
@@ -163,6 +166,7 @@ def probe_torch(
         for handle in handles:
             handle.remove()
         state.restore()
+        stack.close()
     state.check_parameters()
     result = ProbeResult(
         backend="torch.export" if exported else "torch",
@@ -254,15 +258,12 @@ def _interpreter(
     backward: bool,
     extra: dict[str, Moments],
     weights: Any = None,
-    progress: Any = None,
 ) -> Any:
     import torch.fx
 
     class StatsInterpreter(torch.fx.Interpreter):
         def fetch_attr(self, target: str) -> Any:
             if weights is not None and target in weights:  # streamed: read now, freed after last use
-                if progress is not None:
-                    progress(target)
                 return weights[target]
             return super().fetch_attr(target)
 
@@ -288,11 +289,6 @@ def _interpreter(
             return result
 
     return StatsInterpreter(module)
-
-
-@contextlib.contextmanager
-def _nothing() -> Any:
-    yield
 
 
 def _backward(output: Any, module: Any, seed: int) -> None:
