@@ -49,7 +49,9 @@ def is_torch_module(obj: Any) -> bool:
     return torch is not None and isinstance(obj, live)  # a program: a factory read by torch.export
 
 
-def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None) -> LoadedModel:
+def load(
+    source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None, stream: bool = False
+) -> LoadedModel:
     """Read a model into a :class:`~initdoctor.formats.LoadedModel` (description + runnable).
 
     ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
@@ -62,7 +64,7 @@ def load(source: Any, *, trust: bool = False, weights: Any = None, progress: Any
         from .formats.torch_module import describe_module_graph
 
         return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
-    return load_file(source, trust=trust, weights=weights, progress=progress)
+    return load_file(source, trust=trust, weights=weights, progress=progress, stream=stream)
 
 
 def input_files(source: Any, weights: Any = None) -> list[Path]:
@@ -131,7 +133,11 @@ def run(
     with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
         with requested_device(probe_settings.device):  # --device: checked, then applied on load
             loaded = load(
-                source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
+                source,
+                trust=trust,
+                weights=weights,
+                progress=phase("reading weights") if phase else None,
+                stream=probe_settings.stream,
             )
         if probe and loaded.runnable is None:
             if need_graph:

@@ -182,6 +182,9 @@ OPTIONS: tuple[Option, ...] = (
            "table.", MODEL_COMMANDS, "vocab_size", True),
     Option("backward", bool, False, "Also run one backward pass and report gradient variance per layer "
            "(torch models).", (INSPECT,), "backward", flag="--backward"),
+    Option("stream", bool, False, "Probe a Hugging Face folder with each block's weights read from its "
+           "safetensors files as it runs (automatic when they exceed half the available memory).",
+           (INSPECT,), "stream", flag="--stream"),
     Option("timeout", float, 0.0, "Seconds loading and probing may run (0: no limit).", MODEL_COMMANDS,
            "timeout"),
     Option("max-input-mib", float, 1024.0, "Largest probe batch, in MiB.", (INSPECT,), "max_input_mib"),

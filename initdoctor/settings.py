@@ -72,6 +72,9 @@ class ProbeSettings:
     seed: int = default("seed")
     vocab_size: int | None = default("vocab-size")
     backward: bool = default("backward")
+    #: probe a Hugging Face folder with its weights read from the files block by block (auto: larger
+    #: than half the available memory)
+    stream: bool = default("stream")
     #: ONNX: ``reduce`` adds reduction nodes to the graph (memory ≈ plain inference, one run);
     #: ``expose`` fetches the intermediate tensors themselves, in groups of ``group_bytes``.
     onnx_strategy: str = default("onnx-strategy")

@@ -88,10 +88,17 @@ def describe(
 
 
 def load(
-    source: str | Path, *, trust: bool = False, weights: str | Path | None = None, progress: Any = None
+    source: str | Path,
+    *,
+    trust: bool = False,
+    weights: str | Path | None = None,
+    progress: Any = None,
+    stream: bool = False,
 ) -> LoadedModel:
     """Read ``source`` into a :class:`LoadedModel` (description + runnable model where possible).
-    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors)."""
+    ``progress(done, total)`` is told of each weight tensor reduced (files with many tensors).
+    A Hugging Face folder is streamed (:mod:`.hf_stream`) when ``stream`` or when its checkpoint
+    is over half the available memory."""
     text = str(source)
     if is_factory_spec(text):
         name = "factory"
@@ -102,7 +109,20 @@ def load(
     entry = _entry(name)
     if entry is None:  # pragma: no cover - detect_format only names registered formats
         raise InputError(f"{Path(text)}: unsupported format {name}")
-    loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
+    hf_stream: Any = None
+    if name in ("hf-folder", "factory"):
+        from . import hf_stream
+    if name == "hf-folder" and hf_stream.should_stream(Path(text), stream):
+        loaded = hf_stream.load_streamed(Path(text), trust=trust)
+    elif name == "factory" and weights and hf_stream and hf_stream.should_stream_file(Path(weights), stream):
+        loaded = hf_stream.load_factory_streamed(text, Path(weights), trust=trust)
+    elif stream:
+        raise InputError(
+            f"{text}: --stream takes a Hugging Face folder (config.json + safetensors) or "
+            "--model pkg.mod:fn --weights FILE.safetensors"
+        )
+    else:
+        loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
     loaded.format_name = name
     if name not in ("factory", "hf-folder") and in_hf_folder(Path(text)):
         folder = Path(text).parent
@@ -117,6 +137,11 @@ def open_editable(loaded: LoadedModel, source: str, *, trust: bool) -> Editable:
     entry = _entry(loaded.format_name or "")
     if entry is None:
         raise InputError(f"{source}: cannot write the {loaded.description.format} format")
+    if loaded.streamed is not None:  # its parameters hold no values: nothing to write from
+        raise InputError(
+            f"{source}: the weights were streamed (larger than half the available memory), not held; "
+            "fix rewrites a safetensors checkpoint without loading it: give the .safetensors file or index"
+        )
     return entry.open_editable(loaded, str(source), trust=trust)
 
 

@@ -35,6 +35,8 @@ class LoadedModel:
     runnable: Any = None
     backend: str | None = None  # "torch" | "torchscript" | "torch.export" | "onnx" | None
     format_name: str | None = None
+    #: a streamed model's weights (name → tensor, read from the files on access), else None
+    streamed: Any = None
 
 
 class Editable(Protocol):

@@ -271,7 +271,7 @@ def load_into(
     params = dict(model.named_parameters())  # new weights; missing buffers are initialized too
     new = sorted(k for k, v in params.items() if v.device.type == "meta")
     floats = {v.dtype for v in renamed.values() if v.is_floating_point()}
-    _materialize(model, floats.pop() if len(floats) == 1 else None)
+    materialize(model, floats.pop() if len(floats) == 1 else None)
     # only tensors without _is_hf_initialized (new ones, buffers); seeded, so that two runs judge
     # the same new layers, and in a forked RNG, so that the caller's random state is left alone
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -284,7 +284,7 @@ def load_into(
     return new, unused
 
 
-def _materialize(model: Any, dtype: Any) -> None:
+def materialize(model: Any, dtype: Any) -> None:
     """Give every parameter and buffer still on the meta device CPU storage (values follow); a
     new float parameter takes the checkpoint's float ``dtype`` (a bfloat16 folder: bfloat16)."""
     import torch

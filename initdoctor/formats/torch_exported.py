@@ -16,8 +16,7 @@ from ..graph import (
 )
 from ..model import Layer, ModelDescription, NormLayer
 from .graph_patterns import gate_layers, normalized_after_activation
-from .torch_moments import weight_stats
-from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op
+from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op, stats_reader
 
 _EXPORT_WEIGHTED = {
     # aten op name: (weight arg index, groups arg index or None, transposed)
@@ -48,9 +47,12 @@ def _users(node: Any) -> list[str]:
     return [u.name for u in node.users if _aten_name(u.target) != "sym_size"]
 
 
-def describe_exported(program: Any, *, path: str) -> ModelDescription:
-    """Describe a ``torch.export.ExportedProgram`` from its ATen graph."""
+def describe_exported(program: Any, *, path: str, stats: Any = None) -> ModelDescription:
+    """Describe a ``torch.export.ExportedProgram`` from its ATen graph (``stats(name)``: a
+    tensor's statistics read elsewhere, see :func:`.torch_ops.stats_reader`)."""
     import torch
+
+    tensor_stats = stats_reader(stats)
 
     params = dict(program.graph_signature.inputs_to_parameters)
     signature = program.graph_signature
@@ -125,7 +127,7 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
         fan_in, fan_out = fans(kind, shape[::-1] if kind == "matmul" else shape, groups)  # matmul: [in, out]
         name = fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn
         bias_key = f"{name}.bias" if f"{name}.bias" in state else None
-        layer = Layer(name, kind, fqn, shape, fan_in, fan_out, weight_stats(weight), groups, bias_key)
+        layer = Layer(name, kind, fqn, shape, fan_in, fan_out, tensor_stats(weight, fqn), groups, bias_key)
         hit = following_nonlinearity(nodes, node_name) or graph_follower(nodes, node_name)
         if hit is not None:
             layer.nonlinearity, layer.nonlinearity_param, layer.is_output = hit
@@ -137,8 +139,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             "norm",
             fqn,
             tuple(t.shape),
-            weight_stats(t),
-            weight_stats(state[fqn[:-6] + "bias"]) if fqn[:-6] + "bias" in state else None,
+            tensor_stats(t, fqn),
+            tensor_stats(state[fqn[:-6] + "bias"], fqn[:-6] + "bias") if fqn[:-6] + "bias" in state else None,
         )
         for fqn, t in state.items()
         if fqn.endswith(".weight") and t.dim() == 1 and fqn not in seen

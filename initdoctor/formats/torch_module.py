@@ -29,7 +29,6 @@ from .graph_patterns import gate_layers, normalized_after_activation
 from .model_inputs import config_inputs, constant_kwargs, split_positional
 from .torch_device import place
 from .torch_exported import describe_exported
-from .torch_moments import weight_stats
 from .torch_ops import (
     WEIGHTED_CLASSES,
     activation_module,
@@ -39,6 +38,7 @@ from .torch_ops import (
     lookup,
     module_op,
     norm_kind_of,
+    stats_reader,
 )
 from .torch_structure import module_blocks
 
@@ -130,11 +130,16 @@ META_WEIGHTS = (
 )
 
 
-def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDescription, Any, str]:
+def describe_module_graph(
+    module: Any, *, path: str, fmt: str, stats: Any = None
+) -> tuple[ModelDescription, Any, str]:
     """Describe a module and say what runs it for the probe: the module itself (backend
     ``torch``/``torchscript``) or, when only ``torch.export`` could read its graph, that program
-    (``torch.export``; its parameters are the module's own)."""
+    (``torch.export``; its parameters are the module's own). ``stats(name)``: a tensor's
+    statistics read elsewhere (a streamed model's files), instead of from its values."""
     import torch
+
+    tensor_stats = stats_reader(stats)
 
     if isinstance(module, torch.export.ExportedProgram):  # fix's re-check of a factory torch.export read
         desc = describe_exported(module, path=path)
@@ -173,8 +178,8 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
                     norm_kind,
                     f"{name}.weight",
                     tuple(weight.shape),
-                    weight_stats(weight),
-                    weight_stats(bias) if isinstance(bias, torch.Tensor) else None,
+                    tensor_stats(weight, f"{name}.weight"),
+                    tensor_stats(bias, f"{name}.bias") if isinstance(bias, torch.Tensor) else None,
                 )
             )
 
@@ -182,7 +187,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
     if traced is None and not isinstance(module, torch.jit.ScriptModule):
         program = export_for_graph(module, weighted)
         if program is not None:
-            desc = describe_exported(program, path=path)
+            desc = describe_exported(program, path=path, stats=stats)
             desc.format = fmt
             desc.inputs = config_inputs(module, 2)
             desc.notes.append("graph read from torch.export (torch.fx could not trace the model)")
@@ -235,7 +240,7 @@ def describe_module_graph(module: Any, *, path: str, fmt: str) -> tuple[ModelDes
             shape,
             fan_in,
             fan_out,
-            weight_stats(weight),
+            tensor_stats(weight, f"{name}.weight"),
             groups,
             bias_key=f"{name}.bias" if isinstance(bias, torch.Tensor) else None,
         )

@@ -155,6 +155,16 @@ def tensor_stats(tensor: Any) -> WeightStats:
     return array_stats(t.reshape(-1).numpy(), dtype=dtype)
 
 
+def stats_reader(stats: Any) -> Any:
+    """``tensor(t, name)`` → statistics: ``stats(name)`` when given (a streamed model, whose
+    values are in its files), else :func:`tensor_stats` of ``t``."""
+    if stats is None:
+        from .torch_moments import weight_stats  # on the tensor's device, scalars to the host
+
+        return lambda tensor, name=None: weight_stats(tensor)
+    return lambda tensor, name: stats(name)
+
+
 def unreadable(tensor: Any) -> str | None:
     """Why a tensor of a state_dict has no values to judge (sparse, on the meta device), or None."""
     import torch

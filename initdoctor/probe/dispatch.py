@@ -54,7 +54,12 @@ def _dispatch(
         from .torch_backend import probe_torch
 
         result = probe_torch(
-            loaded.runnable, loaded.description, settings, progress=progress, example_inputs=example_inputs
+            loaded.runnable,
+            loaded.description,
+            settings,
+            progress=progress,
+            example_inputs=example_inputs,
+            weights=loaded.streamed,
         )
     return result
 

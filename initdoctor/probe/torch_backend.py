@@ -9,6 +9,7 @@ run on batch statistics (as in training) with their running buffers put back aft
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from typing import Any
@@ -62,9 +63,16 @@ def probe_torch(
     settings: ProbeSettings,
     progress: Progress | None = None,
     example_inputs: Any = None,
+    weights: Any = None,
 ) -> ProbeResult:
+    """``weights``: a streamed model's tensors by name, read on access (:mod:`.streamed`)."""
     import torch
 
+    from .streamed import Reporting, check, offloaded
+
+    if weights is not None:
+        check(settings)
+        weights = Reporting(weights, progress)
     if isinstance(runnable, torch.jit.ScriptModule):
         return _probe_torchscript(runnable, desc, settings, progress)
     exported = isinstance(runnable, torch.export.ExportedProgram)
@@ -95,6 +103,9 @@ def probe_torch(
         for layer in desc.layers
     }
     # an exported program runs as it was exported (its module refuses .eval()/.train())
+    stack = contextlib.ExitStack()
+    if weights is not None and not exported:  # parameters on the meta device from here (no snapshot)
+        stack.enter_context(offloaded(module, weights))
     state = ModelState(module if not exported else None)
     handles: list[Any] = []
     try:
@@ -105,7 +116,7 @@ def probe_torch(
             flat = flat_arguments(placeholders, defaults, inputs)
             if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
                 module, flat = _for_shapes(runnable, flat, module)
-            runner = _interpreter(module, by_weight, settings.backward, extra)
+            runner = _interpreter(module, by_weight, settings.backward, extra, weights)
             call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
             handles = [
@@ -139,6 +150,7 @@ def probe_torch(
         for handle in handles:
             handle.remove()
         state.restore()
+        stack.close()
     state.check_parameters()
     result = ProbeResult(
         backend="torch.export" if exported else "torch",
@@ -224,11 +236,20 @@ def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
 
 
 def _interpreter(
-    module: Any, by_weight: dict[str, TorchCollector], backward: bool, extra: dict[str, Moments]
+    module: Any,
+    by_weight: dict[str, TorchCollector],
+    backward: bool,
+    extra: dict[str, Moments],
+    weights: Any = None,
 ) -> Any:
     import torch.fx
 
     class StatsInterpreter(torch.fx.Interpreter):
+        def fetch_attr(self, target: str) -> Any:
+            if weights is not None and target in weights:  # streamed: read now, freed after last use
+                return weights[target]
+            return super().fetch_attr(target)
+
         def run_node(self, n: Any) -> Any:
             result = super().run_node(n)
             if n.name in extra:

@@ -39,7 +39,8 @@ class ModelState:
 
         if self.module is None:
             return
-        params = list(self.module.named_parameters())  # shared (tied) parameters listed once
+        # shared (tied) parameters listed once; a streamed model's (meta device) have no values to keep
+        params = [(n, p) for n, p in self.module.named_parameters() if not p.is_meta]
         self.versions = [(name, p, p._version) for name, p in params]
         if sum(p.numel() * p.element_size() for _, p in params) <= SNAPSHOT_BYTES:
             self.saved = [(name, p, p.detach().clone()) for name, p in params]
