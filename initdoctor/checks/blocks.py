@@ -189,13 +189,15 @@ def jump_growth(
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
-    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm). Sums
+    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm, the
+    branch does not start with one: a pre-LN branch reads a unit-variance input whatever the
+    stream's scale, so it adds a bounded amount and cannot grow the stream exponentially). Sums
     of embedding lookups are no blocks at all (:func:`initdoctor.graph.residual_blocks` drops them:
     a trained BERT's type embeddings gave ×1.77e3 "growth", docs/rules-evidence.md)."""
     out: list[list[int]] = []
     current: list[int] = []
     for k, b in enumerate(desc.blocks):
-        if any(name in normalized for name in b.layers):
+        if b.pre_norm or any(name in normalized for name in b.layers):  # pre-LN: bounded by construction
             if current:
                 out.append(current)
             current = []

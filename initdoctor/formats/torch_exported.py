@@ -41,6 +41,16 @@ def _aten_name(target: Any) -> str:
     return name.split(".")[0]
 
 
+def _transposed_param(arg: Any, params: dict[str, str]) -> bool:
+    """``arg`` is a 2-D parameter transposed (``W.T``, ``W.t()``): ``x @ W.T`` is ``nn.Linear``'s op."""
+    inner = getattr(arg, "args", None)
+    return (
+        _aten_name(getattr(arg, "target", "")) in ("t", "numpy_T", "transpose")
+        and bool(inner)
+        and getattr(inner[0], "name", None) in params
+    )
+
+
 def _users(node: Any) -> list[str]:
     """A node's users, without ``sym_size`` reads (a dynamic-batch export asks tensors their size:
     that is no use of the value)."""
@@ -67,6 +77,8 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             name = _aten_name(node.target)
             spec = _EXPORT_WEIGHTED.get(name)
             weight_arg = node.args[spec[0]] if spec and len(node.args) > spec[0] else None
+            if name in ("mm", "matmul") and _transposed_param(weight_arg, params):  # x @ W.T: FalconLinear
+                name, spec, weight_arg = "linear", _EXPORT_WEIGHTED["linear"], weight_arg.args[0]
             if spec and isinstance(weight_arg, torch.fx.Node) and weight_arg.name in params:
                 fqn = params[weight_arg.name]
                 widx, gidx, transposed = spec
