@@ -41,14 +41,12 @@ def _aten_name(target: Any) -> str:
     return name.split(".")[0]
 
 
-def _transposed_param(arg: Any, params: dict[str, str]) -> bool:
-    """``arg`` is a 2-D parameter transposed (``W.T``, ``W.t()``): ``x @ W.T`` is ``nn.Linear``'s op."""
-    inner = getattr(arg, "args", None)
-    return (
-        _aten_name(getattr(arg, "target", "")) in ("t", "numpy_T", "transpose")
-        and bool(inner)
-        and getattr(inner[0], "name", None) in params
-    )
+def _transposed_param(arg: Any, params: dict[str, str]) -> Any:
+    """The parameter node that ``arg`` transposes (``W.T``, ``W.t()``: ``x @ W.T`` is
+    ``nn.Linear``'s op), else None."""
+    inner: Any = getattr(arg, "args", None) or (None,)
+    found = _aten_name(getattr(arg, "target", "")) in ("t", "numpy_T", "transpose")
+    return inner[0] if found and getattr(inner[0], "name", None) in params else None
 
 
 def _users(node: Any) -> list[str]:
@@ -77,8 +75,12 @@ def describe_exported(program: Any, *, path: str) -> ModelDescription:
             name = _aten_name(node.target)
             spec = _EXPORT_WEIGHTED.get(name)
             weight_arg = node.args[spec[0]] if spec and len(node.args) > spec[0] else None
-            if name in ("mm", "matmul") and _transposed_param(weight_arg, params):  # x @ W.T: FalconLinear
-                name, spec, weight_arg = "linear", _EXPORT_WEIGHTED["linear"], weight_arg.args[0]
+            if name in ("mm", "matmul") and (param_t := _transposed_param(weight_arg, params)) is not None:
+                name, spec, weight_arg = (
+                    "linear",
+                    _EXPORT_WEIGHTED["linear"],
+                    param_t,
+                )  # x @ W.T: FalconLinear
             if spec and isinstance(weight_arg, torch.fx.Node) and weight_arg.name in params:
                 fqn = params[weight_arg.name]
                 widx, gidx, transposed = spec
