@@ -20,6 +20,7 @@ All models are returned in eval mode; :func:`probe_inputs` makes the inputs they
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -423,6 +424,15 @@ def export_onnx(entry: Entry, folder, batch: int = 4):
 #: torch 2.13's dynamo exporter fails on transformers 5's T5 ("Cannot view a tensor with shape
 #: [4, 16, 4, 16] … as a tensor with shape (4, 16, 64)" in the attention's reshape, step 2/3)
 LEGACY_EXPORT = frozenset({"t5"})
+
+
+@functools.cache
+def factory_report(name: str):
+    """The factory's report (probe on, default flags), computed once per model for every test
+    module that asks (tests/test_real_matrix.py and tests/test_onnx_transformers.py share it)."""
+    import initdoctor
+
+    return initdoctor.diagnose(f"tests.realzoo:{name}", probe=True)
 
 
 def named_errors(report) -> list[str]:
