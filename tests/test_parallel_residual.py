@@ -68,3 +68,44 @@ def test_a_block_ten_times_too_large_is_still_r302(folders: dict[str, Path]) -> 
     bad = [b for b in report.residual_blocks if b.status == "error"]
     assert [b.name for b in bad] == ["gpt_neox.layers.1"]  # the one culprit, no R301 on the others
     assert bad[0].growth is not None and bad[0].growth > 100  # std ×10 in both branches: ×~2e3 measured
+
+
+def _hf(model_cls: str, config_cls: str, **config):
+    import transformers
+
+    torch.manual_seed(0)
+    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**config)).eval()
+
+
+def test_attention_mask_add_is_no_block() -> None:
+    """GPT-Neo's local attention adds a mask to the scores before the softmax: before 0.11 that add
+    was a residual block "×3.5e-79" (R302 error on a healthy model); now 2 blocks per layer."""
+    cfg = dict(vocab_size=512, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64)
+    model = _hf("GPTNeoForCausalLM", "GPTNeoConfig", attention_types=[[["global", "local"], 1]], **cfg)
+    desc = initdoctor.describe(model)
+    assert [b.name for b in desc.blocks] == [
+        f"transformer.h.{i}.{p}" for i in (0, 1) for p in ("attn.attention", "mlp")
+    ]
+
+
+def test_post_ln_stream_renormalized_is_no_exponential_growth() -> None:
+    """ELECTRA (post-LN, a 32→64 embedding projection at std 0.02): every block measures ×1.00, and
+    the stream is no R301 error (it was: "×75 over 8 unnormalized blocks", no block flagged)."""
+    h = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    model = _hf("ElectraForMaskedLM", "ElectraConfig", vocab_size=512, embedding_size=32, **h)
+    report = initdoctor.diagnose(model, probe=True)
+    assert report.summary.status != "error" and report.summary.rule != "R301", report.summary.message
+    assert all(b.growth is not None and 0.9 < b.growth < 1.1 for b in report.residual_blocks)
+
+
+def test_audio_input_values_from_the_config() -> None:
+    """Wav2Vec2 takes raw audio ``input_values [B, S]``: S = 32 frames × the conv strides' product
+    (5·2 = 10 → 320 samples), not a 4-D guess from the first conv1d (the probe crashed on it)."""
+    from initdoctor.formats.model_inputs import config_inputs
+
+    cfg = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    model = _hf(
+        "Wav2Vec2Model", "Wav2Vec2Config", conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), **cfg
+    )
+    (spec,) = config_inputs(model, 4)
+    assert (spec.name, spec.shape, spec.dtype) == ("input_values", (4, 320), "float32")
