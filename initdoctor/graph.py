@@ -138,6 +138,10 @@ def residual_blocks(
         only_a, only_b = _sides(nodes, ids, index, a, b)
         side_a = [layer_of[n] for n in sorted((n for n in only_a if n in order), key=order.__getitem__)]
         side_b = [layer_of[n] for n in sorted((n for n in only_b if n in order), key=order.__getitem__)]
+        if side_a and side_b and _joins_before_skip(nodes, ids, index, node):
+            continue  # parallel branches of one stream (GPT-NeoX, Phi-2): the skip add is the block
+        if all(_next_op(nodes, u) == "attention" for u in node.users):
+            continue  # a mask added to attention scores before the softmax (GPT-Neo's local attention)
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
         skip_tensor = nodes[skip_id].tensor
         if not branch or skip_tensor is None or all(name in lookups for name in branch):
@@ -154,6 +158,23 @@ def residual_blocks(
         block.post_norm = end == node.tensor and any(_next_op(nodes, u) == "norm" for u in node.users)
         blocks.append(block)
     return link_blocks(unique_names(blocks), nodes)
+
+
+def _joins_before_skip(
+    nodes: Mapping[str, OpNode], ids: list[str], index: dict[str, int], node: OpNode
+) -> bool:
+    """Whether the add ``node`` sums two branches of one stream (``attn(ln1(x)) + mlp(ln2(x))``) and
+    feeds, through pass-through ops, a residual add whose other input ``x`` both branches read."""
+    cur = node
+    for _ in range(4):
+        nxt = nodes.get(cur.users[0]) if len(cur.users) == 1 else None
+        if nxt is None or nxt.op not in ("pass", "residual"):
+            return False
+        if nxt.op == "residual":  # x is an ancestor of an input: not among x's own ancestors
+            x = [i for i in nxt.inputs if i != cur.id]
+            return len(x) == 1 and all(x[0] not in _sides(nodes, ids, index, x[0], i)[0] for i in node.inputs)
+        cur = nxt
+    return False
 
 
 def _next_op(nodes: Mapping[str, OpNode], node_id: str, max_steps: int = 4) -> str | None:

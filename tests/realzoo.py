@@ -20,6 +20,7 @@ All models are returned in eval mode; :func:`probe_inputs` makes the inputs they
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -152,6 +153,41 @@ def phi() -> nn.Module:
 def phi3() -> nn.Module:
     """Phi-3: LLaMA-like, with fused ``qkv_proj`` and ``gate_up_proj``."""
     return _hf("Phi3ForCausalLM", "Phi3Config", **_PHI3)
+
+
+#: parallel-residual decoders (issue 14, session 4): ``x + attn(ln1(x)) + mlp(ln2(x))`` (GPT-NeoX,
+#: Falcon's new decoder) or one shared LayerNorm (GPT-J, Falcon-7B); the GPT-NeoX config of the issue
+_PARALLEL = dict(vocab_size=SMALL_VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4)
+
+
+def gpt_neox() -> nn.Module:
+    """GPT-NeoX (Pythia): two LayerNorms, attention and MLP in parallel (``use_parallel_residual``)."""
+    return _hf(
+        "GPTNeoXForCausalLM", "GPTNeoXConfig", intermediate_size=4 * HIDDEN, use_cache=False, **_PARALLEL
+    )
+
+
+def gptj() -> nn.Module:
+    """GPT-J: one LayerNorm shared by the parallel attention and MLP, partial rotary."""
+    cfg = dict(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, rotary_dim=8, n_positions=64, use_cache=False)
+    return _hf("GPTJForCausalLM", "GPTJConfig", vocab_size=SMALL_VOCAB, bos_token_id=0, eos_token_id=0, **cfg)
+
+
+def falcon() -> nn.Module:
+    """Falcon-7B style: ``parallel_attn``, one LayerNorm, multi-query attention, rotary."""
+    return _hf("FalconForCausalLM", "FalconConfig", parallel_attn=True, use_cache=False, **_PARALLEL)
+
+
+def gpt_neox_broken() -> nn.Module:
+    return times_ten(gpt_neox(), f"gpt_neox.layers.{BROKEN_BLOCK}")
+
+
+def gptj_broken() -> nn.Module:
+    return times_ten(gptj(), f"transformer.h.{BROKEN_BLOCK}")
+
+
+def falcon_broken() -> nn.Module:
+    return times_ten(falcon(), f"transformer.h.{BROKEN_BLOCK}")
 
 
 def gemma_broken() -> nn.Module:
@@ -317,6 +353,9 @@ MATRIX: list[Entry] = [
     *_pair("gemma", "small_tokens", f"model.layers.{B}"),
     *_pair("phi", "small_tokens", f"model.layers.{B}"),
     *_pair("phi3", "small_tokens", "model.layers.0", "N(0, 1): initializer_range=1.0"),
+    *_pair("gpt_neox", "small_tokens", f"gpt_neox.layers.{B}"),
+    *_pair("gptj", "small_tokens", f"transformer.h.{B}"),
+    *_pair("falcon", "small_tokens", f"transformer.h.{B}"),
     Entry("vgg11", vgg11, True, "image"),
     Entry("vgg16", vgg16, True, "image"),
     Entry("vgg16_xavier", vgg16_xavier, False, "image", ("features",), "xavier-scaled VGG-16"),
@@ -385,6 +424,15 @@ def export_onnx(entry: Entry, folder, batch: int = 4):
 #: torch 2.13's dynamo exporter fails on transformers 5's T5 ("Cannot view a tensor with shape
 #: [4, 16, 4, 16] … as a tensor with shape (4, 16, 64)" in the attention's reshape, step 2/3)
 LEGACY_EXPORT = frozenset({"t5"})
+
+
+@functools.cache
+def factory_report(name: str):
+    """The factory's report (probe on, default flags), computed once per model for every test
+    module that asks (tests/test_real_matrix.py and tests/test_onnx_transformers.py share it)."""
+    import initdoctor
+
+    return initdoctor.diagnose(f"tests.realzoo:{name}", probe=True)
 
 
 def named_errors(report) -> list[str]:

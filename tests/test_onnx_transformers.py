@@ -7,7 +7,6 @@ of its culprit blocks, no crash. The same table, with timings, comes from
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import onnx
 import pytest
 
 import initdoctor
-from initdoctor.report import Report
 from tests.realzoo import BY_NAME, MATRIX, Entry, export_onnx, named_errors
+from tests.realzoo import factory_report as torch_report
 
 TRANSFORMERS = [e for e in MATRIX if e.inputs != "image"]
 
@@ -24,11 +23,6 @@ TRANSFORMERS = [e for e in MATRIX if e.inputs != "image"]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx_transformers")
-
-
-@functools.cache
-def torch_report(name: str) -> Report:
-    return initdoctor.diagnose(f"tests.realzoo:{name}", probe=True)
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.name) for e in TRANSFORMERS])

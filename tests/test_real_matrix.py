@@ -21,7 +21,7 @@ import torch
 
 import initdoctor
 from initdoctor.report import Report
-from tests.realzoo import MATRIX, Entry
+from tests.realzoo import BY_NAME, MATRIX, Entry, factory_report
 
 #: rows that do not hold yet (name → what happens); see docs/accuracy.md
 KNOWN_GAPS: dict[str, str] = {}
@@ -55,10 +55,23 @@ def check_verdict(entry: Entry, report: Report) -> None:
     )
 
 
-@functools.cache
-def factory_report(name: str) -> Report:
-    """The factory's report (probe on, default flags), computed once per model for every test."""
-    return initdoctor.diagnose(f"tests.realzoo:{name}", probe=True)
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory):
+    """``saved(entry)``: a folder with the model's ``w.pt`` (its state_dict) and, for a Hugging Face
+    model, ``m/`` (``save_pretrained``), built once per model for the three tests that read them."""
+    root = tmp_path_factory.mktemp("matrix")
+
+    @functools.cache
+    def get(name: str) -> Path:
+        entry, folder = BY_NAME[name], root / name
+        folder.mkdir()
+        model = entry.build()
+        torch.save(model.state_dict(), folder / "w.pt")
+        if entry.hf:
+            model.save_pretrained(folder / "m")
+        return folder
+
+    return lambda entry: get(entry.name)
 
 
 def _gap(entry: Entry) -> list:
@@ -78,25 +91,22 @@ def test_factory_verdict(entry: Entry) -> None:
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.name) for e in MATRIX])
-def test_state_dict_with_model_gives_the_factory_verdict(entry: Entry, tmp_path: Path) -> None:
+def test_state_dict_with_model_gives_the_factory_verdict(entry: Entry, saved) -> None:
     """The same weights loaded into the factory's model (``--model F --weights W``): the same
     verdict, rule and residual growth as the factory itself."""
-    model = entry.build()
-    torch.save(model.state_dict(), tmp_path / "w.pt")
     direct = factory_report(entry.name)
-    loaded = initdoctor.diagnose(entry.factory, weights=tmp_path / "w.pt", probe=True)
+    loaded = initdoctor.diagnose(entry.factory, weights=saved(entry) / "w.pt", probe=True)
     assert (loaded.summary.status, loaded.summary.rule) == (direct.summary.status, direct.summary.rule)
     if direct.summary.residual_growth is not None:
         assert loaded.summary.residual_growth == pytest.approx(direct.summary.residual_growth, rel=1e-5)
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.name) for e in MATRIX])
-def test_bare_state_dict_raises_no_alarm_on_a_guess(entry: Entry, tmp_path: Path) -> None:
+def test_bare_state_dict_raises_no_alarm_on_a_guess(entry: Entry, saved) -> None:
     """No graph: a transformer's or a normalized/residual CNN's checkpoint is ``unknown`` (what
     would give a verdict is named), never an error built on an assumed chain; a healthy model is
     never ``error``."""
-    torch.save(entry.build().state_dict(), tmp_path / "w.pt")
-    report = initdoctor.diagnose(tmp_path / "w.pt")
+    report = initdoctor.diagnose(saved(entry) / "w.pt")
     s = report.summary
     if entry.inputs != "image":  # every transformer: norms and repeated blocks in the names
         assert s.status == "unknown" and s.unknown_reason == "no-graph", s.message
@@ -107,11 +117,9 @@ def test_bare_state_dict_raises_no_alarm_on_a_guess(entry: Entry, tmp_path: Path
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, id=e.name, marks=_gap(e)) for e in HF])
-def test_hugging_face_folder_gives_the_factory_verdict(entry: Entry, tmp_path: Path) -> None:
-    model = entry.build()
-    model.save_pretrained(tmp_path / "m")
+def test_hugging_face_folder_gives_the_factory_verdict(entry: Entry, saved) -> None:
     direct = factory_report(entry.name)
-    folder = initdoctor.diagnose(tmp_path / "m", probe=True)
+    folder = initdoctor.diagnose(saved(entry) / "m", probe=True)
     assert folder.model["format"] == "hf-folder"
     assert (folder.summary.status, folder.summary.rule) == (direct.summary.status, direct.summary.rule)
     check_verdict(entry, folder)

@@ -189,13 +189,17 @@ def jump_growth(
 
 
 def runs(desc: ModelDescription, normalized: set[str]) -> list[list[int]]:
-    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm). Sums
+    """Indices of consecutive blocks whose branches are unnormalized (no layer feeds a norm, the
+    branch does not start with one, the add feeds none: a pre-LN branch reads a unit-variance input
+    whatever the stream's scale, a post-LN add is renormalized, so neither grows the stream
+    exponentially; ELECTRA's post-LN stream measured ×75 from its first skip to its last add with
+    every block at ×1.00, docs/rules-evidence.md). Sums
     of embedding lookups are no blocks at all (:func:`initdoctor.graph.residual_blocks` drops them:
     a trained BERT's type embeddings gave ×1.77e3 "growth", docs/rules-evidence.md)."""
     out: list[list[int]] = []
     current: list[int] = []
     for k, b in enumerate(desc.blocks):
-        if any(name in normalized for name in b.layers):
+        if b.pre_norm or b.post_norm or any(name in normalized for name in b.layers):
             if current:
                 out.append(current)
             current = []

@@ -318,8 +318,10 @@ def judge_layer(
         change = "shrinks" if ln_r < 0 else "grows"
         # torch's own default, U(±1/√fan_in) (kaiming_uniform_(a=√5)): std 1/√(3·fan_in), bound
         # max|w| = 1/√fan_in (gains.torch_default_init): named, as users meet it most
-        torch_default = f.nonlinearity == "relu" and torch_default_init(
-            st.std, st.max_abs, layer.fan_in, st.finite_count
+        torch_default = (
+            f.nonlinearity == "relu"
+            and "torch_default" in rule.messages
+            and torch_default_init(st.std, st.max_abs, layer.fan_in, st.finite_count)
         )
         f.message = rule.message(
             "torch_default" if torch_default else "default",

@@ -6,7 +6,9 @@ For a module with ``module.config`` and batch ``B``:
 * ``input_ids``: ``[B, T]`` token ids in ``[0, vocab_size)``, ``T = min(16, max_position_embeddings)``
   (``n_positions`` for GPT-2); a multi-modal config reads ``text_config`` (CLIP);
 * ``pixel_values``: ``[B, num_channels, image_size, image_size]`` (``vision_config`` for CLIP);
-* ``decoder_input_ids``: ``[B, T]`` when ``config.is_encoder_decoder`` (T5, BART).
+* ``decoder_input_ids``: ``[B, T]`` when ``config.is_encoder_decoder`` (T5, BART);
+* ``input_values``: ``[B, S]`` raw audio, ``S`` = 32 frames of the product of ``conv_stride``
+  (Wav2Vec2, HuBERT: the feature extractor's total stride).
 
 Each only when ``forward`` takes a parameter of that name. ``use_cache=False`` is passed where
 ``forward`` takes it (no key/value cache in the output). Nothing is returned for a module without a
@@ -16,6 +18,7 @@ config or whose config names none of these: the caller falls back to its first w
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from ..model import InputSpec
@@ -74,6 +77,10 @@ def config_inputs(module: Any, batch: int) -> list[InputSpec]:
         found["pixel_values"] = (
             InputSpec("pixel_values", (batch, channels, side, side), "float32") if side else None
         )
+    strides = getattr(config, "conv_stride", None)
+    if "input_values" in params and isinstance(strides, (list, tuple)) and strides:
+        samples = 32 * math.prod(int(s) for s in strides)
+        found["input_values"] = InputSpec("input_values", (batch, samples), "float32")
     if "decoder_input_ids" in params and getattr(config, "is_encoder_decoder", False) is True:
         decoder = getattr(config, "decoder", None) or text  # EncoderDecoderConfig has its own
         found["decoder_input_ids"] = _tokens("decoder_input_ids", decoder, batch)

@@ -379,10 +379,10 @@ def _scope_name(node: Any) -> str:
 
 
 def layer_name(initializer: str, scope: str) -> str:
-    """``fc1.weight`` → ``fc1``; an exporter-made initializer (``onnx::MatMul_14``, ``val_0``) takes
-    the module path of the node that reads it."""
+    """``fc1.weight`` → ``fc1``; an exporter-made initializer (``onnx::MatMul_14``, ``val_0``, a
+    folded ``W.T`` named ``permute_2``: FalconLinear) takes the module path of the node that reads it."""
     if initializer.endswith(".weight"):
         return initializer[: -len(".weight")]
-    if scope and (initializer.startswith("onnx::") or initializer.startswith("val_")):
+    if scope and (initializer.startswith(("onnx::", "val_")) or "." not in initializer):
         return scope
     return initializer

@@ -41,6 +41,14 @@ def _aten_name(target: Any) -> str:
     return name.split(".")[0]
 
 
+def _transposed_param(arg: Any, params: dict[str, str]) -> Any:
+    """The parameter node that ``arg`` transposes (``W.T``, ``W.t()``: ``x @ W.T`` is
+    ``nn.Linear``'s op), else None."""
+    inner: Any = getattr(arg, "args", None) or (None,)
+    found = _aten_name(getattr(arg, "target", "")) in ("t", "numpy_T", "transpose")
+    return inner[0] if found and getattr(inner[0], "name", None) in params else None
+
+
 def _users(node: Any) -> list[str]:
     """A node's users, without ``sym_size`` reads (a dynamic-batch export asks tensors their size:
     that is no use of the value)."""
@@ -70,6 +78,12 @@ def describe_exported(program: Any, *, path: str, stats: Any = None) -> ModelDes
             name = _aten_name(node.target)
             spec = _EXPORT_WEIGHTED.get(name)
             weight_arg = node.args[spec[0]] if spec and len(node.args) > spec[0] else None
+            if name in ("mm", "matmul") and (param_t := _transposed_param(weight_arg, params)) is not None:
+                name, spec, weight_arg = (
+                    "linear",
+                    _EXPORT_WEIGHTED["linear"],
+                    param_t,
+                )  # x @ W.T: FalconLinear
             if spec and isinstance(weight_arg, torch.fx.Node) and weight_arg.name in params:
                 fqn = params[weight_arg.name]
                 widx, gidx, transposed = spec
