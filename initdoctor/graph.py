@@ -140,7 +140,7 @@ def residual_blocks(
         side_b = [layer_of[n] for n in sorted((n for n in only_b if n in order), key=order.__getitem__)]
         if side_a and side_b and _joins_before_skip(nodes, ids, index, node):
             continue  # parallel branches of one stream (GPT-NeoX, Phi-2): the skip add is the block
-        if all(_next_op(nodes, u) == "attention" for u in node.users):
+        if node.users and all(_next_op(nodes, u) == "attention" for u in node.users):
             continue  # a mask added to attention scores before the softmax (GPT-Neo's local attention)
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
         skip_tensor = nodes[skip_id].tensor

@@ -81,6 +81,8 @@ def _blocks_by_bitmasks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> l
         only_b = ancestors.get(b, 0) & ~ancestors.get(a, 0)
         side_a = [name for bit, name in weighted_bits.items() if only_a >> bit & 1]
         side_b = [name for bit, name in weighted_bits.items() if only_b >> bit & 1]
+        if side_a and side_b and _parallel_join(nodes, node, ancestors, index):
+            continue  # 0.11: two branches of one stream joined before the skip add (GPT-NeoX)
         branch, skip_id = (side_b, a) if len(side_b) >= len(side_a) else (side_a, b)
         skip_tensor = nodes[skip_id].tensor
         if not branch or skip_tensor is None:
@@ -92,6 +94,23 @@ def _blocks_by_bitmasks(nodes: dict[str, OpNode], layer_of: dict[str, str]) -> l
                 end = nxt.tensor
         blocks.append(Block(_common_prefix(branch) or f"block{len(blocks)}", skip_tensor, end, branch))
     return blocks
+
+
+def _parallel_join(
+    nodes: dict[str, OpNode], node: OpNode, ancestors: dict[str, int], index: dict[str, int]
+) -> bool:
+    """The add ``node`` feeds, through at most 3 single-user pass-through ops, a residual add whose
+    other input ``x`` is an ancestor of both of ``node``'s inputs (by the bit masks)."""
+    cur = node
+    for _ in range(4):
+        nxt = nodes.get(cur.users[0]) if len(cur.users) == 1 else None
+        if nxt is None or nxt.op not in ("pass", "residual"):
+            return False
+        if nxt.op == "residual":
+            x = [i for i in nxt.inputs if i != cur.id]
+            return len(x) == 1 and all(ancestors.get(i, 0) >> index[x[0]] & 1 for i in node.inputs)
+        cur = nxt
+    return False
 
 
 def _random_graph(rng: random.Random) -> tuple[dict[str, OpNode], dict[str, str]]:
