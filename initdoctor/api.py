@@ -120,12 +120,17 @@ def run(
     ``check``, ``fix --check``, :func:`diagnose`): the same model and settings, probed or not, give
     the same ``summary.status``."""
     from .checks import inspect_description
-    from .probe import run_probe, time_limit
+    from .probe import distributed_job, run_probe, time_limit
 
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
+    # a torch.distributed job (FSDP2/DTensor): every rank probes, rank 0 judges, all get its report
+    with (
+        distributed_job(source) as job,
+        time_limit(probe_settings.timeout) as limit,
+        no_exit_from_model_code(),
+    ):
         loaded = load(
             source, trust=trust, weights=weights, progress=phase("reading weights") if phase else None
         )
@@ -138,7 +143,9 @@ def run(
             )
         elif probe and loaded.description.layers:  # no weighted layer: nothing to measure
             result = run_probe(loaded, probe_settings, progress, example_inputs)
-    report = inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
+    report = job.share(
+        lambda: inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
+    )
     report.notes.extend(notes)
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")
