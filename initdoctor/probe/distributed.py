@@ -76,12 +76,13 @@ class Job:
     def arm(self) -> None:
         """FSDP's lazy init (which a traced forward would leave half done), and a guard ahead of
         every FSDP module's forward."""
+        import torch
         from torch.distributed.fsdp import FSDPModule
 
         if isinstance(self.model, FSDPModule):
             self.model._get_fsdp_state()._lazy_init()
         for module in self.model.modules():
-            if isinstance(module, FSDPModule):
+            if isinstance(module, FSDPModule) and isinstance(module, torch.nn.Module):
                 hook = module.register_forward_pre_hook(lambda *_: self.guard(), prepend=True)
                 self.handles.append(hook)
 
@@ -103,7 +104,7 @@ class Job:
                 failure = exc
         self.guard(failure)
         dist.broadcast_object_list(value, src=0)
-        return value[0]  # type: ignore[no-any-return]  # what build() returned on rank 0
+        return value[0]  # type: ignore[no-any-return,unused-ignore]  # what build() returned on rank 0
 
 
 class Single:
@@ -128,6 +129,6 @@ def job(model: Any) -> Iterator[Job | Single]:
         run.disarm()
         if run.settled is None:
             run.guard(exc)
-        raise run.settled from None  # the forward's wrapping of a guard's error (ProbeError) undone
+        raise (run.settled or exc) from None  # the forward's wrapping of a guard's error (ProbeError) undone
     run.disarm()
     run.guard()
