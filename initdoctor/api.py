@@ -5,10 +5,9 @@ commands all run :func:`run`: the model is read (:mod:`initdoctor.formats`), a s
 run through it when it has a graph (:mod:`initdoctor.probe`), and every layer is judged
 (:mod:`initdoctor.checks`). The time limit and the progress display are applied here, once.
 
-The time limit is a ``SIGALRM`` timer. It is used only where it is safe: on the main thread, when
-``SIGALRM`` has no handler of the user's and no timer is pending; otherwise the run is unbounded
-and the report says so in a note (training loops, callbacks and torch.distributed ranks keep their
-own signals).
+The time limit (a ``SIGALRM`` timer) is used only where safe: the main thread, no handler of the
+user's, no timer pending; else the run is unbounded, with a note (training loops, callbacks and
+torch.distributed ranks keep their own signals).
 """
 
 from __future__ import annotations
@@ -52,11 +51,8 @@ def is_torch_module(obj: Any) -> bool:
 def load(
     source: Any, *, trust: bool = False, weights: Any = None, progress: Any = None, stream: bool = False
 ) -> LoadedModel:
-    """Read a model into a :class:`~initdoctor.formats.LoadedModel` (description + runnable).
-
-    ``source`` is a path, a ``package.module:callable`` factory spec, or an in-memory
-    ``torch.nn.Module``.
-    """
+    """Read a model into a :class:`~initdoctor.formats.LoadedModel` (description + runnable):
+    ``source`` is a path, a ``package.module:callable`` factory spec or an in-memory module."""
     from .formats import LoadedModel
     from .formats import load as load_file
 
@@ -125,20 +121,20 @@ def run(
     the same ``summary.status``."""
     from .checks import inspect_description
     from .formats.torch_device import requested_device
-    from .probe import run_probe, time_limit
+    from .probe import distributed_job, run_probe, time_limit
 
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
-    with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
-        with requested_device(probe_settings.device):  # --device: checked, then applied on load
-            loaded = load(
-                source,
-                trust=trust,
-                weights=weights,
-                progress=phase("reading weights") if phase else None,
-                stream=probe_settings.stream,
-            )
+    # a torch.distributed job (FSDP2/DTensor): every rank probes, rank 0 judges, all get its report
+    with (
+        distributed_job(source) as job,
+        time_limit(probe_settings.timeout) as limit,
+        no_exit_from_model_code(),
+        requested_device(probe_settings.device),  # --device: checked, then applied on load
+    ):
+        reading = phase("reading weights") if phase else None
+        loaded = load(source, trust=trust, weights=weights, progress=reading, stream=probe_settings.stream)
         if probe and loaded.runnable is None:
             if need_graph:
                 raise InitDoctorError(need_graph.format(format=loaded.description.format))
@@ -148,7 +144,9 @@ def run(
             )
         elif probe and loaded.description.layers:  # no weighted layer: nothing to measure
             result = run_probe(loaded, probe_settings, progress, example_inputs)
-    report = inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
+    report = job.share(
+        lambda: inspect_description(loaded.description, inspect_settings, result, assume_chain=force)
+    )
     report.notes.extend(notes)
     if probe_settings.timeout and not limit.enforced:
         report.notes.append(f"time limit of {probe_settings.timeout:g} s not enforced: {limit.reason}")

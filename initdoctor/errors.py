@@ -60,3 +60,7 @@ def no_exit_from_model_code() -> Iterator[None]:
         raise InputError(
             f"the model's code called sys.exit({exc.code!r}) while it was loaded or run"
         ) from None
+
+
+class RankError(InitDoctorError):
+    """In a torch.distributed job: another rank's diagnosis failed (its message is in this one)."""

@@ -40,6 +40,7 @@ from .torch_ops import (
     norm_kind_of,
     stats_reader,
 )
+from .torch_sharded import fsdp_original
 from .torch_structure import module_blocks
 
 
@@ -52,8 +53,8 @@ def fx_trace(root: Any) -> Any:
 
     class Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: Any, qualname: str) -> bool:
-            named = activation_module(m) is not None
-            return named or is_norm_module(m) or super().is_leaf_module(m, qualname)
+            named = activation_module(m) is not None or is_norm_module(m)
+            return named or super().is_leaf_module(fsdp_original(m), qualname)
 
     tracer = Tracer()
     graph = tracer.trace(root)

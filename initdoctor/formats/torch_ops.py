@@ -141,7 +141,10 @@ def tensor_stats(tensor: Any) -> WeightStats:
     import torch
 
     from ..stats import array_stats
+    from .torch_sharded import dtensor_stats, is_dtensor
 
+    if is_dtensor(tensor):  # FSDP2 / DTensor: the local shard, merged across ranks
+        return dtensor_stats(tensor)
     t = tensor.detach()
     if t.is_quantized:
         t = t.int_repr()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from .collector import Collector, Ticker, logit_stats
 from .dispatch import run_probe
+from .distributed import job as distributed_job
 from .inputs import check_input_size, default_vocab, extra_tensors, random_inputs
 from .timelimit import TimeLimitStatus, time_limit
 from .types import ActivationStats, LogitStats, ProbeError, ProbeResult, Progress
@@ -49,6 +50,7 @@ __all__ = [
     "Ticker",
     "TimeLimitStatus",
     "check_input_size",
+    "distributed_job",
     "default_vocab",
     "extra_tensors",
     "logit_stats",

@@ -1,0 +1,88 @@
+"""Weight statistics of a DTensor parameter (FSDP2 ``fully_shard``, ``distribute_tensor``) from
+its local shard, merged across the ranks that hold it: no rank gathers the full weight.
+
+Each rank reduces its shard (:func:`~initdoctor.stats.scan`: count, mean, M2 of the finite values,
+NaN/Inf counts, max |x|; float64), the six numbers of every rank are all-gathered, and every rank
+merges them in rank order with Chan et al.'s formula (:class:`~initdoctor.stats.Moments`), so all
+ranks hold the same, bit-identical :class:`~initdoctor.stats.WeightStats`, equal to those of the
+whole tensor up to float rounding. A rank whose coordinate on a ``Replicate`` mesh dimension is not
+0 contributes nothing (its shard is another rank's copy); a ``Partial`` placement (a pending sum,
+not a parameter's layout) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from ..stats import Moments, Scan, WeightStats, scan
+
+
+def is_dtensor(tensor: Any) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (without importing it when nobody has)."""
+    import sys
+
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
+
+
+class _Standin:
+    """A module's stand-in for ``torch.fx``'s leaf test: the class ``fully_shard`` wrapped."""
+
+    def __init__(self, cls: type) -> None:
+        self.__module__ = cls.__module__
+        self.cls = cls
+
+
+def fsdp_original(module: Any) -> Any:
+    """``module`` itself, or — for a module ``fully_shard`` re-classed (``FSDPLinear``, a
+    subclass of ``FSDPModule`` and ``Linear`` made in torch.distributed) — an object that
+    ``torch.fx.Tracer.is_leaf_module`` reads as the original class (its ``__module__``), so that an
+    FSDP-wrapped ``nn.Linear`` stays one ``call_module`` node as it is unwrapped."""
+    import sys
+
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None or not isinstance(module, fsdp.FSDPModule):
+        return module
+    import torch
+
+    original = type(module).__bases__[-1]
+    if issubclass(original, torch.nn.Sequential):
+        return module
+    return _Standin(original)
+
+
+def dtensor_stats(tensor: Any) -> WeightStats:
+    """:class:`WeightStats` of a DTensor: local shard reduced, six numbers per rank all-gathered."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = tensor.device_mesh
+    placements = tensor.placements
+    if not all(isinstance(p, (Shard, Replicate)) for p in placements):
+        raise InputError(f"a DTensor parameter with placements {placements}: only Shard/Replicate are read")
+    dtype = str(tensor.dtype).replace("torch.", "")
+    coordinate = mesh.get_coordinate() or []
+    copy = any(isinstance(p, Replicate) and coordinate[d] != 0 for d, p in enumerate(placements))
+    local = tensor.to_local().detach()
+    if local.is_floating_point() and local.dtype not in (torch.float32, torch.float64):
+        local = local.float()
+    part = Scan(Moments()) if copy or local.numel() == 0 else scan(local.cpu().reshape(-1).numpy())
+    mine = torch.tensor(
+        [part.moments.count, part.moments.mean, part.moments.m2, part.nan, part.inf, part.max_abs],
+        dtype=torch.float64,
+    )
+    group = mesh.get_group() if mesh.ndim == 1 else dist.group.WORLD
+    size = dist.get_world_size(group)
+    gathered = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(gathered, mine, group=group)
+    total = Scan(Moments())
+    for row in gathered:
+        count, mean, m2, nan, inf, max_abs = row.tolist()
+        total.merge(Scan(Moments(int(count), mean, m2), int(nan), int(inf), max_abs))
+    m = total.moments
+    numel = int(tensor.numel())
+    if not m.count:
+        return WeightStats(numel, dtype, float("nan"), float("nan"), total.nan, total.inf)
+    return WeightStats(numel, dtype, m.mean, m.var**0.5, total.nan, total.inf, total.max_abs)
