@@ -196,3 +196,20 @@ def test_input_dtype_given_is_kept() -> None:
     bf16 = plain_mlp(depth=2, width=8, in_features=4).to(torch.bfloat16)
     with pytest.raises(InitDoctorError, match="forward raised"):
         initdoctor.diagnose(bf16, probe=True, input_dtype="float32", input_shapes=((4, 4),))
+
+
+def test_finite_activations_whose_float32_squares_overflow() -> None:
+    """Activations of 1e20–1e21 (a deep net without BatchNorm whose branches are N(0, 1)) are
+    finite in float32, but their squares (1e40+) overflow float32's 3.4e38: the moments come from
+    ``x / max|x|`` scaled back in float64 — equal to numpy's float64 scan (0.11 recursed forever)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * BLOCK + 5, generator=g) * 3e20 + 1e20
+    moments, nan, inf, peak = reduce(x, with_max=True)
+    ref = scan(x.numpy()).moments
+    assert (nan, inf, moments.count) == (0, 0, x.numel())
+    assert _close(moments.var, ref.var, 0.0) and _close(moments.mean, ref.mean, 0.0)
+    assert peak == float(x.abs().max())
+    x[7] = math.nan  # and with a NaN among them: the finite ones, the same way
+    moments, nan, inf, _ = reduce(x)
+    assert (nan, inf, moments.count) == (1, 0, x.numel() - 1)
+    assert _close(moments.var, float(x[~torch.isnan(x)].double().var(correction=0)), 0.0)

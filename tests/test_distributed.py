@@ -93,6 +93,10 @@ def _worker(rank: int, port: int, queue: Any) -> None:
             out["raises"] = None
         except Exception as exc:  # noqa: BLE001 - the error each rank got is the result
             out["raises"] = (type(exc).__name__, str(exc))
+    except Exception:  # noqa: BLE001 - shown by the fixture instead of a bare KeyError
+        import traceback
+
+        out["worker_error"] = traceback.format_exc()
     finally:
         queue.put((rank, out))
         dist.destroy_process_group()
@@ -117,6 +121,8 @@ def ranks() -> dict[int, dict[str, Any]]:
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+    errors = [out["worker_error"] for out in results.values() if "worker_error" in out]
+    assert not errors, errors[0]
     return results
 
 

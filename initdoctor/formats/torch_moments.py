@@ -145,6 +145,11 @@ def reduce(tensor: Any, *, with_max: bool = False) -> tuple[Moments, int, int, f
     if not (math.isfinite(total) and math.isfinite(squares) and math.isfinite(peak if with_max else 0.0)):
         nan = int(torch.isnan(flat).sum())
         inf = int(torch.isinf(flat).sum())
+        if nan == 0 and inf == 0:  # finite values whose float32 sums overflowed (|x| ≳ 1.8e19)
+            scale = float(flat.abs().max())  # reduce x / scale (|x / scale| ≤ 1), scale back in float64
+            unit, _, _, _ = reduce(flat / scale)
+            moments = Moments(unit.count, unit.mean * scale, unit.m2 * scale * scale)
+            return moments, 0, 0, (scale if with_max else math.nan)
         finite = flat[torch.isfinite(flat)]
         if finite.numel() == 0:
             return Moments(), nan, inf, math.nan
@@ -185,6 +190,10 @@ def weight_stats(tensor: Any) -> WeightStats:
     their integer representation, bool as 0/1, integers widened to the accumulator dtype)."""
     import torch
 
+    from .torch_sharded import dtensor_stats, is_dtensor
+
+    if is_dtensor(tensor):  # FSDP2 / DTensor: the local shard, merged across ranks
+        return dtensor_stats(tensor)
     t = tensor.detach()
     if t.is_quantized:
         t = t.int_repr()
