@@ -10,7 +10,8 @@ seeded batches each step (benchmarks.train_evidence.fit), held-out loss mean ± 
 Tasks: ALBERT / ELECTRA masked LM on topic sequences (16 topics of 16 ids each; a sequence of 32
 ids drawn uniformly from its topic; 15% of positions → id 1, loss on those: ln 512 = 6.24 for a
 uniform guess, ln 16 = 2.77 once the topic is read from the context); Wav2Vec2 sequence
-classification of 4 sine frequencies (40, 42, 44, 46 cycles in 1600 samples) in N(0, 3²) noise; ConvNeXt classification of sklearn
+classification of 4 sine frequencies (40, 42, 44, 46 cycles in 1600 samples) in N(0, 3²)
+noise; ConvNeXt classification of sklearn
 digits (8×8 → 32×32, 3 channels; 1437 train / 360 held out)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 against Kaiming like a hidden layer (:mod:`initdoctor.checks.weights` applies it) but at most a
 warning, and not when the stream's starting scale is divided out downstream: every block
 normalizes its input (pre-LN), or every path from the layer meets a normalization
-(``ModelDescription.renormalized``: post-LN add+norm, ConvNeXt's LayerNorms)."""
+(``ModelDescription.renormalized``: a post-LN block, or a norm through linear ops)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ K103 = Rule(
     "normalizes its input (pre-LN: ViT's patch projection, std 0.02 = 0.28× Kaiming) a small "
     "start is harmless: each branch sees a unit-variance input and their additions set the "
     "stream's scale (Xiong et al. 2020); only too large (the stream dwarfs the branches) warns. "
-    "So is a small start when every path from the layer meets a normalization before the output "
-    "(post-LN add+norm: ALBERT, ELECTRA, Wav2Vec2; ConvNeXt's LayerNorms), down to "
-    "`r = 1/T_chain²` (ALBERT trained as well at r = 0.013 as at 1, worse at 1.3e-6).",
+    "So is a small start when every path from the layer meets a normalization through linear "
+    "ops or enters a post-LN block (ALBERT, ELECTRA; ConvNeXt's LayerNorms), down to "
+    "`r = 1/T_chain²` (ALBERT trained as well at r = 0.013 as at 1, worse at 1.3e-6). Not when a "
+    "nonlinearity outside a block reads it first (Wav2Vec2's positional conv + GELU: the rescale "
+    "trained better).",
     formula="As K101 (He et al. 2015, eq. 10 / 14, with the sampling allowance), capped at warn; "
     "with every block pre-normalized, only `ln r > ln T + a` warns; with the layer's output "
     "renormalized, `ln r > ln T + a` or `ln r < −2 ln T_chain − a`.",

@@ -177,7 +177,7 @@ def describe_exported(program: Any, *, path: str, stats: Any = None) -> ModelDes
         gates=gate_layers(nodes, layer_of),
         head_layers=head_layers(nodes, layer_of),
     )
-    desc.renormalized = renormalized(nodes, layer_of, desc.stream_inputs)
+    desc.renormalized = renormalized(nodes, layer_of, desc.stream_inputs, desc.blocks)
     return desc
 
 

@@ -208,7 +208,7 @@ def describe_module_graph(
         feeders = stream_inputs(nodes, layer_nodes, blocks)
         gates = gate_layers(nodes, layer_nodes)
         heads = head_layers(nodes, layer_nodes)
-        renormed = renormalized(nodes, layer_nodes, feeders)
+        renormed = renormalized(nodes, layer_nodes, feeders, blocks)
         then_norm = {n for n in order if n in node_of and normalized_after_activation(nodes, node_of[n])}
     else:
         order = list(weighted)
