@@ -95,6 +95,9 @@ class ModelDescription:
     blocks: list[Block] = field(default_factory=list)
     #: weighted layers that feed the residual stream (see :func:`initdoctor.graph.stream_inputs`)
     stream_inputs: list[str] = field(default_factory=list)
+    #: stream feeders whose output every path renormalizes before the model output (see
+    #: :func:`initdoctor.formats.renorm.renormalized`): a small start is harmless (K103)
+    renormalized: list[str] = field(default_factory=list)
     #: weights the checkpoint lacks that the model initialized itself (a Hugging Face folder's new
     #: head): tensor names, tied copies excluded
     new_layers: list[str] = field(default_factory=list)

@@ -97,6 +97,7 @@ def inspect_description(
     convolutional = any(layer.kind.startswith("conv") for layer in desc.layers)
     heads = {name for name in desc.head_layers if convolutional and name in linears(desc)}
     prenormed = bool(desc.blocks) and all(block.pre_norm for block in desc.blocks)
+    renormed = set(desc.renormalized)
     for layer in desc.layers:
         findings.append(new_finding(layer, desc, s, last_name, branch_of, feeders))
     forced = s.mode != "auto"
@@ -122,6 +123,7 @@ def inspect_description(
                 prenormed,
                 not forced,
                 layer.name in heads and finding.role == Role.HIDDEN,
+                layer.name in renormed,
             )
             saturating = modes.saturating_factor(finding, layer) if ln_r is not None else None
             if saturating is not None:  # tanh/sigmoid: the variance map's fixed point, not the gain

@@ -7,8 +7,9 @@ then the graph (a normalization after the layer, or after its activation, makes 
 ``normalized``); without a graph the last
 weighted layer in order is the ``output`` (linear); anything else is ``hidden`` with the
 ``nonlinearity`` setting. A hidden layer inside a residual branch becomes ``residual``, one that
-feeds the residual stream becomes ``stream``; a layer of a residual block whose follower no graph
-shows is ``linear`` with source ``structure`` (never the ``nonlinearity`` setting). The two layers
+feeds the residual stream becomes ``stream``; a layer of a residual block, or a stream feeder, whose
+follower no graph shows is ``linear`` with source ``structure`` (never the ``nonlinearity``
+setting: Wav2Vec2's feature projection feeds an add and a GELU conv, no ReLU). The two layers
 of a squeeze-excitation gate are ``gate``.
 """
 
@@ -76,6 +77,8 @@ def new_finding(
             nonlin, param, source = "linear", None, Source.STRUCTURE
     elif role == Role.HIDDEN and layer.name in feeders:
         role = Role.STREAM
+        if source == Source.FLAG:  # the stream is a sum, no activation the graph shows: no assumed ReLU
+            nonlin, param, source = "linear", None, Source.STRUCTURE
     gain = 1.0 if nonlin == "normalized" else calculate_gain(nonlin, param)
     st = layer.stats
     return LayerFinding(

@@ -32,6 +32,7 @@ from .onnx_patterns import (
     gate_nodes,
     norm_patterns,
 )
+from .renorm import renormalized
 
 _ACTIVATIONS = {
     "Relu": "relu",
@@ -241,6 +242,7 @@ def describe_onnx_model(
     )
     desc.gates = list(dict.fromkeys(gate_layers))
     desc.head_layers = head_layers(nodes, layer_of)
+    desc.renormalized = renormalized(nodes, layer_of, feeders, blocks)
     desc.bn_folded = folded > 0
     desc.concat_fed = [layer_of[nid] for nid in layer_of if _joins_concat(ix, nodes, nid)]
     return desc

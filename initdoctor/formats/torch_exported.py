@@ -16,6 +16,7 @@ from ..graph import (
 )
 from ..model import Layer, ModelDescription, NormLayer
 from .graph_patterns import gate_layers, normalized_after_activation
+from .renorm import renormalized
 from .torch_ops import class_activation, class_name_is_norm, count_parameters, function_op, stats_reader
 
 _EXPORT_WEIGHTED = {
@@ -163,7 +164,7 @@ def describe_exported(program: Any, *, path: str, stats: Any = None) -> ModelDes
         node_name: (fqn[: -len(".weight")] if fqn.endswith(".weight") else fqn)
         for node_name, fqn, _, _ in found
     }
-    return ModelDescription(
+    desc = ModelDescription(
         path,
         "torch.export",
         count_parameters(list(state.values())),
@@ -176,6 +177,8 @@ def describe_exported(program: Any, *, path: str, stats: Any = None) -> ModelDes
         gates=gate_layers(nodes, layer_of),
         head_layers=head_layers(nodes, layer_of),
     )
+    desc.renormalized = renormalized(nodes, layer_of, desc.stream_inputs, desc.blocks)
+    return desc
 
 
 def _scope(node: Any) -> str | None:

@@ -27,6 +27,7 @@ from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
 from .graph_patterns import gate_layers, normalized_after_activation
 from .model_inputs import config_inputs, constant_kwargs, split_positional
+from .renorm import renormalized
 from .torch_device import place
 from .torch_exported import describe_exported
 from .torch_ops import (
@@ -208,12 +209,13 @@ def describe_module_graph(
         feeders = stream_inputs(nodes, layer_nodes, blocks)
         gates = gate_layers(nodes, layer_nodes)
         heads = head_layers(nodes, layer_nodes)
+        renormed = renormalized(nodes, layer_nodes, feeders, blocks)
         then_norm = {n for n in order if n in node_of and normalized_after_activation(nodes, node_of[n])}
     else:
         order = list(weighted)
         follow = _follow_by_module_order(leaves, weighted)
         order_kind = "module"
-        blocks, gates, then_norm, heads = module_blocks(module, weighted), [], set(), []
+        blocks, gates, then_norm, heads, renormed = module_blocks(module, weighted), [], set(), [], []
         feeders = _stream_feeder(order, blocks)
         for block in blocks:  # inside a block the next module registered is no follower (q → k)
             for name in block.layers:
@@ -255,6 +257,7 @@ def describe_module_graph(
         path, fmt, params, layers, norms, True, order_kind, notes, blocks, feeders, gates=gates
     )
     desc.head_layers = heads
+    desc.renormalized = renormed
     if not isinstance(module, torch.jit.ScriptModule):
         desc.inputs = config_inputs(module, 2)
     return desc, module, "torchscript" if isinstance(module, torch.jit.ScriptModule) else "torch"
