@@ -124,14 +124,14 @@ def run(
     ``check``, ``fix --check``, :func:`diagnose`): the same model and settings, probed or not, give
     the same ``summary.status``."""
     from .checks import inspect_description
-    from .formats.torch_device import requested_device
+    from .formats.torch_device import probe_shapes, requested_device
     from .probe import run_probe, time_limit
 
     result = None
     notes: list[str] = []
     phase = getattr(progress, "phase", None)  # a progress object with phases (the CLI's bar)
     with time_limit(probe_settings.timeout) as limit, no_exit_from_model_code():
-        with requested_device(probe_settings.device):  # --device: checked, then applied on load
+        with requested_device(probe_settings.device), probe_shapes(probe_settings.named_inputs):  # one export
             loaded = load(
                 source,
                 trust=trust,

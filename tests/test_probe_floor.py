@@ -82,3 +82,38 @@ def test_a_healthy_forward_copies_nothing() -> None:
     assert state.writes.copies == {} and state.changed == []
     # the watched storages: 4 parameters and 1 buffer
     assert sum(len(v) for v in state.writes.watched.values()) == 5
+
+
+def test_a_model_only_torch_export_reads_is_exported_once_on_the_input_shapes() -> None:
+    """``--input`` shapes are the export example at load time: the probe runs that program as it
+    is instead of exporting the model a second time (a streamed 0.37 B LLaMA: 19.3 → 15.6 s)."""
+    transformers = pytest.importorskip("transformers")
+    from initdoctor.formats.model_inputs import probe_shapes, with_probe_shape
+    from initdoctor.model import InputSpec
+
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    spec = InputSpec("input_ids", (2, 16), "int64", 64)
+    with probe_shapes((("input_ids", (3, 24), "int64"),)):
+        assert with_probe_shape(spec).shape == (3, 24) and with_probe_shape(spec).high == 64
+    assert with_probe_shape(spec).shape == (2, 16)  # only while loading
+    settings, probe = api.split_settings({"named_inputs": ("input_ids=3,24:int64",)})
+    run = api.run(model, settings, probe, probe=True)
+    program = run.loaded.runnable
+    assert isinstance(program, torch.export.ExportedProgram)
+    shapes = [
+        tuple(t.shape) for t in torch.utils._pytree.tree_leaves(program.example_inputs) if hasattr(t, "shape")
+    ]
+    assert (3, 24) in shapes and (2, 16) not in shapes  # exported on the probe's shapes, not the default
+    assert run.probe is not None and run.probe.backend == "torch.export"
+    assert run.probe.inputs[0]["shape"] == [3, 24]
