@@ -86,7 +86,7 @@ def test_a_healthy_forward_copies_nothing() -> None:
 
 def test_a_model_only_torch_export_reads_is_exported_once_on_the_input_shapes() -> None:
     """``--input`` shapes are the export example at load time: the probe runs that program as it
-    is instead of exporting the model a second time (a streamed 0.37 B LLaMA: 19.3 → 15.6 s)."""
+    is instead of exporting the model a second time (benchmarks/README.md, streamed probe)."""
     transformers = pytest.importorskip("transformers")
     from initdoctor.formats.model_inputs import probe_shapes, with_probe_shape
     from initdoctor.model import InputSpec
