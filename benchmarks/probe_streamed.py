@@ -1,6 +1,7 @@
 """Streamed probe of a checkpoint larger than RAM (issue 18, part 1).
 
     python benchmarks/probe_streamed.py [--dir /tmp/llama-1.5b] [--keep]
+    python benchmarks/probe_streamed.py --small [--dir /tmp/llama-0.4b] [--keep]
 
 Generates once (skipped when DIR/config.json exists) a Llama-architecture checkpoint of ~1.57 B
 parameters in bfloat16 (hidden 2048, 28 layers, MLP 5632, vocab 32000: ~3.1 GB), written shard
@@ -11,6 +12,9 @@ its own process (a clean VmHWM):
 - floor: a plain streamed forward of the same 2 × 64 tokens: the model on the meta device with
   accelerate's offload hooks reading the same safetensors files (``attach_align_device_hook``,
   ``offload=True``), no initdoctor.
+
+``--small``: hidden 1024, 24 layers, MLP 2816 (~0.37 B parameters, ~0.70 GiB), the same
+measurements in a quarter of the time.
 
 Prints wall time and peak RSS (VmHWM) for both, and the goals: peak RSS ≤ 1.5 GiB, probe wall ≤
 1.3 × floor: met / not met. Deletes the checkpoint unless --keep.
@@ -39,6 +43,7 @@ CONFIG = dict(
     torch_dtype="bfloat16",
     architectures=["LlamaForCausalLM"],
 )
+SMALL = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24)
 
 
 def generate(folder: Path) -> None:
@@ -139,7 +144,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path("/tmp/llama-1.5b"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--small", action="store_true", help="~0.37 B parameters (default dir /tmp/llama-0.4b)"
+    )
     args = parser.parse_args()
+    if args.small:
+        CONFIG.update(SMALL)
+        if args.dir == Path("/tmp/llama-1.5b"):
+            args.dir = Path("/tmp/llama-0.4b")
     if not (args.dir / "config.json").exists():
         generate(args.dir)
     size = sum(f.stat().st_size for f in args.dir.glob("*.safetensors"))

@@ -17,14 +17,38 @@ config or whose config names none of these: the caller falls back to its first w
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ..model import InputSpec
 
 #: default sequence length of token inputs (capped by the config's position table)
 SEQ_LEN = 16
+
+#: the probe's ``--input`` shapes by name while a model loads (:func:`probe_shapes`): a model whose
+#: graph only torch.export reads is exported on them, so the probe need not export it again
+_GIVEN: ContextVar[dict[str, tuple[int, ...]] | None] = ContextVar("initdoctor_probe_shapes", default=None)
+
+
+@contextmanager
+def probe_shapes(named: Any) -> Iterator[None]:
+    """``named``: the probe's ``(name, shape, dtype)`` inputs (``ProbeSettings.named_inputs``)."""
+    token = _GIVEN.set({str(n): tuple(int(d) for d in shape) for n, shape, _ in named})
+    try:
+        yield
+    finally:
+        _GIVEN.reset(token)
+
+
+def with_probe_shape(spec: InputSpec) -> InputSpec:
+    """``spec`` with the shape ``--input`` gives its name, if any (an export example)."""
+    shape = (_GIVEN.get() or {}).get(spec.name or "")
+    return dataclasses.replace(spec, shape=shape) if shape else spec
 
 
 def forward_parameters(module: Any) -> list[str]:

@@ -26,7 +26,7 @@ from ..graph import (
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
 from .graph_patterns import gate_layers, normalized_after_activation
-from .model_inputs import config_inputs, constant_kwargs, split_positional
+from .model_inputs import config_inputs, constant_kwargs, split_positional, with_probe_shape
 from .renorm import renormalized
 from .torch_device import place
 from .torch_exported import describe_exported
@@ -314,7 +314,7 @@ def _example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[An
     from ..model import infer_input_shape
 
     generator = torch.Generator().manual_seed(0)
-    specs = config_inputs(module, 2)
+    specs = [with_probe_shape(s) for s in config_inputs(module, 2)]  # --input's shapes: one export
     if specs:
         named = {
             s.name or "": torch.randint(0, s.high, s.shape, generator=generator)

@@ -137,7 +137,7 @@ def probe_torch(
                 flat = flat_arguments(nodes, placeholder_defaults(nodes), given)
                 runner = _interpreter(traced, {}, settings.backward, in_graph)
                 call = lambda: runner.run(*flat)  # noqa: E731
-        with torch.set_grad_enabled(settings.backward):
+        with state.guard(), torch.set_grad_enabled(settings.backward):
             try:
                 output = call()
             except Exception as exc:  # noqa: BLE001 - the user's forward can raise anything
