@@ -24,7 +24,15 @@ from initdoctor.probe.torch_collect import torch_logit_stats
 from initdoctor.stats import array_stats, scan
 from tests import realzoo
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread for this module's comparisons, put back after (a module-level call would
+    change every later test's thread count, and with it the numerics of their training runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _close(a: float, b: float, scale: float, rel: float = 1e-5) -> bool:

@@ -57,8 +57,12 @@ def resnet_plain() -> initdoctor.Report:
     sys.path.insert(0, str(ROOT))
     from examples.resnets import resnet_plain as build
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return initdoctor.diagnose(build(), probe=True)
+    try:
+        return initdoctor.diagnose(build(), probe=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +70,12 @@ def llama_broken() -> initdoctor.Report:
     pytest.importorskip("transformers")
     from tests.realzoo import llama_broken as build
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return initdoctor.diagnose(build(), probe=True)
+    try:
+        return initdoctor.diagnose(build(), probe=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_shorten_middle_keeps_the_start_and_the_last_dotted_part() -> None:
