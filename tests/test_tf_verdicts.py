@@ -60,7 +60,7 @@ def test_clip_text_stream_starting_tiny_is_no_jump():
     [
         ("gpt2_broken", "transformer.h.1.attn", 352),
         ("llama_broken", "model.layers.0.self_attn", 4.18e3),
-        ("mistral_broken", "model.layers.1.self_attn", 6.71e3),
+        ("mistral_broken", "model.layers.1.self_attn", 7.56e3),  # 6.71e3 before Δ ≤ 0 counted as 0
         ("clip_broken", "vision_model.encoder.layers.1.self_attn", 1.04e3),
     ],
 )
@@ -69,8 +69,7 @@ def test_prenormed_jumps_keep_their_error(name, block, jump):
     assert r.summary.status == "error" and r.summary.rule == "R302"
     b = _blocks(r)[block]
     assert b.rule == "R302"
-    # the pre-norm jump 1 + Δ_k / R_k takes R_k from the median of the other blocks' Δ, which here is a
-    # difference of two ≈18.4 variances (Δ ≈ 6e-4): a 1e-7 change in a variance moves it ~0.3 %
+    # the number as printed (3 significant digits), to 1 %
     got = float(re.search(r"changes the stream ×([0-9.e+-]+)", b.message).group(1))
     assert got == pytest.approx(jump, rel=0.01)
 

@@ -179,10 +179,14 @@ def jump_growth(
     """R302's growth of block ``k``: ``Var[out] / Var[skip]``; for a pre-normalized branch that
     adds (``Δ_k > 0``), ``1 + Δ_k / R_k`` with ``R_k = max(Var[skip_k], min(1, median_{j≠k} Δ_j))``:
     the stream's scale is at least what the other blocks add, up to what a unit-gain branch adds
-    from a normalized (unit-variance) input."""
+    from a normalized (unit-variance) input. A block with ``Δ_j ≤ 0`` adds nothing and counts as 0
+    (it was dropped: in Gemma with layer 1 ×10, 2 layers, layer 0's blocks measure Δ ≈ 0 of either
+    sign, so the median of what was left was the ×10 MLP's Δ = 3.6, R = 1, and the attention's
+    Var[out]/Var[skip] = 58.6 became ×2.5; it trains 1.05 nats worse at 300 steps,
+    docs/rules-evidence.md "Gemma ×10 in one layer")."""
     if growth is None or not pre_norm or growth <= 1 or skip <= 0:
         return growth
-    others = sorted(d for j, d in added.items() if j != k and d > 0)
+    others = sorted(max(d, 0.0) for j, d in added.items() if j != k)
     typical = others[len(others) // 2] if others else 0.0
     reference = max(skip, min(1.0, typical))
     return 1 + (growth - 1) * skip / reference
