@@ -170,6 +170,6 @@ def run_check(
         from .htmlreport import render_html_many
 
         texts = [render_html_many(reports)]
-    if not stream:
+    if not stream and (reports or opts["output"] is None):  # no model judged: no output file
         emit("\n".join(texts) if fmt == "markdown" else "".join(texts), opts["output"])
     return worst

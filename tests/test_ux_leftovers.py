@@ -82,6 +82,14 @@ def test_check_html_with_two_models_is_one_page_with_a_section_each(files, tmp_p
     assert "src=" not in text.replace('src="data:image/png;base64,', "")  # nothing external
 
 
+@pytest.mark.parametrize("fmt", ["html", "json", "markdown", "table"])
+def test_check_writes_no_output_file_when_no_model_could_be_judged(tmp_path, fmt):
+    out = tmp_path / f"report.{fmt}"
+    code, _, err = invoke("check", str(tmp_path / "missing.pt"), "-f", fmt, "-o", str(out))
+    assert code == 2 and err.count("\n") == 1 and "missing.pt" in err
+    assert not out.exists()  # 0.10 wrote an empty report.html
+
+
 def test_check_markdown_and_json_with_two_models(files):
     code, out, _ = invoke("check", str(files["kaiming"]), str(files["xavier"]), "-f", "markdown")
     assert code == 1 and out.count("## initdoctor:") == 2
