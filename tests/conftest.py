@@ -42,14 +42,15 @@ def cli_json(*args: str, cwd: Path | None = None) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, cwd = the repository."""
+def invoke(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, in ``cwd`` (default: the
+    repository)."""
     from typer.testing import CliRunner
 
     from initdoctor.cli import app
 
     old = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(cwd or ROOT)
     try:
         result = CliRunner().invoke(app, list(args))
     finally:

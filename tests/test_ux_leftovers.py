@@ -6,13 +6,13 @@ and ``check`` reading ``probe`` from the resolved settings only."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import invoke
 from torch import nn
 
 from initdoctor.commands import verdict_flags
@@ -45,22 +45,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
         state = {k: v.contiguous() for k, v in small_mlp(init).state_dict().items()}
         safetensors_torch.save_file(state, str(out[init]))
     return out
-
-
-def invoke(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``initdoctor ARGS`` in this process, in ``cwd``."""
-    from typer.testing import CliRunner
-
-    from initdoctor.cli import app
-
-    old = os.getcwd()
-    os.chdir(cwd or Path(__file__).resolve().parents[1])
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(old)
-    assert result.exit_code in (0, 1, 2), (args, result.output, result.exception)
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --- 1. check with several models: one document, the worst exit code ----------------------------
