@@ -109,19 +109,17 @@ def load(
     entry = _entry(name)
     if entry is None:  # pragma: no cover - detect_format only names registered formats
         raise InputError(f"{Path(text)}: unsupported format {name}")
-    hf_stream: Any = None
-    if name in ("hf-folder", "factory"):
-        from . import hf_stream
-    if name == "hf-folder" and hf_stream.should_stream(Path(text), stream):
-        loaded = hf_stream.load_streamed(Path(text), trust=trust)
-    elif name == "factory" and weights and hf_stream and hf_stream.should_stream_file(Path(weights), stream):
-        loaded = hf_stream.load_factory_streamed(text, Path(weights), trust=trust)
-    elif stream:
-        raise InputError(
-            f"{text}: --stream takes a Hugging Face folder (config.json + safetensors) or "
-            "--model pkg.mod:fn --weights FILE.safetensors"
-        )
-    else:
+    loaded = None
+    if name in ("hf-folder", "factory"):  # the two sources that can be streamed
+        from .hf_stream import load_if_streamed
+
+        loaded = load_if_streamed(name, text, weights, stream=stream, trust=trust)
+    if loaded is None:
+        if stream:
+            raise InputError(
+                f"{text}: --stream takes a Hugging Face folder (config.json + safetensors) or "
+                "--model pkg.mod:fn --weights FILE.safetensors"
+            )
         loaded = entry.load(text, name, trust=trust, weights=weights, progress=progress)
     loaded.format_name = name
     if name not in ("factory", "hf-folder") and in_hf_folder(Path(text)):

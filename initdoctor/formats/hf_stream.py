@@ -66,6 +66,16 @@ def should_stream(folder: Path, force: bool) -> bool:
     return available is not None and size > available / 2
 
 
+def load_if_streamed(name: str, text: str, weights: Any, *, stream: bool, trust: bool) -> LoadedModel | None:
+    """The ``hf-folder`` or ``factory`` source ``text`` loaded with its weights left in their files
+    when :func:`should_stream` / :func:`should_stream_file` say so (``stream``: forced), else None."""
+    if name == "hf-folder" and should_stream(Path(text), stream):
+        return load_streamed(Path(text), trust=trust)
+    if name == "factory" and weights and should_stream_file(Path(weights), stream):
+        return load_factory_streamed(text, Path(weights), trust=trust)
+    return None
+
+
 def should_stream_file(weights: Path, force: bool) -> bool:
     """A factory's ``--weights``: stream a safetensors file when forced or over half the memory."""
     from .detect import detect_format
