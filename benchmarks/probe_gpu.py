@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.probe_overhead import alternating  # noqa: E402
 
 
 def build(tiny: bool, device: str):
@@ -85,14 +86,7 @@ def main() -> None:
         sync()
 
     ops = {"plain forward": plain, "diagnose(probe=True)": probed, "diagnose(probe=False)": static}
-    for op in ops.values():  # warm-up: kernels, allocator, lazy imports
-        op()
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(args.repeats):
-        for name, op in ops.items():
-            start = time.perf_counter()
-            op()
-            times[name].append(time.perf_counter() - start)
+    times = alternating(ops, args.repeats)  # after a warm-up of each: kernels, allocator, lazy imports
     med = {name: statistics.median(t) for name, t in times.items()}
     gpu = torch.cuda.get_device_name() if device == "cuda" else "none (CPU dry run)"
     print(

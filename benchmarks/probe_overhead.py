@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +127,20 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     }
 
 
+def alternating(ops: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Each op's wall times over ``repeats`` rounds in which every op runs once, in turn, after one
+    warm-up run of each: a slow spell of a shared machine hits all of them alike."""
+    for op in ops.values():
+        op()
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(repeats):
+        for name, op in ops.items():
+            start = time.perf_counter()
+            op()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def alternate_torch(args: argparse.Namespace) -> None:
     """``--alternate`` (first part): torch plain forward and torch probe alternated in this one process
     (``--repeats`` rounds after one warm-up of each), median times and the ratio of medians."""
@@ -147,14 +162,7 @@ def alternate_torch(args: argparse.Namespace) -> None:
             model(torch.from_numpy(np.random.default_rng(0).standard_normal(shape, dtype=np.float32)))
 
     ops = {"torch-plain": plain, "torch-probe": lambda: probe_torch(model, desc, settings)}
-    for op in ops.values():
-        op()
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(args.repeats):
-        for name, op in ops.items():
-            start = time.perf_counter()
-            op()
-            times[name].append(time.perf_counter() - start)
+    times = alternating(ops, args.repeats)
     med = {name: statistics.median(t) for name, t in times.items()}
     ratio = med["torch-probe"] / med["torch-plain"]
     print(
@@ -196,14 +204,7 @@ def alternate(args: argparse.Namespace, onnx_path: Path) -> None:
         "probe": lambda: probe_onnx(onnx_path, desc, settings),
         "isolated": lambda: probe_onnx_isolated(onnx_path, desc, settings),
     }
-    for op in ops.values():  # warm
-        op()
-    times: dict[str, list[float]] = {name: [] for name in ops}
-    for _ in range(args.repeats):
-        for name, op in ops.items():
-            start = time.perf_counter()
-            op()
-            times[name].append(time.perf_counter() - start)
+    times = alternating(ops, args.repeats)
     med = {name: statistics.median(t) for name, t in times.items()}
     print(
         f"ONNX, alternating in one process, median of {args.repeats}; batch {args.batch}, width {args.width}"
