@@ -193,7 +193,7 @@ def inspect_(model: ModelArg, **opts: Any) -> None:
                 **settings,
             )
         set_next_step(report, model, verdict_flags("inspect", opts))
-        _emit(report, opts["format"], opts["output"], opts["verbose"])
+        _emit(report, opts["format"], opts["output"], opts["verbose"], opts["quiet"])
         if opts["plot"] is not None:
             from .plot import plot_report
 
@@ -280,7 +280,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
             )
         from .commands import emit
         from .nextstep import check_next_step
-        from .render import render_fix, render_fix_markdown
+        from .render import fix_summary, render_fix, render_fix_markdown
         from .report import fix_to_dict
 
         if opts["format"] == "json":
@@ -289,6 +289,10 @@ def fix(model: ModelArg, **opts: Any) -> None:
             emit(json.dumps(fix_to_dict(result, dry), indent=2, allow_nan=False) + "\n", None)
         elif opts["format"] == "markdown":
             emit(render_fix_markdown(result, dry), None)
+        elif opts["quiet"]:  # the summary line only
+            from rich.console import Console
+
+            Console().print(fix_summary(result, dry), soft_wrap=True, highlight=False)
         else:
             render_fix(
                 result,
@@ -298,7 +302,7 @@ def fix(model: ModelArg, **opts: Any) -> None:
             )
     if opts["check"]:
         raise typer.Exit(1 if result.changes or result.unrepaired else 0)
-    raise typer.Exit(0 if opts["dry_run"] or result.healthy else 1)
+    raise typer.Exit(0 if opts["dry_run"] else (result.after or result.before).exit_code(opts["fail_on"]))
 
 
 @app.command(cls=_Command)
@@ -316,7 +320,7 @@ def rule(
         typer.echo(rule_text(code), nl=False)
 
 
-def _emit(report: Any, fmt: str, output: Path | None, verbose: bool = False) -> None:
+def _emit(report: Any, fmt: str, output: Path | None, verbose: bool = False, quiet: bool = False) -> None:
     from . import render
     from .commands import emit, recorded
 
@@ -332,9 +336,9 @@ def _emit(report: Any, fmt: str, output: Path | None, verbose: bool = False) -> 
         from rich.console import Console
 
         if output is None:  # the terminal's width; piped: COLUMNS, else 80 (rich's rule)
-            render.render_table(report, Console(), verbose=verbose)
+            render.render_table(report, Console(), verbose=verbose, quiet=quiet)
             return
-        text = recorded(lambda r, c: render.render_table(r, c, verbose=verbose), report)
+        text = recorded(lambda r, c: render.render_table(r, c, verbose=verbose, quiet=quiet), report)
     emit(text, output)
 
 

@@ -1,5 +1,5 @@
 """What the commands share beyond the option table, kept out of the thin ``cli.py``: the flags every
-command reads (``--no-color``, the deprecated ``-q`` and ``fix --fail-on``), one error line per
+command reads (``--no-color``, ``-q``), one error line per
 problem, the output's destination (stdout or ``-o``), and ``check``'s loop over its files (every
 file reported, a bad one as one error line, the exit code the worst of them).
 """
@@ -13,36 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import InitDoctorError, SettingsError
-from .options import BY_NAME, FIX, default, for_command
-
-#: printed on stderr by ``-q`` in this release: its meaning changes in 0.11 (issue 16)
-QUIET_NOTICE = (
-    "initdoctor: warning: -q will print only the summary line from 0.11; use --no-progress to hide "
-    "the progress bar only"
-)
-#: printed on stderr by ``fix --fail-on``: renamed ``--select-from`` (``--fail-on`` of inspect and
-#: check sets the exit code; one name, one meaning from 0.11)
-FAIL_ON_NOTICE = (
-    "initdoctor: warning: fix --fail-on is deprecated, use --select-from (from 0.11 fix --fail-on sets "
-    "the exit code, as inspect's does)"
-)
+from .errors import InitDoctorError
+from .options import BY_NAME, FIX, for_command
 
 
 def common_flags(command: str, opts: dict[str, Any]) -> None:
     """Apply the flags every command shares, before any output: ``--no-color`` (as ``NO_COLOR``,
-    which rich reads when a console is made), ``-q`` (a notice; hides the progress bar as
-    ``--no-progress``) and ``fix --fail-on`` (a notice; the value of ``--select-from``)."""
+    which rich reads when a console is made) and ``-q`` (only the summary line, so no progress bar)."""
     if opts.get("no_color"):
         os.environ["NO_COLOR"] = "1"
     if opts.get("quiet"):
-        print(QUIET_NOTICE, file=sys.stderr)
         opts["no_progress"] = True
-    if command == "fix" and opts.get("fail_on") is not None:
-        print(FAIL_ON_NOTICE, file=sys.stderr)
-        if opts["select_from"] != default("select-from"):
-            raise SettingsError("--fail-on is the deprecated name of --select-from: give --select-from only")
-        opts["select_from"] = opts["fail_on"]
 
 
 def error_line(exc: BaseException) -> str:

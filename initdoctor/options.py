@@ -74,8 +74,8 @@ EXIT_CODES = {
     INSPECT: _CODES,
     CHECK: _CODES,
     COMPARE: "Exit codes: 0 both reports printed; 2 a usage or input error.",
-    FIX: "Exit codes: 0 the written model is healthy (or --dry-run); 1 it is not, or --check found "
-    "layers to change; 2 a usage or input error, or an unknown verdict without --force.",
+    FIX: "Exit codes: 0 the written model's verdict is below --fail-on (or --dry-run); 1 it reaches it, "
+    "or --check found layers to change; 2 a usage or input error, or an unknown verdict without --force.",
 }
 MODEL_COMMANDS = (INSPECT, FIX)  # commands that take one model and the judgement's settings
 JUDGING_COMMANDS = (INSPECT, CHECK, FIX)  # commands that take the thresholds and probe inputs
@@ -211,8 +211,8 @@ OPTIONS: tuple[Option, ...] = (
            "the notes.", (INSPECT, CHECK, FIX), flag="--verbose", short="-v",
            cli_help=((FIX, "Also print every finding still standing after the fix (not only the first "
                       "20)."),)),
-    Option("quiet", bool, False, "Deprecated: hides the progress bar, as --no-progress (prints a notice); "
-           "from 0.11 -q prints only the summary line.", MODEL_COMMANDS, flag="--quiet", short="-q"),
+    Option("quiet", bool, False, "Print only the summary line (table format; no progress bar).",
+           MODEL_COMMANDS, flag="--quiet", short="-q"),
     Option("no-progress", bool, False, "No progress bar.", MODEL_COMMANDS, flag="--no-progress"),
     Option("no-color", bool, False, "No colours (as the NO_COLOR environment variable).", ALL_COMMANDS,
            flag="--no-color"),
@@ -230,8 +230,9 @@ OPTIONS: tuple[Option, ...] = (
            choices=METHODS),
     Option("select-from", str, "warn", "Fix the layers whose status reaches this (warn: warn and error).",
            (FIX,), choices=FIX_FAIL_ON),
-    Option("fix-fail-on", str, None, "Deprecated name of --select-from (prints a notice); from 0.11 fix "
-           "--fail-on sets the exit code, as inspect's does.", (FIX,), choices=FIX_FAIL_ON, flag="--fail-on"),
+    Option("fix-fail-on", str, "error", "Lowest status of the written model (re-inspected) that makes the "
+           "exit code 1, as inspect's --fail-on (ok < unknown < warn < error).", (FIX,), choices=FAIL_ON,
+           flag="--fail-on"),
     Option("all-layers", bool, False, "Fix every weighted layer.", (FIX,), flag="--all"),
     Option("zero-bias", bool, False, "Also set the fixed layers' biases to zero.", (FIX,),
            flag="--zero-bias"),

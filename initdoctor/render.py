@@ -152,18 +152,22 @@ def init_loss_line(s: Any) -> str | None:
 
 
 def render_table(
-    report: Report, console: Any | None = None, max_findings: int = 10, verbose: bool = False
+    report: Report,
+    console: Any | None = None,
+    max_findings: int = 10,
+    verbose: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Print the report as a rich table, the findings of drifting layers (``verbose``: every
-    layer's message), and a summary line."""
+    layer's message), and a summary line (``quiet``: that line only)."""
     from rich.console import Console
 
     console = console or Console()
     *parts, summary = report_parts(report, max_findings, console.width, verbose)
-    for part in parts:
+    for part in [] if quiet else parts:
         console.print(part)
     console.print(summary, soft_wrap=True)  # one line, whatever the width: `grep '^ERROR:'` gets it all
-    step = inspect_next_step(report)
+    step = None if quiet else inspect_next_step(report)
     if step is not None:  # its own line, after the summary (never wrapped into it)
         console.print(step, soft_wrap=True, highlight=False, markup=False)
 
@@ -268,26 +272,34 @@ def render_fix(
         console.print(f"[red]not repaired[/] {name} ({rule}): {escape(reason)}", highlight=False)
     if not result.changes:
         if not result.unrepaired:
-            console.print("nothing to fix: no layer reaches the threshold", highlight=False)
+            console.print(fix_summary(result, dry), highlight=False)
         return
     if dry:
-        console.print(f"{len(result.changes)} layers would change (nothing written)", highlight=False)
+        console.print(fix_summary(result, dry), highlight=False)
         if then is not None:
             console.print(then, soft_wrap=True, highlight=False, markup=False)
         return
     if result.backups:
         console.print(f"backup: {', '.join(map(str, result.backups))}", highlight=False)
-    where = f" → {result.output}" if result.output else " (in memory)"
-    s = result.after.summary if result.after else result.before.summary
-    depth = f"; depth ratio {s.depth_ratio:.3g}" if s.depth_ratio is not None else ""
-    console.print(
-        f"fixed {len(result.changes)} layers{where}; after: [{_STYLE[s.status]}]{s.status.upper()}[/] "
-        f"{s.message}{depth}",
-        highlight=False,
-    )
+    console.print(fix_summary(result, dry), soft_wrap=True, highlight=False)
     for f in (standing(result.after)[: None if verbose else 20]) if result.after else []:
         line = f"{f['name']} ({f['status']} {f['rule']}): {f['message']}"
         console.print(f"[red]still standing[/] {escape(line)}", highlight=False)
+
+
+def fix_summary(result: FixResult, dry: bool) -> str:
+    """``fix``'s summary line (rich markup): what was written and the verdict after it."""
+    if not result.changes:
+        if result.unrepaired:
+            return f"nothing fixed: {len(result.unrepaired)} findings have no planned repair"
+        return "nothing to fix: no layer reaches the threshold"
+    if dry:
+        return f"{len(result.changes)} layers would change (nothing written)"
+    where = f" → {result.output}" if result.output else " (in memory)"
+    s = result.after.summary if result.after else result.before.summary
+    depth = f"; depth ratio {s.depth_ratio:.3g}" if s.depth_ratio is not None else ""
+    after = f"[{_STYLE[s.status]}]{s.status.upper()}[/] {s.message}{depth}"
+    return f"fixed {len(result.changes)} layers{where}; after: {after}"
 
 
 def render_fix_markdown(result: FixResult, dry: bool) -> str:

@@ -15,11 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, run_cli
 from typer.testing import CliRunner
 
 from initdoctor.cli import app
-from initdoctor.commands import FAIL_ON_NOTICE, QUIET_NOTICE
 from initdoctor.version import __version__
 
 XAVIER, KAIMING = "examples.models:xavier_mlp", "examples.models:kaiming_mlp"
@@ -125,23 +125,63 @@ def test_fix_markdown_and_select_from():
     )
 
 
-def test_fix_fail_on_is_a_deprecated_name_of_select_from():
-    new = run_cli("fix", XAVIER, "--dry-run", "-f", "json", "--select-from", "error", "--no-progress")
-    old = run_cli("fix", XAVIER, "--dry-run", "-f", "json", "--fail-on", "error")
-    assert new.returncode == old.returncode == 0 and new.stderr == ""
-    assert old.stderr.splitlines() == [FAIL_ON_NOTICE]
-    assert json.loads(new.stdout)["changes"] == json.loads(old.stdout)["changes"]
-    assert len(json.loads(new.stdout)["changes"]) == 29
-    both = run_cli("fix", XAVIER, "--dry-run", "--fail-on", "error", "--select-from", "never")
-    assert both.returncode == 2 and both.stderr.splitlines()[-1].startswith("initdoctor: error: --fail-on")
+def _scaled_mlp(tmp_path: Path, factors: dict[int, float]) -> Path:
+    """``kaiming_mlp``'s weights (seed 0) with layer ``i``'s weight × ``factors[i]``, as a state_dict."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from examples.models import kaiming_mlp
+
+    torch.manual_seed(0)
+    state = kaiming_mlp().state_dict()
+    weights = [k for k in state if k.endswith("weight")]
+    for i, factor in factors.items():
+        state[weights[i]] = state[weights[i]] * factor
+    path = tmp_path / "scaled.pt"
+    torch.save(state, path)
+    return path
 
 
-def test_quiet_warns_and_no_progress_is_silent():
-    quiet = run_cli("inspect", KAIMING, "-q", "-f", "json")
-    assert quiet.returncode == 0 and quiet.stderr.splitlines() == [QUIET_NOTICE]
-    assert json.loads(quiet.stdout)["summary"]["ok"] == 30  # the report is unchanged in 0.10
-    silent = run_cli("inspect", KAIMING, "--no-progress", "-f", "json")
-    assert silent.returncode == 0 and silent.stderr == "" and silent.stdout == quiet.stdout
+def test_fix_fail_on_sets_the_exit_code(tmp_path):
+    """0.11: ``fix --fail-on`` is the exit threshold of the model fix leaves, as inspect's (was: the
+    deprecated name of --select-from). Layer 5 × 1.5 and layer 10 × 0.1: two warn layers, the model
+    WARN. ``--select-from error`` fixes nothing, so the model stays WARN: exit 0 under the default
+    ``--fail-on error``, 1 under ``--fail-on warn``. Fixing the warn layers (default selection) cures
+    it: exit 0 under ``--fail-on warn``, the two factors 1/1.5 and ≈10."""
+    src = _scaled_mlp(tmp_path, {5: 1.5, 10: 0.1})
+    base = ["fix", str(src), "--model", KAIMING, "--no-progress"]
+    untouched = run_cli(*base, "--select-from", "error", "-o", str(tmp_path / "a.pt"), "-q")
+    assert untouched.returncode == 0 and untouched.stderr == ""
+    assert untouched.stdout == "nothing to fix: no layer reaches the threshold\n"
+    strict = run_cli(*base, "--select-from", "error", "-o", str(tmp_path / "a.pt"), "--fail-on", "warn")
+    assert strict.returncode == 1 and strict.stderr == ""
+    cured = run_cli(*base, "-o", str(tmp_path / "b.pt"), "--fail-on", "warn", "-f", "json")
+    data = json.loads(cured.stdout)
+    assert cured.returncode == 0 and data["after"]["status"] == "ok"
+    factors = sorted(c["factor"] for c in data["changes"])
+    assert len(factors) == 2 and factors[0] == pytest.approx(1 / 1.5, rel=0.02)
+    assert factors[1] == pytest.approx(10, rel=0.05)
+    again = run_cli("inspect", str(tmp_path / "b.pt"), "--model", KAIMING, "--fail-on", "warn", "-q")
+    assert again.returncode == 0 and again.stdout.startswith("OK: 30 of 30 layers")
+
+
+def test_quiet_prints_only_the_summary_line(tmp_path):
+    """0.11: ``-q`` prints the summary line only (table format), nothing on stderr; JSON unchanged."""
+    quiet = run_cli("inspect", XAVIER, "-q")
+    lines = quiet.stdout.splitlines()
+    assert quiet.returncode == 1 and quiet.stderr == "" and len(lines) == 1
+    assert lines[0].startswith("ERROR: ") and "error 29" in lines[0]
+    full = run_cli("inspect", XAVIER, "--no-progress")
+    assert lines[0] in full.stdout.splitlines() and len(full.stdout.splitlines()) > 10
+    as_json = run_cli("inspect", KAIMING, "-q", "-f", "json")
+    assert as_json.returncode == 0 and as_json.stderr == ""
+    assert json.loads(as_json.stdout)["summary"]["ok"] == 30
+    fixed = run_cli("fix", XAVIER, "-q", "-o", str(tmp_path / "f.pt"))
+    assert fixed.returncode == 0 and fixed.stderr == ""
+    assert fixed.stdout.splitlines() == [
+        f"fixed 29 layers → {tmp_path / 'f.pt'}; after: " + fixed.stdout.split("after: ", 1)[1].rstrip("\n")
+    ]
+    assert "after: OK 30 of 30 layers" in fixed.stdout
 
 
 def test_version_short_flag():
