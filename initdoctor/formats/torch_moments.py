@@ -209,9 +209,9 @@ def weight_scan(tensor: Any) -> Scan:
     tensor (not a DTensor), reduced on its device by :func:`reduce` with float64 accumulation
     (CPU, CUDA): quantized tensors by their integer representation, bool as 0/1, integers
     widened to the accumulator dtype, float8 to float32 (exact). On the CPU on one thread
-    (:func:`one_thread`): a weight is a memory-bound reduction, and two threads waiting at each
-    op's barrier on a busy machine took 61 ms for a 64K-element weight against 0.1 ms on one
-    (``benchmarks/README.md``)."""
+    (:func:`one_thread`): a weight is a memory-bound reduction, and on a busy machine, two threads
+    waiting at each op's barrier took 79 ms for a 262K-element weight against 0.39 ms on one
+    (``benchmarks/weight_stats_cpu.py``, load ≈ 7 on 2 CPUs)."""
     import torch
 
     t = tensor.detach()
