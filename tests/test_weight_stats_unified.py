@@ -112,3 +112,31 @@ def test_in_memory_factory_layers_equal_float64_numpy() -> None:
     conv = next(layer for layer in desc.layers if layer.kind == "conv2d")
     # torchvision's kaiming_normal_(mode="fan_out", relu): std = sqrt(2 / fan_out)
     assert math.isclose(conv.stats.std, math.sqrt(2 / conv.fan_out), rel_tol=0.1)
+
+
+def test_edge_dtypes_read_as_the_numpy_path_did() -> None:
+    """A quantized tensor by its integer representation (reported ``int8``), bool as 0/1, float8
+    widened exactly, NaN/Inf counted and left out — the numbers numpy float64 gives."""
+    torch.manual_seed(0)
+    quantized = torch.quantize_per_tensor(torch.randn(300), 0.1, 3, torch.qint8)
+    got = weight_stats(quantized)
+    assert got.dtype == "int8"
+    _assert_equal_float64(got, quantized.int_repr(), 1e-12, "qint8")
+    flags = torch.tensor([True, False, True, True])
+    got = weight_stats(flags)
+    assert (got.dtype, got.mean, got.max_abs) == ("bool", 0.75, 1.0)
+    assert math.isclose(got.std, math.sqrt(0.75 * 0.25), rel_tol=1e-12)
+    f8 = (torch.randn(500) * 0.02).to(torch.float8_e4m3fn)
+    got = weight_stats(f8)
+    assert got.dtype == "float8_e4m3fn"
+    _assert_equal_float64(got, f8.float(), 1e-12, "float8")
+    bad = torch.tensor([1.0, float("nan"), float("inf"), -3.0, float("-inf")])
+    got = weight_stats(bad)
+    assert (got.numel, got.nan_count, got.inf_count, got.mean, got.std, got.max_abs) == (
+        5,
+        1,
+        2,
+        -1.0,
+        2.0,
+        3.0,
+    )
