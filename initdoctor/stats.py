@@ -299,7 +299,7 @@ def _scan_slow(chunk: np.ndarray, out: Scan) -> None:
         out.max_abs = max(out.max_abs, float(np.abs(chunk).max()))
 
 
-def _summary(s: Scan, numel: int, dtype: str) -> WeightStats:
+def summary(s: Scan, numel: int, dtype: str) -> WeightStats:
     m = s.moments
     if not m.count:
         return WeightStats(numel, dtype, math.nan, math.nan, s.nan, s.inf)
@@ -309,14 +309,14 @@ def _summary(s: Scan, numel: int, dtype: str) -> WeightStats:
 def array_stats(array: np.ndarray, dtype: str | None = None) -> WeightStats:
     """Statistics of a numpy array (any shape); ``dtype`` overrides the reported dtype name."""
     flat = np.asarray(array).reshape(-1)
-    return _summary(scan(flat), int(flat.size), dtype or str(flat.dtype))
+    return summary(scan(flat), int(flat.size), dtype or str(flat.dtype))
 
 
 def file_stats(
     path: str | Path, offset: int, count: int, dtype: np.dtype | str, name: str, *, bfloat16: bool = False
 ) -> WeightStats:
     """Statistics of a tensor stored in a file (:func:`scan_file`); ``name`` is the reported dtype."""
-    return _summary(scan_file(path, offset, count, dtype, bfloat16=bfloat16), count, name)
+    return summary(scan_file(path, offset, count, dtype, bfloat16=bfloat16), count, name)
 
 
 def fast_moments(array: np.ndarray) -> tuple[Moments, int]:

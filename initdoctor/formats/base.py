@@ -210,11 +210,11 @@ class TorchTensors(Editable):
         return self._get(key).detach().double().cpu().numpy().copy()
 
     def std(self, key: str) -> float:
-        """Reduced in blocks (:func:`~initdoctor.formats.torch_ops.tensor_stats`), not through a
+        """Reduced in blocks (:func:`~initdoctor.formats.torch_moments.weight_stats`), not through a
         float64 copy of the tensor."""
-        from .torch_ops import tensor_stats
+        from .torch_moments import weight_stats
 
-        return tensor_stats(self._get(key)).std
+        return weight_stats(self._get(key)).std
 
     def scale(self, key: str, factor: float) -> None:
         """In place, :data:`SCALE_BLOCK` values at a time (a float64 copy of one block, not of the

@@ -124,9 +124,9 @@ class Files:
     def stats(self, key: str, read: Any) -> WeightStats:
         entry, path = self.entry(key), self.owner[key]
         if entry["dtype"] not in SAFETENSORS_DTYPES:
-            from .torch_ops import tensor_stats
+            from .torch_moments import weight_stats
 
-            return tensor_stats(read())
+            return weight_stats(read())
         stored, bf16 = SAFETENSORS_DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         count = (end - begin) // np.dtype(stored).itemsize

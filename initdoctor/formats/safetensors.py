@@ -73,10 +73,10 @@ def describe_safetensors(path: Path, *, index: bool = False, progress: Any = Non
             begin, end = entry["data_offsets"]
             count = (end - begin) // np.dtype(stored).itemsize
             return file_stats(owner[key], starts[owner[key]] + begin, count, stored, dtype, bfloat16=bf16)
-        from .torch_ops import tensor_stats
+        from .torch_moments import weight_stats
 
         with _open(owner[key]) as handle:
-            return tensor_stats(handle.get_tensor(key))
+            return weight_stats(handle.get_tensor(key))
 
     reported = counted(stats_of, weight_count(list(shapes)), progress)
     return describe_tensors(items, reported, path=str(path), fmt=fmt, order="natural", parameters=params)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..stats import Moments, WeightStats
+from ..stats import Moments, Scan, WeightStats, summary
 
 BLOCK = 1 << 20  # CPU: 1M elements per widened block (8 MiB of float64); few torch calls per tensor
 #: the float64 path's one-pass ``m2`` is kept while mean² ≤ this × var (float64: ~12 digits left)
@@ -186,24 +186,44 @@ def unit_max(tensor: Any, axis: int) -> Any:
 
 
 def weight_stats(tensor: Any) -> WeightStats:
-    """:class:`~initdoctor.stats.WeightStats` of a torch tensor on its device (quantized tensors by
-    their integer representation, bool as 0/1, integers widened to the accumulator dtype)."""
-    import torch
-
-    from .torch_sharded import dtensor_stats, is_dtensor
+    """:class:`~initdoctor.stats.WeightStats` of any torch tensor, on its device — the one
+    implementation for torch tensors: in-memory modules, state_dicts, safetensors dtypes numpy
+    lacks (float8), Editable, the streamed model's file pass. A DTensor (FSDP2) is reduced from
+    its local shard, merged across ranks (:func:`.torch_sharded.dtensor_scan`); any other tensor by
+    :func:`weight_scan`. The reported dtype is the stored one (a quantized tensor's integer
+    representation: ``int8``/``uint8``)."""
+    from .torch_sharded import dtensor_scan, is_dtensor
 
     if is_dtensor(tensor):  # FSDP2 / DTensor: the local shard, merged across ranks
-        return dtensor_stats(tensor)
+        part = dtensor_scan(tensor, weight_scan)
+        dtype = tensor.dtype
+    else:
+        plain = tensor.detach()
+        plain = plain.int_repr() if plain.is_quantized else plain
+        part, dtype = weight_scan(plain), plain.dtype
+    return summary(part, int(tensor.numel()), str(dtype).replace("torch.", ""))
+
+
+def weight_scan(tensor: Any) -> Scan:
+    """Count, mean and M2 of the finite values, NaN/Inf counts and max ``|x|`` of a plain torch
+    tensor (not a DTensor), reduced on its device by :func:`reduce` with float64 accumulation
+    (CPU, CUDA): quantized tensors by their integer representation, bool as 0/1, integers
+    widened to the accumulator dtype, float8 to float32 (exact). On the CPU on one thread
+    (:func:`one_thread`): a weight is a memory-bound reduction, and on a busy machine, two threads
+    waiting at each op's barrier took 79 ms for a 262K-element weight against 0.39 ms on one
+    (``benchmarks/weight_stats_cpu.py``, load ≈ 7 on 2 CPUs)."""
+    import torch
+
     t = tensor.detach()
     if t.is_quantized:
         t = t.int_repr()
-    dtype = str(t.dtype).replace("torch.", "")
     if not t.is_floating_point():
         t = t.to(accumulator(t.device))
     elif t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         t = t.float()  # float8: widened exactly
-    moments, nan, inf, peak = reduce(t, with_max=True)
-    numel = int(tensor.numel())
-    if not moments.count:
-        return WeightStats(numel, dtype, math.nan, math.nan, nan, inf)
-    return WeightStats(numel, dtype, moments.mean, math.sqrt(moments.var), nan, inf, peak)
+    if t.device.type == "cpu":
+        with one_thread():
+            moments, nan, inf, peak = reduce(t, with_max=True)
+    else:
+        moments, nan, inf, peak = reduce(t, with_max=True)
+    return Scan(moments, nan, inf, peak if moments.count else 0.0)

@@ -1,14 +1,12 @@
 """What torch modules and ops are, for describing a live torch model: class-name and op-name
-tables (weighted, norm, activation, pass-through), and the statistics of a torch tensor.
+tables (weighted, norm, activation, pass-through). A torch tensor's statistics:
+:func:`.torch_moments.weight_stats`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..stats import WeightStats
+from typing import Any
 
 # Module class name → layer kind (matched along the MRO, so subclasses count; TorchScript
 # modules expose the original class name as ``original_name``).
@@ -136,31 +134,9 @@ def lookup(module: Any, table: dict[str, Any]) -> tuple[bool, Any]:
     return False, None
 
 
-def tensor_stats(tensor: Any) -> WeightStats:
-    """:class:`~initdoctor.stats.WeightStats` of a torch tensor (float64 accumulation)."""
-    import torch
-
-    from ..stats import array_stats
-    from .torch_sharded import dtensor_stats, is_dtensor
-
-    if is_dtensor(tensor):  # FSDP2 / DTensor: the local shard, merged across ranks
-        return dtensor_stats(tensor)
-    t = tensor.detach()
-    if t.is_quantized:
-        t = t.int_repr()
-    dtype = str(t.dtype).replace("torch.", "")
-    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
-        t = t.float()  # float16, bfloat16, float8: widened exactly
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    return array_stats(t.reshape(-1).numpy(), dtype=dtype)
-
-
 def stats_reader(stats: Any) -> Any:
     """``tensor(t, name)`` → statistics: ``stats(name)`` when given (a streamed model, whose
-    values are in its files), else :func:`tensor_stats` of ``t``."""
+    values are in its files), else :func:`.torch_moments.weight_stats` of ``t``."""
     if stats is None:
         from .torch_moments import weight_stats  # on the tensor's device, scalars to the host
 

@@ -1,10 +1,11 @@
 """Weight statistics of a DTensor parameter (FSDP2 ``fully_shard``, ``distribute_tensor``) from
 its local shard, merged across the ranks that hold it: no rank gathers the full weight.
 
-Each rank reduces its shard (:func:`~initdoctor.stats.scan`: count, mean, M2 of the finite values,
-NaN/Inf counts, max |x|; float64), the six numbers of every rank are all-gathered, and every rank
-merges them in rank order with Chan et al.'s formula (:class:`~initdoctor.stats.Moments`), so all
-ranks hold the same, bit-identical :class:`~initdoctor.stats.WeightStats`, equal to those of the
+Each rank reduces its shard on its device (:func:`~initdoctor.formats.torch_moments.weight_scan`:
+count, mean, M2 of the finite values, NaN/Inf counts, max |x|; float64 on CPU and CUDA), the six
+numbers of every rank are all-gathered, and every rank merges them in rank order with Chan et
+al.'s formula (:class:`~initdoctor.stats.Moments`), so all ranks hold the same, bit-identical
+statistics (:func:`~initdoctor.formats.torch_moments.weight_stats`), equal to those of the
 whole tensor up to float rounding. A rank whose coordinate on a ``Replicate`` mesh dimension is not
 0 contributes nothing (its shard is another rank's copy); a ``Partial`` placement (a pending sum,
 not a parameter's layout) is refused.
@@ -12,10 +13,11 @@ not a parameter's layout) is refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
-from ..stats import Moments, Scan, WeightStats, scan
+from ..stats import Moments, Scan
 
 
 def is_dtensor(tensor: Any) -> bool:
@@ -52,8 +54,10 @@ def fsdp_original(module: Any) -> Any:
     return _Standin(original)
 
 
-def dtensor_stats(tensor: Any) -> WeightStats:
-    """:class:`WeightStats` of a DTensor: local shard reduced, six numbers per rank all-gathered."""
+def dtensor_scan(tensor: Any, local_scan: Callable[[Any], Scan]) -> Scan:
+    """The merged :class:`Scan` of a DTensor: the local shard reduced by ``local_scan``
+    (:func:`.torch_moments.weight_scan`, passed in by its caller so that the two modules do not
+    import each other), six numbers per rank all-gathered."""
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor import Replicate, Shard
@@ -62,13 +66,10 @@ def dtensor_stats(tensor: Any) -> WeightStats:
     placements = tensor.placements
     if not all(isinstance(p, (Shard, Replicate)) for p in placements):
         raise InputError(f"a DTensor parameter with placements {placements}: only Shard/Replicate are read")
-    dtype = str(tensor.dtype).replace("torch.", "")
     coordinate = mesh.get_coordinate() or []
     copy = any(isinstance(p, Replicate) and coordinate[d] != 0 for d, p in enumerate(placements))
     local = tensor.to_local().detach()
-    if local.is_floating_point() and local.dtype not in (torch.float32, torch.float64):
-        local = local.float()
-    part = Scan(Moments()) if copy or local.numel() == 0 else scan(local.cpu().reshape(-1).numpy())
+    part = Scan(Moments()) if copy or local.numel() == 0 else local_scan(local)
     mine = torch.tensor(
         [part.moments.count, part.moments.mean, part.moments.m2, part.nan, part.inf, part.max_abs],
         dtype=torch.float64,
@@ -81,8 +82,4 @@ def dtensor_stats(tensor: Any) -> WeightStats:
     for row in gathered:
         count, mean, m2, nan, inf, max_abs = row.tolist()
         total.merge(Scan(Moments(int(count), mean, m2), int(nan), int(inf), max_abs))
-    m = total.moments
-    numel = int(tensor.numel())
-    if not m.count:
-        return WeightStats(numel, dtype, float("nan"), float("nan"), total.nan, total.inf)
-    return WeightStats(numel, dtype, m.mean, m.var**0.5, total.nan, total.inf, total.max_abs)
+    return total

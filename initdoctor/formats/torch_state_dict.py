@@ -29,7 +29,8 @@ def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) 
     import torch
 
     from .torch_module import describe_module
-    from .torch_ops import count_parameters, tensor_stats, unreadable
+    from .torch_moments import weight_stats
+    from .torch_ops import count_parameters, unreadable
 
     if isinstance(obj, torch.nn.Module):
         return describe_module(obj, path=str(path), fmt="torch-module")
@@ -41,7 +42,7 @@ def describe_torch_object(obj: Any, path: Path, fmt: str, progress: Any = None) 
 
     desc = describe_tensors(
         keys_shapes,
-        counted(lambda key: tensor_stats(state[key]), weight_count(list(state)), progress),
+        counted(lambda key: weight_stats(state[key]), weight_count(list(state)), progress),
         path=str(path),
         fmt=fmt,
         order="checkpoint",

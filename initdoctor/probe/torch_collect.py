@@ -45,14 +45,12 @@ class TorchCollector(Collector):
         return float((self.unit_max <= 0).sum()) / max(int(self.unit_max.numel()), 1)
 
     def grad_output_tensor(self, g: Any) -> None:
-        moments, _ = tensor_moments(g)
-        if moments is not None:
-            self.grad_y.merge_moments(moments)
+        """Tensor hook on the layer's output: its gradient's moments."""
+        merge_into(self.grad_y, g)
 
     def grad_input_tensor(self, g: Any) -> None:
-        moments, _ = tensor_moments(g)
-        if moments is not None:
-            self.grad_x.merge_moments(moments)
+        """Tensor hook on the layer's input: its gradient's moments."""
+        merge_into(self.grad_x, g)
 
 
 def merge_into(target: Moments, t: Any) -> None:
