@@ -73,6 +73,7 @@ def dtensor_scan(tensor: Any, local_scan: Callable[[Any], Scan]) -> Scan:
     mine = torch.tensor(
         [part.moments.count, part.moments.mean, part.moments.m2, part.nan, part.inf, part.max_abs],
         dtype=torch.float64,
+        device=local.device,  # the collective's backend wants its device (NCCL: the rank's GPU)
     )
     group = mesh.get_group() if mesh.ndim == 1 else dist.group.WORLD
     size = dist.get_world_size(group)
