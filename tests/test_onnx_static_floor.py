@@ -83,3 +83,66 @@ def test_a_block_just_under_the_centring_bound_keeps_float64_precision(tmp_path)
     s = file_stats(path, 0, a.size, "<f4", "float32")
     assert s.std == pytest.approx(wide.std(), rel=1e-12)
     assert s.mean == pytest.approx(wide.mean(), rel=1e-12)
+
+
+# The command line's start-up: typer ≥ 0.2x coerces every option through a pydantic TypeAdapter
+# (~90 ms of CPU per run); initdoctor.cli_params converts the plain values itself.
+
+SAMPLES = {
+    "str": ["abc", "", "--x"],
+    "Path": ["no/such/dir/out.json"],
+    "int": ["3", "-2", "+4", "007"],
+    "float": ["0.5", "1e-3", "2", ".5", "5.", "-0"],
+    "list": [("a", "b"), ()],
+}
+
+
+def _params():
+    import typer.main
+
+    from initdoctor.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            if getattr(param, "type_descriptor", None) is not None:
+                yield name, param
+
+
+def test_the_quick_coercion_gives_typers_values_for_every_option():
+    coercion = pytest.importorskip("typer._coercion")
+    from initdoctor.cli_params import _NO, _convert, _plain
+
+    checked = 0
+    for command, param in _params():
+        annotation = _plain(param.type_descriptor.annotation)
+        real = coercion.build_runtime_param(param.type_descriptor)
+        kind = "list" if "list" in str(annotation) else getattr(annotation, "__name__", "")
+        values = [param.default] + SAMPLES.get(kind, [])
+        if isinstance(annotation, type) and hasattr(annotation, "__members__"):
+            values += [m.value for m in annotation]
+        for value in values:
+            if value is None:
+                continue
+            quick = _convert(annotation, value)
+            if quick is _NO:
+                continue
+            expected = real.coerce(value, param=param, ctx=None)
+            assert (quick, type(quick)) == (expected, type(expected)), (command, param.name, value)
+            checked += 1
+    assert checked > 100  # every command's options, each with several values
+
+
+def test_a_bad_value_still_gets_typers_own_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from initdoctor.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--format", "xml"])
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--format' / '-f': Value error, "
+        "'xml' is not one of 'table', 'json', 'markdown', 'html'." in result.output
+    )
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--seed", "1.5"])
+    assert result.exit_code == 2 and "valid integer" in result.output
