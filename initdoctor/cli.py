@@ -19,12 +19,13 @@ from typing import Annotated, Any, cast
 import typer
 import typer.core
 
+from .cli_params import QuickCommand, QuickGroup
 from .errors import SettingsError, Terminated
 from .options import CONFIG_KEYS, EXIT_CODES, HTML_COMMANDS, Option, for_command
 from .version import __version__
 
 
-class _Command(typer.core.TyperCommand):
+class _Command(QuickCommand):
     """A command whose help names its arguments plainly (``MODEL``, ``[CODE]``, ``MODELS...``)."""
 
     @staticmethod
@@ -52,6 +53,7 @@ class _Command(typer.core.TyperCommand):
 
 app = typer.Typer(
     name="initdoctor",
+    cls=QuickGroup,
     help="Diagnose the weight initialization of a neural network (He et al. 2015, Kaiming).",
     epilog=EXIT_CODES["inspect"],
     add_completion=False,
