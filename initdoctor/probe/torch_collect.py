@@ -1,16 +1,53 @@
 """The torch probe's statistics, computed on the tensors' device (:mod:`initdoctor.formats.torch_moments`):
 a layer's input and output moments, NaN/Inf counts, per-unit maxima (kept on the device until the
-dead fraction is taken, one scalar) and gradients; only scalars cross to the host."""
+dead fraction is taken, one scalar) and gradients; only scalars cross to the host.
+
+The statistics run with the probe's write guard popped (:func:`~.torch_state.unguarded`), and a
+tensor met twice in one forward — a layer's output that is the next layer's input (conv → norm),
+the input q, k and v projections share — is reduced once (:class:`Measured`)."""
 
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections import OrderedDict
 from typing import Any
 
-from ..formats.torch_moments import reduce, tensor_moments, unit_max
+from ..formats.torch_moments import reduce, unit_max
 from ..stats import Moments
-from .collector import Collector
+from .collector import Collector, Ticker
+from .torch_state import unguarded
 from .types import LogitStats
+
+Reduced = tuple[Moments, int, int, float]
+
+
+class Measured:
+    """One probe's :func:`~initdoctor.formats.torch_moments.reduce` results of its last few tensors,
+    by identity: the same tensor object (a weak reference, so a freed tensor whose ``id`` is reused
+    is not mistaken for it) at the same version counter (not written in place since)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.entries: OrderedDict[int, tuple[Any, int, Reduced]] = OrderedDict()
+        self.hits = 0
+
+    def reduce(self, t: Any) -> Reduced:
+        key = id(t)
+        hit = self.entries.get(key)
+        try:
+            version = int(t._version)
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: not remembered
+            return reduce(t)
+        if hit is not None and hit[0]() is t and hit[1] == version:
+            self.hits += 1
+            return hit[2]
+        result = reduce(t)
+        self.entries[key] = (weakref.ref(t), version, result)
+        self.entries.move_to_end(key)
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return result
 
 
 def _is_float(t: Any) -> bool:
@@ -20,17 +57,31 @@ def _is_float(t: Any) -> bool:
 
 
 class TorchCollector(Collector):
-    """A :class:`Collector` fed torch tensors, reduced where they are."""
+    """A :class:`Collector` fed torch tensors, reduced where they are; ``measured``: the probe's
+    shared :class:`Measured` (a fresh one when not given)."""
+
+    def __init__(
+        self, name: str, kind: str, relu: bool, ticker: Ticker | None = None, measured: Measured | None = None
+    ) -> None:
+        super().__init__(name, kind, relu, ticker)
+        self.measured = measured if measured is not None else Measured()
 
     def observe(self, x: Any, y: Any) -> None:
         """One call: ``x`` the layer's input, ``y`` its output (anything: non-float is skipped)."""
-        x_moments, x_bad = tensor_moments(x) if _is_float(x) else (None, 0)
+        with unguarded():
+            self._observe(x, y)
+
+    def _observe(self, x: Any, y: Any) -> None:
+        x_moments, x_bad = None, 0
+        if _is_float(x):
+            x_moments, nan, inf, _ = self.measured.reduce(x)
+            x_bad = nan + inf
         if not _is_float(y):
             self.add(x_moments, x_bad, None)
             return
         if self.kind.startswith("conv") and _is_float(x) and x.dim() == y.dim() > 2:
             self.spatial = (tuple(int(d) for d in x.shape[2:]), tuple(int(d) for d in y.shape[2:]))
-        y_moments, nan, inf, _ = reduce(y)
+        y_moments, nan, inf, _ = self.measured.reduce(y)
         peak = unit_max(y, self.unit_axis) if self.relu and y.dim() >= 2 else None
         self.add(x_moments, x_bad, y_moments, nan, inf, peak)
 
@@ -45,22 +96,18 @@ class TorchCollector(Collector):
         return float((self.unit_max <= 0).sum()) / max(int(self.unit_max.numel()), 1)
 
     def grad_output_tensor(self, g: Any) -> None:
-        moments, _ = tensor_moments(g)
-        if moments is not None:
-            self.grad_y.merge_moments(moments)
+        merge_into(self.grad_y, g)
 
     def grad_input_tensor(self, g: Any) -> None:
-        moments, _ = tensor_moments(g)
-        if moments is not None:
-            self.grad_x.merge_moments(moments)
+        merge_into(self.grad_x, g)
 
 
-def merge_into(target: Moments, t: Any) -> None:
+def merge_into(target: Moments, t: Any, measured: Measured | None = None) -> None:
     """Add a tensor's moments (on its device) to ``target``; non-float tensors are skipped."""
     if _is_float(t):
-        moments, _ = tensor_moments(t)
-        if moments is not None:
-            target.merge_moments(moments)
+        with unguarded():
+            moments = measured.reduce(t)[0] if measured is not None else reduce(t)[0]
+        target.merge_moments(moments)
 
 
 def torch_logit_stats(z: Any, source: str) -> LogitStats | None:
