@@ -110,32 +110,48 @@ def merge_into(target: Moments, t: Any, measured: Measured | None = None) -> Non
         target.merge_moments(moments)
 
 
-def torch_logit_stats(z: Any, source: str) -> LogitStats | None:
+#: rows of logits widened to the accumulator dtype at a time: 4M elements (32 MiB of float64), so
+#: batch 8 × 512 × 32000 vocabulary (1 GiB as float64) is never copied whole
+LOGIT_CHUNK = 1 << 22
+
+
+def torch_logit_stats(z: Any, source: str, chunk: int = LOGIT_CHUNK) -> LogitStats | None:
     """:func:`~initdoctor.probe.collector.logit_stats` of a torch tensor, reduced on its device in
-    the accumulator dtype (float64 on CPU and CUDA); only the five numbers come to the host."""
+    the accumulator dtype (float64 on CPU and CUDA); only the five numbers come to the host.
+
+    The rows (positions) go through in groups of at most ``chunk`` elements (at least one row):
+    each group widened to the accumulator dtype, its per-row ``lse − mean`` and variance summed
+    and its column sums added, all on the device in that dtype; the largest temporary is one
+    group, not a float64 copy of every logit."""
     import torch
 
     from ..formats.torch_moments import accumulator, one_thread
 
     if not z.is_floating_point() or z.dim() < 2 or z.shape[-1] < 2 or not z.numel():
         return None
+    flat = z.detach().reshape(-1, z.shape[-1])
+    positions, classes = int(flat.shape[0]), int(flat.shape[1])
+    acc = accumulator(flat.device)
+    step = max(1, chunk // classes)
     with one_thread() if z.device.type == "cpu" else contextlib.nullcontext():
-        flat = z.detach().reshape(-1, z.shape[-1]).to(accumulator(z.device))
-        lse = torch.logsumexp(flat, dim=1)
-        row_mean = flat.mean(dim=1)
-        values = torch.stack(
-            [
-                torch.isfinite(flat).all().to(flat.dtype),
-                (lse - row_mean).mean(),
-                flat.var(dim=1, correction=0).mean(),
-                flat.mean(dim=0).var(correction=0),
-            ]
+        finite = torch.ones((), dtype=torch.bool, device=flat.device)
+        sums = torch.zeros(2, dtype=acc, device=flat.device)  # Σ_rows (lse − mean), Σ_rows var
+        columns = torch.zeros(classes, dtype=acc, device=flat.device)
+        for start in range(0, positions, step):
+            part = flat[start : start + step].to(acc)
+            finite &= torch.isfinite(part).all()
+            row_mean = part.mean(dim=1)
+            sums[0] += (torch.logsumexp(part, dim=1) - row_mean).sum()
+            sums[1] += part.var(dim=1, correction=0).sum()
+            columns += part.sum(dim=0)
+        values = torch.cat(
+            [finite.to(acc).reshape(1), sums / positions, (columns / positions).var(correction=0).reshape(1)]
         ).tolist()
     if not values[0]:
         return None
     return LogitStats(
-        classes=int(flat.shape[1]),
-        positions=int(flat.shape[0]),
+        classes=classes,
+        positions=positions,
         lse_minus_mean=float(values[1]),
         logit_var=float(values[2]),
         offset_var=float(values[3]),
