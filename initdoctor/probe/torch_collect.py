@@ -13,7 +13,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from ..formats.torch_moments import reduce, unit_max
+from ..formats.torch_moments import one_thread, reduce, unit_max
 from ..stats import Moments
 from .collector import Collector, Ticker
 from .torch_state import unguarded
@@ -67,8 +67,12 @@ class TorchCollector(Collector):
         self.measured = measured if measured is not None else Measured()
 
     def observe(self, x: Any, y: Any) -> None:
-        """One call: ``x`` the layer's input, ``y`` its output (anything: non-float is skipped)."""
-        with unguarded():
+        """One call: ``x`` the layer's input, ``y`` its output (anything: non-float is skipped).
+        On the CPU on one intra-op thread throughout (set once here, not by each reduction)."""
+        import torch
+
+        cpu = isinstance(y, torch.Tensor) and y.device.type == "cpu"
+        with unguarded(), one_thread() if cpu else contextlib.nullcontext():
             self._observe(x, y)
 
     def _observe(self, x: Any, y: Any) -> None:
@@ -125,7 +129,7 @@ def torch_logit_stats(z: Any, source: str, chunk: int = LOGIT_CHUNK) -> LogitSta
     group, not a float64 copy of every logit."""
     import torch
 
-    from ..formats.torch_moments import accumulator, one_thread
+    from ..formats.torch_moments import accumulator
 
     if not z.is_floating_point() or z.dim() < 2 or z.shape[-1] < 2 or not z.numel():
         return None
