@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import initdoctor
 from examples.models import plain_mlp
 from initdoctor.formats.torch_moments import ROW, reduce
 from initdoctor.probe.collector import logit_stats
@@ -120,3 +121,18 @@ def test_logit_stats_bf16_and_non_finite() -> None:
     assert _rel(ours.logit_var, ref.logit_var) < 1e-6 and _rel(ours.offset_var, ref.offset_var) < 1e-6
     z[40, 3] = math.inf  # in the sixth group of seven rows
     assert torch_logit_stats(z, "output", chunk=7 * 100) is None
+
+
+def test_probe_numbers_through_the_guard_equal_float64() -> None:
+    """The whole path (hooks under the guard, statistics with it popped): the first layer's output
+    variance and the second layer's input second moment equal float64 of the same forward."""
+    torch.manual_seed(4)
+    model = plain_mlp(depth=3, width=48, in_features=24)
+    x = torch.randn(200, 24)
+    report = initdoctor.diagnose(model, probe=True, example_inputs=(x,))
+    with torch.no_grad():
+        first = model.get_submodule("0")
+        y = (x.double() @ first.weight.double().T + first.bias.double()).numpy()
+    layers = {layer.name: layer for layer in report.layers}
+    assert _rel(layers["0"].activation_var, float(y.var())) < 1e-6
+    assert _rel(layers["2"].input_second_moment, float((np.maximum(y, 0) ** 2).mean())) < 1e-5

@@ -82,8 +82,10 @@ def unguarded() -> Any:
     entered itself stays, and the guard with it). The statistics write only tensors they create."""
     import contextlib
 
-    from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
-
+    try:  # private torch helpers (torch ≥ 2.0); without them the statistics pass the guard, as before
+        from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
+    except ImportError:
+        return contextlib.nullcontext()
     mode = _get_current_dispatch_mode()
     if getattr(mode, "initdoctor_write_guard", False):
         return _pop_mode_temporarily()
