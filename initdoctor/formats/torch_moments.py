@@ -1,7 +1,7 @@
 """Moments of torch tensors computed where the tensors are: on their device, with torch, only a few
 scalars crossing to the host. One implementation for the static pass over an in-memory model
 (weights, :func:`weight_stats`) and for the torch probe (activations and gradients,
-:func:`tensor_moments`, per-unit maxima :func:`unit_max`); numpy (:mod:`initdoctor.stats`) stays
+:func:`reduce`, per-unit maxima :func:`unit_max`); numpy (:mod:`initdoctor.stats`) stays
 for files read from disk and for ONNX.
 
 Accumulation (:func:`accumulator`): float64 where the device has it (CUDA; CPU across blocks),
@@ -181,17 +181,6 @@ def reduce(tensor: Any, *, with_max: bool = False) -> tuple[Moments, int, int, f
     if m2 <= 0 or mean * mean > limit * (m2 / n):
         m2 = _centred(flat, mean, acc)
     return Moments(n, mean, m2), 0, 0, peak
-
-
-def tensor_moments(tensor: Any) -> tuple[Moments | None, int]:
-    """An activation's or gradient's moments and its NaN+Inf count (None for a tensor that is not
-    a non-empty floating tensor): the probe's hot path, on the tensor's device."""
-    import torch
-
-    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
-        return None, 0
-    moments, nan, inf, _ = reduce(tensor)
-    return moments, nan + inf
 
 
 def unit_max(tensor: Any, axis: int) -> Any:
