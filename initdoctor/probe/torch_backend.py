@@ -24,7 +24,7 @@ from ..settings import ProbeSettings
 from ..stats import Moments
 from .collector import Ticker
 from .inputs import extra_tensors
-from .torch_collect import TorchCollector, merge_into
+from .torch_collect import Measured, TorchCollector, merge_into
 from .torch_inputs import (
     ProbeInputs,
     check_names,
@@ -96,9 +96,14 @@ def probe_torch(
             if t.is_floating_point():
                 t.requires_grad_()
     ticker = Ticker(len(desc.layers), progress)
+    measured = Measured()  # a tensor two layers see (output → next input, shared q/k/v input): once
     collectors = {
         layer.name: TorchCollector(
-            layer.name, layer.kind, (layer.nonlinearity or "relu") == "relu" and not layer.is_output, ticker
+            layer.name,
+            layer.kind,
+            (layer.nonlinearity or "relu") == "relu" and not layer.is_output,
+            ticker,
+            measured,
         )
         for layer in desc.layers
     }
@@ -127,7 +132,7 @@ def probe_torch(
             call = lambda: module(*given.args, **given.kwargs)  # noqa: E731
             # blocks from module structure: hooks on the block module ("path:in", "path:out")
             hooked = {name.rsplit(":", 1)[0] for name in extra if name.endswith((":in", ":out"))}
-            handles += [_block_hook(module, path, extra) for path in hooked]
+            handles += [_block_hook(module, path, extra, measured) for path in hooked]
             in_graph = {name: m for name, m in extra.items() if not name.endswith((":in", ":out"))}
             if in_graph:  # residual blocks: run the fx graph so that functional adds can be measured
                 from ..formats.torch_module import fx_trace
@@ -218,7 +223,7 @@ def _hook(module: Any, name: str, collector: TorchCollector, backward: bool) -> 
     return target.register_forward_hook(hook)
 
 
-def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
+def _block_hook(module: Any, path: str, extra: dict[str, Moments], measured: Measured) -> Any:
     """Var of a block module's input hidden state (first tensor argument, else the
     ``hidden_states`` keyword) and of its output (the first tensor it returns)."""
 
@@ -230,7 +235,7 @@ def _block_hook(module: Any, path: str, extra: dict[str, Moments]) -> Any:
             (f"{path}:out", outs[0] if outs else None),
         ):
             if name in extra:
-                merge_into(extra[name], t)
+                merge_into(extra[name], t, measured)
 
     return module.get_submodule(path).register_forward_hook(hook, with_kwargs=True)
 
