@@ -132,26 +132,35 @@ def _close(a: float | None, b: float | None) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
 
 
+def _same(got: Any, want: Any, where: str = "") -> None:
+    """Every field equal; floats to 1e-6 relative (shard-merged moments differ in the last digits)."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert _close(got, want), (where, got, want)
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), (where, sorted(got), sorted(want))
+        for key in want:
+            _same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), (where, got, want)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            _same(a, b, f"{where}[{i}]")
+    else:
+        assert got == want, (where, got, want)
+
+
 @pytest.mark.parametrize("name", ["mlp", "llama"])
 def test_sharded_report_equals_single_process(ranks: dict[int, dict[str, Any]], name: str) -> None:
+    """Every field of the report, the LLaMA's too: its graph is read by torch.export from the
+    sharded model's unsharded twin, as from the model in one process."""
     if name == "mlp":
         single = initdoctor.diagnose(mlp(), seed=0)
     else:
         single = initdoctor.diagnose(llama(), example_inputs=tokens(), seed=0)
+    assert "graph read from torch.export (torch.fx could not trace the model)" in (
+        single.notes if name == "llama" else ["graph read from torch.export (torch.fx could not trace the model)"]
+    )
     for rank in (0, 1):
-        report = ranks[rank][name]
-        assert report.summary.status == single.summary.status
-        assert report.summary.message == single.summary.message
-        assert _close(report.summary.depth_ratio, single.summary.depth_ratio)
-        assert [f.name for f in report.layers] == [f.name for f in single.layers]
-        for got, want in zip(report.layers, single.layers, strict=True):
-            assert got.numel == want.numel and got.status == want.status, got.name
-            # the LLaMA's graph: torch.export in one process, module structure when sharded (export
-            # cannot trace DTensor parameters), which reads the nonlinearity after a layer, hence the
-            # gain in variance_ratio, differently (docs/scale.md); every measured variance agrees
-            fields = ["weight_std", "weight_mean", "depth_ratio", "activation_var"]
-            for field in fields + (["variance_ratio", "input_second_moment"] if name == "mlp" else []):
-                assert _close(getattr(got, field), getattr(want, field)), (got.name, field)
+        _same(ranks[rank][name].to_dict(), single.to_dict())
     assert ranks[0][name].to_dict() == ranks[1][name].to_dict()  # rank 0's report, broadcast
 
 

@@ -86,3 +86,15 @@ def dtensor_stats(tensor: Any) -> WeightStats:
     if not m.count:
         return WeightStats(numel, dtype, float("nan"), float("nan"), total.nan, total.inf)
     return WeightStats(numel, dtype, m.mean, m.var**0.5, total.nan, total.inf, total.max_abs)
+
+
+def class_name(module: Any) -> str:
+    """The model's class name as the report shows it: ``LlamaForCausalLM`` for the
+    ``FSDPLlamaForCausalLM`` that ``fully_shard`` re-classed it into, as in one process."""
+    import sys
+
+    cls = type(module)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(module, fsdp.FSDPModule):
+        cls = cls.__bases__[-1]
+    return cls.__name__
