@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -67,6 +69,47 @@ class RaisesOnRank1(torch.nn.Module):
         return self.b(x)
 
 
+@contextmanager
+def _most_unsharded() -> Iterator[list[int]]:
+    """[most FSDP modules unsharded at once, how many are left unsharded]: FSDPModule's own
+    unshard/reshard, counted on the way through."""
+    from torch.distributed.fsdp import FSDPModule
+
+    unshard, reshard = FSDPModule.unshard, FSDPModule.reshard
+    held: set[int] = set()
+    most = [0, 0]
+
+    def counted_unshard(self: Any, *args: Any, **kwargs: Any) -> Any:
+        held.add(id(self))
+        most[0] = max(most[0], len(held))
+        return unshard(self, *args, **kwargs)
+
+    def counted_reshard(self: Any) -> None:
+        held.discard(id(self))
+        reshard(self)
+
+    FSDPModule.unshard, FSDPModule.reshard = counted_unshard, counted_reshard  # type: ignore[method-assign]
+    try:
+        yield most
+    finally:
+        FSDPModule.unshard, FSDPModule.reshard = unshard, reshard  # type: ignore[method-assign]
+        most[1] = len(held)
+
+
+def _train_step(model: Any) -> tuple[float, float]:
+    """One SGD step of the sharded model after the diagnosis: (loss, largest weight change)."""
+    before = [p.detach().to_local().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = model(tokens(), labels=tokens()).loss
+    loss.backward()
+    optimizer.step()
+    change = max(
+        float((p.detach().to_local() - b).abs().max())
+        for p, b in zip(model.parameters(), before, strict=True)
+    )
+    return float(loss), change
+
+
 def _worker(rank: int, port: int, queue: Any) -> None:
     from torch.distributed.fsdp import fully_shard
 
@@ -83,7 +126,18 @@ def _worker(rank: int, port: int, queue: Any) -> None:
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-        out["llama"] = initdoctor.assert_healthy_init(model, tokens(), fail_on="error", seed=0)
+        params = [(name, p, p.placements) for name, p in model.named_parameters()]
+        with _most_unsharded() as most:
+            out["llama"] = initdoctor.assert_healthy_init(model, tokens(), fail_on="error", seed=0)
+        out["most_unsharded"] = most[:]
+        with _most_unsharded() as most:
+            out["llama_backward"] = initdoctor.diagnose(model, example_inputs=tokens(), seed=0, backward=True)
+        out["most_unsharded"] += most
+        out["restored"] = [
+            (name, p is q and q.placements == placements)
+            for (name, p, placements), q in zip(params, model.parameters(), strict=True)
+        ]
+        out["train"] = _train_step(model)
         model = RaisesOnRank1()
         fully_shard(model.a)
         fully_shard(model.b)
@@ -157,11 +211,41 @@ def test_sharded_report_equals_single_process(ranks: dict[int, dict[str, Any]], 
     else:
         single = initdoctor.diagnose(llama(), example_inputs=tokens(), seed=0)
     assert "graph read from torch.export (torch.fx could not trace the model)" in (
-        single.notes if name == "llama" else ["graph read from torch.export (torch.fx could not trace the model)"]
+        single.notes
+        if name == "llama"
+        else ["graph read from torch.export (torch.fx could not trace the model)"]
     )
     for rank in (0, 1):
         _same(ranks[rank][name].to_dict(), single.to_dict())
     assert ranks[0][name].to_dict() == ranks[1][name].to_dict()  # rank 0's report, broadcast
+
+
+def test_sharded_backward_equals_single_process(ranks: dict[int, dict[str, Any]]) -> None:
+    """``backward=True``: every rank runs the backward through the unsharded weights; the gradient
+    figures equal the single process's."""
+    single = initdoctor.diagnose(llama(), example_inputs=tokens(), seed=0, backward=True)
+    grads = [f.grad_var for f in single.layers if f.grad_var is not None]
+    assert len(grads) == 16  # every weighted layer of the 2-layer LLaMA has its gradient measured
+    for rank in (0, 1):
+        _same(ranks[rank]["llama_backward"].to_dict(), single.to_dict())
+
+
+def test_model_is_left_as_it_was(ranks: dict[int, dict[str, Any]]) -> None:
+    """The same DTensor parameters (object and placement) after the diagnoses, and a training step
+    works: the loss at init is near ln 64 = 4.16 and the weights move."""
+    for rank in (0, 1):
+        assert ranks[rank]["restored"] and all(ok for _, ok in ranks[rank]["restored"])
+        loss, change = ranks[rank]["train"]
+        assert loss == pytest.approx(math.log(64), abs=0.1)
+        assert change > 0
+    assert ranks[0]["train"][0] == ranks[1]["train"][0]
+
+
+def test_sharded_probe_holds_one_layer_unsharded(ranks: dict[int, dict[str, Any]]) -> None:
+    """The forward holds at most the root and one decoder layer unsharded (as FSDP's own forward
+    does), the backward all three (root + 2 layers); none is left unsharded after."""
+    for rank in (0, 1):
+        assert ranks[rank]["most_unsharded"] == [2, 0, 3, 0]
 
 
 def test_mlp_numbers(ranks: dict[int, dict[str, Any]]) -> None:

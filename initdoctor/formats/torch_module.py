@@ -41,6 +41,7 @@ from .torch_ops import (
     norm_kind_of,
     stats_reader,
 )
+from .torch_sharded import class_name as class_name  # re-exported for api.load
 from .torch_sharded import fsdp_original
 from .torch_sharded_graph import has_dtensor, sharded_source, sharded_stats, twin_exporter
 from .torch_structure import module_blocks

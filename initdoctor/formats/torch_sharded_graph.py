@@ -3,13 +3,14 @@ read by ``torch.export`` as for the single-process model, so that both reports a
 
 ``torch.export`` cannot trace DTensor parameters, and FSDP's forward hooks would all-gather while
 it traces. :func:`unsharded_twin` therefore swaps, for the time of the export only, every DTensor
-parameter for a plain tensor of its full shape that is never written (``torch.empty``: address
-space, no resident pages on CPU) and stashes the forward hooks of the FSDP modules; afterwards the
-module holds exactly the same DTensor objects and hooks again. The program's values are those
-empty tensors: the weight statistics are read from the real DTensors (:func:`sharded_stats`, each
-rank's shard merged), and the probe runs the program's graph with each parameter taken from the
-real model as FSDP unshards it (:mod:`initdoctor.probe.distributed`), so the probe's figures are
-measured on the real weights by the same graph as in one process.
+parameter for a plain tensor of its full shape that is never written (``torch.empty`` on the
+parameter's device: address space, no resident pages on CPU; real memory on a GPU) and stashes
+the forward hooks of the FSDP modules; afterwards the module holds exactly the same DTensor
+objects and hooks again. The program's values are those empty tensors: the weight statistics are
+read from the real DTensors (:func:`sharded_stats`, each rank's shard merged), and the probe runs
+the program's graph with each parameter taken from the real model as FSDP unshards it
+(:mod:`initdoctor.probe.distributed`), so the probe's figures are measured on the real weights by
+the same graph as in one process.
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ def unsharded_twin(module: Any) -> Iterator[None]:
 
     swapped: list[tuple[Any, str, Any]] = []
     stashed: list[tuple[Any, str, Any]] = []
+    twins: dict[int, Any] = {}  # one twin per parameter: tied weights stay tied
     try:
         for mod in module.modules():
             for name, param in list(mod._parameters.items()):
                 if param is not None and is_dtensor(param):
-                    empty = torch.empty(param.shape, dtype=param.dtype, device=param.to_local().device)
-                    mod._parameters[name] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
+                    if id(param) not in twins:
+                        empty = torch.empty(param.shape, dtype=param.dtype, device=param.to_local().device)
+                        twins[id(param)] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
+                    mod._parameters[name] = twins[id(param)]
                     swapped.append((mod, name, param))
             if isinstance(mod, FSDPModule):
                 for attr in _HOOKS:

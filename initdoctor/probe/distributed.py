@@ -142,9 +142,11 @@ _ACTIVE: list[Job] = []
 
 #: ops whose output is a view of their input: a weight's storage lives on through them
 _VIEWS = frozenset(
-    "t transpose permute view reshape _unsafe_view expand alias detach to _to_copy unsqueeze squeeze "
-    "slice select contiguous numpy_T".split()
-)
+    (
+        "t", "transpose", "permute", "view", "reshape", "_unsafe_view", "expand", "alias", "detach",
+        "to", "_to_copy", "unsqueeze", "squeeze", "slice", "select", "contiguous", "numpy_T",
+    )
+)  # fmt: skip
 
 
 class Unsharded(Mapping[str, Any]):
