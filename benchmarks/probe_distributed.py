@@ -11,7 +11,9 @@ Sizes: ``tiny`` (the model of tests/test_distributed.py: hidden 32, 2 layers, vo
 Every process runs one thread. Rounds alternate: the two ranks time one ``diagnose`` each (after a
 barrier), then the parent times the single-process one, so a slow spell of a shared machine hits
 both; each figure is the median (min–max) of ``--repeats`` rounds after one warm-up round. Prints
-the per-rank / single ratio and whether the two reports are equal (every field, 1e-6 relative).
+wall and CPU time (``time.process_time``: on a loaded machine the two ranks compete for the CPUs
+while the single process runs alone, so the wall ratio overstates the cost), the per-rank / single
+ratios and whether the two reports are equal (every field, 1e-6 relative).
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ def _worker(rank: int, port: int, names: list[str], rounds: int, go: Any, out: A
             for _ in range(rounds):
                 go.get()
                 dist.barrier()
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 report = initdoctor.diagnose(model, example_inputs=tokens(SIZES[name]), seed=0)
-                out.put((rank, name, time.perf_counter() - start, report.to_dict()))
+                spent = (time.perf_counter() - start, time.process_time() - cpu)
+                out.put((rank, name, spent, report.to_dict()))
     finally:
         dist.destroy_process_group()
 
@@ -136,26 +139,32 @@ def main() -> None:
             model = build(size)
             params = sum(p.numel() for p in model.parameters())
             single_t: list[float] = []
+            single_c: list[float] = []
             rank_t: dict[int, list[float]] = {0: [], 1: []}
+            rank_c: dict[int, list[float]] = {0: [], 1: []}
             equal = True
             for i in range(rounds):
                 go.put(None)
                 go.put(None)
                 got = [out.get(timeout=900) for _ in range(2)]
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 single = initdoctor.diagnose(model, example_inputs=tokens(size), seed=0).to_dict()
-                elapsed = time.perf_counter() - start
+                elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
                 equal = equal and all(_same(d, single) for *_, d in got)
                 if i:
                     single_t.append(elapsed)
-                    for rank, _, t, _ in got:
+                    single_c.append(cpu)
+                    for rank, _, (t, c), _ in got:
                         rank_t[rank].append(t)
+                        rank_c[rank].append(c)
             worst = max(statistics.median(rank_t[0]), statistics.median(rank_t[1]))
+            worst_cpu = max(statistics.median(rank_c[0]), statistics.median(rank_c[1]))
             print(
                 f"{name}: {params:,} parameters, batch {size['batch']}×{size['tokens']} — single process "
                 f"{_fmt(single_t)}; per rank (2 gloo processes) rank 0 {_fmt(rank_t[0])}, rank 1 "
-                f"{_fmt(rank_t[1])}; ratio {worst / statistics.median(single_t):.2f}×; "
-                f"reports equal: {'yes' if equal else 'NO'}",
+                f"{_fmt(rank_t[1])}; ratio {worst / statistics.median(single_t):.2f}×; CPU time single "
+                f"{_fmt(single_c)}, per rank {_fmt(rank_c[0])} / {_fmt(rank_c[1])}, ratio "
+                f"{worst_cpu / statistics.median(single_c):.2f}×; reports equal: {'yes' if equal else 'NO'}",
                 flush=True,
             )
     finally:
