@@ -139,6 +139,11 @@ def _worker(rank: int, port: int, queue: Any) -> None:
             for (name, p, placements), q in zip(params, model.parameters(), strict=True)
         ]
         out["train"] = _train_step(model)
+        try:  # token ids out of the vocabulary on rank 1 only: its embedding raises in the probe
+            initdoctor.diagnose(model, example_inputs=tokens() + 64 * rank, seed=0)
+            out["llama_raises"] = None
+        except Exception as exc:  # noqa: BLE001 - the error each rank got is the result
+            out["llama_raises"] = (type(exc).__name__, str(exc))
         model = RaisesOnRank1()
         fully_shard(model.a)
         fully_shard(model.b)
@@ -263,3 +268,15 @@ def test_a_rank_that_raises_reaches_every_rank(ranks: dict[int, dict[str, Any]])
     kind, message = ranks[0]["raises"]
     assert kind == RankError.__name__
     assert message == "rank 1 failed: ProbeError: the model's forward raised ValueError: boom on rank 1"
+
+
+def test_a_rank_that_raises_in_the_exported_graph_reaches_every_rank(
+    ranks: dict[int, dict[str, Any]],
+) -> None:
+    """The LLaMA's probe (the exported graph, FSDP unshards module by module): rank 1 raises in
+    its embedding, rank 0 meets the error at its next unshard's guard; no hang."""
+    kind, message = ranks[1]["llama_raises"]
+    assert kind == "ProbeError" and message.startswith("the model's forward raised IndexError")
+    kind, message = ranks[0]["llama_raises"]
+    assert kind == RankError.__name__
+    assert message.startswith("rank 1 failed: ProbeError: the model's forward raised IndexError")
