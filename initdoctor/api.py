@@ -57,9 +57,9 @@ def load(
     from .formats import load as load_file
 
     if is_torch_module(source):
-        from .formats.torch_module import describe_module_graph
+        from .formats.torch_module import class_name, describe_module_graph
 
-        return LoadedModel(*describe_module_graph(source, path=type(source).__name__, fmt="torch-module"))
+        return LoadedModel(*describe_module_graph(source, path=class_name(source), fmt="torch-module"))
     return load_file(source, trust=trust, weights=weights, progress=progress, stream=stream)
 
 

@@ -41,7 +41,9 @@ from .torch_ops import (
     norm_kind_of,
     stats_reader,
 )
+from .torch_sharded import class_name as class_name  # re-exported for api.load
 from .torch_sharded import fsdp_original
+from .torch_sharded_graph import has_dtensor, sharded_source, sharded_stats, twin_exporter
 from .torch_structure import module_blocks
 
 
@@ -189,6 +191,8 @@ def describe_module_graph(
     if traced is None and not isinstance(module, torch.jit.ScriptModule):
         program = export_for_graph(module, weighted)
         if program is not None:
+            if stats is None and sharded_source(program) is not None:  # FSDP2: the real shards' stats
+                stats = sharded_stats(module)
             desc = describe_exported(program, path=path, stats=stats)
             desc.format = fmt
             desc.inputs = config_inputs(module, 2)
@@ -272,16 +276,25 @@ def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
     args, kwargs = _example(module, weighted)
     if not args and not kwargs:
         return None
+    exporter = _exporter(module)
     try:
-        program = _export(module, args, kwargs)
+        program = exporter(args, kwargs)
     except Exception:  # noqa: BLE001 - any export failure means "no graph"
         return None
-    _SOURCES[program] = module
+    _SOURCES[program] = exporter
     return program
 
 
-#: exported program → the module it was exported from (kept while the program lives)
+#: exported program → how to export its module again (kept while the program lives)
 _SOURCES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _exporter(module: Any) -> Any:
+    """``export(args, kwargs)`` of ``module``; of its unsharded twin for an FSDP2/DTensor model
+    (torch.export cannot trace DTensor parameters: :mod:`.torch_sharded_graph`)."""
+    if has_dtensor(module):
+        return twin_exporter(module, _export)
+    return lambda args, kwargs: _export(module, args, kwargs)
 
 
 def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -299,11 +312,11 @@ def reexport(program: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``program`` exported again from its module on inputs of other shapes (the same graph for
     them, the same parameters), or None when it did not come from :func:`export_for_graph`.
     Raises what the export raises (the model refuses these inputs)."""
-    module = _SOURCES.get(program)
-    if module is None:
+    exporter = _SOURCES.get(program)
+    if exporter is None:
         return None
-    again = _export(module, args, kwargs)
-    _SOURCES[again] = module
+    again = exporter(args, kwargs)
+    _SOURCES[again] = exporter
     return again
 
 

@@ -84,3 +84,15 @@ def dtensor_scan(tensor: Any, local_scan: Callable[[Any], Scan]) -> Scan:
         count, mean, m2, nan, inf, max_abs = row.tolist()
         total.merge(Scan(Moments(int(count), mean, m2), int(nan), int(inf), max_abs))
     return total
+
+
+def class_name(module: Any) -> str:
+    """The model's class name as the report shows it: ``LlamaForCausalLM`` for the
+    ``FSDPLlamaForCausalLM`` that ``fully_shard`` re-classed it into, as in one process."""
+    import sys
+
+    cls = type(module)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(module, fsdp.FSDPModule):
+        cls = cls.__bases__[-1]
+    return cls.__name__

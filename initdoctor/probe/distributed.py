@@ -22,7 +22,7 @@ are all-gathered and every rank raises (:class:`~initdoctor.errors.RankError` on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -60,7 +60,10 @@ class Job:
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64)
+        # NCCL reduces only GPU tensors (gloo: the CPU's); the object collectives place theirs themselves
+        cuda = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not int(flag.item()):
             return
@@ -122,6 +125,7 @@ def job(model: Any) -> Iterator[Job | Single]:
         yield Single()
         return
     run = Job(model)
+    _ACTIVE.append(run)
     try:
         run.arm()
         yield run
@@ -130,5 +134,110 @@ def job(model: Any) -> Iterator[Job | Single]:
         if run.settled is None:
             run.guard(exc)
         raise (run.settled or exc) from None  # the forward's wrapping of a guard's error (ProbeError) undone
+    finally:
+        _ACTIVE.remove(run)
     run.disarm()
     run.guard()
+
+
+#: the job of the diagnosis under way on this rank (its guard runs before each unshard)
+_ACTIVE: list[Job] = []
+
+#: ops whose output is a view of their input: a weight's storage lives on through them
+_VIEWS = frozenset(
+    (
+        "t", "transpose", "permute", "view", "reshape", "_unsafe_view", "expand", "alias", "detach",
+        "to", "_to_copy", "unsqueeze", "squeeze", "slice", "select", "contiguous", "numpy_T",
+    )
+)  # fmt: skip
+
+
+class Unsharded(Mapping[str, Any]):
+    """The parameters of an FSDP2 model as its exported graph (:mod:`..formats.torch_sharded_graph`)
+    reads them in the probe's interpreter: the first read of a parameter unshards the FSDP module
+    that owns it (FSDP's own all-gather, after a guard, as FSDP's forward would), and the module is
+    resharded after the graph's last use of its weights — unless ``keep`` (a backward pass needs
+    them): then every module is resharded on :meth:`close`. ``graph`` (the interpreter's graph
+    module) has each parameter read moved to just before its first use."""
+
+    def __init__(self, model: Any, graph: Any, keep: bool) -> None:
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [(name, m) for name, m in model.named_modules() if isinstance(m, FSDPModule)]
+        self.model, self.keep = model, keep
+        self.owner: dict[str, Any] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if is_dtensor(param):
+                prefixes = [(n, m) for n, m in units if not n or name.startswith(n + ".")]
+                self.owner[name] = max(prefixes, key=lambda u: len(u[0]))[1]
+        self.open: list[Any] = []
+        self.fetched: list[Any] = []  # the unsharded parameters read (the backward's inputs)
+        self.release_after: dict[str, list[Any]] = {}
+        self._plan(graph)
+
+    def _plan(self, graph: Any) -> None:
+        nodes = list(graph.graph.nodes)
+        for node in nodes:
+            if node.op == "get_attr" and node.target in self.owner and node.users:
+                first = min(node.users, key=nodes.index)
+                first.prepend(node)
+        order = {n: i for i, n in enumerate(graph.graph.nodes)}
+        last: dict[Any, Any] = {}
+        for node in graph.graph.nodes:
+            if node.op != "get_attr" or node.target not in self.owner:
+                continue
+            unit, todo, end = self.owner[node.target], [node], node
+            while todo:  # the weight and its views
+                current = todo.pop()
+                for user in current.users:
+                    end = max(end, user, key=order.__getitem__)
+                    if getattr(user.target, "__name__", "").split(".")[0] in _VIEWS:
+                        todo.append(user)
+            if unit not in last or order[end] > order[last[unit]]:
+                last[unit] = end
+        for unit, end in last.items():
+            self.release_after.setdefault(end.name, []).append(unit)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.owner
+
+    def __getitem__(self, key: str) -> Any:
+        unit = self.owner[key]
+        if unit not in self.open:
+            if _ACTIVE:
+                _ACTIVE[-1].guard()
+            unit.unshard()
+            self.open.append(unit)
+        param = self.model.get_parameter(key)
+        self.fetched.append(param)
+        return param
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.owner)
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def release(self, node: Any) -> None:
+        """Called after each node ran: reshard the modules whose weights it used last."""
+        if self.keep:
+            return
+        for unit in self.release_after.get(node.name, ()):
+            if unit in self.open:
+                unit.reshard()
+                self.open.remove(unit)
+
+    def close(self) -> None:
+        for unit in self.open:
+            unit.reshard()
+        self.open.clear()
+        self.fetched.clear()
+
+
+@contextmanager
+def unsharded(model: Any, graph: Any, keep: bool) -> Iterator[Unsharded]:
+    weights = Unsharded(model, graph, keep)
+    try:
+        yield weights
+    finally:
+        weights.close()

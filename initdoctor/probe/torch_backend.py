@@ -19,10 +19,12 @@ import numpy as np
 from ..errors import first_line
 from ..formats.model_inputs import constant_kwargs
 from ..formats.torch_module import reexport
+from ..formats.torch_sharded_graph import sharded_source
 from ..model import ModelDescription
 from ..settings import ProbeSettings
 from ..stats import Moments
 from .collector import Ticker
+from .distributed import unsharded
 from .inputs import extra_tensors
 from .torch_collect import Measured, TorchCollector, merge_into
 from .torch_inputs import (
@@ -121,6 +123,8 @@ def probe_torch(
             flat = flat_arguments(placeholders, defaults, inputs)
             if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
                 module, flat = _for_shapes(runnable, flat, module)
+            if (model := sharded_source(runnable)) is not None:  # FSDP2: the weights as FSDP unshards them
+                weights = stack.enter_context(unsharded(model, module, settings.backward))
             runner = _interpreter(module, by_weight, settings.backward, extra, weights)
             call = lambda: runner.run(*flat, enable_io_processing=False)  # noqa: E731
         else:
@@ -150,7 +154,7 @@ def probe_torch(
                     f"the model's forward raised {type(exc).__name__}: {first_line(exc)}"
                 ) from None
             if settings.backward:
-                _backward(output, module, settings.seed)
+                _backward(output, getattr(weights, "fetched", None) or module.parameters(), settings.seed)
     finally:
         for handle in handles:
             handle.remove()
@@ -249,6 +253,8 @@ def _interpreter(
 ) -> Any:
     import torch.fx
 
+    release = getattr(weights, "release", None)  # a sharded model's weights: resharded after last use
+
     class StatsInterpreter(torch.fx.Interpreter):
         def fetch_attr(self, target: str) -> Any:
             if weights is not None and target in weights:  # streamed: read now, freed after last use
@@ -259,6 +265,8 @@ def _interpreter(
             result = super().run_node(n)
             if n.name in extra:
                 merge_into(extra[n.name], result)
+            if release is not None:
+                release(n)
             if n.op == "call_function":
                 aten = getattr(n.target, "__name__", "").split(".")[0]
                 spec = _WEIGHTED_ATEN.get(aten)
@@ -277,7 +285,7 @@ def _interpreter(
     return StatsInterpreter(module)
 
 
-def _backward(output: Any, module: Any, seed: int) -> None:
+def _backward(output: Any, parameters: Any, seed: int) -> None:
     """One backward pass of a seeded N(0, 1) gradient. ``torch.autograd.grad`` returns the weight
     gradients instead of accumulating them, so parameters' ``.grad`` stay untouched."""
     import torch
@@ -290,7 +298,7 @@ def _backward(output: Any, module: Any, seed: int) -> None:
         torch.from_numpy(rng.standard_normal(size=tuple(t.shape), dtype=np.float32)).to(t.device, t.dtype)
         for t in outs
     ]
-    weights = [p for p in module.parameters() if p.requires_grad]
+    weights = [p for p in parameters if p.requires_grad]
     torch.autograd.grad(outs, weights, grads, allow_unused=True)
 
 
