@@ -6,7 +6,8 @@ The model is built on the meta device (:func:`.hf_folder.build_model`); its para
 CPU storage that is never written (``torch.empty``: the pages stay unmapped, so they cost address
 space, not memory), so that torch.fx / torch.export read its graph as usual. The weights stay in
 the safetensors files: their statistics are streamed from the files
-(:func:`~initdoctor.stats.file_stats`, as for a bare safetensors file), and the probe reads each
+(:func:`~initdoctor.stats.file_stats`, as for a bare safetensors file; :class:`StatsAhead`: in a
+background thread while torch.export traces), and the probe reads each
 tensor through accelerate's ``OffloadedWeightsLoader`` (one ``safe_open`` per tensor, closed
 after) just before the op or module that uses it, and drops it after its last use (accelerate's
 ``AlignDevicesHook`` per module for an ``nn.Module``; torch.fx's interpreter frees each value after
