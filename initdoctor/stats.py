@@ -123,6 +123,12 @@ def scan_deadline(when: float | None) -> Iterator[None]:
         _deadline.when = previous
 
 
+def current_deadline() -> float | None:
+    """This thread's :func:`scan_deadline` (``time.monotonic()``), None when there is none: a scan
+    handed to another thread takes it along (``with scan_deadline(current_deadline())``)."""
+    return getattr(_deadline, "when", None)
+
+
 BLOCK = 1 << 17  # 128K elements: 512 KiB of float32 and two 1 MiB float64 buffers stay in a 2 MiB L2
 PARALLEL_MIN = 1 << 21  # from 2M elements (8 MiB of float32) the work is split across threads
 _pool = None

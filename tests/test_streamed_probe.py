@@ -217,3 +217,43 @@ def test_streamed_peak_memory_does_not_grow_with_depth(tmp_path: Path) -> None:
         peaks[depth] = int(out.stdout.split()[-1]) / 1024  # MiB above the RSS after the imports
     # whole, the deeper model would add 27 MiB of weights; streamed, about one block at a time
     assert peaks[8] - peaks[2] < 9, peaks
+
+
+def test_bin_folder_with_stream_says_it_is_read_whole(folder: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "config.json").write_text((folder / "config.json").read_text())
+    state: dict = {}
+    for shard in folder.glob("*.safetensors"):
+        state.update(load_file(str(shard)))
+    torch.save(state, binary / "pytorch_model.bin")
+    code, out, err = invoke("inspect", str(binary), "--stream")
+    assert code == 2 and out == "", (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert ".bin weights are only read whole" in err and "drop --stream" in err
+    assert not hf_stream.should_stream(binary, False)  # without --stream: loaded whole, no error
+
+
+def test_stats_ahead_equal_the_file_pass_and_a_torch_std(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    loaded = formats.load(folder, stream=True)
+    files = hf_stream.Files(sorted(folder.glob("*.safetensors")))
+    keys = {k: k for k in files.owner}
+    with hf_stream.StatsAhead(files, keys, None) as ahead:
+        background = {k: ahead.get(k) for k in keys}
+    assert len(background) == 2 * 9 + 3  # 9 tensors per block, embedding, final norm, lm_head
+    for key, stats in background.items():
+        assert stats == files.stats(key, None), key  # the same scan, in another thread: bit-equal
+    name = "model.layers.1.mlp.down_proj.weight"
+    tensor = next(load_file(str(f))[name] for f in folder.glob("*.safetensors") if name in load_file(str(f)))
+    assert stats_std_close(background[name].std, float(tensor.double().std(unbiased=False)))
+    # a weight the description reports was read by the background pass: the same value
+    layer = next(la for la in loaded.description.layers if la.weight_key == name)
+    assert layer.stats == background[name]
+
+
+def stats_std_close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12 * b and 0.018 < b < 0.022  # LLaMA's init: N(0, 0.02²), 8192 values

@@ -6,7 +6,8 @@ The model is built on the meta device (:func:`.hf_folder.build_model`); its para
 CPU storage that is never written (``torch.empty``: the pages stay unmapped, so they cost address
 space, not memory), so that torch.fx / torch.export read its graph as usual. The weights stay in
 the safetensors files: their statistics are streamed from the files
-(:func:`~initdoctor.stats.file_stats`, as for a bare safetensors file), and the probe reads each
+(:func:`~initdoctor.stats.file_stats`, as for a bare safetensors file; :class:`StatsAhead`: in a
+background thread while torch.export traces), and the probe reads each
 tensor through accelerate's ``OffloadedWeightsLoader`` (one ``safe_open`` per tensor, closed
 after) just before the op or module that uses it, and drops it after its last use (accelerate's
 ``AlignDevicesHook`` per module for an ``nn.Module``; torch.fx's interpreter frees each value after
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..stats import WeightStats, file_stats
+from ..stats import WeightStats, current_deadline, file_stats, scan_deadline
 from .base import DTYPE_NAMES, SAFETENSORS_DTYPES, LoadedModel
 from .detect import hf_weights
 from .hf_folder import HFLoaded, build_model, match_names, materialize
@@ -57,7 +58,10 @@ def should_stream(folder: Path, force: bool) -> bool:
     files = shards(folder)
     if force:
         if files is None:
-            raise InputError(f"{folder}: --stream reads safetensors weights; this folder has .bin files")
+            raise InputError(
+                f"{folder}: --stream reads safetensors weights; this folder's .bin weights are "
+                "only read whole (drop --stream, or save the model with safetensors)"
+            )
         return True
     if files is None:
         return False
@@ -134,6 +138,41 @@ class Files:
         return file_stats(path, start, count, stored, DTYPE_NAMES[entry["dtype"]], bfloat16=bf16)
 
 
+class StatsAhead:
+    """The weights' statistics (:meth:`Files.stats`) computed in one background thread while the
+    caller describes the model (torch.export's trace holds the GIL in Python; the file pass spends
+    its time in reads and numpy loops, which release it: on 2 CPUs the pass costs no wall time).
+    Every ``.weight`` is scanned, smallest first (the norms' are asked for before the trace), each
+    under the caller's :func:`~initdoctor.stats.scan_deadline`; ``get(name)`` waits for that one
+    (another name is scanned on the caller's thread). Leaving the block cancels what is left."""
+
+    def __init__(self, files: Files, loaded: dict[str, str], loader: Any) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.files, self.loaded, self.loader = files, loaded, loader
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="initdoctor-stats")
+        when = current_deadline()
+        names = sorted(
+            (n for n in loaded if n.endswith("weight")), key=lambda n: int(np.prod(files.shape(loaded[n])))
+        )
+        self.ahead = {n: self.pool.submit(self._scan, n, when) for n in names}
+
+    def _scan(self, name: str, when: float | None) -> WeightStats:
+        with scan_deadline(when):
+            return self.files.stats(self.loaded[name], lambda: self.loader[name])
+
+    def get(self, name: str) -> WeightStats:
+        if name in self.ahead:
+            return self.ahead[name].result()
+        return self.files.stats(self.loaded[name], lambda: self.loader[name])
+
+    def __enter__(self) -> StatsAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_shapes(label: Path, model: Any, files: Files, loaded: dict[str, str], what: str) -> None:
     own = model.state_dict(keep_vars=True)
     for name, key in loaded.items():
@@ -169,9 +208,8 @@ def _finish(
     from .torch_module import describe_module_graph
 
     loader = _accelerate()(index=index, device="cpu")
-    desc, runnable, backend = describe_module_graph(
-        model, path=path, fmt=fmt, stats=lambda name: files.stats(loaded[name], lambda: loader[name])
-    )
+    with StatsAhead(files, loaded, loader) as ahead:  # the file pass runs while torch.export traces
+        desc, runnable, backend = describe_module_graph(model, path=path, fmt=fmt, stats=ahead.get)
     size = sum(f.stat().st_size for f in files.headers) / 2**20
     desc.notes.append(f"streamed probe: {size:.0f} MiB of weights read from the files as each block runs")
     result = LoadedModel(desc, runnable, backend)

@@ -298,14 +298,23 @@ def _exporter(module: Any) -> Any:
 
 
 def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Non-strict ``torch.export`` in eval mode, without the Python stack trace torch.fx records on
+    every node (``torch.fx.config.do_not_emit_stack_traces``, torch ≥ 2.10; nothing here reads it,
+    and it was ~10 % of a LLaMA export's CPU time: benchmarks/README.md, probe_streamed.py)."""
     import torch
+    import torch.fx.config as fx_config
 
     was_training = module.training
+    had_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
     try:
         module.eval()
+        if had_traces is not None:
+            fx_config.do_not_emit_stack_traces = True
         return torch.export.export(module, tuple(args), kwargs or None, strict=False)
     finally:
         module.train(was_training)
+        if had_traces is not None:
+            fx_config.do_not_emit_stack_traces = had_traces
 
 
 def reexport(program: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
