@@ -301,9 +301,14 @@ def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """Non-strict ``torch.export`` in eval mode, without the Python stack trace torch.fx records on
     every node (``torch.fx.config.do_not_emit_stack_traces``, torch ≥ 2.10; nothing here reads it,
     and it was ~10 % of a LLaMA export's CPU time: benchmarks/README.md, probe_streamed.py)."""
-    import torch
-    import torch.fx.config as fx_config
+    import importlib
 
+    import torch
+
+    try:  # torch.fx.config: not in every torch this package accepts (pyproject: torch >= 2.4)
+        fx_config: Any = importlib.import_module("torch.fx.config")
+    except ImportError:
+        fx_config = None
     was_training = module.training
     had_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
     try:
