@@ -121,3 +121,27 @@ def test_inputs_the_model_refuses_still_report_its_error(model: Any, exports: li
     with pytest.raises(initdoctor.InitDoctorError, match="2 were given"):
         initdoctor.diagnose(model, example_inputs=(_ids(2, 8), _ids(2, 8)), seed=0)
     assert exports == [(2, 16)]
+
+
+def test_a_bf16_model_is_exported_on_bf16_inputs(exports: list) -> None:
+    """The seeded example is placed as the probe places its inputs (the model's device and floating
+    dtype): a bf16 ViT's program takes the bf16 pixel_values the probe feeds it (before: exported
+    on float32 ones, the probe failed with "Tensor dtype mismatch")."""
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    model = transformers.ViTModel(config).to(torch.bfloat16).eval()
+    report = initdoctor.diagnose(model, seed=0)
+    assert exports == [(2, 3, 16, 16)]
+    assert report.to_dict()["probe"]["inputs"] == [
+        {"shape": [2, 3, 16, 16], "dtype": "bfloat16", "name": "pixel_values"}
+    ]
+    assert "graph read from torch.export (torch.fx could not trace the model)" in report.notes
+    patch = {f.name: f for f in report.layers}["embeddings.patch_embeddings.projection"]
+    assert patch.fan_in == 3 * 8 * 8  # a conv 3 → 32, 8×8 patches

@@ -13,6 +13,10 @@ First match wins, as in the probe (:mod:`initdoctor.probe.torch_inputs`):
 4. the small example: the inputs the model's ``config`` describes (batch 2), else one inferred
    from its first weighted module.
 
+Seeded examples (2–4) are placed as the probe places its seeded inputs: on the model's device, float
+tensors in its floating dtype (``--input-dtype`` when given), so that a bf16 or CUDA model's program
+takes the inputs the probe feeds it.
+
 Sources 1 and 3 apply only while the probe is asked for (:func:`probe_plan`); when the model refuses
 that example the small one is exported instead (the probe then exports again on its inputs, as it
 must, or reports the model's error).
@@ -36,8 +40,8 @@ from .model_inputs import (
     with_probe_shape,
 )
 
-#: while a model loads for a probe: (``--input-shape`` shapes, the caller's example inputs)
-_PLAN: ContextVar[tuple[tuple[Any, ...], Any] | None] = ContextVar("initdoctor_probe_plan", default=None)
+#: while a model loads for a probe: (``--input-shape`` shapes, the caller's example inputs, ``--input-dtype``)
+_PLAN: ContextVar[tuple[tuple[Any, ...], Any, Any] | None] = ContextVar("initdoctor_probe_plan", default=None)
 
 
 @contextmanager
@@ -45,7 +49,7 @@ def probe_plan(settings: Any, probe: bool, given: Any = None) -> Iterator[None]:
     """Around loading: the probe's inputs as far as they are known (``settings``: the
     :class:`~initdoctor.settings.ProbeSettings`; ``given``: the caller's example inputs)."""
     shapes = tuple(settings.input_shapes or ()) if probe and not settings.named_inputs else ()
-    token = _PLAN.set((shapes, given) if probe else None)
+    token = _PLAN.set((shapes, given, settings.input_dtype) if probe else None)
     try:
         with probe_shapes(settings.named_inputs):
             yield
@@ -56,18 +60,47 @@ def probe_plan(settings: Any, probe: bool, given: Any = None) -> Iterator[None]:
 def export_examples(
     module: Any, weighted: dict[str, tuple[Any, str]]
 ) -> list[tuple[list[Any], dict[str, Any]]]:
-    """The ``(args, kwargs)`` examples to try in order: the probe's inputs when they are known and
-    differ from the small example, then the small example; empty when there is none."""
+    """The ``(args, kwargs)`` examples to try in order: the probe's inputs when they are known,
+    then the small example; empty when there is none. Seeded examples are placed as the probe
+    places its inputs: on the model's device, floats in its floating dtype (or ``--input-dtype``)."""
+    import torch
+
     args, kwargs = small_example(module, weighted)
     if not args and not kwargs:
         return []
     plan = _PLAN.get()
+    device, dtype = _model_place(module)
+    if plan is not None and plan[2] is not None:
+        dtype = getattr(torch, plan[2])
     planned = None
     if plan is not None and plan[1] is not None:
         planned = _given(module, args, kwargs, plan[1])
-    elif plan is not None and plan[0]:
-        planned = _shaped(args, kwargs, plan[0])
-    return [planned, (args, kwargs)] if planned is not None else [(args, kwargs)]
+    elif plan is not None and plan[0] and (shaped := _shaped(args, kwargs, plan[0])) is not None:
+        planned = _placed(shaped[0], shaped[1], device, dtype)
+    small = _placed(args, kwargs, device, dtype)
+    return [planned, small] if planned is not None else [small]
+
+
+def _model_place(module: Any) -> tuple[Any, Any]:
+    """The device and floating dtype of the model's first floating parameter (else buffer)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    first = next((t for t in tensors if t.is_floating_point()), None)
+    return (first.device, first.dtype) if first is not None else (None, None)
+
+
+def _placed(
+    args: list[Any], kwargs: dict[str, Any], device: Any, dtype: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    import torch
+
+    def place(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        return t.to(
+            device=device or t.device, dtype=dtype if dtype is not None and t.is_floating_point() else None
+        )
+
+    return [place(a) for a in args], {k: place(v) for k, v in kwargs.items()}
 
 
 def small_example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[Any], dict[str, Any]]:
@@ -119,7 +152,7 @@ def _given(module: Any, args: list[Any], kwargs: dict[str, Any], given: Any) -> 
     why), float tensors in the model's floating dtype."""
     import torch
 
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    dtype = _model_place(module)[1]
 
     def cast(value: Any) -> Any:
         t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
