@@ -70,7 +70,7 @@ def export_examples(
         return []
     plan = _PLAN.get()
     device, dtype = _model_place(module)
-    if plan is not None and plan[2] is not None:
+    if plan is not None and plan[2] is not None and "float" in plan[2]:  # --input-dtype
         dtype = getattr(torch, plan[2])
     planned = None
     if plan is not None and plan[1] is not None:
