@@ -120,7 +120,7 @@ def run(
     ``check``, ``fix --check``, :func:`diagnose`): the same model and settings, probed or not, give
     the same ``summary.status``."""
     from .checks import inspect_description
-    from .formats.torch_device import probe_shapes, requested_device
+    from .formats.torch_device import probe_plan, requested_device
     from .probe import distributed_job, run_probe, time_limit
 
     result = None
@@ -132,7 +132,7 @@ def run(
         time_limit(probe_settings.timeout) as limit,
         no_exit_from_model_code(),
         requested_device(probe_settings.device),  # --device: checked, then applied on load
-        probe_shapes(probe_settings.named_inputs),  # a program exported once, on the probe's shapes
+        probe_plan(probe_settings, probe, example_inputs),  # torch.export once, on the probe's inputs
     ):
         reading = phase("reading weights") if phase else None
         loaded = load(source, trust=trust, weights=weights, progress=reading, stream=probe_settings.stream)

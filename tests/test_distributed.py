@@ -97,6 +97,22 @@ def _most_unsharded() -> Iterator[list[int]]:
         most[1] = len(held)
 
 
+@contextmanager
+def _exports() -> Iterator[list[Any]]:
+    """The input shapes of every torch.export.export call made inside (the export still runs)."""
+    real, seen = torch.export.export, []
+
+    def counting(module: Any, args: tuple, *rest: Any, **kwargs: Any) -> Any:
+        seen.append(tuple(args[0].shape))
+        return real(module, args, *rest, **kwargs)
+
+    torch.export.export = counting
+    try:
+        yield seen
+    finally:
+        torch.export.export = real
+
+
 def _train_step(model: Any) -> tuple[float, float]:
     """One SGD step of the sharded model after the diagnosis: (loss, largest weight change)."""
     before = [p.detach().to_local().clone() for p in model.parameters()]
@@ -128,12 +144,13 @@ def _worker(rank: int, port: int, queue: Any) -> None:
             fully_shard(layer)
         fully_shard(model)
         params = [(name, p, p.placements) for name, p in model.named_parameters()]
-        with _most_unsharded() as most:
+        with _most_unsharded() as most, _exports() as exported:
             out["llama"] = initdoctor.assert_healthy_init(model, tokens(), fail_on="error", seed=0)
-        out["most_unsharded"] = most[:]
-        with _most_unsharded() as most:
+        out["most_unsharded"], out["exports"] = most[:], [exported[:]]
+        with _most_unsharded() as most, _exports() as exported:
             out["llama_backward"] = initdoctor.diagnose(model, example_inputs=tokens(), seed=0, backward=True)
         out["most_unsharded"] += most
+        out["exports"].append(exported[:])
         out["restored"] = [
             (name, p is q and q.placements == placements)
             for (name, p, placements), q in zip(params, model.parameters(), strict=True)
@@ -254,6 +271,12 @@ def test_sharded_probe_holds_one_layer_unsharded(ranks: dict[int, dict[str, Any]
     does), the backward all three (root + 2 layers); none is left unsharded after."""
     for rank in (0, 1):
         assert ranks[rank]["most_unsharded"] == [2, 0, 3, 0]
+
+
+def test_sharded_model_is_exported_once_per_diagnosis(ranks: dict[int, dict[str, Any]]) -> None:
+    """Its unsharded twin, once, on the given 4×16 tokens (the probe runs that program as it is)."""
+    for rank in (0, 1):
+        assert ranks[rank]["exports"] == [[(4, 16)], [(4, 16)]]
 
 
 def test_mlp_numbers(ranks: dict[int, dict[str, Any]]) -> None:

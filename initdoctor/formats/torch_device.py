@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import InputError
-from .model_inputs import probe_shapes  # noqa: F401  (the API sets both around loading)
+from .export_example import probe_plan  # noqa: F401  (the API sets both around loading)
 
 _requested: contextvars.ContextVar[Any] = contextvars.ContextVar("initdoctor_device", default=None)
 

@@ -25,8 +25,9 @@ from ..graph import (
 )
 from ..model import Layer, ModelDescription, NormLayer
 from .base import torch_region
+from .export_example import export_examples
 from .graph_patterns import gate_layers, normalized_after_activation
-from .model_inputs import config_inputs, constant_kwargs, split_positional, with_probe_shape
+from .model_inputs import config_inputs
 from .renorm import renormalized
 from .torch_device import place
 from .torch_exported import describe_exported
@@ -268,21 +269,19 @@ def describe_module_graph(
 
 
 def export_for_graph(module: Any, weighted: dict[str, tuple[Any, str]]) -> Any:
-    """``torch.export`` the model (non-strict) on a small example, or None when that fails.
-    The example: the inputs its ``config`` describes (:mod:`.model_inputs`), else one inferred from
-    its first weighted module (token ids for an embedding), batch 2. Parameters stay shared with
-    ``module``, which is remembered so that the probe can export it again for its own input shapes
+    """``torch.export`` the model (non-strict) on the probe's inputs where they are known, else on
+    a small example (:mod:`.export_example`), or None when that fails. Parameters stay shared with
+    ``module``, which is remembered so that the probe can export it again for other input shapes
     (:func:`reexport`; a dynamic-shape export costs 2–4× a static one on every load)."""
-    args, kwargs = _example(module, weighted)
-    if not args and not kwargs:
-        return None
     exporter = _exporter(module)
-    try:
-        program = exporter(args, kwargs)
-    except Exception:  # noqa: BLE001 - any export failure means "no graph"
-        return None
-    _SOURCES[program] = exporter
-    return program
+    for args, kwargs in export_examples(module, weighted):
+        try:
+            program = exporter(args, kwargs)
+        except Exception:  # noqa: BLE001 - any export failure means "no graph"
+            continue
+        _SOURCES[program] = exporter
+        return program
+    return None
 
 
 #: exported program → how to export its module again (kept while the program lives)
@@ -332,35 +331,6 @@ def reexport(program: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     again = exporter(args, kwargs)
     _SOURCES[again] = exporter
     return again
-
-
-def _example(module: Any, weighted: dict[str, tuple[Any, str]]) -> tuple[list[Any], dict[str, Any]]:
-    """The export's example ``(args, kwargs)``: seeded, from the config or the first weighted module."""
-    import torch
-
-    from ..model import infer_input_shape
-
-    generator = torch.Generator().manual_seed(0)
-    specs = [with_probe_shape(s) for s in config_inputs(module, 2)]  # --input's shapes: one export
-    if specs:
-        named = {
-            s.name or "": torch.randint(0, s.high, s.shape, generator=generator)
-            if s.high
-            else torch.randn(s.shape, generator=generator)
-            for s in specs
-        }
-        args, kwargs = split_positional(module, named)
-        return args, {**kwargs, **constant_kwargs(module)}
-    if not weighted:
-        return [], {}
-    first, kind = next(iter(weighted.values()))
-    shape = tuple(int(d) for d in first.weight.shape)
-    if kind == "linear" and type(first).__name__ == "Conv1D":
-        shape = shape[::-1]
-    example_shape = infer_input_shape(kind, shape, int(getattr(first, "groups", 1) or 1), 2)
-    if kind == "embedding":
-        return [torch.randint(0, shape[0], example_shape, generator=generator)], {}
-    return [torch.randn(example_shape, generator=generator)], {}
 
 
 def _stream_feeder(order: list[str], blocks: list[Any]) -> list[str]:

@@ -121,7 +121,7 @@ def probe_torch(
         if exported:
             by_weight = {layer.weight_key: collectors[layer.name] for layer in desc.layers}
             flat = flat_arguments(placeholders, defaults, inputs)
-            if _other_shapes(flat, defaults):  # a program exported here at batch 2: export it again
+            if _other_shapes(flat, defaults):  # exported here on other inputs (they did not fit): again
                 module, flat = _for_shapes(runnable, flat, module)
             if (model := sharded_source(runnable)) is not None:  # FSDP2: the weights as FSDP unshards them
                 weights = stack.enter_context(unsharded(model, module, settings.backward))
