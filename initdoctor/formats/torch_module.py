@@ -298,13 +298,13 @@ def _exporter(module: Any) -> Any:
 
 def _export(module: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """Non-strict ``torch.export`` in eval mode, without the Python stack trace torch.fx records on
-    every node (``torch.fx.config.do_not_emit_stack_traces``, torch ≥ 2.10; nothing here reads it,
+    every node (``torch.fx.config.do_not_emit_stack_traces`` where torch has it; nothing here reads it,
     and it was ~10 % of a LLaMA export's CPU time: benchmarks/README.md, probe_streamed.py)."""
     import importlib
 
     import torch
 
-    try:  # torch.fx.config: not in every torch this package accepts (pyproject: torch >= 2.4)
+    try:  # a torch without torch.fx.config (or its flag) exports with its traces, as before
         fx_config: Any = importlib.import_module("torch.fx.config")
     except ImportError:
         fx_config = None
