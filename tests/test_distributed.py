@@ -70,6 +70,21 @@ class RaisesOnRank1(torch.nn.Module):
         return self.b(x)
 
 
+class ExportRefusedOnRank1(torch.nn.Module):
+    """torch.fx cannot trace it (``len`` of a proxy); torch.export can, except on rank 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(8, 8)
+        self.act = torch.nn.ReLU()
+        self.b = torch.nn.Linear(8, 8)
+
+    def forward(self, x: Any) -> Any:
+        if len(x) and torch.compiler.is_exporting() and dist.get_rank() == 1:
+            raise RuntimeError("no export on rank 1")
+        return self.b(self.act(self.a(x)))
+
+
 @contextmanager
 def _most_unsharded() -> Iterator[list[int]]:
     """[most FSDP modules unsharded at once, how many are left unsharded]: FSDPModule's own
@@ -170,6 +185,11 @@ def _worker(rank: int, port: int, queue: Any) -> None:
             out["raises"] = None
         except Exception as exc:  # noqa: BLE001 - the error each rank got is the result
             out["raises"] = (type(exc).__name__, str(exc))
+        torch.manual_seed(0)
+        model = ExportRefusedOnRank1()
+        fully_shard(model.a)
+        fully_shard(model)
+        out["export_refused"] = initdoctor.diagnose(model, seed=0)
     except Exception:  # noqa: BLE001 - shown by the fixture instead of a bare KeyError
         import traceback
 
@@ -303,3 +323,16 @@ def test_a_rank_that_raises_in_the_exported_graph_reaches_every_rank(
     kind, message = ranks[0]["llama_raises"]
     assert kind == RankError.__name__
     assert message.startswith("rank 1 failed: ProbeError: the model's forward raised IndexError")
+
+
+def test_a_graph_read_failing_on_one_rank_fails_on_every_rank(ranks: dict[int, dict[str, Any]]) -> None:
+    """torch.export refused on rank 1 only: without agreement rank 0 would probe the exported graph
+    and rank 1 the module order, each waiting in the other's collectives. Every rank now falls
+    back to the module order (one note), with equal reports: 2 layers, fans 8, ReLU after ``a``."""
+    reports = [ranks[r]["export_refused"] for r in (0, 1)]
+    assert reports[0].to_dict() == reports[1].to_dict()
+    notes = reports[0].notes
+    assert "torch.fx could not trace the model: module order and neighbours used" in notes
+    assert not any("torch.export" in note for note in notes)
+    a, b = reports[0].layers
+    assert (a.name, a.fan_in, a.nonlinearity) == ("a", 8, "relu") and (b.name, b.fan_in) == ("b", 8)

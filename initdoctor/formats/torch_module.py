@@ -43,7 +43,7 @@ from .torch_ops import (
     stats_reader,
 )
 from .torch_sharded import class_name as class_name  # re-exported for api.load
-from .torch_sharded import fsdp_original
+from .torch_sharded import every_rank, fsdp_original
 from .torch_sharded_graph import has_dtensor, sharded_source, sharded_stats, twin_exporter
 from .torch_structure import module_blocks
 
@@ -76,6 +76,10 @@ def _fx_graph(root: Any) -> tuple[list[str], dict[str, OpNode], dict[str, str]] 
     try:
         traced = fx_trace(root)
     except Exception:  # noqa: BLE001 - any tracing failure means "no simple graph"
+        traced = None
+    if has_dtensor(root) and not every_rank(traced is not None):
+        return None  # a sharded model's ranks must read the same graph (or all fall back)
+    if traced is None:
         return None
     modules = dict(traced.named_modules())
     nodes: dict[str, OpNode] = {}

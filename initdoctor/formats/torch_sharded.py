@@ -28,6 +28,34 @@ def is_dtensor(tensor: Any) -> bool:
     return module is not None and isinstance(tensor, module.DTensor)
 
 
+def collective_device() -> Any:
+    """Where the process group's backend takes a collective's tensors: the rank's GPU under NCCL,
+    else the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def every_rank(ok: bool) -> bool:
+    """Whether ``ok`` holds on every rank (all-reduced); ``ok`` itself outside a job of more than one
+    rank. Called by every rank of a sharded model's diagnosis where a step can fail on one rank
+    only (reading its graph): ranks that read different graphs would issue different collectives
+    and wait for each other for ever, so a step that failed anywhere counts as failed everywhere."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return ok
+    import torch
+
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 class _Standin:
     """A module's stand-in for ``torch.fx``'s leaf test: the class ``fully_shard`` wrapped."""
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .torch_sharded import is_dtensor
+from .torch_sharded import every_rank, is_dtensor
 
 #: exported program of a sharded model → that model (the probe takes its parameters from it)
 _SHARDED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -74,8 +74,14 @@ def twin_exporter(module: Any, export: Callable[[Any, list[Any], dict[str, Any]]
     remembered as that sharded model's (:func:`sharded_source`)."""
 
     def run(args: list[Any], kwargs: dict[str, Any]) -> Any:
-        with unsharded_twin(module):
-            program = export(module, args, kwargs)
+        failure: Exception | None = None
+        try:
+            with unsharded_twin(module):
+                program = export(module, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - raised below, on every rank
+            failure = exc
+        if not every_rank(failure is None):  # failed on some rank: every rank reads no export
+            raise failure or RuntimeError("torch.export of the model failed on another rank")
         _SHARDED[program] = module
         return program
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ..errors import RankError
-from ..formats.torch_sharded import is_dtensor
+from ..formats.torch_sharded import collective_device, is_dtensor
 
 T = TypeVar("T")
 
@@ -60,10 +60,8 @@ class Job:
         import torch
         import torch.distributed as dist
 
-        # NCCL reduces only GPU tensors (gloo: the CPU's); the object collectives place theirs themselves
-        cuda = dist.get_backend() == "nccl"
-        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64, device=device)
+        # the backend's device (NCCL: the rank's GPU); the object collectives place theirs themselves
+        flag = torch.tensor([0 if failure is None else 1], dtype=torch.int64, device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not int(flag.item()):
             return
