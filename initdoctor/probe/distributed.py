@@ -174,10 +174,10 @@ class Unsharded(Mapping[str, Any]):
         self._plan(graph)
 
     def _plan(self, graph: Any) -> None:
-        nodes = list(graph.graph.nodes)
-        for node in nodes:
+        position = {n: i for i, n in enumerate(graph.graph.nodes)}  # before any read is moved
+        for node in list(position):
             if node.op == "get_attr" and node.target in self.owner and node.users:
-                first = min(node.users, key=nodes.index)
+                first = min(node.users, key=position.__getitem__)
                 first.prepend(node)
         order = {n: i for i, n in enumerate(graph.graph.nodes)}
         last: dict[Any, Any] = {}
